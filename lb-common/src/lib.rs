@@ -1,0 +1,136 @@
+//! Everything the stickylb XDP program and its user-space daemon must agree on:
+//! map names and capacities, flag bits, counter indices, the `#[repr(C)]` types
+//! stored in maps, and the client hash. Each is defined here and nowhere else.
+//!
+//! The crate is `no_std` so the XDP program can use it; the `user` feature adds
+//! what only user space needs (aya `Pod` impls and the Maglev table builder).
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+#[cfg(feature = "user")]
+extern crate alloc;
+
+pub mod hash;
+#[cfg(feature = "user")]
+pub mod maglev;
+pub mod select;
+pub mod types;
+
+pub use hash::client_hash;
+pub use types::*;
+
+/// Name of the XDP program (the function name in lb-ebpf).
+pub const PROGRAM_NAME: &str = "stickylb";
+
+/// Map names as they appear in the object file and under the pin directory.
+/// The kernel keeps 15 bytes of a map name, so every name fits in that.
+pub mod map_names {
+    /// `VipKey` → `VipInfo`: which (address, port, protocol) are load-balanced.
+    pub const VIPS: &str = "SLB_VIPS";
+    /// backend id → `BackendInfo`: MAC and liveness of every backend.
+    pub const BACKENDS: &str = "SLB_BACKENDS";
+    /// Pool of Maglev slots (backend ids); each VIP owns `ring_size` slots
+    /// starting at its `ring_base`.
+    pub const RING: &str = "SLB_RING";
+    /// `AffinityKey` → `AffinityValue`: the sticky table (LRU).
+    pub const AFFINITY: &str = "SLB_AFFINITY";
+    /// Per-CPU `VipStats`, indexed by VIP id.
+    pub const VIP_STATS: &str = "SLB_VIP_STATS";
+    /// Per-CPU `BackendStats`, indexed by backend id.
+    pub const BACKEND_STATS: &str = "SLB_BE_STATS";
+    /// Per-CPU `u64` counters for traffic that is not a VIP's, indexed by
+    /// `global_counter::*`.
+    pub const GLOBAL_STATS: &str = "SLB_GLOBAL";
+
+    /// Every map the XDP program defines.
+    pub const ALL: [&str; 7] = [
+        VIPS,
+        BACKENDS,
+        RING,
+        AFFINITY,
+        VIP_STATS,
+        BACKEND_STATS,
+        GLOBAL_STATS,
+    ];
+}
+
+/// Most VIPs one load balancer serves (ids `0..MAX_VIPS`).
+pub const MAX_VIPS: u32 = 64;
+/// Most backends over all VIPs (ids `0..MAX_BACKENDS`).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Slots in the ring pool shared by all VIPs. With the default table size this
+/// holds 32 tables, so every VIP can have a second one to switch to atomically.
+pub const RING_POOL_SIZE: u32 = 1 << 21;
+/// Default capacity of the affinity table (clients × VIPs remembered). The
+/// daemon can change it at load time; the LRU evicts the least recent entry
+/// when full.
+pub const DEFAULT_AFFINITY_CAPACITY: u32 = 1 << 20;
+/// Default Maglev table size: a prime, as the algorithm requires.
+pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// Default seed of the client hash. Every LB node serving the same VIP must use
+/// the same seed to pick the same backends.
+pub const DEFAULT_HASH_SEED: u32 = 0x5eed_0b1c;
+/// Default affinity (idle) timeout: how long a quiet client keeps its backend.
+pub const DEFAULT_AFFINITY_TIMEOUT_NS: u64 = 300 * 1_000_000_000;
+/// The XDP program refreshes an affinity entry's `last_seen_ns` at most this
+/// often, so the hit path does not write the map on every packet. A client's
+/// effective idle timeout is therefore between `timeout - AFFINITY_REFRESH_NS`
+/// and `timeout`.
+pub const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
+/// When the Maglev slot of a new client names a backend the daemon has marked
+/// dead but not yet removed from the table, the program tries this many
+/// following slots for an alive one before dropping.
+pub const MAX_PROBES: u32 = 8;
+/// Ring slot value meaning "no backend".
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// `BackendInfo::flags` bits.
+pub mod backend_flags {
+    /// Set while the backend passes its health checks. Affinity to a backend
+    /// without it is ignored and the client is re-picked at once.
+    pub const ALIVE: u16 = 1 << 0;
+}
+
+/// IP protocol numbers a VIP can have.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// Indices into the `SLB_GLOBAL` per-CPU array: what happened to frames that
+/// are not forwarded as VIP traffic.
+pub mod global_counter {
+    /// Frame too short for an Ethernet header.
+    pub const PASS_SHORT_ETH: u32 = 0;
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...).
+    pub const PASS_NOT_IPV4: u32 = 1;
+    /// IPv4 header truncated or invalid (version, IHL).
+    pub const PASS_BAD_IPV4: u32 = 2;
+    /// IPv4, but neither TCP nor UDP.
+    pub const PASS_NOT_TCP_UDP: u32 = 3;
+    /// Non-first fragment: it has no ports, so it cannot be matched to a VIP.
+    pub const PASS_FRAGMENT: u32 = 4;
+    /// TCP/UDP header truncated.
+    pub const PASS_SHORT_L4: u32 = 5;
+    /// Well-formed TCP/UDP, but not to a VIP.
+    pub const PASS_NOT_VIP: u32 = 6;
+    /// A VIP frame whose destination MAC is multicast/broadcast: the source
+    /// MAC of a forwarded frame is taken from it, so it is left to the stack.
+    pub const PASS_MULTICAST_DST: u32 = 7;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+
+    /// Names, indexed like the counters, for metrics and status output.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_short_eth",
+        "pass_not_ipv4",
+        "pass_bad_ipv4",
+        "pass_not_tcp_udp",
+        "pass_fragment",
+        "pass_short_l4",
+        "pass_not_vip",
+        "pass_multicast_dst",
+    ];
+}

@@ -1,0 +1,169 @@
+//! stickylb's data path: pin every client (by IP address) of a VIP to one
+//! backend and forward its frames there by L2 DSR.
+//!
+//! Per frame: parse (parse.rs) → VIP lookup → affinity entry, or a Maglev slot
+//! for a new client → rewrite MACs → `XDP_TX`. Anything that is not a VIP's
+//! TCP/UDP traffic is passed to the kernel untouched.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+};
+use lb_common::{
+    AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, VipInfo, VipStats,
+    global_counter, select,
+};
+use maps::{AFFINITY, BACKEND_STATS, BACKENDS, RING, VIP_STATS, VIPS, count_global};
+use parse::{Flow, parse};
+
+#[xdp]
+pub fn stickylb(ctx: XdpContext) -> u32 {
+    let flow = match parse(&ctx) {
+        Ok(flow) => flow,
+        Err(counter) => {
+            count_global(counter);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    // SAFETY: a map value pointer stays valid for the whole program run.
+    let Some(vip) = (unsafe { VIPS.get(flow.vip) }) else {
+        count_global(global_counter::PASS_NOT_VIP);
+        return xdp_action::XDP_PASS;
+    };
+    let Some(stats) = VIP_STATS.get_ptr_mut(vip.vip_id) else {
+        count_global(global_counter::PASS_NOT_VIP);
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: per-CPU value; nothing else writes it while we run on this CPU.
+    let stats = unsafe { &mut *stats };
+    handle_vip(&ctx, &flow, vip, stats)
+}
+
+#[inline(always)]
+fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats) -> u32 {
+    if flow.first_fragment {
+        // The rest of the datagram carries no ports, so it could not follow
+        // this fragment to the backend; forwarding it would only waste the
+        // backend's reassembly buffer.
+        stats.drop_fragment += 1;
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: parse() bounds-checked the Ethernet header.
+    let eth = unsafe { &mut *flow.eth };
+    if eth.dst_addr[0] & 1 != 0 {
+        count_global(global_counter::PASS_MULTICAST_DST);
+        return xdp_action::XDP_PASS;
+    }
+    let key = AffinityKey {
+        vip_id: vip.vip_id,
+        client: flow.client,
+    };
+    let Some((backend_id, backend)) = pick_backend(vip, &key, stats) else {
+        stats.drop_no_backend += 1;
+        return xdp_action::XDP_DROP;
+    };
+
+    // L2 DSR: the frame goes out unchanged but for its MACs; the backend owns
+    // the VIP on loopback and answers the client directly. The frame came to
+    // our MAC, so its destination MAC is the source to send from.
+    eth.src_addr = eth.dst_addr;
+    eth.dst_addr = backend.mac;
+
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    stats.packets += 1;
+    stats.bytes += len;
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU value.
+        let b = unsafe { &mut *b };
+        b.packets += 1;
+        b.bytes += len;
+    }
+    xdp_action::XDP_TX
+}
+
+/// The client's backend: its affinity entry if live and the backend alive,
+/// else a fresh pick from the VIP's Maglev table (which becomes the entry).
+#[inline(always)]
+fn pick_backend(
+    vip: &VipInfo,
+    key: &AffinityKey,
+    stats: &mut VipStats,
+) -> Option<(u32, BackendInfo)> {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut known = false;
+    let mut expired = false;
+    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
+        // SAFETY: map value pointer, valid for this run. Another CPU may
+        // refresh `last_seen_ns` concurrently; either write is fine.
+        let entry = unsafe { &mut *entry };
+        known = true;
+        let idle = now.saturating_sub(entry.last_seen_ns);
+        if idle > vip.affinity_timeout_ns {
+            expired = true;
+        } else if let Some(backend) = BACKENDS.get(entry.backend_id)
+            && backend.is_alive()
+        {
+            // Refresh coarsely: a write per packet would bounce the entry's
+            // cache line between CPUs for every busy client.
+            if idle > AFFINITY_REFRESH_NS {
+                entry.last_seen_ns = now;
+            }
+            stats.affinity_hits += 1;
+            return Some((entry.backend_id, *backend));
+        }
+    }
+
+    let (backend_id, backend) = maglev_pick(vip, key.client, stats)?;
+    let entry = AffinityValue {
+        backend_id,
+        _pad: 0,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    // A failed insert only costs the next packet another (identical) pick.
+    let _ = AFFINITY.insert(key, entry, 0);
+    if !known {
+        stats.new_clients += 1;
+    } else if expired {
+        stats.repick_expired += 1;
+    } else {
+        stats.repick_dead += 1;
+    }
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU value.
+        unsafe { (*b).new_clients += 1 };
+    }
+    Some((backend_id, backend))
+}
+
+/// The backend of the client's Maglev slot (see `lb_common::select`).
+#[inline(always)]
+fn maglev_pick(vip: &VipInfo, client: [u8; 4], stats: &mut VipStats) -> Option<(u32, BackendInfo)> {
+    let pick = select::maglev_pick(
+        client,
+        vip.hash_seed,
+        vip.ring_size,
+        |slot| RING.get(vip.ring_base.wrapping_add(slot)).copied(),
+        |id| BACKENDS.get(id).filter(|b| b.is_alive()).copied(),
+    )?;
+    if pick.probes > 0 {
+        stats.probed += 1;
+    }
+    Some((pick.backend_id, pick.backend))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// The verifier only lets GPL-compatible programs use some helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,51 @@
+//! The maps the program shares with the daemon. Names, capacities and value
+//! types come from lb-common; a host test checks the names in the built
+//! object against `lb_common::map_names::ALL`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    AffinityKey, AffinityValue, BackendInfo, BackendStats, DEFAULT_AFFINITY_CAPACITY, MAX_BACKENDS,
+    MAX_VIPS, RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter,
+};
+
+/// Which (address, port, protocol) are VIPs, and how each is balanced.
+#[map(name = "SLB_VIPS")]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// MAC and liveness of every backend, by backend id.
+#[map(name = "SLB_BACKENDS")]
+pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev tables of all VIPs: slot → backend id.
+#[map(name = "SLB_RING")]
+pub static RING: Array<u32> = Array::with_max_entries(RING_POOL_SIZE, 0);
+
+/// The sticky table: (VIP, client) → backend. LRU so a full table forgets the
+/// quietest clients instead of refusing new ones.
+#[map(name = "SLB_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_CAPACITY, 0);
+
+/// Per-CPU counters per VIP id.
+#[map(name = "SLB_VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per-CPU counters per backend id.
+#[map(name = "SLB_BE_STATS")]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU counters of frames passed to the stack, by `global_counter` index.
+#[map(name = "SLB_GLOBAL")]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global_counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count_global(index: u32) {
+    if let Some(c) = GLOBAL_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no other writer while this program runs here.
+        unsafe { *c += 1 };
+    }
+}

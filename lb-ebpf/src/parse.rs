@@ -1,0 +1,76 @@
+//! Header parsing: from the raw frame to the VIP key and client address, or
+//! the reason the frame is left to the kernel. Every read is bounds-checked
+//! against `data_end`, as the verifier requires.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{VipKey, global_counter, proto};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+const ETH_P_IPV4: u16 = 0x0800;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+/// A TCP/UDP IPv4 frame, as far as load balancing cares.
+pub struct Flow {
+    pub eth: *mut EthHdr,
+    pub vip: VipKey,
+    pub client: [u8; 4],
+    /// First fragment of a fragmented datagram (MF set, offset 0).
+    pub first_fragment: bool,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Parses the frame; `Err` carries the `global_counter` to count it under.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Flow, u32> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(global_counter::PASS_SHORT_ETH)?;
+    // SAFETY: ptr_at checked the header lies inside the frame.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IPV4 {
+        return Err(global_counter::PASS_NOT_IPV4);
+    }
+    let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(global_counter::PASS_BAD_IPV4)?;
+    // SAFETY: as above.
+    let ip = unsafe { &*ip };
+    let ihl = usize::from(ip.vihl & 0x0f) * 4;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return Err(global_counter::PASS_BAD_IPV4);
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    if frags & IP_OFFSET_MASK != 0 {
+        return Err(global_counter::PASS_FRAGMENT);
+    }
+    // IP options are skipped, not refused: DSR leaves the IP header alone.
+    let l4 = EthHdr::LEN + ihl;
+    let dport = match ip.proto {
+        proto::TCP => {
+            let tcp: *const TcpHdr = ptr_at(ctx, l4).ok_or(global_counter::PASS_SHORT_L4)?;
+            // SAFETY: checked by ptr_at.
+            unsafe { (*tcp).dest }
+        }
+        proto::UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, l4).ok_or(global_counter::PASS_SHORT_L4)?;
+            // SAFETY: checked by ptr_at.
+            unsafe { (*udp).dst }
+        }
+        _ => return Err(global_counter::PASS_NOT_TCP_UDP),
+    };
+    Ok(Flow {
+        eth,
+        vip: VipKey {
+            addr: ip.dst_addr,
+            port: dport,
+            proto: ip.proto,
+            _pad: 0,
+        },
+        client: ip.src_addr,
+        first_fragment: frags & IP_MF != 0,
+    })
+}

@@ -1,0 +1,347 @@
+//! Helpers for stickylb's privileged tests: a loaded XDP program with one VIP
+//! and a few backends (`Rig`), frame builders, and counter snapshots.
+//!
+//! Frames only ever go through BPF_PROG_TEST_RUN here: nothing is sent on
+//! any interface, so the documentation address ranges are used freely.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, PacketBuilderStep};
+use lb_common::{
+    AffinityKey, BackendInfo, BackendStats, VipInfo, VipKey, VipStats, backend_flags,
+    global_counter, maglev, proto, select,
+};
+use lb_user::dataplane::{Dataplane, LoadOptions};
+
+/// Fails the test, loudly, when not root: these tests load XDP programs, and
+/// CI runs them as root, so a skip would hide a regression.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "this test loads an XDP program and needs root (CAP_BPF, CAP_NET_ADMIN); \
+             run `cargo xtask test` as root"
+        );
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const VIP_PORT: u16 = 80;
+/// MAC of the load balancer's interface (destination of client frames).
+pub const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0xfe];
+/// MAC of the client's router (source of client frames).
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x01];
+/// Table size of the rig: small, prime, quick to write.
+pub const TABLE_SIZE: u32 = 1021;
+pub const TIMEOUT_NS: u64 = 60 * 1_000_000_000;
+
+pub fn backend_mac(id: u32) -> [u8; 6] {
+    [0x02, 0xbe, 0, 0, (id >> 8) as u8, id as u8]
+}
+
+pub fn backend_addr(id: u32) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 1 + id as u8)
+}
+
+/// Client number `i` (distinct for i < 2^16).
+pub fn client(i: u32) -> [u8; 4] {
+    [203, 0, (i >> 8) as u8, i as u8]
+}
+
+struct RigBackend {
+    identity: String,
+    weight: u32,
+    alive: bool,
+}
+
+/// The program loaded with one TCP VIP and its backends, and user space's
+/// copy of the Maglev table it wrote.
+pub struct Rig {
+    pub dp: Dataplane,
+    pub vip_key: VipKey,
+    pub vip: VipInfo,
+    backends: Vec<RigBackend>,
+    /// Slot → backend id, as written to the ring.
+    pub table: Vec<u32>,
+}
+
+impl Rig {
+    /// Loads the program with `n` alive backends of weight 1.
+    pub fn new(n: u32) -> Self {
+        require_root();
+        let dp = Dataplane::load(&LoadOptions {
+            affinity_capacity: 1 << 16,
+        })
+        .expect("load the XDP object");
+        let vip = VipInfo {
+            vip_id: 3,
+            flags: 0,
+            ring_base: 2 * TABLE_SIZE,
+            ring_size: TABLE_SIZE,
+            hash_seed: lb_common::DEFAULT_HASH_SEED,
+            _pad: 0,
+            affinity_timeout_ns: TIMEOUT_NS,
+        };
+        let mut rig = Self {
+            dp,
+            vip_key: VipKey::new(VIP, VIP_PORT, proto::TCP),
+            vip,
+            backends: Vec::new(),
+            table: vec![lb_common::NO_BACKEND; TABLE_SIZE as usize],
+        };
+        rig.dp.set_vip(rig.vip_key, rig.vip).unwrap();
+        for _ in 0..n {
+            rig.add_backend();
+        }
+        rig.rebuild();
+        rig
+    }
+
+    /// Adds an alive backend (not in the table until `rebuild`); its id.
+    pub fn add_backend(&mut self) -> u32 {
+        let id = self.backends.len() as u32;
+        self.backends.push(RigBackend {
+            identity: format!("{}:80", backend_addr(id)),
+            weight: 1,
+            alive: true,
+        });
+        self.write_backend(id);
+        id
+    }
+
+    fn write_backend(&mut self, id: u32) {
+        let b = &self.backends[id as usize];
+        let info = BackendInfo {
+            mac: backend_mac(id),
+            flags: if b.alive { backend_flags::ALIVE } else { 0 },
+            addr: backend_addr(id).octets(),
+            port: 80u16.to_be_bytes(),
+            _pad: [0; 2],
+        };
+        self.dp.set_backend(id, info).unwrap();
+    }
+
+    /// Marks a backend alive or dead in the backends map only.
+    pub fn set_alive(&mut self, id: u32, alive: bool) {
+        self.backends[id as usize].alive = alive;
+        self.write_backend(id);
+    }
+
+    pub fn set_weight(&mut self, id: u32, weight: u32) {
+        self.backends[id as usize].weight = weight;
+    }
+
+    /// Rebuilds the Maglev table from the backends' weights and liveness and
+    /// writes only the slots that changed; how many it wrote.
+    pub fn rebuild(&mut self) -> usize {
+        let members: Vec<maglev::Member<'_>> = self
+            .backends
+            .iter()
+            .map(|b| maglev::Member {
+                identity: b.identity.as_bytes(),
+                weight: b.weight,
+                in_service: b.alive,
+            })
+            .collect();
+        let new = maglev::build(&members, TABLE_SIZE).unwrap();
+        // Member indices are backend ids here; EMPTY is NO_BACKEND.
+        let changed: Vec<(u32, u32)> = maglev::changed_slots(&self.table, &new).collect();
+        let n = self.dp.write_ring(self.vip.ring_base, changed).unwrap();
+        self.table = new;
+        n
+    }
+
+    /// The backend user space predicts for a new client.
+    pub fn predict(&self, client: [u8; 4]) -> Option<u32> {
+        let alive = |id: u32| {
+            self.backends
+                .get(id as usize)
+                .filter(|b| b.alive)
+                .map(|_| ())
+        };
+        select::maglev_pick(
+            client,
+            self.vip.hash_seed,
+            self.vip.ring_size,
+            |s| self.table.get(s as usize).copied(),
+            alive,
+        )
+        .map(|p| p.backend_id)
+    }
+
+    pub fn affinity_key(&self, client: [u8; 4]) -> AffinityKey {
+        AffinityKey {
+            vip_id: self.vip.vip_id,
+            client,
+        }
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.dp.test_run(frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            vip: self.dp.vip_stats(self.vip.vip_id).unwrap(),
+            backends: (0..self.backends.len() as u32)
+                .map(|id| self.dp.backend_stats(id).unwrap())
+                .collect(),
+            global: self.dp.global_stats().unwrap(),
+        }
+    }
+}
+
+/// Every counter the program keeps for the rig.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub vip: VipStats,
+    pub backends: Vec<BackendStats>,
+    pub global: [u64; global_counter::COUNT as usize],
+}
+
+impl Counters {
+    /// `self - before`, field by field.
+    pub fn since(&self, before: &Self) -> Self {
+        let v = |a: &VipStats, b: &VipStats| VipStats {
+            packets: a.packets - b.packets,
+            bytes: a.bytes - b.bytes,
+            new_clients: a.new_clients - b.new_clients,
+            affinity_hits: a.affinity_hits - b.affinity_hits,
+            repick_expired: a.repick_expired - b.repick_expired,
+            repick_dead: a.repick_dead - b.repick_dead,
+            probed: a.probed - b.probed,
+            drop_no_backend: a.drop_no_backend - b.drop_no_backend,
+            drop_fragment: a.drop_fragment - b.drop_fragment,
+        };
+        Self {
+            vip: v(&self.vip, &before.vip),
+            backends: self
+                .backends
+                .iter()
+                .zip(&before.backends)
+                .map(|(a, b)| BackendStats {
+                    packets: a.packets - b.packets,
+                    bytes: a.bytes - b.bytes,
+                    new_clients: a.new_clients - b.new_clients,
+                })
+                .collect(),
+            global: std::array::from_fn(|i| self.global[i] - before.global[i]),
+        }
+    }
+}
+
+/// Frame builders (etherparse), from the client's router to the LB's MAC.
+pub mod frame {
+    use super::*;
+
+    const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+
+    fn eth() -> PacketBuilderStep<etherparse::Ethernet2Header> {
+        PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC)
+    }
+
+    pub fn tcp_syn(client: [u8; 4], sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let b = eth()
+            .ipv4(client, dst.octets(), 64)
+            .tcp(sport, dport, 1000, 64240)
+            .syn();
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    }
+
+    pub fn tcp_data(client: [u8; 4], sport: u16) -> Vec<u8> {
+        let b = eth()
+            .ipv4(client, VIP.octets(), 64)
+            .tcp(sport, VIP_PORT, 1001, 64240)
+            .ack(1)
+            .psh();
+        let mut v = Vec::new();
+        b.write(&mut v, PAYLOAD).unwrap();
+        v
+    }
+
+    /// A SYN to the rig's VIP.
+    pub fn to_vip(client: [u8; 4], sport: u16) -> Vec<u8> {
+        tcp_syn(client, sport, VIP, VIP_PORT)
+    }
+
+    pub fn udp(client: [u8; 4], dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let b = eth().ipv4(client, dst.octets(), 64).udp(5353, dport);
+        let mut v = Vec::new();
+        b.write(&mut v, b"ping").unwrap();
+        v
+    }
+
+    /// A TCP segment to the VIP with a hand-set IPv4 header.
+    pub fn tcp_with_ip(client: [u8; 4], edit: impl FnOnce(&mut Ipv4Header)) -> Vec<u8> {
+        let mut ip =
+            Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, client, VIP.octets()).unwrap();
+        edit(&mut ip);
+        let b = eth()
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(40000, VIP_PORT, 1000, 64240)
+            .syn();
+        let mut v = Vec::new();
+        b.write(&mut v, PAYLOAD).unwrap();
+        v
+    }
+
+    pub fn icmp_echo(client: [u8; 4]) -> Vec<u8> {
+        let b = eth()
+            .ipv4(client, VIP.octets(), 64)
+            .icmpv4_echo_request(1, 1);
+        let mut v = Vec::new();
+        b.write(&mut v, b"ping").unwrap();
+        v
+    }
+
+    pub fn arp_request(client: [u8; 4]) -> Vec<u8> {
+        let arp = etherparse::ArpPacket::new(
+            etherparse::ArpHardwareId::ETHERNET,
+            etherparse::EtherType::IPV4,
+            etherparse::ArpOperation::REQUEST,
+            &ROUTER_MAC,
+            &client,
+            &[0; 6],
+            &VIP.octets(),
+        )
+        .unwrap();
+        let b = PacketBuilder::ethernet2(ROUTER_MAC, [0xff; 6]).arp(arp);
+        let mut v = Vec::new();
+        b.write(&mut v).unwrap();
+        v
+    }
+
+    pub fn ipv6_tcp() -> Vec<u8> {
+        let mut src = [0u8; 16];
+        src[..2].copy_from_slice(&[0x20, 0x01]);
+        let mut dst = src;
+        dst[15] = 10;
+        let b = eth().ipv6(src, dst, 64).tcp(40000, VIP_PORT, 1, 1024).syn();
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    }
+
+    /// `frame` as the program should send it to backend `id`: new MACs, all
+    /// else identical.
+    pub fn forwarded(frame: &[u8], id: u32) -> Vec<u8> {
+        let mut v = frame.to_vec();
+        v[..6].copy_from_slice(&backend_mac(id));
+        v[6..12].copy_from_slice(&LB_MAC);
+        v
+    }
+}

@@ -1,0 +1,49 @@
+//! The object the daemon embeds defines every map and the program that
+//! lb-common names, in the sections aya expects. No root needed.
+
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+#[test]
+fn object_defines_every_name_lb_common_declares() {
+    let elf = object::File::parse(lb_user::XDP_OBJECT).expect("embedded XDP object parses as ELF");
+    assert_eq!(elf.architecture(), object::Architecture::Bpf);
+    let section_of = |name: &str| {
+        elf.symbols()
+            .find(|s| s.name() == Ok(name))
+            .and_then(|s| s.section_index())
+            .and_then(|i| elf.section_by_index(i).ok())
+            .and_then(|s| s.name().ok().map(str::to_owned))
+    };
+    for map in lb_common::map_names::ALL {
+        assert!(
+            map.len() <= 15,
+            "map name {map} is longer than the kernel keeps"
+        );
+        assert_eq!(section_of(map).as_deref(), Some("maps"), "map {map}");
+    }
+    assert_eq!(
+        section_of(lb_common::PROGRAM_NAME).as_deref(),
+        Some("xdp"),
+        "program {}",
+        lb_common::PROGRAM_NAME
+    );
+    assert!(elf.section_by_name(".BTF").is_some(), "object carries BTF");
+}
+
+#[test]
+fn object_has_no_undeclared_maps() {
+    let elf = object::File::parse(lb_user::XDP_OBJECT).unwrap();
+    let maps = elf.section_by_name("maps").expect("maps section");
+    let names: Vec<&str> = elf
+        .symbols()
+        .filter(|s| s.section_index() == Some(maps.index()))
+        .filter_map(|s| s.name().ok())
+        .collect();
+    for n in &names {
+        assert!(
+            lb_common::map_names::ALL.contains(n),
+            "map {n} not declared in lb-common"
+        );
+    }
+    assert_eq!(names.len(), lb_common::map_names::ALL.len());
+}
