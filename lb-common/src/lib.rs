@@ -91,6 +91,9 @@ pub mod backend_flags {
     /// Set while the backend passes its health checks. Affinity to a backend
     /// without it is ignored and the client is re-picked at once.
     pub const ALIVE: u16 = 1 << 0;
+    /// The id is allocated to a configured backend (user-space bookkeeping;
+    /// the data path only looks at `ALIVE`).
+    pub const IN_USE: u16 = 1 << 1;
 }
 
 /// IP protocol numbers a VIP can have.

@@ -75,7 +75,10 @@ pub struct BackendInfo {
     pub addr: [u8; 4],
     /// Backend port, network byte order; informational like `addr`.
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// The VIP this backend serves (a backend id belongs to one VIP). With
+    /// `addr` and `port` it lets a restarted daemon re-identify every id, so
+    /// affinity entries keep pointing at the same server.
+    pub vip_id: u16,
 }
 
 impl BackendInfo {

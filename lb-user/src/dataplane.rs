@@ -1,9 +1,15 @@
 //! The loaded XDP program and typed handles on its maps.
 
+use std::path::{Path, PathBuf};
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendInfo, BackendStats, PROGRAM_NAME, VipInfo, VipKey, VipStats,
@@ -46,6 +52,18 @@ pub enum DataplaneError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("cannot use the pinned XDP link {path}; start with --fresh to replace it")]
+    PinnedLink {
+        path: PathBuf,
+        #[source]
+        source: Box<LinkError>,
+    },
+    #[error("cannot pin the XDP link at {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("BPF_PROG_TEST_RUN failed")]
     TestRun(#[source] Box<ProgramError>),
 }
@@ -57,14 +75,31 @@ type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 pub struct LoadOptions {
     /// Entries of the affinity table (clients × VIPs remembered).
     pub affinity_capacity: u32,
+    /// Folder on a bpffs: each map is adopted from `<dir>/<map name>` if
+    /// pinned there, else created and pinned there. `None`: private maps.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             affinity_capacity: lb_common::DEFAULT_AFFINITY_CAPACITY,
+            pin_dir: None,
         }
     }
+}
+
+/// Name of the pinned XDP link inside the pin folder.
+pub const LINK_PIN_NAME: &str = "link";
+
+/// How the program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new attachment in this mode.
+    New(AttachMode),
+    /// A pinned link from an earlier run now runs this program (the old one
+    /// was replaced atomically: no frame went unprocessed).
+    Adopted,
 }
 
 /// How to attach to an interface.
@@ -122,8 +157,14 @@ impl Dataplane {
     /// Loads the embedded object and the program into the kernel (not
     /// attached to any interface yet).
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::AFFINITY, opts.affinity_capacity)
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::AFFINITY, opts.affinity_capacity);
+        if let Some(dir) = &opts.pin_dir {
+            for name in map_names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(XDP_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let prog: &mut Xdp = ebpf
@@ -170,6 +211,125 @@ impl Dataplane {
                 },
                 source: Box::new(source),
             })
+    }
+
+    /// Attaches through a link pinned at `link_pin`, so the program keeps
+    /// forwarding when the daemon exits or dies. If a link is already pinned
+    /// there (a previous daemon's), this program replaces the old one in it
+    /// atomically. `fallback`: mode to try when `mode` is refused.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        fallback: Option<AttachMode>,
+        link_pin: &Path,
+    ) -> Result<(Attached, Vec<DataplaneError>)> {
+        if link_pin.exists() {
+            let pinned_err = |e: LinkError| DataplaneError::PinnedLink {
+                path: link_pin.to_owned(),
+                source: Box::new(e),
+            };
+            let pinned = PinnedLink::from_pin(link_pin).map_err(pinned_err)?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(pinned_err)?;
+            let prog = self.program();
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|e| DataplaneError::Program(Box::new(e)))?;
+            // The pin keeps the link; our handle on it may go.
+            drop(prog.take_link(id));
+            return Ok((Attached::Adopted, Vec::new()));
+        }
+        let mut refused = Vec::new();
+        let (id, used) = match self.attach(iface, mode) {
+            Ok(id) => (id, mode),
+            Err(e) => match fallback {
+                Some(other) => {
+                    refused.push(e);
+                    (self.attach(iface, other)?, other)
+                }
+                None => return Err(e),
+            },
+        };
+        let prog = self.program();
+        let link = prog
+            .take_link(id)
+            .map_err(|e| DataplaneError::Program(Box::new(e)))?;
+        let pin_err = |e: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
+            path: link_pin.to_owned(),
+            source: e,
+        };
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
+        fd_link.pin(link_pin).map_err(|e| pin_err(Box::new(e)))?;
+        Ok((Attached::New(used), refused))
+    }
+
+    /// Detaches the program pinned at `link_pin` (if any) by removing the
+    /// pin and closing the last handle on the link.
+    pub fn detach_pinned(link_pin: &Path) -> Result<bool> {
+        if !link_pin.exists() {
+            return Ok(false);
+        }
+        let pinned = PinnedLink::from_pin(link_pin).map_err(|e| DataplaneError::PinnedLink {
+            path: link_pin.to_owned(),
+            source: Box::new(e),
+        })?;
+        let fd_link = pinned.unpin().map_err(|e| DataplaneError::PinLink {
+            path: link_pin.to_owned(),
+            source: Box::new(e),
+        })?;
+        drop(fd_link);
+        Ok(true)
+    }
+
+    /// Every VIP in the map.
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        self.vips
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::VIPS, "iterate"))
+    }
+
+    /// Every backend id marked in use, with its entry.
+    pub fn backends_in_use(&self) -> Result<Vec<(u32, BackendInfo)>> {
+        let mut out = Vec::new();
+        for (id, info) in self.backends.iter().enumerate() {
+            let info = info.map_err(map_err(map_names::BACKENDS, "iterate"))?;
+            if info.flags & lb_common::backend_flags::IN_USE != 0 {
+                out.push((id as u32, info));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `len` slots of the ring from `base`.
+    pub fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>> {
+        (base..base + len)
+            .map(|i| {
+                self.ring
+                    .get(&i, 0)
+                    .map_err(map_err(map_names::RING, "get"))
+            })
+            .collect()
+    }
+
+    /// Deletes the affinity entries `doomed` selects; how many.
+    pub fn purge_affinity(
+        &mut self,
+        doomed: impl Fn(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize> {
+        let keys: Vec<AffinityKey> = self
+            .affinity_entries()?
+            .into_iter()
+            .filter(|(k, v)| doomed(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            match self.affinity.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(map_names::AFFINITY, "remove")(e)),
+            }
+        }
+        Ok(keys.len())
     }
 
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {

@@ -25,17 +25,7 @@ pub fn require_root() {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use lb_user::util::monotonic_ns;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const VIP_PORT: u16 = 80;
@@ -83,6 +73,7 @@ impl Rig {
         require_root();
         let dp = Dataplane::load(&LoadOptions {
             affinity_capacity: 1 << 16,
+            pin_dir: None,
         })
         .expect("load the XDP object");
         let vip = VipInfo {
@@ -125,10 +116,10 @@ impl Rig {
         let b = &self.backends[id as usize];
         let info = BackendInfo {
             mac: backend_mac(id),
-            flags: if b.alive { backend_flags::ALIVE } else { 0 },
+            flags: backend_flags::IN_USE | if b.alive { backend_flags::ALIVE } else { 0 },
             addr: backend_addr(id).octets(),
             port: 80u16.to_be_bytes(),
-            _pad: [0; 2],
+            vip_id: self.vip.vip_id as u16,
         };
         self.dp.set_backend(id, info).unwrap();
     }

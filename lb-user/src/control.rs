@@ -1,0 +1,241 @@
+//! The control API: one JSON request per line over a root-only Unix socket,
+//! one JSON reply per line. The CLI is its only client.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddrV4},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Lookup {
+        client: Ipv4Addr,
+        vip: Option<String>,
+    },
+    Flows {
+        vip: Option<String>,
+        backend: Option<SocketAddrV4>,
+    },
+    BackendAdd {
+        vip: String,
+        backend: SocketAddrV4,
+        weight: u32,
+        mac: Option<String>,
+    },
+    BackendRemove {
+        vip: String,
+        backend: SocketAddrV4,
+    },
+    BackendWeight {
+        vip: String,
+        backend: SocketAddrV4,
+        weight: u32,
+    },
+    BackendDrain {
+        vip: String,
+        backend: SocketAddrV4,
+        drained: bool,
+    },
+    Reload,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(result: impl Serialize) -> Self {
+        match serde_json::to_value(result) {
+            Ok(v) => Self {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Self::err(format!("cannot encode the reply: {e}")),
+        }
+    }
+
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            result: None,
+            error: Some(msg.into()),
+        }
+    }
+}
+
+/// A request on its way to the daemon's main loop, with where to answer.
+pub type Envelope = (Request, oneshot::Sender<Reply>);
+
+/// Binds the control socket (mode 0600: root only). Refuses if another
+/// daemon answers on it; removes a stale socket file otherwise.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "another stickylb daemon is running (it answers on {}); stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("bind control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections and forwards each request to the main loop.
+pub async fn serve(listener: UnixListener, to_main: mpsc::Sender<Envelope>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let to_main = to_main.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(r);
+            let reply =
+                match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+                    .await
+                {
+                    Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => {
+                            let (tx, rx) = oneshot::channel();
+                            if to_main.send((req, tx)).await.is_err() {
+                                Reply::err("the daemon is shutting down")
+                            } else {
+                                rx.await.unwrap_or_else(|_| {
+                                    Reply::err("the daemon dropped the request")
+                                })
+                            }
+                        }
+                        Err(e) => Reply::err(format!("bad request: {e}")),
+                    },
+                    _ => Reply::err("no request received"),
+                };
+            if let Ok(mut text) = serde_json::to_string(&reply) {
+                text.push('\n');
+                let _ = w.write_all(text.as_bytes()).await;
+            }
+        });
+    }
+}
+
+/// Sends one request to the daemon and returns its result, or its error as
+/// an error.
+pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => "the control socket is root-only: run as root",
+            _ => "is the daemon running? start it with `stickylb run -c FILE`",
+        };
+        anyhow::anyhow!(
+            "cannot reach the stickylb daemon at {} ({e}); {hint}",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .context("reading the daemon's reply")?;
+    let reply: Reply =
+        serde_json::from_str(&answer).with_context(|| format!("malformed reply {answer:?}"))?;
+    if reply.ok {
+        Ok(reply.result.unwrap_or(serde_json::Value::Null))
+    } else {
+        bail!("{}", reply.error.unwrap_or_else(|| "unknown error".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json() {
+        let reqs = [
+            Request::Status,
+            Request::Lookup {
+                client: Ipv4Addr::new(10, 0, 0, 1),
+                vip: Some("web".into()),
+            },
+            Request::BackendDrain {
+                vip: "web".into(),
+                backend: "10.0.0.2:80".parse().unwrap(),
+                drained: true,
+            },
+        ];
+        for r in reqs {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        }
+        let text = serde_json::to_string(&Request::Reload).unwrap();
+        assert_eq!(text, r#"{"cmd":"reload"}"#);
+    }
+
+    #[tokio::test]
+    async fn server_answers_and_client_reports_errors() {
+        let dir = std::env::temp_dir().join(format!("stickylb-ctl-test-{}", std::process::id()));
+        let sock = dir.join("s.sock");
+        let listener = bind(&sock).unwrap();
+        assert!(
+            bind(&sock)
+                .unwrap_err()
+                .to_string()
+                .contains("another stickylb daemon")
+        );
+        let (tx, mut rx) = mpsc::channel::<Envelope>(4);
+        tokio::spawn(serve(listener, tx));
+        tokio::spawn(async move {
+            while let Some((req, reply)) = rx.recv().await {
+                let _ = reply.send(match req {
+                    Request::Status => Reply::ok("fine"),
+                    _ => Reply::err("no VIP named \"nope\""),
+                });
+            }
+        });
+        let s = sock.clone();
+        let ok = tokio::task::spawn_blocking(move || call(&s, &Request::Status))
+            .await
+            .unwrap();
+        assert_eq!(ok.unwrap(), serde_json::json!("fine"));
+        let s = sock.clone();
+        let err = tokio::task::spawn_blocking(move || call(&s, &Request::Reload))
+            .await
+            .unwrap();
+        assert_eq!(err.unwrap_err().to_string(), "no VIP named \"nope\"");
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let gone = call(&sock, &Request::Status).unwrap_err().to_string();
+        assert!(gone.contains("cannot reach the stickylb daemon"), "{gone}");
+    }
+}

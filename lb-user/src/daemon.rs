@@ -1,0 +1,399 @@
+//! `stickylb run`: load or adopt the data path, keep it equal to the config
+//! and to the backends' health, and answer the control socket.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use log::{error, info, warn};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    config::{CheckKind, Config, HealthConfig, XdpModeSetting, diff},
+    control::{self, Envelope, Reply, Request},
+    dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
+    health::{self, CheckSpec, CheckerHandle, Probe, State},
+    lb::Lb,
+    metrics, neigh,
+    util::parse_mac,
+};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    /// Replace pinned state from an earlier run instead of adopting it.
+    pub fresh: bool,
+    /// Leave the program attached and the maps pinned on exit.
+    pub keep: bool,
+}
+
+/// One running checker, and what it was started with (to know when a reload
+/// must restart it).
+struct Checker {
+    _handle: CheckerHandle,
+    target: SocketAddr,
+    cfg: HealthConfig,
+}
+
+fn spec(cfg: &HealthConfig) -> CheckSpec {
+    CheckSpec {
+        probe: match cfg.kind {
+            CheckKind::Tcp => Probe::Tcp,
+            CheckKind::Http => Probe::Http {
+                path: cfg.path.clone(),
+                expect_status: cfg.expect_status,
+            },
+        },
+        interval: cfg.interval,
+        timeout: cfg.timeout,
+        rise: cfg.rise,
+        fall: cfg.fall,
+    }
+}
+
+struct Daemon {
+    lb: Lb,
+    cfg: Config,
+    opts: RunOptions,
+    attached: Attached,
+    started: Instant,
+    checkers: HashMap<u32, Checker>,
+    health_tx: mpsc::Sender<health::Event<u32>>,
+}
+
+impl Daemon {
+    /// Starts, restarts or stops checkers so there is exactly one per
+    /// backend, with its current settings.
+    fn sync_checkers(&mut self) {
+        let mut wanted = HashMap::new();
+        for v in &self.lb.vips {
+            for b in &v.backends {
+                let port = b.health_cfg.port.unwrap_or(b.addr.port());
+                let target = SocketAddr::V4(SocketAddrV4::new(*b.addr.ip(), port));
+                wanted.insert(b.id, (target, b.health_cfg.clone(), b.health));
+            }
+        }
+        self.checkers.retain(|id, c| {
+            wanted
+                .get(id)
+                .is_some_and(|(t, cfg, _)| *t == c.target && *cfg == c.cfg)
+        });
+        for (id, (target, cfg, state)) in wanted {
+            if self.checkers.contains_key(&id) {
+                continue;
+            }
+            let handle = health::spawn(id, target, spec(&cfg), state, self.health_tx.clone());
+            self.checkers.insert(
+                id,
+                Checker {
+                    _handle: handle,
+                    target,
+                    cfg,
+                },
+            );
+        }
+    }
+
+    fn on_health(&mut self, ev: health::Event<u32>) {
+        self.lb.record_check(ev.key, ev.outcome);
+        if let Some(t) = ev.transition
+            && let Err(e) = self.lb.set_health(ev.key, t.to, &t.reason)
+        {
+            error!("cannot apply a health change of backend id {}: {e}", ev.key);
+        }
+    }
+
+    fn refresh_macs(&mut self) {
+        let table = neigh::read(&self.cfg.interface);
+        let ids: Vec<(u32, std::net::Ipv4Addr)> = self
+            .lb
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.id, *b.addr.ip())))
+            .collect();
+        for (id, ip) in ids {
+            if let Some(mac) = table.get(&ip)
+                && let Err(e) = self.lb.set_neighbour_mac(id, Some(*mac))
+            {
+                error!("cannot record the MAC of {ip}: {e}");
+            }
+        }
+    }
+
+    /// Re-reads the config file and makes the running state match it,
+    /// reverting live CLI changes (the file is the source of truth). An
+    /// invalid file changes nothing; global fields need a restart.
+    fn reload(&mut self) -> anyhow::Result<serde_json::Value> {
+        let new = Config::load(&self.opts.config_path)?;
+        let d = diff(&self.cfg, &new);
+        if !d.global_changed.is_empty() {
+            warn!(
+                "reload: {} changed, which takes a restart (with --fresh for interface, pin_path or affinity_capacity); applying the rest",
+                d.global_changed.join(", ")
+            );
+        }
+        let mut applied = new.clone();
+        // Keep the running values of what cannot change without a restart.
+        applied.interface = self.cfg.interface.clone();
+        applied.xdp_mode = self.cfg.xdp_mode;
+        applied.pin_path = self.cfg.pin_path.clone();
+        applied.control_socket = self.cfg.control_socket.clone();
+        applied.metrics_listen = self.cfg.metrics_listen;
+        applied.affinity_capacity = self.cfg.affinity_capacity;
+        applied.hash_seed = self.cfg.hash_seed;
+        self.lb.apply_config(&applied)?;
+        self.cfg = applied;
+        self.sync_checkers();
+        info!("reload: {d}");
+        Ok(serde_json::json!({
+            "changed": !d.is_empty(),
+            "diff": d.to_string(),
+            "needs_restart": d.global_changed,
+        }))
+    }
+
+    fn handle(&mut self, req: Request) -> Reply {
+        let result: anyhow::Result<serde_json::Value> = (|| {
+            Ok(match req {
+                Request::Status => serde_json::json!({
+                    "pid": std::process::id(),
+                    "interface": self.cfg.interface,
+                    "attached": format!("{:?}", self.attached),
+                    "config": self.opts.config_path,
+                    "pin_path": self.cfg.pin_path,
+                    "uptime_s": self.started.elapsed().as_secs(),
+                    "passed": self.passed()?,
+                    "vips": self.lb.status()?,
+                }),
+                Request::Lookup { client, vip } => {
+                    serde_json::to_value(self.lb.lookup(client, vip.as_deref())?)?
+                }
+                Request::Flows { vip, backend } => {
+                    serde_json::to_value(self.lb.flows(vip.as_deref(), backend)?)?
+                }
+                Request::BackendAdd {
+                    vip,
+                    backend,
+                    weight,
+                    mac,
+                } => {
+                    let mac = match mac {
+                        Some(m) => Some(parse_mac(&m).with_context(|| {
+                            format!("invalid MAC address {m:?}: expected six hex pairs like 02:00:00:00:00:01")
+                        })?),
+                        None => None,
+                    };
+                    let id = self.lb.add_backend(&vip, backend, weight, mac)?;
+                    self.sync_checkers();
+                    serde_json::json!({ "id": id })
+                }
+                Request::BackendRemove { vip, backend } => {
+                    let vi = self.lb.vip_index(&vip)?;
+                    let id = self.lb.remove_backend(vi, backend)?;
+                    self.sync_checkers();
+                    serde_json::json!({ "id": id })
+                }
+                Request::BackendWeight {
+                    vip,
+                    backend,
+                    weight,
+                } => serde_json::to_value(self.lb.set_weight(&vip, backend, weight)?)?,
+                Request::BackendDrain {
+                    vip,
+                    backend,
+                    drained,
+                } => serde_json::to_value(self.lb.set_drain(&vip, backend, drained)?)?,
+                Request::Reload => self.reload()?,
+            })
+        })();
+        match result {
+            Ok(v) => Reply::ok(v),
+            Err(e) => Reply::err(format!("{e:#}")),
+        }
+    }
+
+    fn passed(&self) -> anyhow::Result<serde_json::Value> {
+        let counts = self.lb.dp.global_stats()?;
+        let map: serde_json::Map<String, serde_json::Value> = lb_common::global_counter::NAMES
+            .iter()
+            .zip(counts)
+            .map(|(n, c)| ((*n).to_owned(), c.into()))
+            .collect();
+        Ok(map.into())
+    }
+
+    fn metrics(&self) -> String {
+        let vips = self.lb.status().unwrap_or_default();
+        let counts = self.lb.dp.global_stats().unwrap_or_default();
+        let global: Vec<(&str, u64)> = lb_common::global_counter::NAMES
+            .iter()
+            .copied()
+            .zip(counts)
+            .collect();
+        metrics::render(&vips, &global)
+    }
+}
+
+fn ensure_bpffs(pin_path: &Path) -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if pin_path.starts_with(root) {
+        let mounted = std::fs::read_to_string("/proc/self/mounts")
+            .map(|m| {
+                m.lines()
+                    .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+            })
+            .unwrap_or(false);
+        if !mounted {
+            bail!(
+                "no bpffs on /sys/fs/bpf, so maps cannot be pinned; mount it: mount -t bpf bpf /sys/fs/bpf"
+            );
+        }
+    }
+    std::fs::create_dir_all(pin_path)
+        .with_context(|| format!("create pin folder {}", pin_path.display()))
+}
+
+/// Removes everything pinned by an earlier run: the link (detaching the
+/// program) and the maps.
+pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
+    if Dataplane::detach_pinned(&pin_path.join(LINK_PIN_NAME))? {
+        info!("detached the XDP program pinned at {}", pin_path.display());
+    }
+    if pin_path.exists() {
+        std::fs::remove_dir_all(pin_path)
+            .with_context(|| format!("remove {}", pin_path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let cfg = Config::load(&opts.config_path)?;
+    let problems = cfg.check_environment();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        bail!(
+            "{} cannot run here:\n  {}",
+            opts.config_path.display(),
+            list.join("\n  ")
+        );
+    }
+    let listener = control::bind(&cfg.control_socket)?;
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    if opts.fresh {
+        unpin_all(&cfg.pin_path)?;
+    }
+    ensure_bpffs(&cfg.pin_path)?;
+    let link_pin = cfg.pin_path.join(LINK_PIN_NAME);
+    let adopting = link_pin.exists();
+    let dp = Dataplane::load(&LoadOptions {
+        affinity_capacity: cfg.affinity_capacity,
+        pin_dir: Some(cfg.pin_path.clone()),
+    })
+    .with_context(|| {
+        format!(
+            "cannot load the data path with the maps pinned at {} (if they come from an incompatible version or capacity, start with --fresh)",
+            cfg.pin_path.display()
+        )
+    })?;
+    let lb = Lb::start(dp, &cfg)?;
+    let (mode, fallback) = match cfg.xdp_mode {
+        XdpModeSetting::Auto => (AttachMode::Driver, Some(AttachMode::Skb)),
+        XdpModeSetting::Driver => (AttachMode::Driver, None),
+        XdpModeSetting::Skb => (AttachMode::Skb, None),
+    };
+    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let mut d = Daemon {
+        lb,
+        cfg,
+        opts,
+        attached: Attached::Adopted,
+        started: Instant::now(),
+        checkers: HashMap::new(),
+        health_tx,
+    };
+    let (attached, refused) =
+        d.lb.dp
+            .attach_pinned(&d.cfg.interface, mode, fallback, &link_pin)?;
+    for e in refused {
+        warn!(
+            "{}: {e} ({:?}); using generic (skb) mode, which is slower",
+            d.cfg.interface,
+            std::error::Error::source(&e)
+        );
+    }
+    d.attached = attached;
+    match attached {
+        Attached::Adopted => info!(
+            "adopted the running data path on {} (pinned at {}): nothing was reset",
+            d.cfg.interface,
+            d.cfg.pin_path.display()
+        ),
+        Attached::New(m) => info!("attached to {} in {m:?} mode", d.cfg.interface),
+    }
+    if adopting && attached != Attached::Adopted {
+        warn!("a pinned link existed but was not adopted");
+    }
+    d.refresh_macs();
+    d.sync_checkers();
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Envelope>(64);
+    tokio::spawn(control::serve(listener, ctl_tx));
+    let (met_tx, mut met_rx) = mpsc::channel::<oneshot::Sender<String>>(16);
+    if let Some(l) = metrics_listener {
+        info!("metrics on http://{}/metrics", l.local_addr()?);
+        tokio::spawn(metrics::serve(l, met_tx));
+    }
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut neigh_tick = tokio::time::interval(Duration::from_secs(1));
+    info!("control socket {}", d.cfg.control_socket.display());
+
+    loop {
+        tokio::select! {
+            Some(ev) = health_rx.recv() => d.on_health(ev),
+            Some((req, reply)) = ctl_rx.recv() => {
+                let r = d.handle(req);
+                let _ = reply.send(r);
+            }
+            Some(reply) = met_rx.recv() => { let _ = reply.send(d.metrics()); }
+            _ = neigh_tick.tick() => d.refresh_macs(),
+            _ = sighup.recv() => {
+                if let Err(e) = d.reload() {
+                    error!("reload failed, the running config is unchanged: {e:#}");
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    let _ = std::fs::remove_file(&d.cfg.control_socket);
+    if d.opts.keep {
+        info!(
+            "exiting; the program keeps forwarding (--keep), state pinned at {}",
+            d.cfg.pin_path.display()
+        );
+    } else {
+        let pin = d.cfg.pin_path.clone();
+        drop(d);
+        unpin_all(&pin)?;
+        info!("exiting; detached and unpinned");
+    }
+    Ok(())
+}
+
+/// Whether a backend state counts as up, for callers outside the daemon.
+pub fn is_up(state: Option<State>) -> bool {
+    state == Some(State::Up)
+}
