@@ -4,6 +4,9 @@
 //! Frames only ever go through BPF_PROG_TEST_RUN here: nothing is sent on
 //! any interface, so the documentation address ranges are used freely.
 
+pub mod daemon;
+pub mod netns;
+
 use std::net::Ipv4Addr;
 
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, PacketBuilderStep};

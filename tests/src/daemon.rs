@@ -1,0 +1,154 @@
+//! The stickylb daemon as a test runs it: a real process in the load
+//! balancer's namespace, killed and its pinned state removed on drop.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use lb_user::{
+    control::{self, Request},
+    dataplane::{Dataplane, LINK_PIN_NAME},
+    lb::VipStatus,
+};
+
+use crate::netns::{ChildGuard, Result, Topology, wait_for};
+
+/// Removes a pin folder (detaching its XDP link) on drop, so a test that
+/// fails with the daemon killed leaves nothing pinned.
+pub struct PinGuard(pub PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = Dataplane::detach_pinned(&self.0.join(LINK_PIN_NAME));
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Daemon {
+    pub child: Option<ChildGuard>,
+    pub bin: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    runs: u32,
+}
+
+impl Daemon {
+    /// Writes `config_text` and starts `stickylb run` in the LB namespace;
+    /// returns once the control socket answers.
+    pub fn start(topo: &Topology, bin: &Path, config_text: &str, args: &[&str]) -> Result<Self> {
+        let config = topo.tmp.join("stickylb.toml");
+        fs::write(&config, config_text).map_err(|e| e.to_string())?;
+        let mut d = Self {
+            child: None,
+            bin: bin.to_owned(),
+            config,
+            socket: topo.control_socket(),
+            log: topo.tmp.join("daemon.log"),
+            runs: 0,
+        };
+        d.restart(topo, args)?;
+        Ok(d)
+    }
+
+    /// Starts the daemon again (after `kill9` or `stop`).
+    pub fn restart(&mut self, topo: &Topology, args: &[&str]) -> Result<()> {
+        self.runs += 1;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| e.to_string())?;
+        let child = topo
+            .lb
+            .command(&self.bin)
+            .arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.child = Some(ChildGuard(child));
+        let sock = self.socket.clone();
+        let ok = wait_for(Duration::from_secs(10), || {
+            control::call(&sock, &Request::Status).is_ok()
+        });
+        if !ok {
+            return Err(format!("daemon did not come up; log:\n{}", self.log_text()));
+        }
+        Ok(())
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn call(&self, req: &Request) -> Result<serde_json::Value> {
+        control::call(&self.socket, req).map_err(|e| format!("{e:#}"))
+    }
+
+    pub fn vips(&self) -> Result<Vec<VipStatus>> {
+        let v = self.call(&Request::Status)?;
+        serde_json::from_value(v["vips"].clone()).map_err(|e| e.to_string())
+    }
+
+    /// Waits until every backend of every VIP is in `state` ("up", "down").
+    pub fn wait_backends(&self, timeout: Duration, pred: impl Fn(&str, usize) -> bool) -> bool {
+        wait_for(timeout, || {
+            self.vips().is_ok_and(|vips| {
+                vips.iter()
+                    .flat_map(|v| v.backends.iter().enumerate())
+                    .all(|(i, b)| pred(&b.state, i))
+            })
+        })
+    }
+
+    /// The CLI, run as a user would: `stickylb --socket S <args>`.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// SIGKILL: the daemon dies without cleaning anything up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.0.kill();
+            let _ = c.0.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        c.signal(libc::SIGTERM);
+        if !wait_for(Duration::from_secs(10), || c.exited().is_some()) {
+            return Err("daemon did not exit on SIGTERM".into());
+        }
+        match c.exited() {
+            Some(s) if s.success() => Ok(()),
+            other => Err(format!(
+                "daemon exited with {other:?}; log:\n{}",
+                self.log_text()
+            )),
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! A test network made of network namespaces: a bridge namespace joining a
+//! client namespace (hundreds of client addresses), the load balancer's
+//! namespace and backend namespaces running real HTTP servers.
+//!
+//! Everything is owned by guards: dropping the `Topology` (also when a test
+//! panics) kills its processes and deletes its namespaces, which deletes
+//! their interfaces. Nothing is created in the root namespace: every veth is
+//! created inside the bridge namespace with its other end moved straight
+//! into its host's namespace.
+//!
+//! ```text
+//!                      ns <id>-br: bridge br0
+//!        +--------------+----------+----------+---------+
+//!      p-cl           p-lb       p-b0       p-b1  ...  (XDP_PASS on p-lb)
+//!        |              |          |          |
+//!   <id>-cl eth0   <id>-lb eth0  <id>-b0    <id>-b1
+//!   10.77.0.2      10.77.0.1     eth0 10.77.0.10 ...
+//!   10.77.1.x/16   VIP/32        lo: VIP/32 (arp_ignore=1, arp_announce=2)
+//!   (clients)      stickylb XDP  slb-backend on :80
+//! ```
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_user::dataplane::{AttachMode, Dataplane, LoadOptions};
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Runs a command to completion; its stdout, or an error with its stderr.
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Result<Self> {
+        sh(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        sh(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Feeds `ip -batch` so hundreds of commands cost one process.
+    pub fn ip_batch(&self, lines: &[String]) -> Result<()> {
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        child
+            .stdin
+            .take()
+            .ok_or("no stdin")?
+            .write_all(lines.join("\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip -batch: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// A command that runs in this namespace's network stack only: unlike
+    /// `ip netns exec`, `nsenter --net` keeps the root mount namespace, so
+    /// the root bpffs (pinned maps) stays visible.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        sh(self
+            .command("sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")]))
+        .map(|_| ())
+    }
+
+    /// Runs `f` on a thread inside this namespace (threads it spawns stay
+    /// there too); sockets it opens belong to the namespace.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        thread::spawn(move || {
+            let file = fs::File::open(&path).expect("open netns");
+            // SAFETY: a valid netns fd; setns only affects this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+
+    /// Whether it has exited (reaping it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `cond` holds, polling; false on timeout.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub const CLIENT_MAIN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);
+pub const PREFIX: u8 = 16;
+
+pub fn backend_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 10 + i as u8)
+}
+
+/// Client address number `i` (up to 64k).
+pub fn client_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
+}
+
+pub struct TopologyOptions {
+    pub backends: usize,
+    pub clients: usize,
+    /// `--redis` for every backend (the address of a Redis they can reach).
+    pub redis: Option<SocketAddrV4>,
+}
+
+/// The whole test network. Field order is drop order: processes first,
+/// then the XDP program on the bridge port, then the namespaces.
+pub struct Topology {
+    pub servers: Vec<Option<ChildGuard>>,
+    _peer_xdp: Option<Dataplane>,
+    pub id: String,
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<Netns>,
+    pub bridge: Netns,
+    pub clients: Vec<Ipv4Addr>,
+    pub server_bin: PathBuf,
+    pub redis: Option<SocketAddrV4>,
+    pub tmp: PathBuf,
+}
+
+impl Topology {
+    /// Builds the network, starts one `slb-backend` per backend namespace
+    /// and waits until each listens.
+    pub fn up(opts: &TopologyOptions, server_bin: &Path) -> Result<Self> {
+        crate::require_root();
+        let id = format!(
+            "slb{}x{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let bridge = Netns::new(&format!("{id}-br"))?;
+        let client = Netns::new(&format!("{id}-cl"))?;
+        let lb = Netns::new(&format!("{id}-lb"))?;
+        let mut backends = Vec::new();
+        for i in 0..opts.backends {
+            backends.push(Netns::new(&format!("{id}-b{i}"))?);
+        }
+        let tmp = std::env::temp_dir().join(&id);
+        fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        let mut topo = Self {
+            servers: Vec::new(),
+            _peer_xdp: None,
+            id,
+            client,
+            lb,
+            backends,
+            bridge,
+            clients: (0..opts.clients).map(client_addr).collect(),
+            server_bin: server_bin.to_owned(),
+            redis: opts.redis,
+            tmp,
+        };
+        topo.wire()?;
+        for i in 0..opts.backends {
+            topo.servers.push(None);
+            topo.start_server(i)?;
+        }
+        Ok(topo)
+    }
+
+    fn wire(&mut self) -> Result<()> {
+        let br = &self.bridge;
+        br.ip(&["link", "add", "br0", "type", "bridge"])?;
+        br.ip(&["link", "set", "br0", "up"])?;
+        let mut hosts: Vec<(&Netns, String)> =
+            vec![(&self.client, "p-cl".into()), (&self.lb, "p-lb".into())];
+        for (i, b) in self.backends.iter().enumerate() {
+            hosts.push((b, format!("p-b{i}")));
+        }
+        for (host, port) in &hosts {
+            br.ip(&[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+            ])?;
+            br.ip(&["link", "set", port, "master", "br0"])?;
+            br.ip(&["link", "set", port, "up"])?;
+            host.ip(&["link", "set", "eth0", "up"])?;
+        }
+        let cidr = |a: Ipv4Addr| format!("{a}/{PREFIX}");
+        // Load balancer: its own address, and the VIP so it answers ARP
+        // for it (frames to the VIP then reach its XDP program).
+        self.lb
+            .ip(&["addr", "add", &cidr(LB_ADDR), "dev", "eth0"])?;
+        self.lb
+            .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+        // Backends: the VIP on loopback, never answering ARP for it, so
+        // frames to the VIP only reach them when the LB forwards them.
+        for (i, b) in self.backends.iter().enumerate() {
+            b.ip(&["addr", "add", &cidr(backend_addr(i)), "dev", "eth0"])?;
+            b.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            for (k, v) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+                b.sysctl(&format!("net.ipv4.conf.all.{k}"), v)?;
+                b.sysctl(&format!("net.ipv4.conf.eth0.{k}"), v)?;
+            }
+        }
+        // Clients: many source addresses on one interface.
+        let mut batch = vec![format!("addr add {} dev eth0", cidr(CLIENT_MAIN_ADDR))];
+        batch.extend(
+            self.clients
+                .iter()
+                .map(|a| format!("addr add {} dev eth0", cidr(*a))),
+        );
+        self.client.ip_batch(&batch)?;
+        // veth leaves TCP checksums partial; XDP_TX loses that mark, and the
+        // backend would drop the segment. A NIC computes them on the wire.
+        sh(self
+            .client
+            .command("ethtool")
+            .args(["-K", "eth0", "tx", "off"]))?;
+        // XDP_TX on a veth in driver mode needs an XDP program on the peer;
+        // stickylb's own program with no VIP passes every frame.
+        let path = self.bridge.path();
+        let dp = thread::spawn(move || -> Result<Dataplane> {
+            let f = fs::File::open(&path).map_err(|e| e.to_string())?;
+            // SAFETY: valid netns fd; affects this thread only.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            let mut dp = Dataplane::load(&LoadOptions {
+                affinity_capacity: 1024,
+                pin_dir: None,
+            })
+            .map_err(|e| format!("{e:#}"))?;
+            dp.attach("p-lb", AttachMode::Driver)
+                .map_err(|e| format!("{e:#}"))?;
+            Ok(dp)
+        })
+        .join()
+        .map_err(|_| "peer XDP thread panicked")??;
+        self._peer_xdp = Some(dp);
+        Ok(())
+    }
+
+    /// Starts (or restarts) backend `i`'s HTTP server; waits until it listens.
+    pub fn start_server(&mut self, i: usize) -> Result<()> {
+        let ready = self.tmp.join(format!("b{i}.ready"));
+        let _ = fs::remove_file(&ready);
+        let mut cmd = self.backends[i].command(&self.server_bin);
+        cmd.args(["--name", &format!("backend-{i}"), "--listen", "0.0.0.0:80"])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(r) = self.redis {
+            cmd.args(["--redis", &r.to_string()]);
+        }
+        let child = ChildGuard(cmd.spawn().map_err(|e| format!("start slb-backend: {e}"))?);
+        self.servers[i] = Some(child);
+        if !wait_for(Duration::from_secs(5), || ready.exists()) {
+            return Err(format!("backend {i} did not start listening"));
+        }
+        Ok(())
+    }
+
+    /// Kills backend `i`'s server (its host stays up: connections are refused).
+    pub fn kill_server(&mut self, i: usize) {
+        self.servers[i] = None;
+    }
+
+    /// Takes backend `i`'s link down or up (its host vanishes from the wire).
+    pub fn set_backend_link(&self, i: usize, up: bool) -> Result<()> {
+        self.backends[i]
+            .ip(&["link", "set", "eth0", if up { "up" } else { "down" }])
+            .map(|_| ())
+    }
+
+    /// A daemon config for this network; `extra_vip` is appended to the
+    /// `[[vip]]` table (e.g. "affinity_timeout = \"10s\"").
+    pub fn config(&self, pin_path: &Path, health: &str, extra_vip: &str) -> String {
+        let mut s = format!(
+            "interface = \"eth0\"\n\
+             xdp_mode = \"driver\"\n\
+             pin_path = \"{}\"\n\
+             control_socket = \"{}\"\n\
+             metrics_listen = \"127.0.0.1:9321\"\n\
+             affinity_capacity = 65536\n\n\
+             [health]\n{health}\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n{extra_vip}\n",
+            pin_path.display(),
+            self.tmp.join("ctl.sock").display()
+        );
+        for i in 0..self.backends.len() {
+            s += &format!(
+                "\n[[vip.backend]]\naddress = \"{}\"\nport = 80\n",
+                backend_addr(i)
+            );
+        }
+        s
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.tmp.join("ctl.sock")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// What one HTTP request got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub set_cookie: Option<String>,
+}
+
+/// One HTTP/1.1 GET on a new TCP connection from `src` (a local address of
+/// the calling thread's namespace), bounded by `timeout`.
+pub fn http_get(
+    src: Ipv4Addr,
+    dst: SocketAddrV4,
+    path: &str,
+    cookie: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
+    sock.connect_timeout(&SocketAddr::V4(dst).into(), timeout)?;
+    let mut stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {dst}\r\n{cookie}Connection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP head"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let set_cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Set-Cookie: ")
+                .or_else(|| l.strip_prefix("set-cookie: "))
+        })
+        .map(|c| c.split(';').next().unwrap_or(c).to_owned());
+    Ok(Answer {
+        status,
+        body: body.to_owned(),
+        set_cookie,
+    })
+}
+
+/// Which backend answered: the name in the body ("backend-3\n" → 3).
+pub fn backend_of(answer: &Answer) -> Option<usize> {
+    answer
+        .body
+        .split_whitespace()
+        .next()?
+        .strip_prefix("backend-")?
+        .parse()
+        .ok()
+}
