@@ -4,6 +4,7 @@
 //! Frames only ever go through BPF_PROG_TEST_RUN here: nothing is sent on
 //! any interface, so the documentation address ranges are used freely.
 
+pub mod bench;
 pub mod daemon;
 pub mod netns;
 

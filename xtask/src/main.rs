@@ -30,6 +30,39 @@ enum Task {
     },
     /// Check formatting and run clippy with warnings denied.
     Lint,
+    /// Set up, then show stickylb at work in network namespaces: clients
+    /// pinned to backends, a backend killed, the daemon restarted, sessions
+    /// lost or kept. Tears everything down at the end.
+    Demo {
+        /// Leave the topology and daemon up for exploring.
+        #[arg(long)]
+        keep: bool,
+        /// Fewer clients and shorter pauses.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Bring the test network up or down by hand (see docs/testing.md).
+    Netns {
+        #[command(subcommand)]
+        action: NetnsAction,
+    },
+    /// Set up, then run the benchmarks and write docs/benchmarks.md.
+    Bench {
+        /// Small counts and short runs (a smoke test of the bench code).
+        #[arg(long)]
+        quick: bool,
+        /// Only these sections (comma-separated: xdp,live,tcp,control).
+        #[arg(long)]
+        only: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetnsAction {
+    /// Create the namespaces, start backends and the daemon; print how to poke at it.
+    Up,
+    /// Stop everything `up` started and delete the namespaces.
+    Down,
 }
 
 fn main() -> Result<()> {
@@ -46,7 +79,44 @@ fn main() -> Result<()> {
             lint()
         }
         Task::Lint => lint(),
+        Task::Demo { keep, quick } => {
+            let mut args = Vec::new();
+            if keep {
+                args.push("--keep");
+            }
+            if quick {
+                args.push("--quick");
+            }
+            privileged_tool("slb-demo", &["redis-server"], &args)
+        }
+        Task::Netns { action } => match action {
+            NetnsAction::Up => privileged_tool("slb-netns", &[], &["up"]),
+            NetnsAction::Down => privileged_tool("slb-netns", &[], &["down"]),
+        },
+        Task::Bench { quick, only } => {
+            let mut args = Vec::new();
+            if quick {
+                args.push("--quick".to_owned());
+            }
+            if let Some(o) = only {
+                args.push("--only".to_owned());
+                args.push(o);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            privileged_tool("slb-bench", setup::BENCH_PACKAGES, &args)
+        }
     }
+}
+
+/// Sets up (plus `packages`), builds the test crate's binaries in release
+/// mode and runs `bin` as root.
+fn privileged_tool(bin: &str, packages: &[&str], args: &[&str]) -> Result<()> {
+    setup::run()?;
+    util::require_root(&format!("{bin} creates network namespaces and loads XDP programs"))?;
+    setup::debian_packages(packages)?;
+    util::cargo(&["build", "--release", "--quiet", "-p", "stickylb-tests", "--bins"])?;
+    let path = std::path::Path::new("target/release").join(bin);
+    util::run(std::process::Command::new(path).args(args))
 }
 
 fn lint() -> Result<()> {

@@ -16,7 +16,23 @@ use crate::util::{self, step};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests, the demo and the namespace harness use.
-pub const PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "iputils-ping", "procps"];
+pub const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "curl",
+    "iputils-ping",
+    "procps",
+    "util-linux",
+];
+
+/// What `cargo xtask bench` compares stickylb with, and drives it with.
+pub const BENCH_PACKAGES: &[&str] = &[
+    "haproxy",
+    "nginx",
+    "libnginx-mod-stream",
+    "wrk",
+    "iperf3",
+];
 
 pub fn run() -> Result<()> {
     step("setup: toolchains");
@@ -179,12 +195,25 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
     }
     eprintln!("installing Debian packages: {}", missing.join(" "));
     util::run(Command::new("apt-get").args(["update", "-q"]))?;
-    util::run(
+    // Packages such as nginx start a service listening on the machine's own
+    // namespace when installed; the tests run their own instances inside
+    // namespaces, so keep the package scripts from starting anything.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let had_policy = policy.exists();
+    if !had_policy {
+        fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let result = util::run(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
-    )
+    );
+    if !had_policy {
+        let _ = fs::remove_file(policy);
+    }
+    result
 }
 
 fn bpffs() -> Result<()> {

@@ -1,0 +1,75 @@
+//! `slb-bench [--quick] [--only xdp,live,tcp,control] [--out DIR] [--json FILE]`:
+//! runs stickylb's benchmarks and writes the report. Run through
+//! `cargo xtask bench`, which installs the tools it needs first.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use stickylb_tests::bench::{self, Ctx, Section, progress};
+
+fn main() -> ExitCode {
+    let mut quick = false;
+    let mut only: Option<Vec<String>> = None;
+    let mut out = PathBuf::from("docs");
+    let mut json = PathBuf::from("target/bench/results.json");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--only" => only = args.next().map(|v| v.split(',').map(str::to_owned).collect()),
+            "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            "--json" => json = args.next().map(PathBuf::from).unwrap_or(json),
+            other => {
+                eprintln!("slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,live,tcp,control] [--out DIR] [--json FILE]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    stickylb_tests::require_root();
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_default();
+    let ctx = Ctx {
+        quick,
+        stickylb_bin: exe_dir.join("stickylb-under-test"),
+        backend_bin: exe_dir.join("slb-backend"),
+    };
+    type Run = fn(&Ctx) -> Result<Section, String>;
+    let all: [(&str, &str, Run); 4] = [
+        ("xdp", "Per-packet cost of the XDP program", bench::xdp_cost::run),
+        ("live", "Live forwarding rate on veth", bench::live_rate::run),
+        ("tcp", "TCP and HTTP through the load balancer", bench::tcp_http::run),
+        ("control", "Control plane and stickiness quality", bench::control_plane::run),
+    ];
+    let mut sections = Vec::new();
+    let mut failed = Vec::new();
+    for (key, title, run) in all {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|k| k == key)) {
+            continue;
+        }
+        progress(format!("{title} ..."));
+        match run(&ctx) {
+            Ok(s) => sections.push(s),
+            Err(e) => {
+                eprintln!("[bench] {title} FAILED: {e}");
+                failed.push(key);
+                sections.push(Section {
+                    title: title.into(),
+                    method: format!("**This section failed in this run:** {e}"),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    if let Err(e) = bench::report::write(&out, &json, &sections, quick) {
+        eprintln!("slb-bench: cannot write the report: {e}");
+        return ExitCode::FAILURE;
+    }
+    progress(format!("report: {}/benchmarks.md, raw results: {}", out.display(), json.display()));
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("slb-bench: sections failed: {}", failed.join(", "));
+        ExitCode::FAILURE
+    }
+}
