@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod netns;
+pub mod traffic;
 
 use std::net::Ipv4Addr;
 

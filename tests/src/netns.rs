@@ -138,6 +138,21 @@ impl Netns {
     }
 }
 
+/// Moves the calling thread into the network namespace at `path` (threads
+/// it spawns afterwards inherit it).
+pub fn enter_path(path: &Path) {
+    let file = fs::File::open(path).expect("open netns");
+    // SAFETY: a valid netns fd; setns only affects this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "setns {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -316,11 +331,7 @@ impl Topology {
         // stickylb's own program with no VIP passes every frame.
         let path = self.bridge.path();
         let dp = thread::spawn(move || -> Result<Dataplane> {
-            let f = fs::File::open(&path).map_err(|e| e.to_string())?;
-            // SAFETY: valid netns fd; affects this thread only.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error().to_string());
-            }
+            enter_path(&path);
             let mut dp = Dataplane::load(&LoadOptions {
                 affinity_capacity: 1024,
                 pin_dir: None,

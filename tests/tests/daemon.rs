@@ -14,7 +14,8 @@ use lb_user::{
 };
 use stickylb_tests::{
     daemon::{Daemon, PinGuard},
-    netns::{Topology, TopologyOptions, VIP, backend_addr, backend_of, http_get, wait_for},
+    netns::{Topology, TopologyOptions, backend_addr, wait_for},
+    traffic::sweep,
 };
 
 const STICKYLB: &str = env!("CARGO_BIN_EXE_stickylb-under-test");
@@ -22,39 +23,6 @@ const BACKEND: &str = env!("CARGO_BIN_EXE_slb-backend");
 
 pub const FAST_HEALTH: &str =
     "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
-
-/// One request from each client, in parallel: which backend answered each.
-fn sweep(topo: &Topology, clients: &[Ipv4Addr]) -> Vec<Option<usize>> {
-    let clients = clients.to_vec();
-    topo.client.enter(move || {
-        let handles: Vec<_> = clients
-            .chunks(16)
-            .map(|chunk| {
-                let chunk = chunk.to_vec();
-                std::thread::spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|&c| {
-                            http_get(
-                                c,
-                                SocketAddrV4::new(VIP, 80),
-                                "/",
-                                None,
-                                Duration::from_secs(2),
-                            )
-                            .ok()
-                            .and_then(|a| backend_of(&a))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    })
-}
 
 fn flows(d: &Daemon) -> BTreeMap<Ipv4Addr, Option<SocketAddrV4>> {
     let v = d
