@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_user::dataplane::{AttachMode, Dataplane, LoadOptions};
+use lb_user::dataplane::{AttachMode, Dataplane, LINK_PIN_NAME, LoadOptions};
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -224,15 +224,21 @@ pub struct TopologyOptions {
 }
 
 /// The whole test network. Field order is drop order: processes first,
-/// then the XDP program on the bridge port, then the namespaces.
+/// then the namespaces (Drop then removes the pinned XDP link of the bridge
+/// port and the scratch folder).
 pub struct Topology {
     pub servers: Vec<Option<ChildGuard>>,
-    _peer_xdp: Option<Dataplane>,
+    /// Other processes the user of the topology started in it.
+    pub others: Vec<ChildGuard>,
     pub id: String,
     pub client: Netns,
     pub lb: Netns,
     pub backends: Vec<Netns>,
+    /// Further hosts on the bridge (`add_host`).
+    pub hosts: Vec<Netns>,
     pub bridge: Netns,
+    /// Pin folder of the XDP_PASS program on the LB's bridge port.
+    pub peer_pin: PathBuf,
     pub clients: Vec<Ipv4Addr>,
     pub server_bin: PathBuf,
     pub redis: Option<SocketAddrV4>,
@@ -260,11 +266,13 @@ impl Topology {
         fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
         let mut topo = Self {
             servers: Vec::new(),
-            _peer_xdp: None,
+            others: Vec::new(),
+            peer_pin: Path::new("/sys/fs/bpf").join(format!("{id}-peer")),
             id,
             client,
             lb,
             backends,
+            hosts: Vec::new(),
             bridge,
             clients: (0..opts.clients).map(client_addr).collect(),
             server_bin: server_bin.to_owned(),
@@ -328,23 +336,74 @@ impl Topology {
             .command("ethtool")
             .args(["-K", "eth0", "tx", "off"]))?;
         // XDP_TX on a veth in driver mode needs an XDP program on the peer;
-        // stickylb's own program with no VIP passes every frame.
+        // stickylb's own program with no VIP passes every frame. Its link is
+        // pinned so it outlives this process when the topology is kept.
         let path = self.bridge.path();
-        let dp = thread::spawn(move || -> Result<Dataplane> {
+        let pin = self.peer_pin.clone();
+        thread::spawn(move || -> Result<()> {
             enter_path(&path);
+            fs::create_dir_all(&pin).map_err(|e| e.to_string())?;
             let mut dp = Dataplane::load(&LoadOptions {
                 affinity_capacity: 1024,
                 pin_dir: None,
             })
             .map_err(|e| format!("{e:#}"))?;
-            dp.attach("p-lb", AttachMode::Driver)
+            dp.attach_pinned("p-lb", AttachMode::Driver, None, &pin.join(LINK_PIN_NAME))
                 .map_err(|e| format!("{e:#}"))?;
-            Ok(dp)
+            Ok(())
         })
         .join()
         .map_err(|_| "peer XDP thread panicked")??;
-        self._peer_xdp = Some(dp);
         Ok(())
+    }
+
+    /// Adds a host on the bridge with `addr`; its namespace.
+    pub fn add_host(&mut self, name: &str, addr: Ipv4Addr) -> Result<&Netns> {
+        let ns = Netns::new(&format!("{}-{name}", self.id))?;
+        let port = format!("p-{name}");
+        self.bridge.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.bridge.ip(&["link", "set", &port, "master", "br0"])?;
+        self.bridge.ip(&["link", "set", &port, "up"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/{PREFIX}"), "dev", "eth0"])?;
+        self.hosts.push(ns);
+        Ok(self.hosts.last().expect("just pushed"))
+    }
+
+    /// Every namespace of the topology.
+    pub fn namespaces(&self) -> Vec<&Netns> {
+        let mut v = vec![&self.client, &self.lb];
+        v.extend(&self.backends);
+        v.extend(&self.hosts);
+        v.push(&self.bridge);
+        v
+    }
+
+    /// Keeps everything running after this process exits: returns what
+    /// must be removed later (`slb-netns down` does that) and disarms every
+    /// guard.
+    pub fn persist(mut self) -> KeptTopology {
+        let mut pids: Vec<u32> = self.servers.iter().flatten().map(ChildGuard::pid).collect();
+        pids.extend(self.others.iter().map(ChildGuard::pid));
+        let kept = KeptTopology {
+            id: self.id.clone(),
+            namespaces: self.namespaces().iter().map(|n| n.name.clone()).collect(),
+            pids,
+            pins: vec![self.peer_pin.clone()],
+            tmp: self.tmp.clone(),
+        };
+        for c in self
+            .servers
+            .drain(..)
+            .flatten()
+            .chain(self.others.drain(..))
+        {
+            std::mem::forget(c);
+        }
+        std::mem::forget(self);
+        kept
     }
 
     /// Starts (or restarts) backend `i`'s HTTP server; waits until it listens.
@@ -411,6 +470,81 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        let _ = Dataplane::detach_pinned(&self.peer_pin.join(LINK_PIN_NAME));
+        let _ = fs::remove_dir_all(&self.peer_pin);
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// What a kept topology consists of, to remove it later.
+#[derive(Clone, Debug, Default)]
+pub struct KeptTopology {
+    pub id: String,
+    pub namespaces: Vec<String>,
+    pub pids: Vec<u32>,
+    /// Pin folders (each detached and removed).
+    pub pins: Vec<PathBuf>,
+    pub tmp: PathBuf,
+}
+
+impl KeptTopology {
+    pub fn to_lines(&self) -> String {
+        let mut s = format!("id {}\ntmp {}\n", self.id, self.tmp.display());
+        s += &self
+            .namespaces
+            .iter()
+            .map(|n| format!("netns {n}\n"))
+            .collect::<String>();
+        s += &self
+            .pids
+            .iter()
+            .map(|p| format!("pid {p}\n"))
+            .collect::<String>();
+        s += &self
+            .pins
+            .iter()
+            .map(|p| format!("pin {}\n", p.display()))
+            .collect::<String>();
+        s
+    }
+
+    pub fn from_lines(text: &str) -> Self {
+        let mut k = Self::default();
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("id", v)) => k.id = v.into(),
+                Some(("tmp", v)) => k.tmp = v.into(),
+                Some(("netns", v)) => k.namespaces.push(v.into()),
+                Some(("pid", v)) => k.pids.extend(v.parse::<u32>().ok()),
+                Some(("pin", v)) => k.pins.push(v.into()),
+                _ => {}
+            }
+        }
+        k
+    }
+
+    /// Stops the processes (SIGTERM first, so a daemon detaches and
+    /// unpins), then removes pins, namespaces and the scratch folder.
+    pub fn remove(&self) {
+        for &p in &self.pids {
+            // SAFETY: kill(2) on a pid we started.
+            unsafe { libc::kill(p as i32, libc::SIGTERM) };
+        }
+        thread::sleep(Duration::from_millis(500));
+        for &p in &self.pids {
+            // SAFETY: as above; a pid already gone just fails.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        for pin in &self.pins {
+            let _ = Dataplane::detach_pinned(&pin.join(LINK_PIN_NAME));
+            let _ = fs::remove_dir_all(pin);
+        }
+        for n in &self.namespaces {
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = fs::remove_dir_all(&self.tmp);
     }
 }

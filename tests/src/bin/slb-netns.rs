@@ -1,0 +1,103 @@
+//! `cargo xtask netns up|down`: the test network by hand. `up` builds it
+//! (3 backends, 250 clients), starts the daemon and leaves it all running;
+//! `down` removes everything `up` (or `cargo xtask demo --keep`) left.
+
+use std::{path::Path, process::ExitCode, time::Duration};
+
+use stickylb_tests::{
+    daemon::Daemon,
+    netns::{KeptTopology, Topology, TopologyOptions, VIP},
+};
+
+const STATE_DIR: &str = "/run/stickylb-netns";
+
+fn main() -> ExitCode {
+    let action = std::env::args().nth(1).unwrap_or_default();
+    let result = match action.as_str() {
+        "up" => up(),
+        "down" => down(),
+        _ => Err("usage: slb-netns up|down".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slb-netns: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn state_file() -> std::path::PathBuf {
+    Path::new(STATE_DIR).join("state")
+}
+
+fn up() -> Result<(), String> {
+    stickylb_tests::require_root();
+    if state_file().exists() {
+        return Err(format!(
+            "a test network is already up ({}); `cargo xtask netns down` first",
+            state_file().display()
+        ));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe.parent().ok_or("no exe dir")?;
+    let topo = Topology::up(
+        &TopologyOptions {
+            backends: 3,
+            clients: 250,
+            redis: None,
+        },
+        &dir.join("slb-backend"),
+    )?;
+    let pin = Path::new("/sys/fs/bpf").join(&topo.id);
+    let config = topo.config(&pin, "", "affinity_timeout = \"5m\"");
+    let mut d = Daemon::start(&topo, &dir.join("stickylb-under-test"), &config, &[])?;
+    if !d.wait_backends(Duration::from_secs(8), |s, _| s == "up") {
+        return Err(format!("backends did not come up:\n{}", d.log_text()));
+    }
+    let daemon_pid = d.child.as_ref().map(|c| c.pid());
+    if let Some(c) = d.child.take() {
+        std::mem::forget(c);
+    }
+    let id = topo.id.clone();
+    let tmp = topo.tmp.clone();
+    let mut kept: KeptTopology = topo.persist();
+    kept.pids.extend(daemon_pid);
+    kept.pins.push(pin);
+    std::fs::create_dir_all(STATE_DIR).map_err(|e| e.to_string())?;
+    std::fs::write(state_file(), kept.to_lines()).map_err(|e| e.to_string())?;
+    println!(
+        "test network up (namespaces {id}-*; daemon pid {}, log {}):\n\
+         \n  client   {id}-cl  10.77.0.2 + 10.77.1.1-250 (TX checksum offload off)\
+         \n  LB       {id}-lb  10.77.0.1, VIP {VIP} on eth0, stickylb XDP in driver mode\
+         \n  backends {id}-b0..b2  10.77.0.10-12, VIP on lo, slb-backend on :80\
+         \n  bridge   {id}-br  br0 (XDP_PASS on the LB's port p-lb)\
+         \n\nTry:\
+         \n  ip netns exec {id}-cl curl -s --interface 10.77.1.7 http://{VIP}/\
+         \n  target/release/stickylb-under-test --socket {sock} status\
+         \n  target/release/stickylb-under-test --socket {sock} lookup 10.77.1.7\
+         \n  ip netns exec {id}-b1 ip link set eth0 down   # and watch status\
+         \n\nconfig: {cfg}\nRemove it all: cargo xtask netns down",
+        daemon_pid.unwrap_or(0),
+        tmp.join("daemon.log").display(),
+        sock = tmp.join("ctl.sock").display(),
+        cfg = tmp.join("stickylb.toml").display(),
+    );
+    Ok(())
+}
+
+fn down() -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(state_file()) else {
+        println!("no test network is up");
+        return Ok(());
+    };
+    let kept = KeptTopology::from_lines(&text);
+    kept.remove();
+    std::fs::remove_file(state_file()).map_err(|e| e.to_string())?;
+    println!(
+        "removed test network {} ({} namespaces)",
+        kept.id,
+        kept.namespaces.len()
+    );
+    Ok(())
+}
