@@ -64,6 +64,12 @@ pub enum DataplaneError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("cannot create the pin folder {path} (is bpffs mounted on /sys/fs/bpf?)")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("BPF_PROG_TEST_RUN failed")]
     TestRun(#[source] Box<ProgramError>),
 }
@@ -160,6 +166,10 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::AFFINITY, opts.affinity_capacity);
         if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
             for name in map_names::ALL {
                 loader.map_pin_path(name, dir.join(name));
             }

@@ -178,6 +178,27 @@ fn daemon_failover_restart_reload_and_cli() {
 
     cli_checks(&d, clients[0]);
 
+    // Prometheus metrics on the LB namespace's loopback.
+    let text = topo.lb.enter(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9321").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.contains("stickylb_backend_up{vip=\"web\",backend=\"10.77.0.10:80\"} 1"),
+        "{text}"
+    );
+    let packets: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("stickylb_vip_packets_total{vip=\"web\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(packets > 0.0, "{text}");
+
     // A clean stop detaches and unpins.
     d.stop().unwrap();
     assert!(!pin.0.exists(), "pins left behind");

@@ -1,0 +1,162 @@
+//! The daemon's map bookkeeping (`lb_user::lb::Lb`) against the real maps:
+//! only changed slots are written, and a second daemon adopting pinned maps
+//! re-identifies every id and writes nothing. Needs root.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use lb_common::VipKey;
+use lb_user::{
+    config::Config,
+    dataplane::{Dataplane, LoadOptions},
+    health::State,
+    lb::Lb,
+};
+use stickylb_tests::{daemon::PinGuard, require_root};
+
+fn config(pin: &std::path::Path, backends: usize, weight0: u32) -> Config {
+    let mut s = format!(
+        "interface = \"lo\"\npin_path = \"{}\"\n\n[[vip]]\nname = \"web\"\naddress = \"198.51.100.10\"\nport = 80\ntable_size = 65537\n",
+        pin.display()
+    );
+    for i in 0..backends {
+        let w = if i == 0 { weight0 } else { 1 };
+        s += &format!(
+            "\n[[vip.backend]]\naddress = \"192.0.2.{}\"\nport = 80\nweight = {w}\nmac = \"02:00:00:00:00:{:02x}\"\n",
+            10 + i,
+            10 + i
+        );
+    }
+    Config::parse(&s).expect("valid config")
+}
+
+fn load(pin: &std::path::Path) -> Dataplane {
+    Dataplane::load(&LoadOptions {
+        affinity_capacity: 4096,
+        pin_dir: Some(pin.to_owned()),
+    })
+    .expect("load")
+}
+
+fn slots_of(lb: &Lb, id: u32) -> usize {
+    lb.vips[0].table.iter().filter(|&&s| s == id).count()
+}
+
+#[test]
+fn rewrites_only_changed_slots_and_adopts_without_writing() {
+    require_root();
+    let pin = PinGuard(PathBuf::from(format!(
+        "/sys/fs/bpf/slb-lbtest-{}",
+        std::process::id()
+    )));
+    let cfg = config(&pin.0, 4, 1);
+    let mut lb = Lb::start(load(&pin.0), &cfg).unwrap();
+    let ids: Vec<u32> = lb.vips[0].backends.iter().map(|b| b.id).collect();
+
+    // Backends come up one by one; each first rebuild writes its share.
+    for &id in &ids {
+        lb.set_health(id, State::Up, "test").unwrap();
+    }
+    assert!(lb.vips[0].table.iter().all(|&s| ids.contains(&s)));
+
+    // A backend going down rewrites exactly the slots it owned.
+    let victim = ids[2];
+    let owned = slots_of(&lb, victim);
+    let r = lb.set_health(victim, State::Down, "test").unwrap().unwrap();
+    println!(
+        "down: {} slots rewritten (owned {owned}), build {} us, write {} us",
+        r.slots_written, r.build_us, r.write_us
+    );
+    assert_eq!(r.slots_written, owned);
+    assert_eq!(slots_of(&lb, victim), 0);
+    // Nothing changed: nothing written.
+    assert_eq!(lb.rebuild(0).unwrap().slots_written, 0);
+    // Coming back takes exactly those slots back.
+    let r = lb.set_health(victim, State::Up, "test").unwrap().unwrap();
+    assert_eq!((r.slots_written, slots_of(&lb, victim)), (owned, owned));
+    // What the kernel holds is what user space thinks.
+    let info = lb.vips[0].info;
+    assert_eq!(
+        lb.dp.read_ring(info.ring_base, info.ring_size).unwrap(),
+        lb.vips[0].table
+    );
+
+    // Drain: the backend's slots go to the others; the ring follows.
+    let addr = lb.vips[0].backends[1].addr;
+    let owned = slots_of(&lb, ids[1]);
+    let r = lb.set_drain("web", addr, true).unwrap();
+    assert_eq!(r.slots_written, owned);
+
+    // A second daemon on the same pinned maps (as after kill -9): same ids,
+    // same table, liveness adopted, and no slot written.
+    let table = lb.vips[0].table.clone();
+    drop(lb);
+    let cfg2 = config(&pin.0, 4, 1);
+    let lb2 = Lb::start(load(&pin.0), &cfg2).unwrap();
+    let ids2: Vec<u32> = lb2.vips[0].backends.iter().map(|b| b.id).collect();
+    assert_eq!(ids2, ids);
+    assert!(
+        lb2.vips[0]
+            .backends
+            .iter()
+            .all(|b| b.health == Some(State::Up))
+    );
+    // The restarted daemon does not know about the live drain (the config is
+    // the source of truth), so the drained backend's slots come back: and
+    // only those.
+    let back: usize = table
+        .iter()
+        .zip(&lb2.vips[0].table)
+        .filter(|(a, b)| a != b)
+        .inspect(|(_, b)| assert_eq!(**b, ids[1]))
+        .count();
+    assert_eq!(back, owned);
+    let info = lb2.vips[0].info;
+    assert_eq!(
+        lb2.dp.read_ring(info.ring_base, info.ring_size).unwrap(),
+        lb2.vips[0].table
+    );
+    let key = VipKey::new(Ipv4Addr::new(198, 51, 100, 10), 80, 6);
+    assert_eq!(lb2.vips[0].key, key);
+}
+
+#[test]
+fn reload_changes_weights_and_table_size_in_place() {
+    require_root();
+    let pin = PinGuard(PathBuf::from(format!(
+        "/sys/fs/bpf/slb-lbtest2-{}",
+        std::process::id()
+    )));
+    let mut lb = Lb::start(load(&pin.0), &config(&pin.0, 3, 1)).unwrap();
+    let ids: Vec<u32> = lb.vips[0].backends.iter().map(|b| b.id).collect();
+    for &id in &ids {
+        lb.set_health(id, State::Up, "test").unwrap();
+    }
+    let vip_id = lb.vips[0].id;
+    let before = slots_of(&lb, ids[0]);
+    lb.apply_config(&config(&pin.0, 3, 3)).unwrap();
+    let after = slots_of(&lb, ids[0]);
+    assert_eq!(lb.vips[0].id, vip_id);
+    // Weights 3:1:1 give the first backend 3/5 of the table.
+    let share = after as f64 / 65_537.0;
+    assert!(
+        (share - 0.6).abs() < 0.01,
+        "weight 3: {before} → {after} slots"
+    );
+
+    // A new table size gets a new ring region, filled before the switch.
+    let text = format!(
+        "interface = \"lo\"\npin_path = \"{}\"\n\n[[vip]]\nname = \"web\"\naddress = \"198.51.100.10\"\nport = 80\ntable_size = 251\n\n[[vip.backend]]\naddress = \"192.0.2.10\"\nport = 80\nmac = \"02:00:00:00:00:0a\"\n",
+        pin.0.display()
+    );
+    let old_base = lb.vips[0].info.ring_base;
+    lb.apply_config(&Config::parse(&text).unwrap()).unwrap();
+    let info = lb.vips[0].info;
+    assert_eq!(info.ring_size, 251);
+    assert_ne!(info.ring_base, old_base);
+    assert!(lb.vips[0].table.iter().all(|&s| s == ids[0]));
+    assert_eq!(
+        lb.dp.read_ring(info.ring_base, 251).unwrap(),
+        lb.vips[0].table
+    );
+    assert_eq!(lb.vips[0].backends.len(), 1);
+}
