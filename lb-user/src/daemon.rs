@@ -260,6 +260,49 @@ fn ensure_bpffs(pin_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("create pin folder {}", pin_path.display()))
 }
 
+fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("#{index}");
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A pinned link from an earlier run must be on the configured interface;
+/// one whose interface has gone is stale and removed.
+fn check_pinned_link(link_pin: &Path, interface: &str) -> anyhow::Result<()> {
+    if !link_pin.exists() {
+        return Ok(());
+    }
+    let have = Dataplane::pinned_link_ifindex(link_pin)
+        .with_context(|| format!("inspect the pinned XDP link {}", link_pin.display()))?;
+    if have == 0 {
+        warn!(
+            "the XDP link pinned at {} lost its interface; replacing it",
+            link_pin.display()
+        );
+        std::fs::remove_file(link_pin)?;
+        return Ok(());
+    }
+    let c = std::ffi::CString::new(interface)?;
+    // SAFETY: c is NUL-terminated.
+    let want = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if have != want {
+        bail!(
+            "the running stickylb (pinned at {}) is attached to {}, but the config says {interface}; \
+             start with --fresh to move it",
+            link_pin.parent().unwrap_or(link_pin).display(),
+            ifname(have)
+        );
+    }
+    Ok(())
+}
+
 /// Removes everything pinned by an earlier run: the link (detaching the
 /// program) and the maps.
 pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
@@ -294,6 +337,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     ensure_bpffs(&cfg.pin_path)?;
     let link_pin = cfg.pin_path.join(LINK_PIN_NAME);
+    check_pinned_link(&link_pin, &cfg.interface)?;
     let adopting = link_pin.exists();
     let dp = Dataplane::load(&LoadOptions {
         affinity_capacity: cfg.affinity_capacity,

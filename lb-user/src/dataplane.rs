@@ -291,6 +291,54 @@ impl Dataplane {
         Ok(true)
     }
 
+    /// The interface index the XDP link pinned at `link_pin` is attached to;
+    /// 0 when its interface is gone (the link is then defunct). aya 0.14 does
+    /// not expose this part of `bpf_link_info`, so it is read with the raw
+    /// syscalls.
+    pub fn pinned_link_ifindex(link_pin: &Path) -> std::io::Result<u32> {
+        use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+        const BPF_OBJ_GET: libc::c_long = 7;
+        const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+        const BPF_LINK_TYPE_XDP: u32 = 6;
+        let path = std::ffi::CString::new(link_pin.as_os_str().as_bytes())?;
+        // union bpf_attr, zeroed: BPF_OBJ_GET reads `pathname` at offset 0.
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64;
+        // SAFETY: attr is a zeroed bpf_attr of the size passed; the path
+        // outlives the call.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd to us.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // struct bpf_link_info: type, id, prog_id, then (8-aligned) the
+        // per-type union, whose xdp member starts with ifindex.
+        let mut info = [0u32; 64];
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32) | (256u64 << 32);
+        attr[1] = info.as_mut_ptr() as u64;
+        // SAFETY: info is 256 bytes as announced; attr is a zeroed bpf_attr.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                attr.as_mut_ptr(),
+                128,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if info[0] != BPF_LINK_TYPE_XDP {
+            return Err(std::io::Error::other(format!(
+                "{} is not an XDP link",
+                link_pin.display()
+            )));
+        }
+        Ok(info[4])
+    }
+
     /// Every VIP in the map.
     pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
         self.vips

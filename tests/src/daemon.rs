@@ -77,9 +77,18 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         self.child = Some(ChildGuard(child));
         let sock = self.socket.clone();
+        let mut exited = None;
         let ok = wait_for(Duration::from_secs(10), || {
-            control::call(&sock, &Request::Status).is_ok()
+            exited = self.child.as_mut().and_then(ChildGuard::exited);
+            exited.is_some() || control::call(&sock, &Request::Status).is_ok()
         });
+        if let Some(status) = exited {
+            self.child = None;
+            return Err(format!(
+                "daemon exited ({status}); log:\n{}",
+                self.log_text()
+            ));
+        }
         if !ok {
             return Err(format!("daemon did not come up; log:\n{}", self.log_text()));
         }

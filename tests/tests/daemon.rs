@@ -178,6 +178,29 @@ fn daemon_failover_restart_reload_and_cli() {
 
     cli_checks(&d, clients[0]);
 
+    // A restart with another interface than the running one's is refused
+    // (it would leave the old one forwarding); the running state is kept.
+    d.kill9();
+    std::fs::write(
+        &d.config,
+        reweighted.replace("interface = \"eth0\"", "interface = \"lo\""),
+    )
+    .unwrap();
+    assert!(d.restart(&topo, &[]).is_err());
+    assert!(
+        d.log_text()
+            .contains("is attached to eth0, but the config says lo; start with --fresh"),
+        "{}",
+        d.log_text()
+    );
+    std::fs::write(&d.config, &reweighted).unwrap();
+    d.restart(&topo, &[]).unwrap();
+    assert_eq!(
+        sweep(&topo, &clients),
+        after,
+        "clients after the refused restart"
+    );
+
     // Prometheus metrics on the LB namespace's loopback.
     let text = topo.lb.enter(|| {
         use std::io::{Read as _, Write as _};
