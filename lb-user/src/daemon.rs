@@ -103,10 +103,16 @@ impl Daemon {
 
     fn on_health(&mut self, ev: health::Event<u32>) {
         self.lb.record_check(ev.key, ev.outcome);
-        if let Some(t) = ev.transition
-            && let Err(e) = self.lb.set_health(ev.key, t.to, &t.reason)
-        {
-            error!("cannot apply a health change of backend id {}: {e}", ev.key);
+        if let Some(t) = ev.transition {
+            // A passing check has just made the kernel resolve the backend's
+            // MAC: read it now rather than at the next tick, so a new
+            // backend takes clients at once.
+            if t.to == State::Up {
+                self.refresh_macs();
+            }
+            if let Err(e) = self.lb.set_health(ev.key, t.to, &t.reason) {
+                error!("cannot apply a health change of backend id {}: {e}", ev.key);
+            }
         }
     }
 
@@ -435,9 +441,4 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         info!("exiting; detached and unpinned");
     }
     Ok(())
-}
-
-/// Whether a backend state counts as up, for callers outside the daemon.
-pub fn is_up(state: Option<State>) -> bool {
-    state == Some(State::Up)
 }
