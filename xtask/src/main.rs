@@ -112,9 +112,18 @@ fn main() -> Result<()> {
 /// mode and runs `bin` as root.
 fn privileged_tool(bin: &str, packages: &[&str], args: &[&str]) -> Result<()> {
     setup::run()?;
-    util::require_root(&format!("{bin} creates network namespaces and loads XDP programs"))?;
+    util::require_root(&format!(
+        "{bin} creates network namespaces and loads XDP programs"
+    ))?;
     setup::debian_packages(packages)?;
-    util::cargo(&["build", "--release", "--quiet", "-p", "stickylb-tests", "--bins"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "stickylb-tests",
+        "--bins",
+    ])?;
     let path = std::path::Path::new("target/release").join(bin);
     util::run(std::process::Command::new(path).args(args))
 }

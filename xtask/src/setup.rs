@@ -26,13 +26,7 @@ pub const PACKAGES: &[&str] = &[
 ];
 
 /// What `cargo xtask bench` compares stickylb with, and drives it with.
-pub const BENCH_PACKAGES: &[&str] = &[
-    "haproxy",
-    "nginx",
-    "libnginx-mod-stream",
-    "wrk",
-    "iperf3",
-];
+pub const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream", "wrk", "iperf3"];
 
 pub fn run() -> Result<()> {
     step("setup: toolchains");

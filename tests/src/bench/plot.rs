@@ -11,14 +11,22 @@ pub fn bars(title: &str, unit: &str, data: &[(String, f64)]) -> String {
     let width = 760.0;
     let plot_w = width - left - 110.0;
     let height = 50.0 + row * data.len() as f64 + 20.0;
-    let max = data.iter().map(|d| d.1).fold(0.0f64, f64::max).max(f64::MIN_POSITIVE);
+    let max = data
+        .iter()
+        .map(|d| d.1)
+        .fold(0.0f64, f64::max)
+        .max(f64::MIN_POSITIVE);
     let mut s = String::new();
     let _ = write!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="13">"#
     );
     let _ = write!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = write!(s, r#"<text x="10" y="24" font-size="16" font-weight="bold">{}</text>"#, esc(title));
+    let _ = write!(
+        s,
+        r#"<text x="10" y="24" font-size="16" font-weight="bold">{}</text>"#,
+        esc(title)
+    );
     for (i, (label, v)) in data.iter().enumerate() {
         let y = 44.0 + row * i as f64;
         let w = (v / max * plot_w).max(1.0);
@@ -50,5 +58,7 @@ pub fn fmt_num(v: f64) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -24,16 +24,33 @@ pub fn machine() -> Vec<(String, String)> {
         })
         .unwrap_or_default();
     vec![
-        ("date".into(), cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"])),
+        (
+            "date".into(),
+            cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        ),
         ("kernel".into(), cmd_out("uname", &["-r"])),
-        ("cpu".into(), format!("{cpu} ({} cores)", cmd_out("nproc", &[]))),
-        ("memory".into(), cmd_out("sh", &["-c", "free -h | awk '/Mem:/ {print $2}'"])),
-        ("stickylb".into(), cmd_out("git", &["rev-parse", "--short", "HEAD"])),
+        (
+            "cpu".into(),
+            format!("{cpu} ({} cores)", cmd_out("nproc", &[])),
+        ),
+        (
+            "memory".into(),
+            cmd_out("sh", &["-c", "free -h | awk '/Mem:/ {print $2}'"]),
+        ),
+        (
+            "stickylb".into(),
+            cmd_out("git", &["rev-parse", "--short", "HEAD"]),
+        ),
     ]
 }
 
 /// Writes `<dir>/benchmarks.md` and its plots, and `json_path`.
-pub fn write(dir: &Path, json_path: &Path, sections: &[Section], quick: bool) -> std::io::Result<()> {
+pub fn write(
+    dir: &Path,
+    json_path: &Path,
+    sections: &[Section],
+    quick: bool,
+) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     let mut md = String::new();
     let _ = writeln!(md, "# stickylb benchmarks\n");
@@ -44,7 +61,10 @@ pub fn write(dir: &Path, json_path: &Path, sections: &[Section], quick: bool) ->
         if quick { " --quick" } else { "" }
     );
     if quick {
-        let _ = writeln!(md, "**Quick run**: reduced counts and durations; figures are indicative only.\n");
+        let _ = writeln!(
+            md,
+            "**Quick run**: reduced counts and durations; figures are indicative only.\n"
+        );
     }
     let _ = writeln!(md, "| | |\n|---|---|");
     for (k, v) in machine() {
@@ -81,6 +101,9 @@ pub fn write(dir: &Path, json_path: &Path, sections: &[Section], quick: bool) ->
     if let Some(parent) = json_path.parent() {
         fs::create_dir_all(parent)?;
     }
-    fs::write(json_path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?)?;
+    fs::write(
+        json_path,
+        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
+    )?;
     Ok(())
 }

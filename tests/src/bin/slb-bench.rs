@@ -15,11 +15,17 @@ fn main() -> ExitCode {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
-            "--only" => only = args.next().map(|v| v.split(',').map(str::to_owned).collect()),
+            "--only" => {
+                only = args
+                    .next()
+                    .map(|v| v.split(',').map(str::to_owned).collect())
+            }
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             "--json" => json = args.next().map(PathBuf::from).unwrap_or(json),
             other => {
-                eprintln!("slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,live,tcp,control] [--out DIR] [--json FILE]");
+                eprintln!(
+                    "slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,live,tcp,control] [--out DIR] [--json FILE]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -36,10 +42,26 @@ fn main() -> ExitCode {
     };
     type Run = fn(&Ctx) -> Result<Section, String>;
     let all: [(&str, &str, Run); 4] = [
-        ("xdp", "Per-packet cost of the XDP program", bench::xdp_cost::run),
-        ("live", "Live forwarding rate on veth", bench::live_rate::run),
-        ("tcp", "TCP and HTTP through the load balancer", bench::tcp_http::run),
-        ("control", "Control plane and stickiness quality", bench::control_plane::run),
+        (
+            "xdp",
+            "Per-packet cost of the XDP program",
+            bench::xdp_cost::run,
+        ),
+        (
+            "live",
+            "Live forwarding rate on veth",
+            bench::live_rate::run,
+        ),
+        (
+            "tcp",
+            "TCP and HTTP through the load balancer",
+            bench::tcp_http::run,
+        ),
+        (
+            "control",
+            "Control plane and stickiness quality",
+            bench::control_plane::run,
+        ),
     ];
     let mut sections = Vec::new();
     let mut failed = Vec::new();
@@ -65,7 +87,11 @@ fn main() -> ExitCode {
         eprintln!("slb-bench: cannot write the report: {e}");
         return ExitCode::FAILURE;
     }
-    progress(format!("report: {}/benchmarks.md, raw results: {}", out.display(), json.display()));
+    progress(format!(
+        "report: {}/benchmarks.md, raw results: {}",
+        out.display(),
+        json.display()
+    ));
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -48,44 +48,43 @@ impl Clients {
     fn round(&mut self, topo: &Topology) -> usize {
         let addrs = self.addrs.clone();
         let jar = self.cookies.clone();
-        let answers: Vec<SessionAnswer> =
-            topo.client.enter(move || {
-                let per = addrs.len().div_ceil(16);
-                let hs: Vec<_> = addrs
-                    .chunks(per)
-                    .map(|chunk| {
-                        let chunk = chunk.to_vec();
-                        let jar = jar.clone();
-                        thread::spawn(move || {
-                            chunk
-                                .iter()
-                                .map(|c| {
-                                    let cookie = jar.lock().unwrap().get(c).cloned();
-                                    let a = http_get(
-                                        *c,
-                                        SocketAddrV4::new(VIP, 80),
-                                        "/session",
-                                        cookie.as_deref(),
-                                        Duration::from_millis(800),
-                                    )
-                                    .ok()?;
-                                    let b = backend_of(&a)?;
-                                    let field = |k: &str| {
-                                        a.body
-                                            .split_whitespace()
-                                            .find_map(|w| w.strip_prefix(k))
-                                            .map(str::to_owned)
-                                    };
-                                    let visits = field("visits=")?.parse().ok()?;
-                                    let new = field("new=")? == "true";
-                                    Some((b, visits, new, a.set_cookie))
-                                })
-                                .collect::<Vec<_>>()
-                        })
+        let answers: Vec<SessionAnswer> = topo.client.enter(move || {
+            let per = addrs.len().div_ceil(16);
+            let hs: Vec<_> = addrs
+                .chunks(per)
+                .map(|chunk| {
+                    let chunk = chunk.to_vec();
+                    let jar = jar.clone();
+                    thread::spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|c| {
+                                let cookie = jar.lock().unwrap().get(c).cloned();
+                                let a = http_get(
+                                    *c,
+                                    SocketAddrV4::new(VIP, 80),
+                                    "/session",
+                                    cookie.as_deref(),
+                                    Duration::from_millis(800),
+                                )
+                                .ok()?;
+                                let b = backend_of(&a)?;
+                                let field = |k: &str| {
+                                    a.body
+                                        .split_whitespace()
+                                        .find_map(|w| w.strip_prefix(k))
+                                        .map(str::to_owned)
+                                };
+                                let visits = field("visits=")?.parse().ok()?;
+                                let new = field("new=")? == "true";
+                                Some((b, visits, new, a.set_cookie))
+                            })
+                            .collect::<Vec<_>>()
                     })
-                    .collect();
-                hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-            });
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
         let mut failed = 0;
         for (i, a) in answers.into_iter().enumerate() {
             let s = &mut self.seen[i];
