@@ -1192,7 +1192,8 @@ fn parse_ipv4(s: &str) -> Result<Ipv4Addr, String> {
     })
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+/// Parses "aa:bb:cc:dd:ee:ff"; the error says what a MAC looks like.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let err =
         || format!("invalid MAC address {s:?}: expected six hex pairs like 02:00:00:00:00:01");
     let mut mac = [0u8; 6];

@@ -16,13 +16,12 @@ use tokio::{
 };
 
 use crate::{
-    config::{CheckKind, Config, HealthConfig, XdpModeSetting, diff},
+    config::{CheckKind, Config, HealthConfig, XdpModeSetting, diff, parse_mac},
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
     health::{self, CheckSpec, CheckerHandle, Probe, State},
     lb::Lb,
     metrics, neigh,
-    util::parse_mac,
 };
 
 #[derive(Clone, Debug)]
@@ -190,12 +189,10 @@ impl Daemon {
                     weight,
                     mac,
                 } => {
-                    let mac = match mac {
-                        Some(m) => Some(parse_mac(&m).with_context(|| {
-                            format!("invalid MAC address {m:?}: expected six hex pairs like 02:00:00:00:00:01")
-                        })?),
-                        None => None,
-                    };
+                    let mac = mac
+                        .map(|m| parse_mac(&m))
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?;
                     let id = self.lb.add_backend(&vip, backend, weight, mac)?;
                     self.sync_checkers();
                     serde_json::json!({ "id": id })

@@ -20,7 +20,7 @@ pub fn parse_proc_net_arp(text: &str, device: &str) -> HashMap<Ipv4Addr, [u8; 6]
             if dev != device || flags & ATF_COM == 0 {
                 return None;
             }
-            Some((ip.parse().ok()?, crate::util::parse_mac(mac)?))
+            Some((ip.parse().ok()?, crate::config::parse_mac(mac).ok()?))
         })
         .collect()
 }
