@@ -121,16 +121,7 @@ impl Netns {
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = self.path();
         thread::spawn(move || {
-            let file = fs::File::open(&path).expect("open netns");
-            // SAFETY: a valid netns fd; setns only affects this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
+            enter_path(&path);
             f()
         })
         .join()
