@@ -145,6 +145,21 @@ impl VipStats {
         self.drop_no_backend += o.drop_no_backend;
         self.drop_fragment += o.drop_fragment;
     }
+
+    /// Counts since `before` (a snapshot of the same counters).
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            packets: self.packets - before.packets,
+            bytes: self.bytes - before.bytes,
+            new_clients: self.new_clients - before.new_clients,
+            affinity_hits: self.affinity_hits - before.affinity_hits,
+            repick_expired: self.repick_expired - before.repick_expired,
+            repick_dead: self.repick_dead - before.repick_dead,
+            probed: self.probed - before.probed,
+            drop_no_backend: self.drop_no_backend - before.drop_no_backend,
+            drop_fragment: self.drop_fragment - before.drop_fragment,
+        }
+    }
 }
 
 /// Per-CPU counters of one backend (`SLB_BE_STATS`).
@@ -162,6 +177,15 @@ impl BackendStats {
         self.packets += o.packets;
         self.bytes += o.bytes;
         self.new_clients += o.new_clients;
+    }
+
+    /// Counts since `before`.
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            packets: self.packets - before.packets,
+            bytes: self.bytes - before.bytes,
+            new_clients: self.new_clients - before.new_clients,
+        }
     }
 }
 

@@ -1,4 +1,25 @@
-//! Empty on purpose: the XDP program is the `stickylb-xdp` binary. This
-//! library target only lets lb-user list lb-ebpf as a build dependency, so
-//! that cargo rebuilds lb-user (which embeds the object) when it changes.
+//! The XDP programs are this package's binaries: `stickylb-xdp` (the load
+//! balancer) and the benchmark references in `src/bin/`. This library holds
+//! what each of them needs once, and lets lb-user list lb-ebpf as a build
+//! dependency, so that cargo rebuilds lb-user (which embeds the objects)
+//! when they change.
 #![no_std]
+
+/// The items every XDP object needs besides its program: a panic handler
+/// (`no_std` requires one; the verifier proves panics unreachable) and the
+/// license section, since the verifier only lets GPL-compatible programs use
+/// some helpers.
+#[macro_export]
+macro_rules! program_boilerplate {
+    () => {
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
+}

@@ -157,13 +157,4 @@ fn maglev_pick(vip: &VipInfo, client: [u8; 4], stats: &mut VipStats) -> Option<(
     Some((pick.backend_id, pick.backend))
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-// The verifier only lets GPL-compatible programs use some helpers.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+lb_ebpf::program_boilerplate!();

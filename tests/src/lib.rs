@@ -210,28 +210,13 @@ pub struct Counters {
 impl Counters {
     /// `self - before`, field by field.
     pub fn since(&self, before: &Self) -> Self {
-        let v = |a: &VipStats, b: &VipStats| VipStats {
-            packets: a.packets - b.packets,
-            bytes: a.bytes - b.bytes,
-            new_clients: a.new_clients - b.new_clients,
-            affinity_hits: a.affinity_hits - b.affinity_hits,
-            repick_expired: a.repick_expired - b.repick_expired,
-            repick_dead: a.repick_dead - b.repick_dead,
-            probed: a.probed - b.probed,
-            drop_no_backend: a.drop_no_backend - b.drop_no_backend,
-            drop_fragment: a.drop_fragment - b.drop_fragment,
-        };
         Self {
-            vip: v(&self.vip, &before.vip),
+            vip: self.vip.since(&before.vip),
             backends: self
                 .backends
                 .iter()
                 .zip(&before.backends)
-                .map(|(a, b)| BackendStats {
-                    packets: a.packets - b.packets,
-                    bytes: a.bytes - b.bytes,
-                    new_clients: a.new_clients - b.new_clients,
-                })
+                .map(|(a, b)| a.since(b))
                 .collect(),
             global: std::array::from_fn(|i| self.global[i] - before.global[i]),
         }

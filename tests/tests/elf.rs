@@ -28,6 +28,8 @@ fn object_defines_every_name_lb_common_declares() {
         lb_common::PROGRAM_NAME
     );
     assert!(elf.section_by_name(".BTF").is_some(), "object carries BTF");
+    let license = elf.section_by_name("license").expect("license section");
+    assert_eq!(license.data().unwrap(), b"Dual MIT/GPL\0");
 }
 
 #[test]

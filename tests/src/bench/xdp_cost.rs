@@ -1,7 +1,851 @@
-//! Benchmark section (being written).
+//! Per-packet cost of the XDP program, by BPF_PROG_TEST_RUN, next to two
+//! reference programs built the same way (lb-ebpf's `floor-pass` and
+//! `floor-fwd` binaries): an XDP_PASS program and the least a forwarder can
+//! do (parse Ethernet + IPv4, swap MACs, XDP_TX).
+//!
+//! Two methods, never mixed in one ratio:
+//! - *repeat*: one BPF_PROG_TEST_RUN with `repeat` iterations on one frame;
+//!   the kernel reports the mean time per iteration. Right for paths the
+//!   frame does not leave on the second iteration (affinity hit, non-VIP
+//!   pass; the MAC rewrite is idempotent).
+//! - *per call*: many BPF_PROG_TEST_RUN calls with repeat = 1, each on a
+//!   different pre-built frame; the mean of the kernel's per-call times. The
+//!   only honest way to time a packet that changes the state it depends on
+//!   (a new client's first packet) or one that should miss the CPU caches
+//!   (a random client of a big table). Each call also times the kernel's
+//!   test harness around one run, so the reference programs are timed the
+//!   same way and the table shows the difference too.
+//!
+//! Every timed run's return code is checked, and the program's own counters
+//! must confirm that each measured packet took the path it is reported as.
 
-use super::{Ctx, Section};
+use std::{
+    fmt::Display,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
-pub fn run(_ctx: &Ctx) -> Result<Section, String> {
-    Err("not implemented yet".into())
+use etherparse::PacketBuilder;
+use lb_common::{
+    AffinityKey, AffinityValue, BackendInfo, DEFAULT_AFFINITY_TIMEOUT_NS, DEFAULT_HASH_SEED,
+    DEFAULT_TABLE_SIZE, VipInfo, VipKey, VipStats, backend_flags, global_counter, maglev, proto,
+    select,
+};
+use lb_user::{
+    bench_objects::{RefProgram, Reference},
+    dataplane::{Dataplane, LoadOptions},
+};
+use serde_json::{Value, json};
+
+use super::{Ctx, Plot, Section, Table, median, plot, progress};
+use crate::{LB_MAC, ROUTER_MAC, VIP, backend_addr, backend_mac, monotonic_ns};
+
+pub(super) const XDP_PASS: u32 = 2;
+pub(super) const XDP_TX: u32 = 3;
+
+/// Frame length (Ethernet header to end of payload, no FCS).
+pub(super) const FRAME_LEN: usize = 64;
+pub(super) const VIP_PORT: u16 = 80;
+/// A second VIP on the same address whose affinity timeout is 0.
+const REPICK_PORT: u16 = 81;
+const BACKENDS: u32 = 4;
+
+/// Error text with its whole source chain.
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s += &format!(": {c}");
+        src = c.source();
+    }
+    s
+}
+
+pub(super) fn err<E: std::error::Error>(what: impl Display) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {}", chain(&e))
+}
+
+/// Client address number `i` (distinct for i < 2^22): 100.64.0.0/10.
+pub(super) fn client_addr(i: u32) -> [u8; 4] {
+    (u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i).to_be_bytes()
+}
+
+/// A 64-byte UDP frame from `client` to `dst:dport`.
+pub(super) fn udp64(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    client: [u8; 4],
+    dst: Ipv4Addr,
+    dport: u16,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(client, dst.octets(), 64)
+        .udp(40000, dport);
+    let payload = [0u8; FRAME_LEN - 14 - 20 - 8];
+    let mut v = Vec::with_capacity(FRAME_LEN);
+    b.write(&mut v, &payload).expect("build a UDP frame");
+    v
+}
+
+/// Pins the calling thread to one CPU, so that successive runs share caches.
+pub(super) fn pin_to_last_cpu() -> usize {
+    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within
+    // it for any cpu < CPU_SETSIZE; sched_setaffinity(0) affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+    cpu
+}
+
+/// One VIP of an [`Lb`].
+pub(super) struct VipSpec {
+    pub key: VipKey,
+    pub id: u32,
+    pub timeout_ns: u64,
+}
+
+/// stickylb's real program, loaded without pins, with its VIPs sharing one
+/// Maglev table (the default size) over the given backends.
+pub(super) struct Lb {
+    pub dp: Dataplane,
+    pub table: Vec<u32>,
+}
+
+impl Lb {
+    pub(super) fn load(capacity: u32, macs: &[[u8; 6]], vips: &[VipSpec]) -> Result<Self, String> {
+        let mut dp = Dataplane::load(&LoadOptions {
+            affinity_capacity: capacity,
+            pin_dir: None,
+        })
+        .map_err(err("load stickylb"))?;
+        let identities: Vec<String> = (0..macs.len())
+            .map(|i| format!("{}:80", backend_addr(i as u32)))
+            .collect();
+        for (id, mac) in macs.iter().enumerate() {
+            let info = BackendInfo {
+                mac: *mac,
+                flags: backend_flags::IN_USE | backend_flags::ALIVE,
+                addr: backend_addr(id as u32).octets(),
+                port: 80u16.to_be_bytes(),
+                vip_id: vips.first().map_or(0, |v| v.id as u16),
+            };
+            dp.set_backend(id as u32, info)
+                .map_err(err("set a backend"))?;
+        }
+        let members: Vec<maglev::Member<'_>> = identities
+            .iter()
+            .map(|s| maglev::Member {
+                identity: s.as_bytes(),
+                weight: 1,
+                in_service: true,
+            })
+            .collect();
+        let table = maglev::build(&members, DEFAULT_TABLE_SIZE)
+            .map_err(|e| format!("Maglev table: {e:?}"))?;
+        dp.write_ring(0, table.iter().enumerate().map(|(s, &b)| (s as u32, b)))
+            .map_err(err("write the Maglev table"))?;
+        for v in vips {
+            let info = VipInfo {
+                vip_id: v.id,
+                flags: 0,
+                ring_base: 0,
+                ring_size: DEFAULT_TABLE_SIZE,
+                hash_seed: DEFAULT_HASH_SEED,
+                _pad: 0,
+                affinity_timeout_ns: v.timeout_ns,
+            };
+            dp.set_vip(v.key, info).map_err(err("set a VIP"))?;
+        }
+        Ok(Self { dp, table })
+    }
+
+    /// The backend the program will pick for a new client.
+    pub(super) fn predict(&self, client: [u8; 4]) -> u32 {
+        select::maglev_pick(
+            client,
+            DEFAULT_HASH_SEED,
+            DEFAULT_TABLE_SIZE,
+            |s| self.table.get(s as usize).copied(),
+            Some,
+        )
+        .map_or(0, |p| p.backend_id)
+    }
+
+    /// Pins the given clients (numbers for `client_addr`) of VIP `vip_id`
+    /// to the backends the program would pick, last seen now.
+    fn prefill(&mut self, vip_id: u32, clients: impl Iterator<Item = u32>) -> Result<(), String> {
+        let now = monotonic_ns();
+        for i in clients {
+            let client = client_addr(i);
+            let value = AffinityValue {
+                backend_id: self.predict(client),
+                _pad: 0,
+                created_ns: now,
+                last_seen_ns: now,
+            };
+            self.dp
+                .set_affinity(AffinityKey { vip_id, client }, value)
+                .map_err(err("prefill the affinity table"))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn stats(&self, vip_id: u32) -> Result<VipStats, String> {
+        self.dp.vip_stats(vip_id).map_err(err("read VIP counters"))
+    }
+
+    fn not_vip(&self) -> Result<u64, String> {
+        self.dp
+            .global_stats()
+            .map(|g| g[global_counter::PASS_NOT_VIP as usize])
+            .map_err(err("read global counters"))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Knobs {
+    repeat: u32,
+    runs: usize,
+    /// Calls per run of a per-call measurement.
+    calls: usize,
+    /// Clients in the big table.
+    big: u32,
+    capacity: u32,
+}
+
+impl Knobs {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                repeat: 100_000,
+                runs: 3,
+                calls: 5_000,
+                big: 100_000,
+                capacity: 1 << 18,
+            }
+        } else {
+            Self {
+                repeat: 1_000_000,
+                runs: 5,
+                calls: 20_000,
+                big: 1_000_000,
+                capacity: 1 << 21,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Repeat,
+    PerCall,
+}
+
+impl Method {
+    fn label(self, k: &Knobs) -> String {
+        match self {
+            Self::Repeat => format!("repeat {}", count(u64::from(k.repeat))),
+            Self::PerCall => format!("{} calls × repeat 1", count(k.calls as u64)),
+        }
+    }
+}
+
+/// One measured path.
+struct Row {
+    key: &'static str,
+    path: String,
+    method: Method,
+    /// ns/packet of each run.
+    runs: Vec<f64>,
+    /// Frames the program ran on (warm-up included).
+    packets: u64,
+    action: &'static str,
+    /// What the program's counters confirmed.
+    checked: String,
+}
+
+impl Row {
+    fn ns(&self) -> f64 {
+        median(&mut self.runs.clone())
+    }
+}
+
+fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+type RunFn<'a> = dyn FnMut(&[u8], u32) -> Result<(u32, Duration), String> + 'a;
+
+/// Repeat method: a warm-up, then `runs` runs of `repeat` on `frame`.
+fn repeated(
+    k: &Knobs,
+    key: &'static str,
+    path: &str,
+    frame: &[u8],
+    expect: u32,
+    run: &mut RunFn<'_>,
+) -> Result<Row, String> {
+    let check = |ret: u32| {
+        if ret == expect {
+            Ok(())
+        } else {
+            Err(format!(
+                "{path}: the program returned {ret}, expected {expect}: not the path to measure"
+            ))
+        }
+    };
+    let warm = (k.repeat / 10).max(1);
+    check(run(frame, warm)?.0)?;
+    let mut row = Row {
+        key,
+        path: path.into(),
+        method: Method::Repeat,
+        runs: Vec::new(),
+        packets: u64::from(warm),
+        action: if expect == XDP_TX {
+            "XDP_TX"
+        } else {
+            "XDP_PASS"
+        },
+        checked: String::new(),
+    };
+    for _ in 0..k.runs {
+        let (ret, d) = run(frame, k.repeat)?;
+        check(ret)?;
+        row.runs.push(d.as_nanos() as f64);
+        row.packets += u64::from(k.repeat);
+    }
+    Ok(row)
+}
+
+/// Per-call method: each frame of `warm`, then of each run, once.
+fn per_call(
+    key: &'static str,
+    path: &str,
+    warm: &[Vec<u8>],
+    runs: &[Vec<Vec<u8>>],
+    expect: u32,
+    run: &mut RunFn<'_>,
+) -> Result<Row, String> {
+    let mut wrong = 0u64;
+    let mut row = Row {
+        key,
+        path: path.into(),
+        method: Method::PerCall,
+        runs: Vec::new(),
+        packets: 0,
+        action: if expect == XDP_TX {
+            "XDP_TX"
+        } else {
+            "XDP_PASS"
+        },
+        checked: String::new(),
+    };
+    for f in warm {
+        wrong += u64::from(run(f, 1)?.0 != expect);
+        row.packets += 1;
+    }
+    for frames in runs {
+        let mut total = Duration::ZERO;
+        for f in frames {
+            let (ret, d) = run(f, 1)?;
+            wrong += u64::from(ret != expect);
+            total += d;
+        }
+        row.packets += frames.len() as u64;
+        row.runs.push(total.as_nanos() as f64 / frames.len() as f64);
+    }
+    if wrong > 0 {
+        return Err(format!(
+            "{path}: {wrong} of {} runs did not return {expect}: not the path to measure",
+            row.packets
+        ));
+    }
+    Ok(row)
+}
+
+fn frames_of(clients: impl Iterator<Item = u32>, port: u16) -> Vec<Vec<u8>> {
+    clients
+        .map(|i| udp64(ROUTER_MAC, LB_MAC, client_addr(i), VIP, port))
+        .collect()
+}
+
+/// xorshift64*: a fixed pseudo-random sequence (no dependency, reproducible).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u32) -> u32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % u64::from(n)) as u32
+    }
+}
+
+fn lb_run(lb: &mut Lb) -> impl FnMut(&[u8], u32) -> Result<(u32, Duration), String> + '_ {
+    move |f: &[u8], n: u32| {
+        lb.dp
+            .test_run_repeat(f, n)
+            .map_err(err("BPF_PROG_TEST_RUN stickylb"))
+    }
+}
+
+fn ref_run(p: &mut RefProgram) -> impl FnMut(&[u8], u32) -> Result<(u32, Duration), String> + '_ {
+    move |f: &[u8], n: u32| {
+        p.test_run_repeat(f, n)
+            .map_err(err("BPF_PROG_TEST_RUN reference"))
+    }
+}
+
+/// Checks that every packet the row ran took the path named `what` (the
+/// counter `pick` reads): counted as forwarded, on that path, on no other.
+fn confirm(
+    row: &mut Row,
+    d: &VipStats,
+    what: &str,
+    pick: impl Fn(&VipStats) -> u64,
+) -> Result<(), String> {
+    let forwarded = d.packets;
+    let on_path = pick(d);
+    let paths = d.new_clients + d.affinity_hits + d.repick_expired + d.repick_dead;
+    if forwarded != row.packets || on_path != row.packets || paths != row.packets {
+        return Err(format!(
+            "{}: of {} packets the program counted {forwarded} forwarded, {} new clients, \
+             {} affinity hits, {} re-picks: not the path to measure",
+            row.path,
+            row.packets,
+            d.new_clients,
+            d.affinity_hits,
+            d.repick_expired + d.repick_dead
+        ));
+    }
+    row.checked = format!("{} {what}", count(on_path));
+    Ok(())
+}
+
+fn measure(k: &Knobs) -> Result<(Vec<Row>, Value), String> {
+    let mut rows = Vec::new();
+    let mut info = serde_json::Map::new();
+    let hot = client_addr(0);
+    let hot_frame = udp64(ROUTER_MAC, LB_MAC, hot, VIP, VIP_PORT);
+
+    progress("xdp: reference programs (repeat)");
+    let mut pass = RefProgram::load(Reference::FloorPass).map_err(err("floor-pass"))?;
+    let mut fwd = RefProgram::load(Reference::FloorFwd).map_err(err("floor-fwd"))?;
+    let mut r = repeated(
+        k,
+        "floor_pass",
+        "floor: XDP_PASS program",
+        &hot_frame,
+        XDP_PASS,
+        &mut ref_run(&mut pass),
+    )?;
+    r.checked = "return code".into();
+    rows.push(r);
+    let mut r = repeated(
+        k,
+        "floor_fwd",
+        "floor: forwarder (Eth+IPv4, swap MACs)",
+        &hot_frame,
+        XDP_TX,
+        &mut ref_run(&mut fwd),
+    )?;
+    r.checked = "return code".into();
+    rows.push(r);
+
+    let repick = VipSpec {
+        key: VipKey::new(VIP, REPICK_PORT, proto::UDP),
+        id: 1,
+        timeout_ns: 0,
+    };
+    let macs: Vec<[u8; 6]> = (0..BACKENDS).map(backend_mac).collect();
+
+    // Small table: the hot client only (plus the new clients measured below).
+    progress("xdp: stickylb, one client in the table");
+    let mut lb = Lb::load(k.capacity, &macs, &[sticky_spec(), repick])?;
+    lb.prefill(0, std::iter::once(0))?;
+
+    let before = lb.not_vip()?;
+    let other = udp64(ROUTER_MAC, LB_MAC, hot, Ipv4Addr::new(198, 51, 100, 99), 80);
+    let mut r = repeated(
+        k,
+        "not_vip",
+        "stickylb: not a VIP → XDP_PASS",
+        &other,
+        XDP_PASS,
+        &mut lb_run(&mut lb),
+    )?;
+    let passed = lb.not_vip()? - before;
+    if passed != r.packets {
+        return Err(format!(
+            "not a VIP: {passed} of {} packets counted as pass_not_vip",
+            r.packets
+        ));
+    }
+    r.checked = format!("{} pass_not_vip", count(passed));
+    rows.push(r);
+
+    let s0 = lb.stats(0)?;
+    let mut r = repeated(
+        k,
+        "hit_1",
+        "stickylb: affinity hit, 1 client in table",
+        &hot_frame,
+        XDP_TX,
+        &mut lb_run(&mut lb),
+    )?;
+    confirm(&mut r, &lb.stats(0)?.since(&s0), "affinity hits", |d| {
+        d.affinity_hits
+    })?;
+    rows.push(r);
+
+    // Affinity timeout 0: the entry is found but always stale, so every
+    // packet takes the Maglev pick and rewrites the entry.
+    let s1 = lb.stats(1)?;
+    let repick_frame = udp64(ROUTER_MAC, LB_MAC, hot, VIP, REPICK_PORT);
+    let mut r = repeated(
+        k,
+        "repick",
+        "stickylb: re-pick every packet (VIP timeout 0)",
+        &repick_frame,
+        XDP_TX,
+        &mut lb_run(&mut lb),
+    )?;
+    let d = lb.stats(1)?.since(&s1);
+    // The very first packet of this client on this VIP is a new client.
+    if d.new_clients > 1 {
+        return Err(format!(
+            "re-pick: {} new clients, expected 1",
+            d.new_clients
+        ));
+    }
+    let mut shifted = d;
+    shifted.repick_expired += shifted.new_clients;
+    shifted.new_clients = 0;
+    confirm(&mut r, &shifted, "re-picks (Maglev + map update)", |d| {
+        d.repick_expired
+    })?;
+    rows.push(r);
+
+    progress("xdp: per-call runs (references, new clients)");
+    // New clients: fresh addresses for every call, never seen before.
+    let fresh = |run: usize| {
+        let base = (1 << 20) + (run * k.calls) as u32;
+        frames_of(base..base + k.calls as u32, VIP_PORT)
+    };
+    let warm_frames = fresh(0);
+    let run_frames: Vec<Vec<Vec<u8>>> = (1..=k.runs).map(fresh).collect();
+    let mut r = per_call(
+        "floor_pass_call",
+        "floor: XDP_PASS program",
+        &warm_frames,
+        &run_frames,
+        XDP_PASS,
+        &mut ref_run(&mut pass),
+    )?;
+    r.checked = "return codes".into();
+    rows.push(r);
+    let mut r = per_call(
+        "floor_fwd_call",
+        "floor: forwarder (Eth+IPv4, swap MACs)",
+        &warm_frames,
+        &run_frames,
+        XDP_TX,
+        &mut ref_run(&mut fwd),
+    )?;
+    r.checked = "return codes".into();
+    rows.push(r);
+    let s0 = lb.stats(0)?;
+    let mut r = per_call(
+        "new_client_call",
+        "stickylb: new client (miss → Maglev → insert)",
+        &warm_frames,
+        &run_frames,
+        XDP_TX,
+        &mut lb_run(&mut lb),
+    )?;
+    confirm(&mut r, &lb.stats(0)?.since(&s0), "new clients", |d| {
+        d.new_clients
+    })?;
+    rows.push(r);
+    drop(lb);
+
+    // Pre-filled tables: a hot client (repeat) and a rotation over many
+    // clients (per call), so that big tables show their cache misses.
+    for (label, n) in [("1k".to_string(), 1_000u32), (big_label(k.big), k.big)] {
+        progress(format!("xdp: stickylb, {label} clients in the table"));
+        let mut lb = Lb::load(k.capacity, &macs, &[sticky_spec()])?;
+        let t = Instant::now();
+        lb.prefill(0, 0..n)?;
+        info.insert(
+            format!("prefill_{label}_seconds"),
+            json!(t.elapsed().as_secs_f64()),
+        );
+        let s0 = lb.stats(0)?;
+        let frame = udp64(ROUTER_MAC, LB_MAC, client_addr(n / 2), VIP, VIP_PORT);
+        let mut r = repeated(
+            k,
+            if n == 1_000 { "hit_1k" } else { "hit_big" },
+            &format!("stickylb: affinity hit, {label} clients in table, same client"),
+            &frame,
+            XDP_TX,
+            &mut lb_run(&mut lb),
+        )?;
+        confirm(&mut r, &lb.stats(0)?.since(&s0), "affinity hits", |d| {
+            d.affinity_hits
+        })?;
+        rows.push(r);
+
+        // Rotation: a fixed pseudo-random sequence of clients of the table,
+        // a different stretch of it in every run.
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(n));
+        let mut pick = || frames_of((0..k.calls).map(|_| rng.below(n)), VIP_PORT);
+        let warm = pick();
+        let runs: Vec<Vec<Vec<u8>>> = (0..k.runs).map(|_| pick()).collect();
+        let s0 = lb.stats(0)?;
+        let mut r = per_call(
+            if n == 1_000 {
+                "hit_1k_call"
+            } else {
+                "hit_big_call"
+            },
+            &format!("stickylb: affinity hit, {label} clients in table, random client"),
+            &warm,
+            &runs,
+            XDP_TX,
+            &mut lb_run(&mut lb),
+        )?;
+        confirm(&mut r, &lb.stats(0)?.since(&s0), "affinity hits", |d| {
+            d.affinity_hits
+        })?;
+        rows.push(r);
+    }
+    Ok((rows, Value::Object(info)))
+}
+
+fn sticky_spec() -> VipSpec {
+    VipSpec {
+        key: VipKey::new(VIP, VIP_PORT, proto::UDP),
+        id: 0,
+        timeout_ns: DEFAULT_AFFINITY_TIMEOUT_NS,
+    }
+}
+
+/// A label short enough for the plots.
+fn short_label(key: &str, big: &str) -> String {
+    match key {
+        "floor_pass" | "floor_pass_call" => "floor: XDP_PASS".into(),
+        "floor_fwd" | "floor_fwd_call" => "floor: forwarder".into(),
+        "not_vip" => "not a VIP (pass)".into(),
+        "hit_1" => "hit, 1 client".into(),
+        "repick" => "re-pick every packet".into(),
+        "new_client_call" => "new client".into(),
+        "hit_1k" => "hit, 1k clients, same".into(),
+        "hit_1k_call" => "hit, 1k clients, random".into(),
+        "hit_big" => format!("hit, {big} clients, same"),
+        "hit_big_call" => format!("hit, {big} clients, random"),
+        other => other.into(),
+    }
+}
+
+fn big_label(n: u32) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else {
+        format!("{}k", n / 1_000)
+    }
+}
+
+pub fn run(ctx: &Ctx) -> Result<Section, String> {
+    let k = Knobs::new(ctx.quick);
+    let (cpu, result) = std::thread::spawn(move || {
+        let cpu = pin_to_last_cpu();
+        (cpu, measure(&k))
+    })
+    .join()
+    .map_err(|_| "the measuring thread panicked".to_string())?;
+    let (rows, info) = result?;
+    let find = |key: &str| {
+        rows.iter()
+            .find(|r| r.key == key)
+            .map(Row::ns)
+            .ok_or_else(|| format!("no row {key}"))
+    };
+    let floor = |m: Method| match m {
+        Method::Repeat => find("floor_fwd"),
+        Method::PerCall => find("floor_fwd_call"),
+    };
+    let pass_floor = |m: Method| match m {
+        Method::Repeat => find("floor_pass"),
+        Method::PerCall => find("floor_pass_call"),
+    };
+
+    let mut table = Table {
+        title: "ns per packet (median of runs); ratios against the reference timed the same way"
+            .into(),
+        headers: [
+            "path",
+            "method",
+            "ns/packet",
+            "× floor forwarder",
+            "minus XDP_PASS program",
+            "action; confirmed by counters",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: Vec::new(),
+    };
+    let mut json_rows = Vec::new();
+    for r in &rows {
+        let ns = r.ns();
+        let ratio = ns / floor(r.method)?;
+        let above = ns - pass_floor(r.method)?;
+        table.rows.push(vec![
+            r.path.clone(),
+            r.method.label(&k),
+            plot::fmt_num(ns),
+            format!("{ratio:.2}×"),
+            format!("{above:+.1}"),
+            format!("{}; {}", r.action, r.checked),
+        ]);
+        json_rows.push(json!({
+            "key": r.key,
+            "path": r.path,
+            "method": match r.method { Method::Repeat => "repeat", Method::PerCall => "per_call" },
+            "ns_per_packet": ns,
+            "runs_ns": r.runs,
+            "ratio_to_floor_forwarder": ratio,
+            "minus_xdp_pass_ns": above,
+            "packets": r.packets,
+            "action": r.action,
+            "confirmed": r.checked,
+        }));
+    }
+
+    let bl = big_label(k.big);
+    let bars = |m: Method| -> Vec<(String, f64)> {
+        rows.iter()
+            .filter(|r| r.method == m)
+            .map(|r| (short_label(r.key, &bl), r.ns()))
+            .collect()
+    };
+    let plots = vec![
+        Plot {
+            file: "bench-xdp-cost.svg".into(),
+            svg: plot::bars(
+                &format!(
+                    "XDP cost per packet, BPF_PROG_TEST_RUN repeat {}",
+                    count(u64::from(k.repeat))
+                ),
+                "ns",
+                &bars(Method::Repeat),
+            ),
+            caption: "Per-packet cost, repeat method (one frame run many times)".into(),
+        },
+        Plot {
+            file: "bench-xdp-cost-per-call.svg".into(),
+            svg: plot::bars(
+                "XDP cost per call (repeat 1, a different frame every call)",
+                "ns",
+                &bars(Method::PerCall),
+            ),
+            caption: "Per-call cost, including the kernel's timing of one run".into(),
+        },
+    ];
+
+    let hit = find("hit_1")?;
+    let f = floor(Method::Repeat)?;
+    let new = find("new_client_call")?;
+    let fc = floor(Method::PerCall)?;
+    let pc = pass_floor(Method::PerCall)?;
+    let big = find("hit_big_call")?;
+    let headlines = vec![
+        format!(
+            "XDP cost: stickylb affinity hit {} ns/packet = {:.1}× the floor forwarder ({} ns)",
+            plot::fmt_num(hit),
+            hit / f,
+            plot::fmt_num(f)
+        ),
+        format!(
+            "XDP cost: stickylb new client (miss → Maglev → insert) {} ns per call = {:.1}× the floor \
+             forwarder timed the same way ({} ns; an XDP_PASS program {} ns)",
+            plot::fmt_num(new),
+            new / fc,
+            plot::fmt_num(fc),
+            plot::fmt_num(pc)
+        ),
+        format!(
+            "XDP cost: affinity hit for a random one of {bl} clients in the table {} ns per call = \
+             {:.1}× the floor forwarder timed the same way",
+            plot::fmt_num(big),
+            big / fc
+        ),
+    ];
+
+    let method = format!(
+        "BPF_PROG_TEST_RUN on the real stickylb object (loaded through `Dataplane`, no pins, \
+         affinity capacity {cap}) and on two reference programs built by the project the same \
+         way (lb-ebpf's `floor-pass`: returns XDP_PASS; `floor-fwd`: parses Ethernet + IPv4 with \
+         bounds checks, swaps the MACs, XDP_TX). One UDP VIP with {BACKENDS} backends and a \
+         Maglev table of {tsize} slots; 64-byte UDP frames; JIT on; the measuring thread pinned \
+         to CPU {cpu}. Every timed run's return code is checked (XDP_TX for forwarding paths, \
+         XDP_PASS otherwise) and stickylb's own counters must show that every packet took the \
+         path named (last column).\n\n\
+         *Repeat*: one frame, `repeat` = {rep} iterations in the kernel, median of {runs} runs of \
+         the kernel's mean ns per iteration (whole ns). Right for a hit and for a pass: the MAC \
+         rewrite is idempotent, so every iteration takes the same path. The same client is hit \
+         on every iteration, so its entry stays in cache whatever the size of the table. \
+         *Re-pick every packet* uses a second VIP whose affinity timeout is 0: the client's \
+         entry is found but stale, so each packet takes the Maglev pick and rewrites its entry \
+         (the work of a new client, with the entry's key already in the map).\n\n\
+         *Per call*: {calls} BPF_PROG_TEST_RUN calls with repeat 1 per run, each on a different \
+         pre-built frame, median of {runs} runs of the mean per-call time the kernel reports (after a \
+         warm-up run). It includes the kernel's timing of a single run (clock reads, bottom-half \
+         disable/enable) and an indirect call of the program (the kernel installs the direct-call \
+         XDP dispatcher only for repeat > 1), so the references are timed the same way on the same frames and the \
+         ratio compares like with like; \"minus XDP_PASS program\" subtracts that per-call \
+         overhead. *New client*: every call is a client address never seen before, so every \
+         packet misses the affinity table, takes a Maglev pick and inserts its entry. *Random \
+         client*: the affinity table is pre-filled through `Dataplane::set_affinity` with 1k / \
+         {bl} entries (as the program would have pinned them, last seen at fill time), and each \
+         call sends a client drawn at random from it, so the lookup walks cold memory the way it \
+         does with many clients. The program refreshes an entry's last-seen time at most once a \
+         second per client; in the {bl} rotation nearly every packet makes that write, as it \
+         would with that many clients each sending less than once a second.",
+        cap = k.capacity,
+        tsize = DEFAULT_TABLE_SIZE,
+        rep = count(u64::from(k.repeat)),
+        runs = k.runs,
+        calls = count(k.calls as u64),
+    );
+
+    Ok(Section {
+        title: "Per-packet cost of the XDP program".into(),
+        method,
+        tables: vec![table],
+        plots,
+        json: json!({
+            "repeat": k.repeat,
+            "runs": k.runs,
+            "calls_per_run": k.calls,
+            "big_table_clients": k.big,
+            "affinity_capacity": k.capacity,
+            "table_size": DEFAULT_TABLE_SIZE,
+            "cpu": cpu,
+            "rows": json_rows,
+            "info": info,
+        }),
+        headlines,
+    })
 }

@@ -1,0 +1,60 @@
+//! Names and types shared by the benchmark's reference XDP programs (lb-ebpf's
+//! `floor-pass`, `floor-fwd`, `sink` and `gen` binaries) and the benchmark
+//! code that loads them. None of this is part of the load balancer itself.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Program names (the function names in lb-ebpf/src/bin/*.rs).
+pub mod program_names {
+    /// Returns `XDP_PASS`: the cost of running any XDP program at all.
+    pub const FLOOR_PASS: &str = "floor_pass";
+    /// Parses Ethernet + IPv4, swaps the MACs, `XDP_TX`: the least a
+    /// forwarder can do.
+    pub const FLOOR_FWD: &str = "floor_fwd";
+    /// Counts every frame in `map_names::SINK_COUNT` and drops it.
+    pub const SINK: &str = "sink";
+    /// Traffic generator for live-frames mode: rewrites MACs and the source
+    /// address, `XDP_TX`.
+    pub const GEN: &str = "traffic_gen";
+}
+
+/// Map names (at most 15 bytes, as the kernel keeps).
+pub mod map_names {
+    /// Per-CPU `u64` array of `sink_counter::COUNT` counters.
+    pub const SINK_COUNT: &str = "SLB_SINK_COUNT";
+    /// Array of one `GenConfig`.
+    pub const GEN_CONFIG: &str = "SLB_GEN_CONFIG";
+    /// Per-CPU `u64` array of one entry: frames generated on that CPU.
+    pub const GEN_SEQ: &str = "SLB_GEN_SEQ";
+}
+
+/// Indices into `SLB_SINK_COUNT`.
+pub mod sink_counter {
+    /// Every frame the sink received.
+    pub const FRAMES: u32 = 0;
+    /// Bytes of those frames.
+    pub const BYTES: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// What the generator writes into every frame before transmitting it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct GenConfig {
+    /// Destination MAC (the load balancer's interface).
+    pub dst_mac: [u8; 6],
+    /// Source MAC (the generator's interface).
+    pub src_mac: [u8; 6],
+    /// First client address, network byte order; frame `i` (counted per
+    /// CPU) comes from `client_base + i % clients`.
+    pub client_base: [u8; 4],
+    /// Number of distinct client addresses (at least 1).
+    pub clients: u32,
+}
+
+const _: () = assert!(size_of::<GenConfig>() == 20);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no implicit padding (checked by bytemuck's derive), valid
+// for any bit pattern.
+unsafe impl aya::Pod for GenConfig {}

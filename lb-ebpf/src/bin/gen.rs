@@ -1,0 +1,76 @@
+//! Benchmark traffic generator, run by BPF_PROG_TEST_RUN in live-frames mode:
+//! the kernel hands it the same template frame over and over (a page pool of
+//! copies, whose contents persist when pages are recycled), and transmits what
+//! it returns with `XDP_TX` out of the generator's interface. Each frame gets
+//! the configured MACs and the next client address of a per-CPU sequence,
+//! with the IPv4 checksum updated to match.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::bench::GenConfig;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+/// What to write into every frame (one entry, filled by user space).
+#[map(name = "SLB_GEN_CONFIG")]
+static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// Frames generated on each CPU: the sequence the client address follows.
+#[map(name = "SLB_GEN_SEQ")]
+static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn traffic_gen(ctx: XdpContext) -> u32 {
+    let Some(cfg) = GEN_CONFIG.get(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let Some(seq) = GEN_SEQ.get_ptr_mut(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let start = ctx.data();
+    if start + EthHdr::LEN + Ipv4Hdr::LEN > ctx.data_end() {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: per-CPU slot, no other writer while this program runs here.
+    let n = unsafe {
+        let n = *seq;
+        *seq = n + 1;
+        n
+    };
+    let clients = u64::from(cfg.clients.max(1));
+    let client = u32::from_be_bytes(cfg.client_base)
+        .wrapping_add((n % clients) as u32)
+        .to_be_bytes();
+    // SAFETY: both headers lie inside the frame (checked above).
+    let (eth, ip) = unsafe {
+        (
+            &mut *(start as *mut EthHdr),
+            &mut *((start + EthHdr::LEN) as *mut Ipv4Hdr),
+        )
+    };
+    eth.dst_addr = cfg.dst_mac;
+    eth.src_addr = cfg.src_mac;
+    ip.check = csum_replace4(ip.check, ip.src_addr, client);
+    ip.src_addr = client;
+    xdp_action::XDP_TX
+}
+
+/// Incremental Internet checksum update (RFC 1624) for a 4-byte field
+/// changing from `from` to `to`.
+#[inline(always)]
+fn csum_replace4(check: [u8; 2], from: [u8; 4], to: [u8; 4]) -> [u8; 2] {
+    let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    let mut sum = u32::from(!u16::from_be_bytes(check));
+    sum += (!word(from, 0) & 0xffff) + (!word(from, 2) & 0xffff);
+    sum += word(to, 0) + word(to, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
+lb_ebpf::program_boilerplate!();

@@ -1,0 +1,80 @@
+//! Keeps the benchmark code from rotting: runs the XDP-cost and live-rate
+//! sections in quick mode and checks only that they produce figures (no
+//! timed assertion: how fast anything is, is the report's business).
+//! Needs root; CI runs it as root.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use stickylb_tests::{
+    bench::{Ctx, Section, live_rate, xdp_cost},
+    require_root,
+};
+
+fn ctx() -> Ctx {
+    Ctx {
+        quick: true,
+        stickylb_bin: PathBuf::from(env!("CARGO_BIN_EXE_stickylb-under-test")),
+        backend_bin: PathBuf::from(env!("CARGO_BIN_EXE_slb-backend")),
+    }
+}
+
+fn check_shape(s: &Section) {
+    assert!(!s.title.is_empty() && !s.method.is_empty(), "{}", s.title);
+    assert!(!s.tables.is_empty(), "{}: no table", s.title);
+    for t in &s.tables {
+        assert!(
+            !t.rows.is_empty(),
+            "{}: table {:?} is empty",
+            s.title,
+            t.title
+        );
+        assert!(
+            t.rows.iter().all(|r| r.len() == t.headers.len()),
+            "{}: ragged table {:?}",
+            s.title,
+            t.title
+        );
+    }
+    assert!(!s.plots.is_empty(), "{}: no plot", s.title);
+    assert!(s.plots.iter().all(|p| p.svg.starts_with("<svg")));
+    assert!(!s.headlines.is_empty(), "{}: no headline", s.title);
+}
+
+/// Every `field` of every object in `json[list]`, as a number.
+fn figures(json: &Value, list: &str, field: &str) -> Vec<f64> {
+    json[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} in {json}"))
+        .iter()
+        .map(|r| {
+            r[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} missing in {r}"))
+        })
+        .collect()
+}
+
+// One test, so that the two sections never run at the same time.
+#[test]
+fn xdp_cost_and_live_rate_produce_figures() {
+    require_root();
+    let ctx = ctx();
+
+    let s = xdp_cost::run(&ctx).unwrap_or_else(|e| panic!("xdp_cost: {e}"));
+    check_shape(&s);
+    let ns = figures(&s.json, "rows", "ns_per_packet");
+    assert!(ns.len() >= 8, "{ns:?}");
+    assert!(ns.iter().all(|&v| v > 0.0), "ns/packet {ns:?}");
+
+    let s = live_rate::run(&ctx).unwrap_or_else(|e| panic!("live_rate: {e}"));
+    check_shape(&s);
+    let mpps = figures(&s.json, "runs", "mpps_at_sink");
+    assert!(mpps.len() >= 4, "{mpps:?}");
+    assert!(mpps.iter().all(|&v| v > 0.0), "Mpps {mpps:?}");
+    let generated = figures(&s.json, "runs", "generated");
+    assert!(
+        generated.iter().all(|&v| v > 0.0),
+        "generated {generated:?}"
+    );
+}
