@@ -102,10 +102,27 @@ pub struct AffinityKey {
 pub struct AffinityValue {
     pub backend_id: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the client was pinned.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at tick resolution)
+    /// when the client was pinned.
     pub created_ns: u64,
     /// Last packet seen, refreshed at most every `AFFINITY_REFRESH_NS`.
     pub last_seen_ns: u64,
+}
+
+impl AffinityValue {
+    /// Time since the client's last packet (as last recorded), at `now`.
+    #[inline(always)]
+    pub const fn idle_ns(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_seen_ns)
+    }
+
+    /// Whether the entry still pins its client at `now`: idle for less than
+    /// the VIP's timeout. The one rule the XDP program applies and user
+    /// space reports (so a timeout of 0 means "never sticky").
+    #[inline(always)]
+    pub const fn is_live(&self, now: u64, timeout_ns: u64) -> bool {
+        self.idle_ns(now) < timeout_ns
+    }
 }
 
 /// Per-CPU counters of one VIP (`SLB_VIP_STATS`).
@@ -214,4 +231,24 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_liveness() {
+        let e = AffinityValue {
+            backend_id: 1,
+            _pad: 0,
+            created_ns: 1_000,
+            last_seen_ns: 5_000,
+        };
+        assert_eq!(e.idle_ns(5_000), 0);
+        assert_eq!(e.idle_ns(4_000), 0, "a clock read before the write is not negative idle");
+        assert!(e.is_live(5_999, 1_000));
+        assert!(!e.is_live(6_000, 1_000), "idle for exactly the timeout has expired");
+        assert!(!e.is_live(5_000, 0), "timeout 0: never sticky");
+    }
 }

@@ -11,7 +11,7 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
     AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, VipInfo, VipStats,
@@ -93,8 +93,11 @@ fn pick_backend(
     key: &AffinityKey,
     stats: &mut VipStats,
 ) -> Option<(u32, BackendInfo)> {
+    // The coarse clock (CLOCK_MONOTONIC at tick resolution) is a plain read,
+    // not a clocksource access: affinity timeouts are seconds, and the
+    // refresh interval is one second, so a few ms of resolution is plenty.
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let mut known = false;
     let mut expired = false;
     if let Some(entry) = AFFINITY.get_ptr_mut(key) {
@@ -102,15 +105,14 @@ fn pick_backend(
         // refresh `last_seen_ns` concurrently; either write is fine.
         let entry = unsafe { &mut *entry };
         known = true;
-        let idle = now.saturating_sub(entry.last_seen_ns);
-        if idle > vip.affinity_timeout_ns {
+        if !entry.is_live(now, vip.affinity_timeout_ns) {
             expired = true;
         } else if let Some(backend) = BACKENDS.get(entry.backend_id)
             && backend.is_alive()
         {
             // Refresh coarsely: a write per packet would bounce the entry's
             // cache line between CPUs for every busy client.
-            if idle > AFFINITY_REFRESH_NS {
+            if entry.idle_ns(now) > AFFINITY_REFRESH_NS {
                 entry.last_seen_ns = now;
             }
             stats.affinity_hits += 1;

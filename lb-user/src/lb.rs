@@ -740,8 +740,8 @@ impl Lb {
                 affinity_idle_ms: None,
             };
             if let Some(e) = entry {
-                let idle = now.saturating_sub(e.last_seen_ns);
-                let live = idle <= v.info.affinity_timeout_ns;
+                let idle = e.idle_ns(now);
+                let live = e.is_live(now, v.info.affinity_timeout_ns);
                 let b = backend_addr(e.backend_id);
                 res.affinity_age_ms = Some(now.saturating_sub(e.created_ns) / 1_000_000);
                 res.affinity_idle_ms = Some(idle / 1_000_000);
@@ -811,14 +811,14 @@ impl Lb {
             if backend.is_some() && backend != baddr {
                 continue;
             }
-            let idle = now.saturating_sub(e.last_seen_ns);
+            let idle = e.idle_ns(now);
             out.push(FlowEntry {
                 vip: v.name.clone(),
                 client: Ipv4Addr::from(k.client),
                 backend: baddr,
                 age_ms: now.saturating_sub(e.created_ns) / 1_000_000,
                 idle_ms: idle / 1_000_000,
-                live: idle <= v.info.affinity_timeout_ns && b.is_some_and(Backend::alive),
+                live: e.is_live(now, v.info.affinity_timeout_ns) && b.is_some_and(Backend::alive),
             });
         }
         out.sort_by(|a, b| (&a.vip, a.client).cmp(&(&b.vip, b.client)));
@@ -840,7 +840,7 @@ impl Lb {
                     .filter(|(k, e)| {
                         k.vip_id == v.id
                             && e.backend_id == b.id
-                            && now.saturating_sub(e.last_seen_ns) <= v.info.affinity_timeout_ns
+                            && e.is_live(now, v.info.affinity_timeout_ns)
                     })
                     .count();
                 let slots = v.table.iter().filter(|&&s| s == b.id).count();

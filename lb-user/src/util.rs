@@ -1,7 +1,8 @@
 //! Small helpers shared by the daemon, the CLI and the tests.
 
-/// CLOCK_MONOTONIC in ns: the clock of the XDP program's `bpf_ktime_get_ns()`,
-/// so affinity timestamps can be compared with it.
+/// CLOCK_MONOTONIC in ns: the clock of the XDP program's affinity timestamps
+/// (`bpf_ktime_get_coarse_ns()`, the same clock at tick resolution), so ages
+/// and idle times can be computed from them.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
