@@ -246,9 +246,16 @@ mod tests {
             last_seen_ns: 5_000,
         };
         assert_eq!(e.idle_ns(5_000), 0);
-        assert_eq!(e.idle_ns(4_000), 0, "a clock read before the write is not negative idle");
+        assert_eq!(
+            e.idle_ns(4_000),
+            0,
+            "a clock read before the write is not negative idle"
+        );
         assert!(e.is_live(5_999, 1_000));
-        assert!(!e.is_live(6_000, 1_000), "idle for exactly the timeout has expired");
+        assert!(
+            !e.is_live(6_000, 1_000),
+            "idle for exactly the timeout has expired"
+        );
         assert!(!e.is_live(5_000, 0), "timeout 0: never sticky");
     }
 }

@@ -218,24 +218,34 @@ pub struct VipChange {
 impl Config {
     /// Parses, resolves and validates a configuration file's text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_checking(text, false)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::parse(&read(path)?)
+    }
+
+    /// `load`, plus the problems of running the file on this machine
+    /// (`check_environment`), all reported together: what `stickylb check`
+    /// and `stickylb run` use.
+    pub fn load_for_this_machine(path: &Path) -> Result<Config, ConfigError> {
+        Self::parse_checking(&read(path)?, true)
+    }
+
+    fn parse_checking(text: &str, environment: bool) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_owned()))?;
         let config = raw.resolve();
-        let problems = config.validate();
+        let mut problems = config.validate();
+        if environment {
+            problems.extend(config.check_environment());
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(ConfigError::Invalid(problems))
         }
-    }
-
-    /// Reads and parses a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text)
     }
 
     /// The VIP with this name.
@@ -1281,6 +1291,13 @@ fn is_writable_dir(dir: &Path) -> bool {
     // and read-only mounts the way creating the socket will.
     // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
     unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Whether the current network namespace has an interface of that name.

@@ -320,16 +320,7 @@ pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let cfg = Config::load(&opts.config_path)?;
-    let problems = cfg.check_environment();
-    if !problems.is_empty() {
-        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        bail!(
-            "{} cannot run here:\n  {}",
-            opts.config_path.display(),
-            list.join("\n  ")
-        );
-    }
+    let cfg = Config::load_for_this_machine(&opts.config_path)?;
     let listener = control::bind(&cfg.control_socket)?;
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some(metrics::bind(addr).await?),

@@ -1,0 +1,93 @@
+//! `stickylb check` and the CLI's argument errors: no daemon, no root needed.
+
+use std::process::Command;
+
+const STICKYLB: &str = env!("CARGO_BIN_EXE_stickylb-under-test");
+
+fn check(config: &str) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("slb-cli-{}-{}", std::process::id(), config.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("stickylb.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(STICKYLB)
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let (code, out, err) = check(
+        "interface = \"lo\"\n[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\n\
+         [[vip.backend]]\naddress = \"10.0.0.11\"\nport = 80\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(": OK (1 VIPs, 1 backends, interface lo)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_reports_every_problem_at_once() {
+    let (code, out, err) = check(
+        "interface = \"nosuchif0\"\n[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\n\
+         table_size = 65536\n\
+         [[vip.backend]]\naddress = \"10.0.0.11\"\nport = 80\n\
+         [[vip.backend]]\naddress = \"10.0.0.11\"\nport = 80\n",
+    );
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    for want in [
+        "65536 is not prime",
+        "duplicate backend",
+        "no network interface named \"nosuchif0\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_names_an_unknown_field_and_its_line() {
+    let (code, _, err) = check("interface = \"lo\"\nintervall = 3\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unknown field `intervall`") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn argument_errors_are_clear() {
+    let out = Command::new(STICKYLB)
+        .args(["lookup", "300.1.1.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value '300.1.1.1'"));
+    let out = Command::new(STICKYLB)
+        .arg("run")
+        .env_remove("STICKYLB_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "stickylb: no config file: pass -c FILE (or set STICKYLB_CONFIG)"
+    );
+    let out = Command::new(STICKYLB).arg("man").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH stickylb"));
+    let out = Command::new(STICKYLB)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_stickylb()"));
+}
