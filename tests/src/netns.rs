@@ -406,7 +406,12 @@ impl Topology {
             .arg("--ready-file")
             .arg(&ready)
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            // Not the caller's stderr: a kept topology's servers outlive the
+            // command that started them and must not hold its terminal/pipe.
+            .stderr(
+                fs::File::create(self.tmp.join(format!("b{i}.log"))).map_err(|e| e.to_string())?,
+            );
         if let Some(r) = self.redis {
             cmd.args(["--redis", &r.to_string()]);
         }

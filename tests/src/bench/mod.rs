@@ -37,7 +37,7 @@ pub struct Section {
     pub method: String,
     pub tables: Vec<Table>,
     pub plots: Vec<Plot>,
-    /// Raw results for results.json.
+    /// Raw results for docs/benchmarks.json.
     pub json: serde_json::Value,
     /// One-line headline figures (ratios) for the summary.
     pub headlines: Vec<String>,

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let mut quick = false;
     let mut only: Option<Vec<String>> = None;
     let mut out = PathBuf::from("docs");
-    let mut json = PathBuf::from("target/bench/results.json");
+    let mut json = PathBuf::from("docs/benchmarks.json");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {

@@ -397,6 +397,7 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
             ])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("start redis-server (apt-get install redis-server): {e}"))?,
     );
@@ -456,7 +457,7 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
         std::fs::create_dir_all(state).map_err(|e| e.to_string())?;
         std::fs::write(state.join("state"), kept.to_lines()).map_err(|e| e.to_string())?;
         println!(
-            "   Left running. Try:\n     stickylb --socket {} status\n     ip netns exec {id}-cl curl --interface 10.77.1.7 http://{VIP}/\n   \
+            "   Left running. Try:\n     target/release/stickylb-under-test --socket {} status\n     ip netns exec {id}-cl curl --interface 10.77.1.7 http://{VIP}/\n   \
              Remove it all with: cargo xtask netns down",
             d.socket.display(),
             id = kept.id
