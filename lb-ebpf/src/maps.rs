@@ -3,6 +3,7 @@
 //! object against `lb_common::map_names::ALL`.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -19,9 +20,11 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 
 #[map(name = "SLB_BACKENDS")]
 pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// Maglev tables of all VIPs: slot → backend id.
+/// Maglev tables of all VIPs: slot → backend id. Memory-mappable, so the
+/// daemon writes and reads tables as plain memory instead of one syscall
+/// per slot.
 #[map(name = "SLB_RING")]
-pub static RING: Array<u32> = Array::with_max_entries(RING_POOL_SIZE, 0);
+pub static RING: Array<u32> = Array::with_max_entries(RING_POOL_SIZE, BPF_F_MMAPABLE);
 
 /// The sticky table: (VIP, client) → backend. LRU so a full table forgets the
 /// quietest clients instead of refusing new ones.

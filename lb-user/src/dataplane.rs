@@ -132,6 +132,9 @@ pub struct Dataplane {
     vips: HashMap<MapData, VipKey, VipInfo>,
     backends: Array<MapData, BackendInfo>,
     ring: Array<MapData, u32>,
+    /// The ring pool mapped into our memory (None if the kernel refused:
+    /// then slots go through the map syscalls).
+    ring_mem: Option<RingMem>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
@@ -184,10 +187,13 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Program(Box::new(e)))?;
         prog.load()
             .map_err(|e| DataplaneError::Program(Box::new(e)))?;
+        let ring: Array<MapData, u32> = take_map!(ebpf, map_names::RING);
+        let ring_mem = RingMem::map(&ring);
         Ok(Self {
             vips: take_map!(ebpf, map_names::VIPS),
             backends: take_map!(ebpf, map_names::BACKENDS),
-            ring: take_map!(ebpf, map_names::RING),
+            ring,
+            ring_mem,
             affinity: take_map!(ebpf, map_names::AFFINITY),
             vip_stats: take_map!(ebpf, map_names::VIP_STATS),
             backend_stats: take_map!(ebpf, map_names::BACKEND_STATS),
@@ -362,10 +368,19 @@ impl Dataplane {
     /// `len` slots of the ring from `base`.
     pub fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>> {
         (base..base + len)
-            .map(|i| {
-                self.ring
+            .map(|i| match &self.ring_mem {
+                Some(mem) => mem.get(i).ok_or(DataplaneError::Map {
+                    map: map_names::RING,
+                    op: "get",
+                    source: Box::new(MapError::OutOfBounds {
+                        index: i,
+                        max_entries: lb_common::RING_POOL_SIZE,
+                    }),
+                }),
+                None => self
+                    .ring
                     .get(&i, 0)
-                    .map_err(map_err(map_names::RING, "get"))
+                    .map_err(map_err(map_names::RING, "get")),
             })
             .collect()
     }
@@ -422,9 +437,21 @@ impl Dataplane {
     ) -> Result<usize> {
         let mut n = 0;
         for (slot, value) in slots {
-            self.ring
-                .set(base + slot, value, 0)
-                .map_err(map_err(map_names::RING, "set"))?;
+            let index = base + slot;
+            match &self.ring_mem {
+                Some(mem) => mem.set(index, value).ok_or(DataplaneError::Map {
+                    map: map_names::RING,
+                    op: "set",
+                    source: Box::new(MapError::OutOfBounds {
+                        index,
+                        max_entries: lb_common::RING_POOL_SIZE,
+                    }),
+                })?,
+                None => self
+                    .ring
+                    .set(index, value, 0)
+                    .map_err(map_err(map_names::RING, "set"))?,
+            }
             n += 1;
         }
         Ok(n)
@@ -520,3 +547,74 @@ impl Dataplane {
         Ok((res.return_value, res.duration))
     }
 }
+
+/// The ring pool's memory, shared with the XDP program (the map is created
+/// with BPF_F_MMAPABLE). The kernel lays array elements out every
+/// `round_up(value_size, 8)` bytes, so slot `i` is the u32 at byte `8 * i`.
+/// Slots are aligned u32s, so each store is seen whole by the program.
+struct RingMem {
+    ptr: std::ptr::NonNull<u32>,
+    slots: usize,
+}
+
+/// Bytes between two slots of an array map of u32 values.
+const RING_STRIDE: usize = size_of::<u32>().next_multiple_of(8);
+
+impl RingMem {
+    fn bytes(slots: usize) -> usize {
+        slots * RING_STRIDE
+    }
+
+    fn map(ring: &Array<MapData, u32>) -> Option<Self> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let slots = lb_common::RING_POOL_SIZE as usize;
+        let fd = aya::maps::IterableMap::map(ring).fd().as_fd().as_raw_fd();
+        // SAFETY: mapping a BPF array map's fd, shared, for its exact size;
+        // the kernel refuses (MAP_FAILED) if the map is not mmapable.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::bytes(slots),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            log::warn!(
+                "cannot mmap the ring map ({}); writing slots through syscalls",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        std::ptr::NonNull::new(p.cast()).map(|ptr| Self { ptr, slots })
+    }
+
+    fn slot(&self, index: u32) -> Option<*mut u32> {
+        let i = index as usize;
+        // SAFETY: in bounds of the live mapping (checked).
+        (i < self.slots).then(|| unsafe { self.ptr.as_ptr().byte_add(i * RING_STRIDE) })
+    }
+
+    fn set(&self, index: u32, value: u32) -> Option<()> {
+        // SAFETY: a slot of the live mapping; volatile because the XDP
+        // program reads the same memory concurrently.
+        self.slot(index).map(|p| unsafe { p.write_volatile(value) })
+    }
+
+    fn get(&self, index: u32) -> Option<u32> {
+        // SAFETY: as in `set`.
+        self.slot(index).map(|p| unsafe { p.read_volatile() })
+    }
+}
+
+impl Drop for RingMem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped, once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), Self::bytes(self.slots)) };
+    }
+}
+
+// SAFETY: the mapping is plain shared memory, owned by this handle alone.
+unsafe impl Send for RingMem {}
