@@ -68,8 +68,9 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let mut sec = Section {
         title: "Control plane and stickiness quality".into(),
         method: "Table build: `lb_common::maglev::build` in user space, median of 5. Slot writes: \
-                 the changed slots written to the real `SLB_RING` map (one `bpf(BPF_MAP_UPDATE_ELEM)` per \
-                 slot) when one of N backends goes out of service, median of 5. Balance and disruption: \
+                 the changed slots written to the real `SLB_RING` map by `Dataplane::write_ring`, as the \
+                 daemon does it (through the map's memory-mapped view), when one of N backends goes out \
+                 of service, median of 5. Balance and disruption: \
                  pseudo-random client addresses hashed with the data path's own hash into the table \
                  user space builds, exactly as the XDP program picks (no affinity table: this is what \
                  new clients see). Modulo: `hash % N`, what a naive sticky balancer does. Failover: \
@@ -97,8 +98,8 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             "backends",
             "build (ms)",
             "slots changed by one backend down",
-            "write changed slots (ms)",
-            "µs per slot",
+            "write changed slots (µs)",
+            "ns per slot",
         ]
         .map(String::from)
         .to_vec(),
@@ -142,8 +143,8 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             n.to_string(),
             format!("{b:.2}"),
             changed.len().to_string(),
-            format!("{w:.2}"),
-            format!("{:.2}", w * 1e3 / changed.len() as f64),
+            format!("{:.1}", w * 1e3),
+            format!("{:.1}", w * 1e6 / changed.len() as f64),
         ]);
         build_json.push(
             json!({"backends": n, "build_ms": b, "changed_slots": changed.len(), "write_ms": w}),
