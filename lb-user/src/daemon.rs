@@ -170,7 +170,11 @@ impl Daemon {
                 Request::Status => serde_json::json!({
                     "pid": std::process::id(),
                     "interface": self.cfg.interface,
-                    "attached": format!("{:?}", self.attached),
+                    "attached": match self.attached {
+                        Attached::New(AttachMode::Driver) => "driver mode",
+                        Attached::New(AttachMode::Skb) => "generic (skb) mode",
+                        Attached::Adopted => "adopted from the previous run",
+                    },
                     "config": self.opts.config_path,
                     "pin_path": self.cfg.pin_path,
                     "uptime_s": self.started.elapsed().as_secs(),
@@ -376,7 +380,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             d.cfg.interface,
             d.cfg.pin_path.display()
         ),
-        Attached::New(m) => info!("attached to {} in {m:?} mode", d.cfg.interface),
+        Attached::New(AttachMode::Driver) => {
+            info!("attached to {} in driver mode", d.cfg.interface)
+        }
+        Attached::New(AttachMode::Skb) => {
+            info!("attached to {} in generic (skb) mode", d.cfg.interface)
+        }
     }
     if adopting && attached != Attached::Adopted {
         warn!("a pinned link existed but was not adopted");

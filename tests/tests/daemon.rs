@@ -64,7 +64,7 @@ fn daemon_failover_restart_reload_and_cli() {
         d.log_text()
     );
     let status = d.call(&Request::Status).unwrap();
-    assert_eq!(status["attached"], "New(Driver)", "attached in driver mode");
+    assert_eq!(status["attached"], "driver mode");
 
     // Every client reaches a backend, and `lookup` names the one that answered.
     let clients = topo.clients.clone();
