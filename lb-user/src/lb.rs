@@ -210,25 +210,19 @@ impl Lb {
             };
             let table = lb.dp.read_ring(info.ring_base, info.ring_size)?;
             lb.ring.used.push((info.ring_base, info.ring_size));
+            // Backends of this VIP that the config no longer has are not
+            // adopted: they are cleared below, before any id is reused.
             let backends = adopted_backends
                 .iter()
                 .filter(|(_, b)| u32::from(b.vip_id) == info.vip_id)
-                .map(|&(id, b)| {
+                .filter_map(|&(id, b)| {
                     let addr =
                         SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port));
                     let bcfg = vcfg
                         .backends
                         .iter()
-                        .find(|c| c.address == *addr.ip() && c.port == addr.port());
-                    let mut be = match bcfg {
-                        Some(c) => backend_from_config(id, c),
-                        None => {
-                            let mut be = backend_from_config(id, &vcfg.backends[0]);
-                            be.addr = addr;
-                            be.from_config = false;
-                            be
-                        }
-                    };
+                        .find(|c| c.address == *addr.ip() && c.port == addr.port())?;
+                    let mut be = backend_from_config(id, bcfg);
                     // Adopt liveness: a restart must not flap anything. A
                     // backend that was not alive is re-learned from scratch.
                     if b.flags & backend_flags::ALIVE != 0 {
@@ -239,7 +233,7 @@ impl Lb {
                             be.mac_source = MacSource::Neighbour;
                         }
                     }
-                    be
+                    Some(be)
                 })
                 .collect();
             lb.vips.push(Vip {
@@ -252,11 +246,20 @@ impl Lb {
                 backends,
             });
         }
-        // Backend ids whose VIP is gone: clear them so the ids can be reused.
-        let known: BTreeSet<u32> = lb.vips.iter().map(|v| v.id).collect();
+        // Adopted backend ids that were not adopted above (their VIP or they
+        // are gone from the config): dead for the data path at once, their
+        // clients' entries purged, so an id reused below inherits nobody.
+        // The tables stop naming them when apply_config rebuilds them.
+        let adopted = lb.used_backend_ids();
         for (id, b) in &adopted_backends {
-            if !known.contains(&u32::from(b.vip_id)) {
+            if !adopted.contains(id) {
                 lb.clear_backend(*id)?;
+                let purged = lb.dp.purge_affinity(|_, v| v.backend_id == *id)?;
+                info!(
+                    "backend {}:{} of the previous run is not configured: removed ({purged} clients re-picked)",
+                    Ipv4Addr::from(b.addr),
+                    u16::from_be_bytes(b.port)
+                );
             }
         }
         lb.apply_config(cfg)?;

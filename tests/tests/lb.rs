@@ -117,6 +117,29 @@ fn rewrites_only_changed_slots_and_adopts_without_writing() {
     );
     let key = VipKey::new(Ipv4Addr::new(198, 51, 100, 10), 80, 6);
     assert_eq!(lb2.vips[0].key, key);
+
+    // A third start with the last backend gone from the config: the others
+    // keep their ids, the gone one is cleared from the backends map, and
+    // the table stops naming it.
+    let table = lb2.vips[0].table.clone();
+    drop(lb2);
+    let lb3 = Lb::start(load(&pin.0), &config(&pin.0, 3, 1)).unwrap();
+    let ids3: Vec<u32> = lb3.vips[0].backends.iter().map(|b| b.id).collect();
+    assert_eq!(ids3, ids[..3]);
+    assert_eq!(lb3.dp.backend(ids[3]).unwrap().flags, 0);
+    assert!(lb3.vips[0].table.iter().all(|&s| s != ids[3]));
+    // Removing it from the config rebuilds the base table, so a few slots
+    // beyond its own change hands (as the Maglev unit tests measure).
+    let owned = table.iter().filter(|&&s| s == ids[3]).count();
+    let moved = table
+        .iter()
+        .zip(&lb3.vips[0].table)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        moved >= owned && (moved as f64) < owned as f64 * 1.6,
+        "{moved} moved, owned {owned}"
+    );
 }
 
 #[test]
