@@ -399,7 +399,11 @@ impl Topology {
 
     /// Starts (or restarts) backend `i`'s HTTP server; waits until it listens.
     pub fn start_server(&mut self, i: usize) -> Result<()> {
+        // The old server must be gone (killed and reaped) before the new one
+        // binds port 80: two listeners on one port is EADDRINUSE.
+        self.servers[i] = None;
         let ready = self.tmp.join(format!("b{i}.ready"));
+        let log = self.tmp.join(format!("b{i}.log"));
         let _ = fs::remove_file(&ready);
         let mut cmd = self.backends[i].command(&self.server_bin);
         cmd.args(["--name", &format!("backend-{i}"), "--listen", "0.0.0.0:80"])
@@ -409,18 +413,29 @@ impl Topology {
             .stdout(Stdio::null())
             // Not the caller's stderr: a kept topology's servers outlive the
             // command that started them and must not hold its terminal/pipe.
-            .stderr(
-                fs::File::create(self.tmp.join(format!("b{i}.log"))).map_err(|e| e.to_string())?,
-            );
+            .stderr(fs::File::create(&log).map_err(|e| e.to_string())?);
         if let Some(r) = self.redis {
             cmd.args(["--redis", &r.to_string()]);
         }
-        let child = ChildGuard(cmd.spawn().map_err(|e| format!("start slb-backend: {e}"))?);
-        self.servers[i] = Some(child);
-        if !wait_for(Duration::from_secs(5), || ready.exists()) {
-            return Err(format!("backend {i} did not start listening"));
+        let mut child = ChildGuard(cmd.spawn().map_err(|e| format!("start slb-backend: {e}"))?);
+        let mut exited = None;
+        wait_for(Duration::from_secs(10), || {
+            exited = child.0.try_wait().ok().flatten();
+            ready.exists() || exited.is_some()
+        });
+        if ready.exists() {
+            self.servers[i] = Some(child);
+            return Ok(());
         }
-        Ok(())
+        let why = match exited {
+            Some(status) => format!("it exited ({status})"),
+            None => "no ready file after 10 s".to_string(),
+        };
+        let stderr = fs::read_to_string(&log).unwrap_or_default();
+        Err(format!(
+            "backend {i} did not start listening: {why}; its stderr: {:?}",
+            stderr.trim()
+        ))
     }
 
     /// Kills backend `i`'s server (its host stays up: connections are refused).

@@ -401,8 +401,20 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("start redis-server (apt-get install redis-server): {e}"))?,
     );
+    let redis_up = wait_for(Duration::from_secs(10), || {
+        redis_ns
+            .command("redis-cli")
+            .args(["-h", &REDIS.ip().to_string(), "-p", "6379", "ping"])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+    });
+    if !redis_up {
+        return Err(format!(
+            "redis-server on {REDIS} did not answer PING within 10 s"
+        ));
+    }
     topo.others.push(redis);
-    thread::sleep(Duration::from_millis(300));
     topo.redis = Some(REDIS);
     for i in 0..3 {
         topo.start_server(i)?;
