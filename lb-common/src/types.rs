@@ -128,6 +128,7 @@ impl AffinityValue {
 /// Per-CPU counters of one VIP (`SLB_VIP_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct VipStats {
     /// Frames forwarded.
     pub packets: u64,
@@ -182,6 +183,7 @@ impl VipStats {
 /// Per-CPU counters of one backend (`SLB_BE_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,

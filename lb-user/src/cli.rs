@@ -352,14 +352,14 @@ fn print_status(out: &mut impl std::io::Write, result: &serde_json::Value) -> an
         writeln!(
             out,
             "  packets {}  bytes {}  new clients {}  affinity hits {}  re-picked: expired {} dead {}  dropped: no backend {} fragment {}",
-            v.packets,
-            v.bytes,
-            v.new_clients,
-            v.affinity_hits,
-            v.repick_expired,
-            v.repick_dead,
-            v.drop_no_backend,
-            v.drop_fragment
+            v.counters.packets,
+            v.counters.bytes,
+            v.counters.new_clients,
+            v.counters.affinity_hits,
+            v.counters.repick_expired,
+            v.counters.repick_dead,
+            v.counters.drop_no_backend,
+            v.counters.drop_fragment
         )?;
         backend_table(out, &v)?;
     }
@@ -387,8 +387,8 @@ fn backend_table(out: &mut impl std::io::Write, v: &VipStatus) -> anyhow::Result
             b.mac.clone().unwrap_or_else(|| "(unknown)".into()),
             b.slots,
             b.clients,
-            b.packets,
-            b.bytes,
+            b.counters.packets,
+            b.counters.bytes,
             b.reason
         )?;
     }

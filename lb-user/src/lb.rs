@@ -14,8 +14,8 @@ use std::{
 };
 
 use lb_common::{
-    AffinityKey, BackendInfo, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, RING_POOL_SIZE, VipInfo, VipKey,
-    backend_flags, maglev, select,
+    AffinityKey, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, RING_POOL_SIZE,
+    VipInfo, VipKey, VipStats, backend_flags, maglev, select,
 };
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
@@ -869,9 +869,7 @@ impl Lb {
                         .map(|o| o.latency.as_secs_f64() * 1000.0),
                     slots,
                     clients,
-                    packets: s.packets,
-                    bytes: s.bytes,
-                    new_clients: s.new_clients,
+                    counters: s,
                     from_config: b.from_config,
                 });
             }
@@ -883,15 +881,7 @@ impl Lb {
                 table_size: v.info.ring_size,
                 affinity_timeout_s: Duration::from_nanos(v.info.affinity_timeout_ns).as_secs_f64(),
                 alive_backends: v.backends.iter().filter(|b| b.alive()).count(),
-                packets: stats.packets,
-                bytes: stats.bytes,
-                new_clients: stats.new_clients,
-                affinity_hits: stats.affinity_hits,
-                repick_expired: stats.repick_expired,
-                repick_dead: stats.repick_dead,
-                probed: stats.probed,
-                drop_no_backend: stats.drop_no_backend,
-                drop_fragment: stats.drop_fragment,
+                counters: stats,
                 backends,
             });
         }
@@ -943,9 +933,8 @@ pub struct BackendStatus {
     pub slots: usize,
     /// Clients with a live affinity entry.
     pub clients: usize,
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_clients: u64,
+    #[serde(flatten)]
+    pub counters: BackendStats,
     pub from_config: bool,
 }
 
@@ -958,15 +947,8 @@ pub struct VipStatus {
     pub table_size: u32,
     pub affinity_timeout_s: f64,
     pub alive_backends: usize,
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_clients: u64,
-    pub affinity_hits: u64,
-    pub repick_expired: u64,
-    pub repick_dead: u64,
-    pub probed: u64,
-    pub drop_no_backend: u64,
-    pub drop_fragment: u64,
+    #[serde(flatten)]
+    pub counters: VipStats,
     pub backends: Vec<BackendStatus>,
 }
 

@@ -31,25 +31,25 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
         "vip_packets_total",
         "counter",
         "Frames forwarded.",
-        per_vip(|v| v.packets),
+        per_vip(|v| v.counters.packets),
     );
     family(
         "vip_bytes_total",
         "counter",
         "Bytes forwarded.",
-        per_vip(|v| v.bytes),
+        per_vip(|v| v.counters.bytes),
     );
     family(
         "vip_new_clients_total",
         "counter",
         "Clients pinned by the Maglev table.",
-        per_vip(|v| v.new_clients),
+        per_vip(|v| v.counters.new_clients),
     );
     family(
         "vip_affinity_hits_total",
         "counter",
         "Frames forwarded by an affinity entry.",
-        per_vip(|v| v.affinity_hits),
+        per_vip(|v| v.counters.affinity_hits),
     );
     family(
         "vip_affinity_misses_total",
@@ -58,14 +58,17 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
         vips.iter()
             .flat_map(|v| {
                 [
-                    (format!("{},reason=\"new\"", vip(v)), v.new_clients as f64),
+                    (
+                        format!("{},reason=\"new\"", vip(v)),
+                        v.counters.new_clients as f64,
+                    ),
                     (
                         format!("{},reason=\"expired\"", vip(v)),
-                        v.repick_expired as f64,
+                        v.counters.repick_expired as f64,
                     ),
                     (
                         format!("{},reason=\"backend_dead\"", vip(v)),
-                        v.repick_dead as f64,
+                        v.counters.repick_dead as f64,
                     ),
                 ]
             })
@@ -80,11 +83,11 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
                 [
                     (
                         format!("{},reason=\"no_backend\"", vip(v)),
-                        v.drop_no_backend as f64,
+                        v.counters.drop_no_backend as f64,
                     ),
                     (
                         format!("{},reason=\"fragment\"", vip(v)),
-                        v.drop_fragment as f64,
+                        v.counters.drop_fragment as f64,
                     ),
                 ]
             })
@@ -109,19 +112,19 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
         "backend_packets_total",
         "counter",
         "Frames forwarded to the backend.",
-        per_backend(&|b| b.packets as f64),
+        per_backend(&|b| b.counters.packets as f64),
     );
     family(
         "backend_bytes_total",
         "counter",
         "Bytes forwarded to the backend.",
-        per_backend(&|b| b.bytes as f64),
+        per_backend(&|b| b.counters.bytes as f64),
     );
     family(
         "backend_new_clients_total",
         "counter",
         "Clients pinned to the backend.",
-        per_backend(&|b| b.new_clients as f64),
+        per_backend(&|b| b.counters.new_clients as f64),
     );
     family(
         "backend_clients",

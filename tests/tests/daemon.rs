@@ -142,7 +142,7 @@ fn daemon_failover_restart_reload_and_cli() {
     // kill -9: the program keeps forwarding without its daemon; a new
     // daemon adopts the pinned maps and link, and nothing moves or resets.
     let flows_before = flows(&d);
-    let new_before = d.vips().unwrap()[0].new_clients;
+    let new_before = d.vips().unwrap()[0].counters.new_clients;
     d.kill9();
     assert_eq!(
         sweep(&topo, &clients),
@@ -153,7 +153,10 @@ fn daemon_failover_restart_reload_and_cli() {
     assert!(d.log_text().contains("adopted the running data path"));
     assert_eq!(flows(&d), flows_before, "affinity entries after restart");
     let vip = &d.vips().unwrap()[0];
-    assert_eq!(vip.new_clients, new_before, "counters after restart");
+    assert_eq!(
+        vip.counters.new_clients, new_before,
+        "counters after restart"
+    );
     assert!(vip.backends.iter().all(|b| b.state == "up"), "{vip:?}");
     assert_eq!(sweep(&topo, &clients), after, "clients after restart");
 

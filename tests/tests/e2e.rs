@@ -302,7 +302,7 @@ fn scenarios_in_network_namespaces() {
     let mut per: BTreeMap<String, u64> = BTreeMap::new();
     for v in d.vips().unwrap() {
         for b in v.backends {
-            per.insert(b.address.to_string(), b.packets);
+            per.insert(b.address.to_string(), b.counters.packets);
         }
     }
     println!("packets forwarded per backend: {per:?}");
