@@ -50,6 +50,36 @@ pub fn backend_addr(id: u32) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 1 + id as u8)
 }
 
+/// Backend `id`'s identity (address:port): what seeds its Maglev permutation.
+pub fn backend_identity(id: u32) -> String {
+    format!("{}:80", backend_addr(id))
+}
+
+/// The backends-map entry of backend `id` (port 80), in service for `vip_id`.
+pub fn backend_info(id: u32, mac: [u8; 6], alive: bool, vip_id: u32) -> BackendInfo {
+    BackendInfo {
+        mac,
+        flags: backend_flags::IN_USE | if alive { backend_flags::ALIVE } else { 0 },
+        addr: backend_addr(id).octets(),
+        port: 80u16.to_be_bytes(),
+        vip_id: vip_id as u16,
+    }
+}
+
+/// Maglev members for identities, in order: member index = backend id.
+pub fn maglev_members<'a>(
+    backends: impl IntoIterator<Item = (&'a str, u32, bool)>,
+) -> Vec<maglev::Member<'a>> {
+    backends
+        .into_iter()
+        .map(|(identity, weight, in_service)| maglev::Member {
+            identity: identity.as_bytes(),
+            weight,
+            in_service,
+        })
+        .collect()
+}
+
 /// Client number `i` (distinct for i < 2^16).
 pub fn client(i: u32) -> [u8; 4] {
     [203, 0, (i >> 8) as u8, i as u8]
@@ -109,7 +139,7 @@ impl Rig {
     pub fn add_backend(&mut self) -> u32 {
         let id = self.backends.len() as u32;
         self.backends.push(RigBackend {
-            identity: format!("{}:80", backend_addr(id)),
+            identity: backend_identity(id),
             weight: 1,
             alive: true,
         });
@@ -118,14 +148,8 @@ impl Rig {
     }
 
     fn write_backend(&mut self, id: u32) {
-        let b = &self.backends[id as usize];
-        let info = BackendInfo {
-            mac: backend_mac(id),
-            flags: backend_flags::IN_USE | if b.alive { backend_flags::ALIVE } else { 0 },
-            addr: backend_addr(id).octets(),
-            port: 80u16.to_be_bytes(),
-            vip_id: self.vip.vip_id as u16,
-        };
+        let alive = self.backends[id as usize].alive;
+        let info = backend_info(id, backend_mac(id), alive, self.vip.vip_id);
         self.dp.set_backend(id, info).unwrap();
     }
 
@@ -142,15 +166,11 @@ impl Rig {
     /// Rebuilds the Maglev table from the backends' weights and liveness and
     /// writes only the slots that changed; how many it wrote.
     pub fn rebuild(&mut self) -> usize {
-        let members: Vec<maglev::Member<'_>> = self
-            .backends
-            .iter()
-            .map(|b| maglev::Member {
-                identity: b.identity.as_bytes(),
-                weight: b.weight,
-                in_service: b.alive,
-            })
-            .collect();
+        let members = maglev_members(
+            self.backends
+                .iter()
+                .map(|b| (b.identity.as_str(), b.weight, b.alive)),
+        );
         let new = maglev::build(&members, TABLE_SIZE).unwrap();
         // Member indices are backend ids here; EMPTY is NO_BACKEND.
         let changed: Vec<(u32, u32)> = maglev::changed_slots(&self.table, &new).collect();

@@ -27,9 +27,8 @@ use std::{
 
 use etherparse::PacketBuilder;
 use lb_common::{
-    AffinityKey, AffinityValue, BackendInfo, DEFAULT_AFFINITY_TIMEOUT_NS, DEFAULT_HASH_SEED,
-    DEFAULT_TABLE_SIZE, VipInfo, VipKey, VipStats, backend_flags, global_counter, maglev, proto,
-    select,
+    AffinityKey, AffinityValue, DEFAULT_AFFINITY_TIMEOUT_NS, DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE,
+    VipInfo, VipKey, VipStats, global_counter, maglev, proto, select,
 };
 use lb_user::{
     bench_objects::{RefProgram, Reference},
@@ -38,7 +37,10 @@ use lb_user::{
 use serde_json::{Value, json};
 
 use super::{Ctx, Plot, Section, Table, median, plot, progress};
-use crate::{LB_MAC, ROUTER_MAC, VIP, backend_addr, backend_mac, monotonic_ns};
+use crate::{
+    LB_MAC, ROUTER_MAC, VIP, backend_identity, backend_info, backend_mac, maglev_members,
+    monotonic_ns,
+};
 
 pub(super) const XDP_PASS: u32 = 2;
 pub(super) const XDP_TX: u32 = 3;
@@ -121,28 +123,13 @@ impl Lb {
             pin_dir: None,
         })
         .map_err(err("load stickylb"))?;
-        let identities: Vec<String> = (0..macs.len())
-            .map(|i| format!("{}:80", backend_addr(i as u32)))
-            .collect();
-        for (id, mac) in macs.iter().enumerate() {
-            let info = BackendInfo {
-                mac: *mac,
-                flags: backend_flags::IN_USE | backend_flags::ALIVE,
-                addr: backend_addr(id as u32).octets(),
-                port: 80u16.to_be_bytes(),
-                vip_id: vips.first().map_or(0, |v| v.id as u16),
-            };
-            dp.set_backend(id as u32, info)
+        let identities: Vec<String> = (0..macs.len() as u32).map(backend_identity).collect();
+        let vip_id = vips.first().map_or(0, |v| v.id);
+        for (id, mac) in (0..).zip(macs) {
+            dp.set_backend(id, backend_info(id, *mac, true, vip_id))
                 .map_err(err("set a backend"))?;
         }
-        let members: Vec<maglev::Member<'_>> = identities
-            .iter()
-            .map(|s| maglev::Member {
-                identity: s.as_bytes(),
-                weight: 1,
-                in_service: true,
-            })
-            .collect();
+        let members = maglev_members(identities.iter().map(|s| (s.as_str(), 1, true)));
         let table = maglev::build(&members, DEFAULT_TABLE_SIZE)
             .map_err(|e| format!("Maglev table: {e:?}"))?;
         dp.write_ring(0, table.iter().enumerate().map(|(s, &b)| (s as u32, b)))
