@@ -179,6 +179,114 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Cleans up after this process if it dies without running destructors
+/// (Ctrl-C, kill -9, a test binary killed by its harness): a small shell that
+/// waits for this process to exit, then kills whatever still runs in the
+/// namespaces named `<id>-*`, deletes them and removes the given paths.
+///
+/// It runs in its own process group, so a terminal's Ctrl-C (sent to the
+/// whole foreground group) does not reach it. It notices its parent's exit
+/// by being re-parented, which also works while the parent is an unreaped
+/// zombie. Dropping it (orderly teardown) or `disarm` (a kept network) kills
+/// it without cleaning anything.
+pub struct Reaper(Option<Child>);
+
+/// Waits until the shell's parent (`$1`) has exited, then runs
+/// `CLEANUP_SCRIPT` with the remaining arguments.
+const REAPER_SCRIPT: &str = r#"
+parent=$1
+shift
+while :; do
+    read -r _ _ _ ppid _ < /proc/$$/stat || break
+    [ "$ppid" = "$parent" ] || break
+    sleep 0.2
+done
+"#;
+
+/// `$1`: a topology id; kills what runs in its namespaces, deletes them,
+/// then removes the other arguments (paths).
+const CLEANUP_SCRIPT: &str = r#"
+id=$1
+shift
+for ns in $(ip netns list | cut -d' ' -f1); do
+    case $ns in
+    "$id"-*)
+        ip netns pids "$ns" | xargs -r kill -9
+        ip netns del "$ns"
+        ;;
+    esac
+done
+rm -rf -- "$@"
+"#;
+
+impl Reaper {
+    /// Starts watching; `paths` are removed after the namespaces (pin
+    /// folders, scratch folders).
+    pub fn spawn(id: &str, paths: &[&Path]) -> Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{REAPER_SCRIPT}{CLEANUP_SCRIPT}"))
+            .arg("slb-reaper")
+            .arg(std::process::id().to_string())
+            .arg(id)
+            .args(paths)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("start the cleanup watcher: {e}"))?;
+        Ok(Self(Some(child)))
+    }
+
+    /// Stops watching: what it would have removed is meant to outlive this
+    /// process.
+    pub fn disarm(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What a [`Reaper`] does once its process is gone, done now: kills what
+/// runs in the namespaces `<id>-*`, deletes them, removes `paths`.
+pub fn remove_leftovers(id: &str, paths: &[&Path]) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(CLEANUP_SCRIPT)
+        .arg("slb-cleanup")
+        .arg(id)
+        .args(paths)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Names of the namespaces `<id>-*` that exist.
+pub fn namespaces_of(id: &str) -> Vec<String> {
+    let prefix = format!("{id}-");
+    sh(Command::new("ip").args(["netns", "list"]))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(String::from)
+        .collect()
+}
+
 /// Waits until `cond` holds, polling; false on timeout.
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
@@ -234,6 +342,8 @@ pub struct Topology {
     pub server_bin: PathBuf,
     pub redis: Option<SocketAddrV4>,
     pub tmp: PathBuf,
+    /// Last, so it outlives every other guard's teardown.
+    reaper: Option<Reaper>,
 }
 
 impl Topology {
@@ -246,6 +356,12 @@ impl Topology {
             std::process::id() % 100_000,
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
+        let tmp = std::env::temp_dir().join(&id);
+        let peer_pin = Path::new("/sys/fs/bpf").join(format!("{id}-peer"));
+        // The daemon's pin folder, by the convention of every user of a
+        // topology: /sys/fs/bpf/<id>.
+        let daemon_pin = Path::new("/sys/fs/bpf").join(&id);
+        let reaper = Reaper::spawn(&id, &[&peer_pin, &daemon_pin, &tmp])?;
         let bridge = Netns::new(&format!("{id}-br"))?;
         let client = Netns::new(&format!("{id}-cl"))?;
         let lb = Netns::new(&format!("{id}-lb"))?;
@@ -253,12 +369,11 @@ impl Topology {
         for i in 0..opts.backends {
             backends.push(Netns::new(&format!("{id}-b{i}"))?);
         }
-        let tmp = std::env::temp_dir().join(&id);
         fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
         let mut topo = Self {
             servers: Vec::new(),
             others: Vec::new(),
-            peer_pin: Path::new("/sys/fs/bpf").join(format!("{id}-peer")),
+            peer_pin,
             id,
             client,
             lb,
@@ -269,6 +384,7 @@ impl Topology {
             server_bin: server_bin.to_owned(),
             redis: opts.redis,
             tmp,
+            reaper: Some(reaper),
         };
         topo.wire()?;
         for i in 0..opts.backends {
@@ -376,6 +492,9 @@ impl Topology {
     /// must be removed later (`slb-netns down` does that) and disarms every
     /// guard.
     pub fn persist(mut self) -> KeptTopology {
+        if let Some(r) = self.reaper.take() {
+            r.disarm();
+        }
         let mut pids: Vec<u32> = self.servers.iter().flatten().map(ChildGuard::pid).collect();
         pids.extend(self.others.iter().map(ChildGuard::pid));
         let kept = KeptTopology {

@@ -63,6 +63,8 @@ enum NetnsAction {
     Up,
     /// Stop everything `up` started and delete the namespaces.
     Down,
+    /// Like `up`, but only while the command runs: Ctrl-C removes it all.
+    Hold,
 }
 
 fn main() -> Result<()> {
@@ -92,6 +94,7 @@ fn main() -> Result<()> {
         Task::Netns { action } => match action {
             NetnsAction::Up => privileged_tool("slb-netns", &[], &["up"]),
             NetnsAction::Down => privileged_tool("slb-netns", &[], &["down"]),
+            NetnsAction::Hold => privileged_tool("slb-netns", &[], &["hold"]),
         },
         Task::Bench { quick, only } => {
             let mut args = Vec::new();

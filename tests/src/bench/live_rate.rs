@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     LB_MAC, VIP,
-    netns::{Netns, wait_for},
+    netns::{Netns, Reaper, wait_for},
 };
 
 /// MAC of the generator's (and sink's) interface g0: the backend's MAC.
@@ -79,6 +79,8 @@ struct Wire {
     gen_ifindex: u32,
     lb: Netns,
     gen_ns: Netns,
+    /// Removes the namespaces if this process dies without unwinding.
+    _reaper: Reaper,
 }
 
 impl Wire {
@@ -88,6 +90,7 @@ impl Wire {
             std::process::id() % 100_000,
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
+        let reaper = Reaper::spawn(&id, &[])?;
         let gen_ns = Netns::new(&format!("{id}-gen"))?;
         let lb = Netns::new(&format!("{id}-lb"))?;
         // No IPv6: nothing but the generated frames may reach the sink.
@@ -129,6 +132,7 @@ impl Wire {
             gen_ifindex,
             lb,
             gen_ns,
+            _reaper: reaper,
         })
     }
 

@@ -1,8 +1,15 @@
 //! `cargo xtask netns up|down`: the test network by hand. `up` builds it
 //! (3 backends, 250 clients), starts the daemon and leaves it all running;
 //! `down` removes everything `up` (or `cargo xtask demo --keep`) left.
+//! `hold` builds the same network for as long as it runs: Ctrl-C (or any
+//! signal that ends it) removes it all.
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use stickylb_tests::{
     daemon::Daemon,
@@ -16,7 +23,8 @@ fn main() -> ExitCode {
     let result = match action.as_str() {
         "up" => up(),
         "down" => down(),
-        _ => Err("usage: slb-netns up|down".into()),
+        "hold" => hold(),
+        _ => Err("usage: slb-netns up|down|hold".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -31,14 +39,10 @@ fn state_file() -> std::path::PathBuf {
     Path::new(STATE_DIR).join("state")
 }
 
-fn up() -> Result<(), String> {
+/// The network with the daemon running and every backend up; the daemon's
+/// pin folder.
+fn build() -> Result<(Topology, Daemon, PathBuf), String> {
     stickylb_tests::require_root();
-    if state_file().exists() {
-        return Err(format!(
-            "a test network is already up ({}); `cargo xtask netns down` first",
-            state_file().display()
-        ));
-    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe.parent().ok_or("no exe dir")?;
     let topo = Topology::up(
@@ -51,10 +55,21 @@ fn up() -> Result<(), String> {
     )?;
     let pin = Path::new("/sys/fs/bpf").join(&topo.id);
     let config = topo.config(&pin, "", "affinity_timeout = \"5m\"");
-    let mut d = Daemon::start(&topo, &dir.join("stickylb-under-test"), &config, &[])?;
+    let d = Daemon::start(&topo, &dir.join("stickylb-under-test"), &config, &[])?;
     if !d.wait_backends(Duration::from_secs(8), |s, _| s == "up") {
         return Err(format!("backends did not come up:\n{}", d.log_text()));
     }
+    Ok((topo, d, pin))
+}
+
+fn up() -> Result<(), String> {
+    if state_file().exists() {
+        return Err(format!(
+            "a test network is already up ({}); `cargo xtask netns down` first",
+            state_file().display()
+        ));
+    }
+    let (topo, mut d, pin) = build()?;
     let daemon_pid = d.child.as_ref().map(|c| c.pid());
     if let Some(c) = d.child.take() {
         std::mem::forget(c);
@@ -66,6 +81,27 @@ fn up() -> Result<(), String> {
     kept.pins.push(pin);
     std::fs::create_dir_all(STATE_DIR).map_err(|e| e.to_string())?;
     std::fs::write(state_file(), kept.to_lines()).map_err(|e| e.to_string())?;
+    describe(&id, daemon_pid, &tmp, "cargo xtask netns down");
+    Ok(())
+}
+
+/// Holds the network until a signal ends this process. Nothing here handles
+/// the signal: the topology's cleanup watcher removes the network once this
+/// process is gone, which is what a test of that watcher needs.
+fn hold() -> Result<(), String> {
+    let (topo, daemon, _pin) = build()?;
+    // The first line is for programs (tests/tests/cleanup.rs).
+    println!("ready {}", topo.id);
+    let pid = daemon.child.as_ref().map(|c| c.pid());
+    describe(&topo.id, pid, &topo.tmp, "Ctrl-C");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    loop {
+        std::thread::park();
+    }
+}
+
+/// What is up, and what to try.
+fn describe(id: &str, daemon_pid: Option<u32>, tmp: &Path, remove: &str) {
     println!(
         "test network up (namespaces {id}-*; daemon pid {}, log {}):\n\
          \n  client   {id}-cl  10.77.0.2 + 10.77.1.1-250 (TX checksum offload off)\
@@ -77,13 +113,12 @@ fn up() -> Result<(), String> {
          \n  target/release/stickylb-under-test --socket {sock} status\
          \n  target/release/stickylb-under-test --socket {sock} lookup 10.77.1.7\
          \n  ip netns exec {id}-b1 ip link set eth0 down   # and watch status\
-         \n\nconfig: {cfg}\nRemove it all: cargo xtask netns down",
+         \n\nconfig: {cfg}\nRemove it all: {remove}",
         daemon_pid.unwrap_or(0),
         tmp.join("daemon.log").display(),
         sock = tmp.join("ctl.sock").display(),
         cfg = tmp.join("stickylb.toml").display(),
     );
-    Ok(())
 }
 
 fn down() -> Result<(), String> {

@@ -1,0 +1,107 @@
+//! A test network whose owner dies without unwinding (Ctrl-C, kill -9) is
+//! removed anyway: namespaces, the processes in them, pinned programs and
+//! maps, the scratch folder. `slb-netns hold` builds the network (daemon
+//! included) and handles no signal, so only the topology's cleanup watcher
+//! can remove it.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use stickylb_tests::{
+    netns::{namespaces_of, remove_leftovers, wait_for},
+    require_root,
+};
+
+const NETNS: &str = env!("CARGO_BIN_EXE_slb-netns");
+
+/// Everything a held network leaves behind if nobody cleans up.
+struct Leftovers {
+    id: String,
+    paths: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            paths: vec![
+                Path::new("/sys/fs/bpf").join(id),
+                Path::new("/sys/fs/bpf").join(format!("{id}-peer")),
+                std::env::temp_dir().join(id),
+            ],
+        }
+    }
+
+    fn present(&self) -> (Vec<String>, Vec<&PathBuf>) {
+        (
+            namespaces_of(&self.id),
+            self.paths.iter().filter(|p| p.exists()).collect(),
+        )
+    }
+}
+
+/// If the watcher failed, the test still leaves nothing behind.
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let paths: Vec<&Path> = self.paths.iter().map(PathBuf::as_path).collect();
+        remove_leftovers(&self.id, &paths);
+    }
+}
+
+fn held_network_is_removed_when_its_owner_dies(signal: i32, name: &str) {
+    let mut child = Command::new(NETNS)
+        .arg("hold")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start slb-netns hold");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("read slb-netns hold's output");
+    let Some(id) = line.trim().strip_prefix("ready ") else {
+        let _ = child.kill();
+        let status = child.wait();
+        panic!("slb-netns hold did not bring the network up ({status:?}): {line:?}");
+    };
+    let left = Leftovers::new(id);
+    let (namespaces, paths) = left.present();
+    assert!(
+        namespaces.len() >= 6,
+        "{id}: expected bridge, client, LB and 3 backend namespaces, found {namespaces:?}"
+    );
+    assert_eq!(
+        paths.len(),
+        left.paths.len(),
+        "daemon pins, peer pins and scratch folder should exist: {paths:?}"
+    );
+
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let status = child.wait().expect("wait for slb-netns hold");
+    assert!(!status.success(), "{name} should end slb-netns hold");
+    let t0 = Instant::now();
+    let gone = wait_for(Duration::from_secs(15), || {
+        let (n, p) = left.present();
+        n.is_empty() && p.is_empty()
+    });
+    println!(
+        "cleanup after {name}: {} namespaces, {} pinned/scratch folders of {id} removed {} ms after \
+         its owner died",
+        namespaces.len(),
+        paths.len(),
+        t0.elapsed().as_millis()
+    );
+    assert!(gone, "left behind after {name}: {:?}", left.present());
+}
+
+#[test]
+fn network_is_removed_after_ctrl_c_and_kill_9() {
+    require_root();
+    held_network_is_removed_when_its_owner_dies(libc::SIGINT, "SIGINT (Ctrl-C)");
+    held_network_is_removed_when_its_owner_dies(libc::SIGKILL, "SIGKILL");
+}
