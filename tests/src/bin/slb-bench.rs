@@ -1,5 +1,6 @@
 //! `slb-bench [--quick] [--only xdp,live,tcp,control] [--out DIR] [--json FILE]`:
-//! runs stickylb's benchmarks and writes the report. Run through
+//! runs stickylb's benchmarks and writes the report (`DIR/benchmarks.md`,
+//! default docs/) and raw results (default `DIR/benchmarks.json`). Run through
 //! `cargo xtask bench`, which installs the tools it needs first.
 
 use std::{path::PathBuf, process::ExitCode};
@@ -10,7 +11,7 @@ fn main() -> ExitCode {
     let mut quick = false;
     let mut only: Option<Vec<String>> = None;
     let mut out = PathBuf::from("docs");
-    let mut json = PathBuf::from("docs/benchmarks.json");
+    let mut json: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
                     .map(|v| v.split(',').map(str::to_owned).collect())
             }
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
-            "--json" => json = args.next().map(PathBuf::from).unwrap_or(json),
+            "--json" => json = args.next().map(PathBuf::from).or(json),
             other => {
                 eprintln!(
                     "slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,live,tcp,control] [--out DIR] [--json FILE]"
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    let json = json.unwrap_or_else(|| out.join("benchmarks.json"));
     stickylb_tests::require_root();
     let exe_dir = std::env::current_exe()
         .ok()
@@ -63,6 +65,14 @@ fn main() -> ExitCode {
             bench::control_plane::run,
         ),
     ];
+    if let Some(unknown) = only
+        .iter()
+        .flatten()
+        .find(|k| !all.iter().any(|(key, ..)| key == k))
+    {
+        eprintln!("slb-bench: --only {unknown:?}: not a section (xdp, live, tcp, control)");
+        return ExitCode::from(2);
+    }
     let mut sections = Vec::new();
     let mut failed = Vec::new();
     for (key, title, run) in all {
