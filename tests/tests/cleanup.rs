@@ -6,6 +6,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -60,8 +61,10 @@ fn held_network_is_removed_when_its_owner_dies(signal: i32, name: &str) {
         .spawn()
         .expect("start slb-netns hold");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
+    // Kept open until the end: a closed pipe would make its next print fail,
+    // and it would exit by itself, tidily, before the signal.
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    out.read_line(&mut line)
         .expect("read slb-netns hold's output");
     let Some(id) = line.trim().strip_prefix("ready ") else {
         let _ = child.kill();
@@ -83,7 +86,11 @@ fn held_network_is_removed_when_its_owner_dies(signal: i32, name: &str) {
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     let status = child.wait().expect("wait for slb-netns hold");
-    assert!(!status.success(), "{name} should end slb-netns hold");
+    assert_eq!(
+        status.signal(),
+        Some(signal),
+        "slb-netns hold should have been ended by {name}, not {status}"
+    );
     let t0 = Instant::now();
     let gone = wait_for(Duration::from_secs(15), || {
         let (n, p) = left.present();
@@ -97,6 +104,7 @@ fn held_network_is_removed_when_its_owner_dies(signal: i32, name: &str) {
         t0.elapsed().as_millis()
     );
     assert!(gone, "left behind after {name}: {:?}", left.present());
+    drop(out);
 }
 
 #[test]
