@@ -154,9 +154,32 @@ fn socket(cli: &Cli) -> anyhow::Result<PathBuf> {
         return Ok(s.clone());
     }
     if let Some(c) = &cli.config {
-        return Ok(Config::load(c)?.control_socket);
+        return control_socket_of(c);
     }
     Ok(PathBuf::from(DEFAULT_CONTROL_SOCKET))
+}
+
+/// The file's `control_socket` (or the default), without validating the
+/// rest: a file being edited must not keep the CLI from the running daemon.
+fn control_socket_of(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!(
+            "config {} is not valid TOML ({}), so its control_socket is unknown; \
+             give --socket",
+            path.display(),
+            e.message()
+        )
+    })?;
+    match table.get("control_socket") {
+        None => Ok(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        Some(toml::Value::String(s)) => Ok(PathBuf::from(s)),
+        Some(_) => anyhow::bail!(
+            "config {}: control_socket must be a string (a path); give --socket",
+            path.display()
+        ),
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

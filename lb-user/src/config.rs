@@ -419,6 +419,23 @@ impl Config {
                 ),
             );
         }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.control_socket)
+            && !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type())
+        {
+            out.push(
+                "control_socket",
+                format!(
+                    "{} exists and is not a socket ({}); the daemon replaces only a stale \
+                     socket, so choose another path",
+                    self.control_socket.display(),
+                    if meta.is_dir() {
+                        "a directory"
+                    } else {
+                        "a file"
+                    }
+                ),
+            );
+        }
         if let Some(parent) = self.control_socket.parent().filter(|p| p.is_absolute()) {
             // The daemon creates missing directories, so the question is
             // whether the nearest existing ancestor lets it.
@@ -868,6 +885,15 @@ fn validate_vip(
     }
 }
 
+/// What `stickylb check` would report about `b` as a backend of `vip`: the
+/// same rules for a backend added at run time as for one in the file.
+pub fn backend_problems(b: &BackendConfig, vip: &VipConfig) -> Vec<Problem> {
+    let mut out = Problems::default();
+    let label = format!("backend {}:{}", b.address, b.port);
+    validate_backend(b, vip, &label, &health_problems(&vip.health), &mut out);
+    out.0
+}
+
 fn validate_backend(
     b: &BackendConfig,
     vip: &VipConfig,
@@ -973,22 +999,34 @@ fn health_problems(h: &HealthConfig) -> Vec<(&'static str, String)> {
                 .to_owned(),
         ));
     }
-    if h.kind == CheckKind::Http {
-        if !h.path.starts_with('/') {
-            out.push((
-                "health.path",
-                format!("{:?} must start with '/', e.g. \"/healthz\"", h.path),
-            ));
-        }
-        if !(100..=599).contains(&h.expect_status) {
-            out.push((
-                "health.expect_status",
-                format!(
-                    "{} is not an HTTP status: must be 100 to 599",
-                    h.expect_status
-                ),
-            ));
-        }
+    // Checked whatever the kind: a level that checks by TCP still passes its
+    // path down to VIPs or backends that switch to HTTP, and the problem
+    // belongs where the value was written.
+    if !h.path.starts_with('/') {
+        out.push((
+            "health.path",
+            format!("{:?} must start with '/', e.g. \"/healthz\"", h.path),
+        ));
+    } else if !h.path.bytes().all(|b| b.is_ascii_graphic()) {
+        // It is sent as written in the request line: a space or a line
+        // break would break the request (or add headers to it).
+        out.push((
+            "health.path",
+            format!(
+                "{:?} has spaces, control or non-ASCII characters: percent-encode them \
+                 (e.g. %20 for a space)",
+                h.path
+            ),
+        ));
+    }
+    if !(100..=599).contains(&h.expect_status) {
+        out.push((
+            "health.expect_status",
+            format!(
+                "{} is not an HTTP status: must be 100 to 599",
+                h.expect_status
+            ),
+        ));
     }
     out
 }
@@ -1976,8 +2014,40 @@ port = 80
             "vip \"web\" health.path",
             "\"healthz\" must start with '/'",
         );
-        // A TCP check has no use for the path.
-        parse(&doc("", "[vip.health]\npath = \"healthz\"", ""));
+        // Also under a TCP check: a backend may inherit the path and turn
+        // HTTP on, and the problem is reported once, where the path is set.
+        let text = format!(
+            "{}[[vip.backend]]\naddress = \"10.0.0.12\"\nport = 80\n\
+             [vip.backend.health]\nkind = \"http\"\n",
+            doc(
+                "[health]\nkind = \"http\"\npath = \"healthz\"",
+                "[vip.health]\nkind = \"tcp\"",
+                "[vip.backend.health]\nkind = \"http\""
+            )
+        );
+        assert_eq!(
+            problems(&text),
+            vec!["health.path: \"healthz\" must start with '/', e.g. \"/healthz\""]
+        );
+    }
+
+    #[test]
+    fn http_path_is_sent_as_written_so_it_must_be_one_token() {
+        for bad in ["/health check", "/a\\r\\nX: y", "/gr\u{fc}n"] {
+            let text = doc(
+                "",
+                &format!("[vip.health]\nkind = \"http\"\npath = \"{bad}\""),
+                "",
+            );
+            let p = problems(&text);
+            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
+            assert!(p[0].contains("percent-encode"), "{p:?}");
+        }
+        parse(&doc(
+            "",
+            "[vip.health]\nkind = \"http\"\npath = \"/a%20b?x=1&y=~\"",
+            "",
+        ));
     }
 
     #[test]
@@ -2131,6 +2201,22 @@ port = 0
         assert_eq!(p.len(), 2, "{p:#?}");
         assert!(p[0].starts_with("interface: no network interface named \"nosuchnic0\""));
         assert!(p[1].starts_with("control_socket: ") && p[1].ends_with("is not a directory"));
+
+        // A file or folder where the socket would go is not replaced.
+        c.interface = "lo".into();
+        for (path, kind) in [(file.clone(), "a file"), (dir.0.clone(), "a directory")] {
+            c.control_socket = path;
+            let p: Vec<String> = c
+                .check_environment()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(p.len(), 1, "{p:#?}");
+            assert!(
+                p[0].contains(&format!("exists and is not a socket ({kind})")),
+                "{p:?}"
+            );
+        }
     }
 
     // --- diff -------------------------------------------------------------

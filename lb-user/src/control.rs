@@ -4,7 +4,10 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    os::unix::{
+        fs::{FileTypeExt as _, PermissionsExt as _},
+        net::UnixStream,
+    },
     path::Path,
     time::Duration,
 };
@@ -12,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
     net::UnixListener,
     sync::{mpsc, oneshot},
 };
@@ -91,7 +94,15 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket is ours to replace: a file or folder at that path
+        // (a typo in control_socket) must not be deleted.
+        if !meta.file_type().is_socket() {
+            bail!(
+                "control socket {} exists and is not a socket; choose another control_socket",
+                path.display()
+            );
+        }
         if UnixStream::connect(path).is_ok() {
             bail!(
                 "another stickylb daemon is running (it answers on {}); stop it first",
@@ -107,17 +118,33 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Longest request line accepted, in bytes.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// An accept error (e.g. out of file descriptors) persists until something
+/// changes: log it and wait a little instead of retrying in a tight loop.
+pub async fn accept_failed(what: &str, e: &std::io::Error) {
+    log::warn!("{what}: accept failed: {e}; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 /// Accepts connections and forwards each request to the main loop.
 pub async fn serve(listener: UnixListener, to_main: mpsc::Sender<Envelope>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                accept_failed("control socket", &e).await;
+                continue;
+            }
         };
         let to_main = to_main.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(r);
+            // Requests are one short JSON line; a peer that sends more is
+            // cut off instead of filling the daemon's memory.
+            let mut reader = tokio::io::BufReader::new(r.take(MAX_REQUEST));
             let reply =
                 match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
                     .await

@@ -37,9 +37,15 @@ pub struct RunOptions {
 /// must restart it).
 struct Checker {
     _handle: CheckerHandle,
+    /// Tells this checker's events from those a replaced checker of the same
+    /// backend id left queued.
+    generation: u64,
     target: SocketAddr,
     cfg: HealthConfig,
 }
+
+/// What a checker's events are keyed by: backend id and checker generation.
+type CheckKey = (u32, u64);
 
 fn spec(cfg: &HealthConfig) -> CheckSpec {
     CheckSpec {
@@ -64,7 +70,8 @@ struct Daemon {
     attached: Attached,
     started: Instant,
     checkers: HashMap<u32, Checker>,
-    health_tx: mpsc::Sender<health::Event<u32>>,
+    checker_generation: u64,
+    health_tx: mpsc::Sender<health::Event<CheckKey>>,
 }
 
 impl Daemon {
@@ -88,11 +95,20 @@ impl Daemon {
             if self.checkers.contains_key(&id) {
                 continue;
             }
-            let handle = health::spawn(id, target, spec(&cfg), state, self.health_tx.clone());
+            self.checker_generation += 1;
+            let generation = self.checker_generation;
+            let handle = health::spawn(
+                (id, generation),
+                target,
+                spec(&cfg),
+                state,
+                self.health_tx.clone(),
+            );
             self.checkers.insert(
                 id,
                 Checker {
                     _handle: handle,
+                    generation,
                     target,
                     cfg,
                 },
@@ -100,8 +116,14 @@ impl Daemon {
         }
     }
 
-    fn on_health(&mut self, ev: health::Event<u32>) {
-        self.lb.record_check(ev.key, ev.outcome);
+    fn on_health(&mut self, ev: health::Event<CheckKey>) {
+        let (id, generation) = ev.key;
+        // A backend id is reused as soon as it is free: a result of the
+        // checker it had before says nothing about the backend it has now.
+        if self.checkers.get(&id).map(|c| c.generation) != Some(generation) {
+            return;
+        }
+        self.lb.record_check(id, ev.outcome);
         if let Some(t) = ev.transition {
             // A passing check has just made the kernel resolve the backend's
             // MAC: read it now rather than at the next tick, so a new
@@ -109,8 +131,8 @@ impl Daemon {
             if t.to == State::Up {
                 self.refresh_macs();
             }
-            if let Err(e) = self.lb.set_health(ev.key, t.to, &t.reason) {
-                error!("cannot apply a health change of backend id {}: {e}", ev.key);
+            if let Err(e) = self.lb.set_health(id, t.to, &t.reason) {
+                error!("cannot apply a health change of backend id {id}: {e}");
             }
         }
     }
@@ -361,6 +383,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         attached: Attached::Adopted,
         started: Instant::now(),
         checkers: HashMap::new(),
+        checker_generation: 0,
         health_tx,
     };
     let (attached, refused) =

@@ -322,10 +322,8 @@ async fn http_exchange(
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let status = std::str::from_utf8(&buf[..line_end])
-        .ok()
-        .and_then(parse_status_line)
-        .ok_or_else(|| "malformed HTTP response".to_owned())?;
+    let status =
+        parse_status_line(&buf[..line_end]).ok_or_else(|| "malformed HTTP response".to_owned())?;
     if status == expect_status {
         Ok(format!("HTTP {status}"))
     } else {
@@ -333,21 +331,24 @@ async fn http_exchange(
     }
 }
 
-/// "HTTP/1.1 200 OK" → 200. The reason phrase is optional (RFC 9112 allows it empty).
-fn parse_status_line(line: &str) -> Option<u16> {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    let (version, rest) = line.split_once(' ')?;
-    if version.len() <= "HTTP/".len() || !version.starts_with("HTTP/") {
+/// "HTTP/1.1 200 OK" → 200. The reason phrase is optional (RFC 9112 allows it
+/// empty) and may hold any byte but CR/LF, so the line is read as bytes, not
+/// as UTF-8.
+fn parse_status_line(line: &[u8]) -> Option<u16> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let space = line.iter().position(|&b| b == b' ')?;
+    let (version, rest) = (&line[..space], &line[space + 1..]);
+    if version.len() <= b"HTTP/".len() || !version.starts_with(b"HTTP/") {
         return None;
     }
     let code = rest.get(..3)?;
-    if !code.bytes().all(|b| b.is_ascii_digit()) {
+    if !code.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    if !matches!(rest.as_bytes().get(3), None | Some(b' ')) {
+    if !matches!(rest.get(3), None | Some(b' ')) {
         return None;
     }
-    code.parse().ok()
+    Some(code.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
 }
 
 /// The words people know from the shell ("connection refused", "no route to
@@ -505,21 +506,27 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        let cases: &[(&str, Option<u16>)] = &[
-            ("HTTP/1.0 200 OK\r", Some(200)),
-            ("HTTP/1.1 503 Service Unavailable", Some(503)),
-            ("HTTP/1.1 204", Some(204)),
-            ("HTTP/1.1 404 \r", Some(404)),
-            ("HTTP/1.1 20 OK", None),
-            ("HTTP/1.1 2000 OK", None),
-            ("HTTP/1.1 2x0 OK", None),
-            ("HTTP/ 200 OK", None),
-            ("http/1.1 200 OK", None),
-            ("SSH-2.0-OpenSSH_9.6", None),
-            ("", None),
+        let cases: &[(&[u8], Option<u16>)] = &[
+            (b"HTTP/1.0 200 OK\r", Some(200)),
+            (b"HTTP/1.1 200 Gr\xfc\xdf Gott", Some(200)),
+            (b"HTTP/1.1 503 Service Unavailable", Some(503)),
+            (b"HTTP/1.1 204", Some(204)),
+            (b"HTTP/1.1 404 \r", Some(404)),
+            (b"HTTP/1.1 20 OK", None),
+            (b"HTTP/1.1 2000 OK", None),
+            (b"HTTP/1.1 2x0 OK", None),
+            (b"HTTP/ 200 OK", None),
+            (b"http/1.1 200 OK", None),
+            (b"SSH-2.0-OpenSSH_9.6", None),
+            (b"", None),
         ];
         for &(line, want) in cases {
-            assert_eq!(parse_status_line(line), want, "{line:?}");
+            assert_eq!(
+                parse_status_line(line),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 

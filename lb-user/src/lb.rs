@@ -8,7 +8,7 @@
 //! start so a restarted daemon changes nothing that need not change.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    config::{BackendConfig, Config, HealthConfig, VipConfig},
+    config::{self, BackendConfig, Config, HealthConfig, VipConfig},
     dataplane::{Dataplane, DataplaneError},
     health::{Outcome, State},
     util::monotonic_ns,
@@ -124,7 +124,7 @@ pub struct RebuildReport {
 }
 
 /// First-fit allocation of table regions in the ring pool.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct RingAlloc {
     used: Vec<(u32, u32)>,
 }
@@ -331,31 +331,105 @@ impl Lb {
 
     /// Makes the maps match `cfg`: VIPs and backends added, changed or
     /// removed; runtime state (health, drain) kept for what stays.
+    ///
+    /// What can run out (ring space, ids) is checked before anything is
+    /// touched, so a config that cannot be applied changes nothing.
     pub fn apply_config(&mut self, cfg: &Config) -> Result<()> {
-        self.hash_seed = cfg.hash_seed;
-        // Removed VIPs first, freeing ids and ring space for new ones.
-        let wanted: Vec<VipKey> = cfg.vips.iter().map(vip_key).collect();
-        let removed: Vec<usize> = (0..self.vips.len())
-            .filter(|&i| {
-                let v = &self.vips[i];
-                !cfg.vips.iter().any(|c| c.name == v.name) && !wanted.contains(&v.key)
-            })
-            .collect();
-        for i in removed.into_iter().rev() {
-            self.remove_vip(i)?;
+        // Which running VIP each config entry continues: by name, else a
+        // VIP with its (address, port, protocol) that no entry names.
+        let mut running: Vec<Option<String>> = vec![None; cfg.vips.len()];
+        let mut taken = vec![false; self.vips.len()];
+        for (ci, c) in cfg.vips.iter().enumerate() {
+            if let Some(ri) = self.vips.iter().position(|v| v.name == c.name) {
+                running[ci] = Some(c.name.clone());
+                taken[ri] = true;
+            }
         }
-        for vcfg in &cfg.vips {
-            let found = self
-                .vips
-                .iter()
-                .position(|v| v.name == vcfg.name)
-                .or_else(|| self.vips.iter().position(|v| v.key == vip_key(vcfg)));
-            match found {
-                Some(vi) => self.update_vip(vi, vcfg)?,
-                None => self.add_vip(vcfg)?,
+        for (ci, c) in cfg.vips.iter().enumerate() {
+            if running[ci].is_some() {
+                continue;
+            }
+            let key = vip_key(c);
+            if let Some(ri) =
+                (0..self.vips.len()).find(|&ri| !taken[ri] && self.vips[ri].key == key)
+            {
+                running[ci] = Some(self.vips[ri].name.clone());
+                taken[ri] = true;
+            }
+        }
+        self.check_ring_space(cfg, &running, &taken)?;
+
+        self.hash_seed = cfg.hash_seed;
+        // Removals first, freeing ids and ring space for what is added.
+        for ri in (0..self.vips.len()).rev() {
+            if !taken[ri] {
+                self.remove_vip(ri)?;
+            }
+        }
+        for (c, name) in cfg.vips.iter().zip(&running) {
+            if let Some(name) = name {
+                let vi = self.vip_index(name)?;
+                self.remove_backends_not_in(vi, c)?;
+            }
+        }
+        let mut old_keys = Vec::new();
+        for (c, name) in cfg.vips.iter().zip(&running) {
+            match name {
+                Some(name) => {
+                    let vi = self.vip_index(name)?;
+                    old_keys.push(self.vips[vi].key);
+                    self.update_vip(vi, c)?;
+                }
+                None => self.add_vip(c)?,
+            }
+        }
+        // Only now: a VIP may have taken over another's old key (a swap, or
+        // a shift along a range of ports), which must stay.
+        for key in old_keys {
+            if !self.vips.iter().any(|v| v.key == key) {
+                self.dp.remove_vip(&key)?;
             }
         }
         Ok(())
+    }
+
+    /// Replays `apply_config`'s ring allocations on a copy of the allocator.
+    fn check_ring_space(
+        &self,
+        cfg: &Config,
+        running: &[Option<String>],
+        kept: &[bool],
+    ) -> Result<()> {
+        let mut ring = self.ring.clone();
+        for (v, _) in self.vips.iter().zip(kept).filter(|(_, k)| !**k) {
+            ring.free(v.info.ring_base);
+        }
+        for (c, name) in cfg.vips.iter().zip(running) {
+            let old = name
+                .as_ref()
+                .and_then(|n| self.vips.iter().find(|v| v.name == *n));
+            match old {
+                Some(v) if v.info.ring_size == c.table_size => {}
+                Some(v) => {
+                    ring.alloc(c.table_size).map_err(|_| self.fragmented(c))?;
+                    ring.free(v.info.ring_base);
+                }
+                None => {
+                    ring.alloc(c.table_size).map_err(|_| self.fragmented(c))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fragmented(&self, c: &VipConfig) -> LbError {
+        LbError::Invalid(format!(
+            "VIP {}: no contiguous space of {} slots left in the ring pool for its table \
+             (earlier table_size changes have left the free space in pieces); nothing was \
+             changed. `stickylb run --fresh` lays all tables out anew, but re-pins every \
+             client",
+            c.name, c.table_size
+        ))
     }
 
     fn vip_info(&self, id: u32, cfg: &VipConfig, base: u32) -> VipInfo {
@@ -411,13 +485,9 @@ impl Lb {
         Ok(())
     }
 
-    fn update_vip(&mut self, vi: usize, cfg: &VipConfig) -> Result<()> {
-        let old_key = self.vips[vi].key;
-        let new_key = vip_key(cfg);
-        self.vips[vi].name = cfg.name.clone();
-        self.vips[vi].cfg = cfg.clone();
-
-        // Backends: remove, then update/add, matched by address:port.
+    /// Removes the VIP's backends that `cfg` does not list (by address:port),
+    /// live-added ones included.
+    fn remove_backends_not_in(&mut self, vi: usize, cfg: &VipConfig) -> Result<()> {
         let gone: Vec<SocketAddrV4> = self.vips[vi]
             .backends
             .iter()
@@ -431,6 +501,19 @@ impl Lb {
         for addr in gone {
             self.remove_backend(vi, addr)?;
         }
+        Ok(())
+    }
+
+    /// Brings a running VIP to `cfg`; the caller removes its old key from
+    /// the VIP map if no VIP holds it afterwards.
+    fn update_vip(&mut self, vi: usize, cfg: &VipConfig) -> Result<()> {
+        let old_key = self.vips[vi].key;
+        let new_key = vip_key(cfg);
+        self.vips[vi].name = cfg.name.clone();
+        self.vips[vi].cfg = cfg.clone();
+
+        // Backends: remove, then update/add, matched by address:port.
+        self.remove_backends_not_in(vi, cfg)?;
         for bcfg in &cfg.backends {
             let addr = SocketAddrV4::new(bcfg.address, bcfg.port);
             match self.vips[vi].backends.iter().position(|b| b.addr == addr) {
@@ -444,8 +527,10 @@ impl Lb {
                         b.mac = bcfg.mac;
                         b.mac_source = MacSource::Config;
                     } else if b.mac_source == MacSource::Config {
-                        b.mac = None;
-                        b.mac_source = MacSource::Unknown;
+                        // Keep forwarding to the MAC in use until the
+                        // neighbour table says otherwise: dropping it would
+                        // take the backend out and re-pin all its clients.
+                        b.mac_source = MacSource::Neighbour;
                     }
                     self.write_backend(vi, bi)?;
                 }
@@ -472,9 +557,6 @@ impl Lb {
         self.rebuild(vi)?;
         if info != old || new_key != old_key {
             self.dp.set_vip(new_key, info)?;
-        }
-        if new_key != old_key {
-            self.dp.remove_vip(&old_key)?;
         }
         if info.ring_base != old.ring_base {
             self.ring.free(old.ring_base);
@@ -635,12 +717,6 @@ impl Lb {
                 addr,
             });
         }
-        if weight > 65_535 {
-            return Err(LbError::Invalid(format!(
-                "weight {weight} is above the maximum, 65535"
-            )));
-        }
-        let id = self.alloc_backend_id(&BTreeSet::new())?;
         let cfg = BackendConfig {
             address: *addr.ip(),
             port: addr.port(),
@@ -648,6 +724,12 @@ impl Lb {
             mac,
             health: self.vips[vi].cfg.health.clone(),
         };
+        let problems = config::backend_problems(&cfg, &self.vips[vi].cfg);
+        if !problems.is_empty() {
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(LbError::Invalid(all.join("; ")));
+        }
+        let id = self.alloc_backend_id(&BTreeSet::new())?;
         let mut b = backend_from_config(id, &cfg);
         b.from_config = false;
         self.vips[vi].backends.push(b);
@@ -830,23 +912,32 @@ impl Lb {
 
     /// Everything `stickylb status` shows.
     pub fn status(&self) -> Result<Vec<VipStatus>> {
-        let entries = self.dp.affinity_entries()?;
         let now = monotonic_ns();
+        // One pass over the affinity table (up to millions of entries) and
+        // one over each ring, whatever the number of backends.
+        let timeouts: HashMap<u32, u64> = self
+            .vips
+            .iter()
+            .map(|v| (v.id, v.info.affinity_timeout_ns))
+            .collect();
+        let mut clients_of: HashMap<(u32, u32), usize> = HashMap::new();
+        for (k, e) in self.dp.affinity_entries()? {
+            if timeouts.get(&k.vip_id).is_some_and(|&t| e.is_live(now, t)) {
+                *clients_of.entry((k.vip_id, e.backend_id)).or_default() += 1;
+            }
+        }
         let mut out = Vec::new();
         for v in &self.vips {
             let stats = self.dp.vip_stats(v.id)?;
+            let mut slots_of: HashMap<u32, usize> = HashMap::new();
+            for &id in &v.table {
+                *slots_of.entry(id).or_default() += 1;
+            }
             let mut backends = Vec::new();
             for b in &v.backends {
                 let s = self.dp.backend_stats(b.id)?;
-                let clients = entries
-                    .iter()
-                    .filter(|(k, e)| {
-                        k.vip_id == v.id
-                            && e.backend_id == b.id
-                            && e.is_live(now, v.info.affinity_timeout_ns)
-                    })
-                    .count();
-                let slots = v.table.iter().filter(|&&s| s == b.id).count();
+                let clients = clients_of.get(&(v.id, b.id)).copied().unwrap_or(0);
+                let slots = slots_of.get(&b.id).copied().unwrap_or(0);
                 backends.push(BackendStatus {
                     id: b.id,
                     address: b.addr,

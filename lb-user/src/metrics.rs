@@ -153,8 +153,12 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
 /// Serves `/metrics`; each scrape asks the main loop for fresh text.
 pub async fn serve(listener: TcpListener, to_main: mpsc::Sender<oneshot::Sender<String>>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                crate::control::accept_failed("metrics", &e).await;
+                continue;
+            }
         };
         let to_main = to_main.clone();
         tokio::spawn(async move {

@@ -324,6 +324,30 @@ fn cli_checks(d: &Daemon, client: Ipv4Addr) {
         1,
         "invalid MAC address",
     );
+    // A live addition obeys the same rules as a backend in the file.
+    one_line_err(
+        &[
+            "backend",
+            "add",
+            "--vip",
+            "web",
+            "10.77.0.97:80",
+            "--mac",
+            "ff:ff:ff:ff:ff:ff",
+        ],
+        1,
+        "backend 10.77.0.97:80 mac: ff:ff:ff:ff:ff:ff is a multicast/broadcast address",
+    );
+    one_line_err(
+        &["backend", "add", "--vip", "web", "10.77.0.97:0"],
+        1,
+        "backend 10.77.0.97:0 port: is 0",
+    );
+    one_line_err(
+        &["backend", "add", "--vip", "web", "10.77.100.1:80"],
+        1,
+        "is the VIP's own address",
+    );
     let (code, _, err) = std::process::Command::new(STICKYLB)
         .args(["--socket", "/nonexistent/stickylb.sock", "status"])
         .output()

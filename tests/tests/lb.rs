@@ -14,6 +14,10 @@ use lb_user::{
 use stickylb_tests::{daemon::PinGuard, require_root};
 
 fn config(pin: &std::path::Path, backends: usize, weight0: u32) -> Config {
+    Config::parse(&config_text(pin, backends, weight0)).expect("valid config")
+}
+
+fn config_text(pin: &std::path::Path, backends: usize, weight0: u32) -> String {
     let mut s = format!(
         "interface = \"lo\"\npin_path = \"{}\"\n\n[[vip]]\nname = \"web\"\naddress = \"198.51.100.10\"\nport = 80\ntable_size = 65537\n",
         pin.display()
@@ -26,7 +30,7 @@ fn config(pin: &std::path::Path, backends: usize, weight0: u32) -> Config {
             10 + i
         );
     }
-    Config::parse(&s).expect("valid config")
+    s
 }
 
 fn load(pin: &std::path::Path) -> Dataplane {
@@ -154,6 +158,19 @@ fn reload_changes_weights_and_table_size_in_place() {
     for &id in &ids {
         lb.set_health(id, State::Up, "test").unwrap();
     }
+    // The mac line removed: the MAC in use stays until the neighbour table
+    // says otherwise, so the backend stays in the table with its clients.
+    let table = lb.vips[0].table.clone();
+    let mac = lb.dp.backend(ids[1]).unwrap().mac;
+    let text = config_text(&pin.0, 3, 1).replace("mac = \"02:00:00:00:00:0b\"\n", "");
+    assert!(!text.contains(":0b\""), "{text}");
+    lb.apply_config(&Config::parse(&text).unwrap()).unwrap();
+    let b = lb.dp.backend(ids[1]).unwrap();
+    assert_eq!(b.mac, mac);
+    assert!(b.is_alive());
+    assert_eq!(lb.vips[0].table, table);
+    lb.apply_config(&config(&pin.0, 3, 1)).unwrap();
+
     let vip_id = lb.vips[0].id;
     let before = slots_of(&lb, ids[0]);
     lb.apply_config(&config(&pin.0, 3, 3)).unwrap();
@@ -182,4 +199,86 @@ fn reload_changes_weights_and_table_size_in_place() {
         lb.vips[0].table
     );
     assert_eq!(lb.vips[0].backends.len(), 1);
+}
+
+/// A config of VIPs `(name, port, table_size)` on one address, each with one
+/// backend of its own.
+fn vips_config(pin: &std::path::Path, vips: &[(&str, u16, u32)]) -> Config {
+    let mut s = format!("interface = \"lo\"\npin_path = \"{}\"\n", pin.display());
+    for (i, (name, port, size)) in vips.iter().enumerate() {
+        s += &format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"198.51.100.10\"\nport = {port}\n\
+             table_size = {size}\n\n[[vip.backend]]\naddress = \"192.0.2.{}\"\nport = 80\n\
+             mac = \"02:00:00:00:00:{:02x}\"\n",
+            10 + i,
+            10 + i
+        );
+    }
+    Config::parse(&s).expect("valid config")
+}
+
+/// VIP map entries by port: the VIP id each port leads to.
+fn vip_ids_by_port(lb: &Lb) -> Vec<(u16, u32)> {
+    let mut v: Vec<(u16, u32)> = lb
+        .dp
+        .vips()
+        .unwrap()
+        .into_iter()
+        .map(|(k, info)| (u16::from_be_bytes(k.port), info.vip_id))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn reload_moves_vips_between_keys_and_refuses_what_does_not_fit() {
+    require_root();
+    let pin = PinGuard(PathBuf::from(format!(
+        "/sys/fs/bpf/slb-lbtest3-{}",
+        std::process::id()
+    )));
+    let mut lb = Lb::start(
+        load(&pin.0),
+        &vips_config(&pin.0, &[("a", 80, 251), ("b", 81, 251)]),
+    )
+    .unwrap();
+    let id = |lb: &Lb, name: &str| lb.vips[lb.vip_index(name).unwrap()].id;
+    let (a, b) = (id(&lb, "a"), id(&lb, "b"));
+    assert_eq!(vip_ids_by_port(&lb), [(80, a), (81, b)]);
+
+    // Shift along the ports: b's old key is a's new one and must stay.
+    lb.apply_config(&vips_config(&pin.0, &[("a", 81, 251), ("b", 82, 251)]))
+        .unwrap();
+    assert_eq!(vip_ids_by_port(&lb), [(81, a), (82, b)]);
+    // Swap.
+    lb.apply_config(&vips_config(&pin.0, &[("a", 82, 251), ("b", 81, 251)]))
+        .unwrap();
+    assert_eq!(vip_ids_by_port(&lb), [(81, b), (82, a)]);
+    // Consolidation: b goes, a takes b's key.
+    lb.apply_config(&vips_config(&pin.0, &[("a", 81, 251)]))
+        .unwrap();
+    assert_eq!(vip_ids_by_port(&lb), [(81, a)]);
+    assert_eq!(lb.vips.len(), 1);
+
+    // Three big tables; growing the second leaves a hole where it was, and
+    // growing the third then finds no contiguous space although the sizes
+    // are valid. The reload is refused before anything changes.
+    let big = [("a", 80, 500_009), ("b", 81, 500_009), ("c", 82, 500_009)];
+    lb.apply_config(&vips_config(&pin.0, &big)).unwrap();
+    let grown = [("a", 80, 500_009), ("b", 81, 510_007), ("c", 82, 500_009)];
+    lb.apply_config(&vips_config(&pin.0, &grown)).unwrap();
+    let before: Vec<_> = lb.vips.iter().map(|v| (v.info, v.backends.len())).collect();
+    let map_before = lb.dp.vips().unwrap();
+    let mut too_far = vips_config(
+        &pin.0,
+        &[("a", 80, 500_009), ("b", 81, 510_007), ("c", 82, 520_019)],
+    );
+    // Also a backend change that must not be applied either.
+    too_far.vips[0].backends.clear();
+    let err = lb.apply_config(&too_far).unwrap_err().to_string();
+    println!("refused: {err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    let after: Vec<_> = lb.vips.iter().map(|v| (v.info, v.backends.len())).collect();
+    assert_eq!(after, before);
+    assert_eq!(lb.dp.vips().unwrap(), map_before);
 }
