@@ -91,3 +91,43 @@ fn argument_errors_are_clear() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("_stickylb()"));
 }
+
+#[test]
+fn commands_with_c_read_only_the_control_socket_from_the_file() {
+    let dir = std::env::temp_dir().join(format!("slb-cli-sock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |text: &str| {
+        let path = dir.join("stickylb.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(STICKYLB)
+            .arg("status")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Half edited (no VIPs, an unknown field): still names the daemon's
+    // socket, and fails only because no daemon listens there.
+    let sock = dir.join("ctl.sock");
+    let (code, err) = run(&format!(
+        "control_socket = \"{}\"\nbogus = 1\n",
+        sock.display()
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("stickylb: cannot reach the stickylb daemon") && err.contains("ctl.sock"),
+        "{err}"
+    );
+    let (code, err) = run("control_socket = [\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is not valid TOML") && err.contains("--socket"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
