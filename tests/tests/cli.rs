@@ -5,12 +5,21 @@ use std::process::Command;
 const STICKYLB: &str = env!("CARGO_BIN_EXE_stickylb-under-test");
 
 fn check(config: &str) -> (i32, String, String) {
-    let dir = std::env::temp_dir().join(format!("slb-cli-{}-{}", std::process::id(), config.len()));
+    with_config("check", config)
+}
+
+/// `stickylb <command> -c FILE` with `config` in FILE: exit code, stdout, stderr.
+fn with_config(command: &str, config: &str) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "slb-cli-{}-{command}-{}",
+        std::process::id(),
+        config.len()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("stickylb.toml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(STICKYLB)
-        .arg("check")
+        .arg(command)
         .arg("-c")
         .arg(&path)
         .output()
@@ -94,40 +103,24 @@ fn argument_errors_are_clear() {
 
 #[test]
 fn commands_with_c_read_only_the_control_socket_from_the_file() {
-    let dir = std::env::temp_dir().join(format!("slb-cli-sock-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let run = |text: &str| {
-        let path = dir.join("stickylb.toml");
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(STICKYLB)
-            .arg("status")
-            .arg("-c")
-            .arg(&path)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     // Half edited (no VIPs, an unknown field): still names the daemon's
     // socket, and fails only because no daemon listens there.
-    let sock = dir.join("ctl.sock");
-    let (code, err) = run(&format!(
-        "control_socket = \"{}\"\nbogus = 1\n",
-        sock.display()
-    ));
+    let sock = std::env::temp_dir().join(format!("slb-cli-none-{}.sock", std::process::id()));
+    let (code, _, err) = with_config(
+        "status",
+        &format!("control_socket = \"{}\"\nbogus = 1\n", sock.display()),
+    );
     assert_eq!(code, 1);
     assert!(
-        err.starts_with("stickylb: cannot reach the stickylb daemon") && err.contains("ctl.sock"),
+        err.starts_with("stickylb: cannot reach the stickylb daemon")
+            && err.contains(&sock.display().to_string()),
         "{err}"
     );
-    let (code, err) = run("control_socket = [\n");
+    let (code, _, err) = with_config("status", "control_socket = [\n");
     assert_eq!(code, 1);
     assert!(
         err.contains("is not valid TOML") && err.contains("--socket"),
         "{err}"
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
