@@ -498,9 +498,7 @@ impl Lb {
             })
             .map(|b| b.addr)
             .collect();
-        for addr in gone {
-            self.remove_backend(vi, addr)?;
-        }
+        self.remove_backends(vi, &gone)?;
         Ok(())
     }
 
@@ -745,16 +743,36 @@ impl Lb {
     /// then its id is freed and its clients' entries purged so a later
     /// backend reusing the id inherits nobody.
     pub fn remove_backend(&mut self, vi: usize, addr: SocketAddrV4) -> Result<u32> {
-        let bi = self.backend_index(vi, addr)?;
-        let b = self.vips[vi].backends.remove(bi);
+        Ok(self.remove_backends(vi, &[addr])?[0])
+    }
+
+    /// Removes several backends of one VIP with one table rebuild and one
+    /// pass over the affinity table (which may hold millions of entries);
+    /// their ids, in order.
+    fn remove_backends(&mut self, vi: usize, addrs: &[SocketAddrV4]) -> Result<Vec<u32>> {
+        if addrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for &addr in addrs {
+            self.backend_index(vi, addr)?;
+        }
+        let mut ids = Vec::new();
+        for &addr in addrs {
+            let bi = self.backend_index(vi, addr)?;
+            ids.push(self.vips[vi].backends.remove(bi).id);
+        }
         self.rebuild(vi)?;
-        self.clear_backend(b.id)?;
-        let purged = self.dp.purge_affinity(|_, v| v.backend_id == b.id)?;
+        for &id in &ids {
+            self.clear_backend(id)?;
+        }
+        let purged = self.dp.purge_affinity(|_, v| ids.contains(&v.backend_id))?;
+        let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         info!(
-            "{}: backend {addr} removed; its {purged} clients are re-picked on their next packet",
-            self.vips[vi].name
+            "{}: backend {} removed; {purged} clients re-picked on their next packet",
+            self.vips[vi].name,
+            names.join(", ")
         );
-        Ok(b.id)
+        Ok(ids)
     }
 
     pub fn set_weight(
