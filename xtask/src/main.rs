@@ -68,11 +68,18 @@ enum NetnsAction {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().task {
+    let cli = Cli::parse();
+    // Cargo runs xtask in the caller's directory; every path below (and
+    // `cargo test`'s idea of the workspace) is relative to its root.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace");
+    std::env::set_current_dir(root)?;
+    match cli.task {
         Task::Setup => setup::run(),
         Task::Test { cargo_args } => {
-            setup::run()?;
             util::require_root("the tests load XDP programs")?;
+            setup::run()?;
             // Default members: every crate but lb-ebpf, which only builds
             // for the BPF target (lb-user's build script builds it).
             let mut args = vec!["test", "--", "--nocapture"];
@@ -114,10 +121,10 @@ fn main() -> Result<()> {
 /// Sets up (plus `packages`), builds the test crate's binaries in release
 /// mode and runs `bin` as root.
 fn privileged_tool(bin: &str, packages: &[&str], args: &[&str]) -> Result<()> {
-    setup::run()?;
     util::require_root(&format!(
         "{bin} creates network namespaces and loads XDP programs"
     ))?;
+    setup::run()?;
     setup::debian_packages(packages)?;
     util::cargo(&[
         "build",
@@ -127,7 +134,8 @@ fn privileged_tool(bin: &str, packages: &[&str], args: &[&str]) -> Result<()> {
         "stickylb-tests",
         "--bins",
     ])?;
-    let path = std::path::Path::new("target/release").join(bin);
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+    let path = std::path::Path::new(&target).join("release").join(bin);
     util::run(std::process::Command::new(path).args(args))
 }
 

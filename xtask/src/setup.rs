@@ -15,6 +15,9 @@ use crate::util::{self, step};
 /// bpf-linker release known to link aya-ebpf 0.2 objects with LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The `llvm-<major>` features that bpf-linker release offers.
+const SUPPORTED_LLVM_MAJORS: &[&str] = &["21", "22", "23"];
+
 /// Debian packages the tests, the demo and the namespace harness use.
 pub const PACKAGES: &[&str] = &[
     "iproute2",
@@ -31,7 +34,7 @@ pub const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream",
 pub fn run() -> Result<()> {
     step("setup: toolchains");
     let llvm = nightly_llvm()?;
-    rust_src()?;
+    rust_components()?;
     bpf_linker(&llvm)?;
     if util::is_root() {
         step("setup: Debian packages, bpffs");
@@ -83,13 +86,25 @@ fn major(version: &str) -> &str {
     version.split('.').next().unwrap_or(version)
 }
 
-fn rust_src() -> Result<()> {
-    let installed = util::output(nightly("rustup").args(["component", "list", "--installed"]))?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("rust-src: installed");
+/// rust-src (to build `core` for the BPF target) and clippy on nightly;
+/// rustfmt and clippy on the toolchain that runs xtask (for `lint`).
+fn rust_components() -> Result<()> {
+    components("nightly", || nightly("rustup"), &["rust-src", "clippy"])?;
+    components("default", || Command::new("rustup"), &["rustfmt", "clippy"])
+}
+
+fn components(toolchain: &str, rustup: impl Fn() -> Command, wanted: &[&str]) -> Result<()> {
+    let installed = util::output(rustup().args(["component", "list", "--installed"]))?;
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| !installed.lines().any(|l| l.starts_with(w)))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("{toolchain} toolchain: {} installed", wanted.join(", "));
         return Ok(());
     }
-    util::run(nightly("rustup").args(["component", "add", "rust-src"]))
+    util::run(rustup().args(["component", "add"]).args(&missing))
 }
 
 /// The LLVM major a bpf-linker binary is linked against, if it can load it.
@@ -108,12 +123,59 @@ fn linker_llvm_major(linker: &Path) -> Option<String> {
     Some(rest.split(['.', '-']).next()?.to_owned())
 }
 
+/// The nightly sysroot's LLVM shared library. Sysroots hold it as
+/// `libLLVM.so.<ver>` and/or `libLLVM-<major>-….so`, and one of the two may
+/// be a linker script naming the other: only the ELF file can be linked
+/// through a symlink, so that is the one chosen, whatever the directory
+/// order.
+fn llvm_library(libdir: &Path) -> Result<String> {
+    let mut names: Vec<String> = fs::read_dir(libdir)
+        .with_context(|| format!("read {}", libdir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| {
+            n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+        })
+        .collect();
+    // Sorted for a deterministic choice; `libLLVM.so.` names first.
+    names.sort_by_key(|n| (!n.starts_with("libLLVM.so."), n.clone()));
+    let is_elf = |name: &str| {
+        let mut magic = [0u8; 4];
+        fs::File::open(libdir.join(name))
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| magic == *b"\x7fELF")
+    };
+    names.into_iter().find(|n| is_elf(n)).with_context(|| {
+        format!(
+            "no libLLVM shared library (ELF) in {}; see docs/toolchain.md",
+            libdir.display()
+        )
+    })
+}
+
+/// The version a bpf-linker binary reports (`bpf-linker 0.13.0` → "0.13.0").
+fn linker_version(linker: &Path) -> Option<String> {
+    let out = Command::new(linker).arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+}
+
 fn bpf_linker(llvm: &str) -> Result<()> {
     let home = cargo_home();
     let linker = home.join("bin").join("bpf-linker");
     let want = major(llvm);
     if linker.is_file() {
         match linker_llvm_major(&linker) {
+            Some(have)
+                if have == want
+                    && linker_version(&linker).as_deref() != Some(BPF_LINKER_VERSION) =>
+            {
+                eprintln!(
+                    "bpf-linker at {} is not version {BPF_LINKER_VERSION}; rebuilding it",
+                    linker.display()
+                );
+            }
             Some(have) if have == want => {
                 eprintln!("bpf-linker: {} (LLVM {have})", linker.display());
                 return Ok(());
@@ -133,13 +195,17 @@ fn bpf_linker(llvm: &str) -> Result<()> {
     // bpf-linker must use the same LLVM as rustc. No LLVM of that version is
     // packaged here, but the nightly toolchain ships its own libLLVM: link
     // bpf-linker against it through a prefix of symlinks.
+    if !SUPPORTED_LLVM_MAJORS.contains(&want) {
+        bail!(
+            "the nightly rustc uses LLVM {want}, but bpf-linker {BPF_LINKER_VERSION} builds \
+             only against LLVM {}; install a nightly with one of those (see \
+             docs/toolchain.md), or raise BPF_LINKER_VERSION in xtask/src/setup.rs",
+            SUPPORTED_LLVM_MAJORS.join(", ")
+        );
+    }
     let sysroot = util::output(nightly("rustc").args(["--print", "sysroot"]))?;
     let libdir = Path::new(sysroot.trim()).join("lib");
-    let lib = fs::read_dir(&libdir)
-        .with_context(|| format!("read {}", libdir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
-        .with_context(|| format!("no libLLVM in {}", libdir.display()))?;
+    let lib = llvm_library(&libdir)?;
     let prefix = home.join("stickylb-llvm");
     let prefix_lib = prefix.join("lib");
     if prefix.exists() {
@@ -188,27 +254,41 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     eprintln!("installing Debian packages: {}", missing.join(" "));
-    util::run(Command::new("apt-get").args(["update", "-q"]))?;
+    // Wait for a dpkg/apt lock held by another installer (unattended
+    // upgrades on a fresh machine) instead of failing at once.
+    let apt = || {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "DPkg::Lock::Timeout=300"]);
+        c
+    };
+    util::run(apt().args(["update", "-q"]))?;
     // Packages such as nginx start a service listening on the machine's own
     // namespace when installed; the tests run their own instances inside
-    // namespaces, so keep the package scripts from starting anything.
+    // namespaces, so keep the package scripts from starting anything. A
+    // policy file with our marker is one an interrupted run left: ours to
+    // remove.
     let policy = Path::new("/usr/sbin/policy-rc.d");
-    let had_policy = policy.exists();
-    if !had_policy {
-        fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+    let ours = fs::read_to_string(policy).is_ok_and(|t| t == POLICY_RC_D);
+    let foreign = policy.exists() && !ours;
+    if !foreign {
+        fs::write(policy, POLICY_RC_D)?;
         fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
     let result = util::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
+        apt()
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
     );
-    if !had_policy {
+    if !foreign {
         let _ = fs::remove_file(policy);
     }
     result
 }
+
+/// Refuses every service start while packages install.
+const POLICY_RC_D: &str =
+    "#!/bin/sh\n# stickylb setup: no service starts during its installs\nexit 101\n";
 
 fn bpffs() -> Result<()> {
     if Command::new("mountpoint")

@@ -66,7 +66,10 @@ pub fn is_root() -> bool {
 
 pub fn require_root(why: &str) -> Result<()> {
     if !is_root() {
-        bail!("{why}: run as root (e.g. `sudo -E cargo xtask ...`)");
+        bail!(
+            "{why}: run as root, with your toolchain on PATH (e.g. \
+             `sudo env \"PATH=$PATH\" cargo xtask ...`)"
+        );
     }
     Ok(())
 }

@@ -183,7 +183,7 @@ fn snap(p: &Pids) -> Snap {
         daemon: p.daemon.map(procs::group_ticks).unwrap_or(0),
         xdp,
         // The harness's XDP_PASS program on the LB's bridge port, held by
-        // this process (a rig detail: see TOOLCHAIN.md).
+        // this process (a rig detail: see docs/testing.md).
         peer_xdp: procs::prog_sum(&procs::xdp_progs(std::process::id())),
     }
 }
@@ -1004,7 +1004,7 @@ iperf3); **HAProxy 2.6** (`mode tcp`, \
 `balance source`, `hash-type consistent`, {workers} threads, health checks every 1 s) on {HAPROXY_ADDR}; **nginx stream** \
 (`hash $remote_addr consistent`, {workers} workers) on {NGINX_ADDR}. The proxies listen on their own /32 on the LB's eth0 \
 and connect to the backends; stickylb's daemon is stopped (XDP detached) while direct and the proxies are measured, so \
-their frames do not pass through its program. The ceiling is one backend, as the issue asks; the load balancers spread over \
+their frames do not pass through its program. The ceiling is one backend; the load balancers spread over \
 {BACKENDS}, which on {cores} shared cores adds no CPU but does add parallelism (more listening sockets and workers), so a \
 ratio above 1× here is possible, not an error.\n\n\
 **HTTP from many client addresses.** wrk sends from one source address, and all three load balancers pin a source \
@@ -1034,7 +1034,7 @@ on via {stats_how} for the duration of the section, off again after), plus the d
 nothing per packet). The XDP figure is exact but narrow: the veth driver's work around the program (NAPI poll, XDP_TX) \
 is not in it; its ns per run, under live traffic with caches shared with everything else on the machine, is far \
 above the hot-loop BPF_PROG_TEST_RUN figure of the first section. Also not in it, and paid by stickylb's path only: this rig's XDP_PASS program on the LB's bridge port \
-(needed for XDP_TX on veth, see TOOLCHAIN.md), which every forwarded frame passes (its run time is in the JSON as \
+(needed for XDP_TX on veth, see docs/testing.md), which every forwarded frame passes (its run time is in the JSON as \
 `rig_peer_xdp_run_time_ns`). *Machine softirq* and *machine busy CPU*: deltas of the `cpu` line of /proc/stat (all CPUs, all \
 processes: the clients, backends and load balancer alike, and anything else this shared machine ran; 10 ms ticks), \
 coarse whole-rig figures (the closed-loop clients keep the CPUs busy, so busy CPU per request is close to \
