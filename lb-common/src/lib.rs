@@ -57,6 +57,119 @@ pub mod map_names {
     ];
 }
 
+/// The shape of each map as the kernel reports it (`bpf_map_info`): what a
+/// map pinned by an earlier run must match to be adopted. The XDP program's
+/// definitions (lb-ebpf/src/maps.rs) use the same sizes and capacities, and a
+/// privileged test compares the maps it creates with this table.
+pub mod map_shapes {
+    use core::mem::size_of;
+
+    use crate::{
+        AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS,
+        RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter, map_names,
+    };
+
+    /// `BPF_MAP_TYPE_*` numbers (uapi/linux/bpf.h).
+    pub mod kind {
+        pub const HASH: u32 = 1;
+        pub const ARRAY: u32 = 2;
+        pub const PERCPU_ARRAY: u32 = 6;
+        pub const LRU_HASH: u32 = 9;
+    }
+
+    /// `BPF_F_MMAPABLE`: the ring is read and written through mmap.
+    pub const F_MMAPABLE: u32 = 1 << 10;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct MapShape {
+        pub name: &'static str,
+        pub kind: u32,
+        pub key_size: u32,
+        pub value_size: u32,
+        /// `None`: chosen at load time (the affinity table's capacity).
+        pub max_entries: Option<u32>,
+        pub flags: u32,
+    }
+
+    const fn shape(
+        name: &'static str,
+        kind: u32,
+        key: usize,
+        value: usize,
+        max_entries: Option<u32>,
+        flags: u32,
+    ) -> MapShape {
+        MapShape {
+            name,
+            kind,
+            key_size: key as u32,
+            value_size: value as u32,
+            max_entries,
+            flags,
+        }
+    }
+
+    /// Every map, in `map_names::ALL` order.
+    pub const ALL: [MapShape; 7] = [
+        shape(
+            map_names::VIPS,
+            kind::HASH,
+            size_of::<VipKey>(),
+            size_of::<VipInfo>(),
+            Some(MAX_VIPS),
+            0,
+        ),
+        shape(
+            map_names::BACKENDS,
+            kind::ARRAY,
+            4,
+            size_of::<BackendInfo>(),
+            Some(MAX_BACKENDS),
+            0,
+        ),
+        shape(
+            map_names::RING,
+            kind::ARRAY,
+            4,
+            4,
+            Some(RING_POOL_SIZE),
+            F_MMAPABLE,
+        ),
+        shape(
+            map_names::AFFINITY,
+            kind::LRU_HASH,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+            None,
+            0,
+        ),
+        shape(
+            map_names::VIP_STATS,
+            kind::PERCPU_ARRAY,
+            4,
+            size_of::<VipStats>(),
+            Some(MAX_VIPS),
+            0,
+        ),
+        shape(
+            map_names::BACKEND_STATS,
+            kind::PERCPU_ARRAY,
+            4,
+            size_of::<BackendStats>(),
+            Some(MAX_BACKENDS),
+            0,
+        ),
+        shape(
+            map_names::GLOBAL_STATS,
+            kind::PERCPU_ARRAY,
+            4,
+            8,
+            Some(global_counter::COUNT),
+            0,
+        ),
+    ];
+}
+
 /// Most VIPs one load balancer serves (ids `0..MAX_VIPS`).
 pub const MAX_VIPS: u32 = 64;
 /// Most backends over all VIPs (ids `0..MAX_BACKENDS`).
@@ -137,4 +250,15 @@ pub mod global_counter {
         "pass_not_vip",
         "pass_multicast_dst",
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{map_names, map_shapes};
+
+    #[test]
+    fn every_map_has_its_shape_in_order() {
+        let names: [&str; 7] = core::array::from_fn(|i| map_shapes::ALL[i].name);
+        assert_eq!(names, map_names::ALL);
+    }
 }

@@ -109,6 +109,10 @@ fn pick_backend(
             expired = true;
         } else if let Some(backend) = BACKENDS.get(entry.backend_id)
             && backend.is_alive()
+            // Ids are reused across VIPs: an entry whose purge was cut
+            // short (daemon killed mid-way) must not follow its old id to
+            // another VIP's backend.
+            && u32::from(backend.vip_id) == vip.vip_id
         {
             // Refresh coarsely: a write per packet would bounce the entry's
             // cache line between CPUs for every busy client.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray},
     programs::{
         ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -12,8 +12,9 @@ use aya::{
     },
 };
 use lb_common::{
-    AffinityKey, AffinityValue, BackendInfo, BackendStats, PROGRAM_NAME, VipInfo, VipKey, VipStats,
-    global_counter, map_names,
+    AffinityKey, AffinityValue, BackendInfo, BackendStats, PROGRAM_NAME, RING_POOL_SIZE, VipInfo,
+    VipKey, VipStats, global_counter, map_names,
+    map_shapes::{self, MapShape},
 };
 use thiserror::Error;
 
@@ -27,6 +28,24 @@ pub enum DataplaneError {
         "the XDP object has no map named {0}; it was built from other sources than this daemon"
     )]
     MissingMap(&'static str),
+    #[error(
+        "the map pinned at {path} is not what this stickylb creates ({detail}): it comes from \
+         another version or configuration. Start with --fresh to replace the pinned state \
+         (every client is re-pinned){hint}"
+    )]
+    PinnedShape {
+        path: PathBuf,
+        detail: String,
+        hint: &'static str,
+    },
+    #[error("cannot read the map pinned at {path}")]
+    PinnedInfo {
+        path: PathBuf,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("ring slots {base}..{base}+{len} are outside the ring pool of {RING_POOL_SIZE}")]
+    RingRange { base: u32, len: u32 },
     #[error("map {name} has an unexpected type or layout")]
     MapType {
         name: &'static str,
@@ -162,6 +181,78 @@ macro_rules! take_map {
     }};
 }
 
+/// The shape of the map pinned at `path`, as the kernel reports it.
+pub fn pinned_shape(name: &'static str, path: &Path) -> Result<MapShape> {
+    let info = MapInfo::from_pin(path).map_err(|e| DataplaneError::PinnedInfo {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(MapShape {
+        name,
+        kind: info.map_type().map_or(u32::MAX, |t| t as u32),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: Some(info.max_entries()),
+        flags: info.map_flags(),
+    })
+}
+
+/// Adopting a pinned map of another shape would go wrong silently: aya
+/// reuses it as it is, so a larger value than ours would be copied past the
+/// end of our buffers, another map type behaves differently, and a changed
+/// `affinity_capacity` would simply not apply. So every pinned map is
+/// compared with what this build creates before anything is loaded.
+fn check_pinned_shapes(dir: &Path, affinity_capacity: u32) -> Result<()> {
+    for want in map_shapes::ALL {
+        let path = dir.join(want.name);
+        if !path.exists() {
+            continue;
+        }
+        let have = pinned_shape(want.name, &path)?;
+        let want_max = want.max_entries.unwrap_or(affinity_capacity);
+        let mut detail = Vec::new();
+        let mut hint = "";
+        if have.kind != want.kind {
+            detail.push(format!("map type {} instead of {}", have.kind, want.kind));
+        }
+        if have.key_size != want.key_size {
+            detail.push(format!(
+                "{}-byte keys instead of {}",
+                have.key_size, want.key_size
+            ));
+        }
+        if have.value_size != want.value_size {
+            detail.push(format!(
+                "{}-byte values instead of {}",
+                have.value_size, want.value_size
+            ));
+        }
+        if have.max_entries != Some(want_max) {
+            detail.push(format!(
+                "{} entries instead of {want_max}",
+                have.max_entries.unwrap_or(0)
+            ));
+            if want.max_entries.is_none() {
+                hint = ", or set affinity_capacity back to the pinned table's size";
+            }
+        }
+        if have.flags != want.flags {
+            detail.push(format!(
+                "flags {:#x} instead of {:#x}",
+                have.flags, want.flags
+            ));
+        }
+        if !detail.is_empty() {
+            return Err(DataplaneError::PinnedShape {
+                path,
+                detail: detail.join(", "),
+                hint,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Dataplane {
     /// Loads the embedded object and the program into the kernel (not
     /// attached to any interface yet).
@@ -173,6 +264,7 @@ impl Dataplane {
                 path: dir.clone(),
                 source,
             })?;
+            check_pinned_shapes(dir, opts.affinity_capacity)?;
             for name in map_names::ALL {
                 loader.map_pin_path(name, dir.join(name));
             }
@@ -367,7 +459,11 @@ impl Dataplane {
 
     /// `len` slots of the ring from `base`.
     pub fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>> {
-        (base..base + len)
+        let end = base
+            .checked_add(len)
+            .filter(|&e| e <= RING_POOL_SIZE)
+            .ok_or(DataplaneError::RingRange { base, len })?;
+        (base..end)
             .map(|i| match &self.ring_mem {
                 Some(mem) => mem.get(i).ok_or(DataplaneError::Map {
                     map: map_names::RING,
@@ -437,7 +533,14 @@ impl Dataplane {
     ) -> Result<usize> {
         let mut n = 0;
         for (slot, value) in slots {
-            let index = base + slot;
+            // Checked: a wrapped index would land in another VIP's table.
+            let index = base
+                .checked_add(slot)
+                .filter(|&i| i < RING_POOL_SIZE)
+                .ok_or(DataplaneError::RingRange {
+                    base,
+                    len: slot.saturating_add(1),
+                })?;
             match &self.ring_mem {
                 Some(mem) => mem.set(index, value).ok_or(DataplaneError::Map {
                     map: map_names::RING,

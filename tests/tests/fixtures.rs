@@ -6,7 +6,10 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{AffinityValue, BackendStats, VipStats, global_counter as gc, proto};
-use stickylb_tests::{Counters, Rig, TIMEOUT_NS, VIP, VIP_PORT, client, frame, monotonic_ns};
+use stickylb_tests::{
+    Counters, Rig, TIMEOUT_NS, VIP, VIP_PORT, backend_info, backend_mac, client, frame,
+    monotonic_ns,
+};
 
 // XDP actions (linux/bpf.h).
 const XDP_DROP: u32 = 1;
@@ -184,6 +187,25 @@ const CASES: &[Case] = &[
             let now = rig.predict(c).unwrap();
             assert_ne!(now, b);
             forwarded(rig, frame::to_vip(c, 40003), now, Via::RepickDead)
+        },
+    },
+    Case {
+        name: "affinity to an id that now belongs to another VIP's backend is re-picked",
+        prepare: |rig| {
+            // The daemon took backend b out of this VIP (table rebuilt
+            // without it) and, its purge of b's clients cut short, gave
+            // the id to a backend of another VIP.
+            let c = client(6);
+            let b = pin(rig, c);
+            rig.set_alive(b, false);
+            rig.rebuild();
+            let other_vip = rig.vip.vip_id + 1;
+            rig.dp
+                .set_backend(b, backend_info(b, backend_mac(b), true, other_vip))
+                .unwrap();
+            let now = rig.predict(c).unwrap();
+            assert_ne!(now, b);
+            forwarded(rig, frame::to_vip(c, 40005), now, Via::RepickDead)
         },
     },
     Case {

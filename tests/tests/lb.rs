@@ -282,3 +282,42 @@ fn reload_moves_vips_between_keys_and_refuses_what_does_not_fit() {
     assert_eq!(after, before);
     assert_eq!(lb.dp.vips().unwrap(), map_before);
 }
+
+#[test]
+fn pinned_maps_of_another_shape_are_refused() {
+    use lb_common::map_shapes;
+    use lb_user::dataplane::pinned_shape;
+    require_root();
+    let pin = PinGuard(PathBuf::from(format!(
+        "/sys/fs/bpf/slb-lbtest4-{}",
+        std::process::id()
+    )));
+    // What the object creates is what lb-common's shape table says.
+    let dp = load(&pin.0);
+    for want in map_shapes::ALL {
+        let have = pinned_shape(want.name, &pin.0.join(want.name)).unwrap();
+        let want = map_shapes::MapShape {
+            max_entries: Some(want.max_entries.unwrap_or(4096)),
+            ..want
+        };
+        assert_eq!(have, want);
+    }
+    drop(dp);
+    // The same capacity adopts; another is refused, before anything loads.
+    drop(load(&pin.0));
+    let err = Dataplane::load(&LoadOptions {
+        affinity_capacity: 8192,
+        pin_dir: Some(pin.0.clone()),
+    })
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    println!("refused: {err}");
+    assert!(
+        err.contains("SLB_AFFINITY")
+            && err.contains("4096 entries instead of 8192")
+            && err.contains("--fresh")
+            && err.contains("affinity_capacity"),
+        "{err}"
+    );
+}
