@@ -181,6 +181,63 @@ macro_rules! take_map {
     }};
 }
 
+/// All entries of a hash map of `K` → `V` by BPF_MAP_LOOKUP_BATCH. The
+/// caller guarantees the map's key and value sizes are those of `K` and `V`
+/// (pinned maps are shape-checked before adoption).
+fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<Vec<(K, V)>> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let mut chunk = 4096usize;
+    let mut out = Vec::new();
+    // The hash map's batch token is a bucket index (u32); room for more.
+    let mut in_batch = [0u64; 1];
+    let mut out_batch = [0u64; 1];
+    let mut first = true;
+    loop {
+        let mut keys = vec![K::zeroed(); chunk];
+        let mut values = vec![V::zeroed(); chunk];
+        // union bpf_attr, batch member: in_batch, out_batch, keys, values
+        // (pointers), count and map_fd (u32 each), elem_flags, flags.
+        let mut attr = [0u64; 16];
+        attr[0] = if first { 0 } else { in_batch.as_ptr() as u64 };
+        attr[1] = out_batch.as_mut_ptr() as u64;
+        attr[2] = keys.as_mut_ptr() as u64;
+        attr[3] = values.as_mut_ptr() as u64;
+        attr[4] = chunk as u64 | (u64::from(fd.as_raw_fd() as u32) << 32);
+        // SAFETY: attr is a zeroed bpf_attr of the size passed; the kernel
+        // writes at most `count` keys and values into buffers of that many
+        // elements of the map's sizes, and one token into out_batch.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                attr.as_mut_ptr(),
+                size_of_val(&attr),
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        // The kernel writes back how many it copied, also with ENOENT.
+        let got = (attr[4] & 0xffff_ffff) as usize;
+        match err.as_ref().and_then(std::io::Error::raw_os_error) {
+            // A bucket with more entries than fit: retry it with more room.
+            Some(libc::ENOSPC) if got == 0 => {
+                chunk *= 4;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            _ => return Err(err.expect("an error")),
+        }
+        out.extend(keys.into_iter().zip(values).take(got.min(chunk)));
+        if err.is_some() {
+            return Ok(out);
+        }
+        in_batch = out_batch;
+        first = false;
+    }
+}
+
 /// The shape of the map pinned at `path`, as the kernel reports it.
 pub fn pinned_shape(name: &'static str, path: &Path) -> Result<MapShape> {
     let info = MapInfo::from_pin(path).map_err(|e| DataplaneError::PinnedInfo {
@@ -575,7 +632,31 @@ impl Dataplane {
     }
 
     /// Every affinity entry (a snapshot; the table changes while it is read).
+    /// Every affinity entry. Read in batches of thousands per syscall
+    /// (BPF_MAP_LOOKUP_BATCH) where the kernel has it: one at a time, a
+    /// table of a million entries takes seconds, during which the daemon
+    /// (single-threaded) would not react to health changes.
     pub fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        match lookup_batch(self.affinity.map().fd().as_fd()) {
+            Ok(entries) => Ok(entries),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
+                self.affinity_entries_one_by_one()
+            }
+            Err(e) => Err(DataplaneError::Map {
+                map: map_names::AFFINITY,
+                op: "batch lookup",
+                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                })),
+            }),
+        }
+    }
+
+    /// The same, with a lookup per entry (kernels without batch lookups).
+    pub fn affinity_entries_one_by_one(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
         self.affinity
             .iter()
             .collect::<std::result::Result<_, _>>()

@@ -321,3 +321,49 @@ fn pinned_maps_of_another_shape_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn affinity_entries_read_in_batches_match_one_by_one() {
+    use lb_common::{AffinityKey, AffinityValue};
+    require_root();
+    let mut dp = Dataplane::load(&LoadOptions {
+        affinity_capacity: 1 << 17,
+        pin_dir: None,
+    })
+    .expect("load");
+    let n: u32 = 100_000;
+    for i in 0..n {
+        let key = AffinityKey {
+            vip_id: i % 3,
+            client: i.to_be_bytes(),
+        };
+        let value = AffinityValue {
+            backend_id: i % 7,
+            _pad: 0,
+            created_ns: u64::from(i),
+            last_seen_ns: u64::from(i) * 2,
+        };
+        dp.set_affinity(key, value).unwrap();
+    }
+    let t = std::time::Instant::now();
+    let mut batched = dp.affinity_entries().unwrap();
+    let batch_time = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut single = dp.affinity_entries_one_by_one().unwrap();
+    let single_time = t.elapsed();
+    println!(
+        "{n} affinity entries read in {} ms in batches, {} ms one by one",
+        batch_time.as_millis(),
+        single_time.as_millis()
+    );
+    assert_eq!(batched.len(), n as usize);
+    let order = |e: &(AffinityKey, AffinityValue)| (e.0.vip_id, e.0.client);
+    batched.sort_by_key(order);
+    single.sort_by_key(order);
+    assert_eq!(batched, single);
+    assert!(
+        batched
+            .iter()
+            .all(|(k, v)| v.backend_id == u32::from_be_bytes(k.client) % 7)
+    );
+}
