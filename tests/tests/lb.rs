@@ -33,6 +33,14 @@ fn config_text(pin: &std::path::Path, backends: usize, weight0: u32) -> String {
     s
 }
 
+/// A pin folder of this test process, removed (links detached) on drop.
+fn pin_dir(test: &str) -> PinGuard {
+    PinGuard(PathBuf::from(format!(
+        "/sys/fs/bpf/slb-lbtest{test}-{}",
+        std::process::id()
+    )))
+}
+
 fn load(pin: &std::path::Path) -> Dataplane {
     Dataplane::load(&LoadOptions {
         affinity_capacity: 4096,
@@ -48,10 +56,7 @@ fn slots_of(lb: &Lb, id: u32) -> usize {
 #[test]
 fn rewrites_only_changed_slots_and_adopts_without_writing() {
     require_root();
-    let pin = PinGuard(PathBuf::from(format!(
-        "/sys/fs/bpf/slb-lbtest-{}",
-        std::process::id()
-    )));
+    let pin = pin_dir("1");
     let cfg = config(&pin.0, 4, 1);
     let mut lb = Lb::start(load(&pin.0), &cfg).unwrap();
     let ids: Vec<u32> = lb.vips[0].backends.iter().map(|b| b.id).collect();
@@ -149,10 +154,7 @@ fn rewrites_only_changed_slots_and_adopts_without_writing() {
 #[test]
 fn reload_changes_weights_and_table_size_in_place() {
     require_root();
-    let pin = PinGuard(PathBuf::from(format!(
-        "/sys/fs/bpf/slb-lbtest2-{}",
-        std::process::id()
-    )));
+    let pin = pin_dir("2");
     let mut lb = Lb::start(load(&pin.0), &config(&pin.0, 3, 1)).unwrap();
     let ids: Vec<u32> = lb.vips[0].backends.iter().map(|b| b.id).collect();
     for &id in &ids {
@@ -233,10 +235,7 @@ fn vip_ids_by_port(lb: &Lb) -> Vec<(u16, u32)> {
 #[test]
 fn reload_moves_vips_between_keys_and_refuses_what_does_not_fit() {
     require_root();
-    let pin = PinGuard(PathBuf::from(format!(
-        "/sys/fs/bpf/slb-lbtest3-{}",
-        std::process::id()
-    )));
+    let pin = pin_dir("3");
     let mut lb = Lb::start(
         load(&pin.0),
         &vips_config(&pin.0, &[("a", 80, 251), ("b", 81, 251)]),
@@ -288,10 +287,7 @@ fn pinned_maps_of_another_shape_are_refused() {
     use lb_common::map_shapes;
     use lb_user::dataplane::pinned_shape;
     require_root();
-    let pin = PinGuard(PathBuf::from(format!(
-        "/sys/fs/bpf/slb-lbtest4-{}",
-        std::process::id()
-    )));
+    let pin = pin_dir("4");
     // What the object creates is what lb-common's shape table says.
     let dp = load(&pin.0);
     for want in map_shapes::ALL {
