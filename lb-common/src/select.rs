@@ -81,4 +81,35 @@ mod tests {
         assert!(maglev_pick(client, 1, 3, |_| Some(NO_BACKEND), Some).is_none());
         assert!(maglev_pick(client, 1, 0, get, Some).is_none());
     }
+
+    /// The probing rule, stated on its own: with slot s holding backend s,
+    /// the pick after k dead slots is slot home + k (mod size), and no pick
+    /// once MAX_PROBES slots in a row are dead.
+    #[test]
+    fn probing_takes_the_following_slots_in_order_and_wraps() {
+        const SIZE: u32 = 7;
+        let get = |s: u32| (s < SIZE).then_some(s);
+        let home_of = |c: [u8; 4]| client_hash(c, 9) % SIZE;
+        // A client whose home is the last slot, so probing wraps to 0.
+        let client = (0..=255u8)
+            .map(|i| [198, 51, 100, i])
+            .find(|&c| home_of(c) == SIZE - 1)
+            .expect("some client hashes to the last slot");
+        for dead in 1..=3u32 {
+            let is_dead = |b: u32| (0..dead).any(|k| (SIZE - 1 + k) % SIZE == b);
+            let p = maglev_pick(client, 9, SIZE, get, |b| (!is_dead(b)).then_some(b)).unwrap();
+            assert_eq!((p.slot, p.probes), (SIZE - 1, dead));
+            assert_eq!(p.backend_id, (SIZE - 1 + dead) % SIZE, "{dead} dead");
+        }
+        // MAX_PROBES dead slots in a row: nothing, even if later ones live.
+        let big = MAX_PROBES * 2 + 1;
+        let get = |s: u32| (s < big).then_some(s);
+        let client = [198, 51, 100, 1];
+        let home = client_hash(client, 9) % big;
+        let far = |b: u32| (b + big - home) % big >= MAX_PROBES;
+        assert!(maglev_pick(client, 9, big, get, |b| far(b).then_some(b)).is_none());
+        let near = |b: u32| (b + big - home) % big >= MAX_PROBES - 1;
+        let p = maglev_pick(client, 9, big, get, |b| near(b).then_some(b)).unwrap();
+        assert_eq!(p.backend_id, (home + MAX_PROBES - 1) % big);
+    }
 }

@@ -451,6 +451,12 @@ impl Dataplane {
     /// not expose this part of `bpf_link_info`, so it is read with the raw
     /// syscalls.
     pub fn pinned_link_ifindex(link_pin: &Path) -> std::io::Result<u32> {
+        Self::pinned_link_info(link_pin).map(|(_, ifindex)| ifindex)
+    }
+
+    /// The id of the program the XDP link pinned at `link_pin` runs, and
+    /// the interface index it is attached to.
+    pub fn pinned_link_info(link_pin: &Path) -> std::io::Result<(u32, u32)> {
         use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
         const BPF_OBJ_GET: libc::c_long = 7;
         const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -491,7 +497,7 @@ impl Dataplane {
                 link_pin.display()
             )));
         }
-        Ok(info[4])
+        Ok((info[2], info[4]))
     }
 
     /// Every VIP in the map.

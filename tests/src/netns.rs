@@ -276,15 +276,22 @@ pub fn remove_leftovers(id: &str, paths: &[&Path]) {
 }
 
 /// Names of the namespaces `<id>-*` that exist.
-pub fn namespaces_of(id: &str) -> Vec<String> {
+pub fn namespaces_of(id: &str) -> Result<Vec<String>> {
     let prefix = format!("{id}-");
-    sh(Command::new("ip").args(["netns", "list"]))
-        .unwrap_or_default()
+    Ok(sh(Command::new("ip").args(["netns", "list"]))?
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|n| n.starts_with(&prefix))
         .map(String::from)
-        .collect()
+        .collect())
+}
+
+/// Processes running in namespace `name`.
+pub fn pids_in(name: &str) -> Result<Vec<u32>> {
+    Ok(sh(Command::new("ip").args(["netns", "pids", name]))?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
 }
 
 /// Waits until `cond` holds, polling; false on timeout.

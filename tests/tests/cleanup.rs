@@ -13,7 +13,7 @@ use std::{
 };
 
 use stickylb_tests::{
-    netns::{namespaces_of, remove_leftovers, wait_for},
+    netns::{namespaces_of, pids_in, remove_leftovers, wait_for},
     require_root,
 };
 
@@ -39,7 +39,7 @@ impl Leftovers {
 
     fn present(&self) -> (Vec<String>, Vec<&PathBuf>) {
         (
-            namespaces_of(&self.id),
+            namespaces_of(&self.id).expect("ip netns list"),
             self.paths.iter().filter(|p| p.exists()).collect(),
         )
     }
@@ -82,6 +82,15 @@ fn held_network_is_removed_when_its_owner_dies(signal: i32, name: &str) {
         left.paths.len(),
         "daemon pins, peer pins and scratch folder should exist: {paths:?}"
     );
+    // The daemon, the backends' servers: what must not outlive the network.
+    let pids: Vec<u32> = namespaces
+        .iter()
+        .flat_map(|n| pids_in(n).expect("ip netns pids"))
+        .collect();
+    assert!(
+        pids.len() >= 4,
+        "{id}: expected the daemon and 3 backend servers, found pids {pids:?}"
+    );
 
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
@@ -92,18 +101,37 @@ fn held_network_is_removed_when_its_owner_dies(signal: i32, name: &str) {
         "slb-netns hold should have been ended by {name}, not {status}"
     );
     let t0 = Instant::now();
+    // A killed process stays a zombie until whoever adopted it reaps it,
+    // which is not this test's business: zombies count as gone.
+    let alive = |pids: &[u32]| -> Vec<u32> {
+        pids.iter()
+            .copied()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                })
+            })
+            .collect()
+    };
     let gone = wait_for(Duration::from_secs(15), || {
         let (n, p) = left.present();
-        n.is_empty() && p.is_empty()
+        n.is_empty() && p.is_empty() && alive(&pids).is_empty()
     });
     println!(
-        "cleanup after {name}: {} namespaces, {} pinned/scratch folders of {id} removed {} ms after \
-         its owner died",
+        "cleanup after {name}: {} namespaces, {} processes in them, {} pinned/scratch folders of \
+         {id} removed {} ms after its owner died",
         namespaces.len(),
+        pids.len(),
         paths.len(),
         t0.elapsed().as_millis()
     );
-    assert!(gone, "left behind after {name}: {:?}", left.present());
+    assert!(
+        gone,
+        "left behind after {name}: {:?}, processes {:?}",
+        left.present(),
+        alive(&pids)
+    );
     drop(out);
 }
 

@@ -363,3 +363,27 @@ fn affinity_entries_read_in_batches_match_one_by_one() {
             .all(|(k, v)| v.backend_id == u32::from_be_bytes(k.client) % 7)
     );
 }
+
+#[test]
+fn a_restart_adopts_a_down_backend_as_not_alive() {
+    require_root();
+    let pin = pin_dir("5");
+    let cfg = config(&pin.0, 3, 1);
+    let mut lb = Lb::start(load(&pin.0), &cfg).unwrap();
+    let ids: Vec<u32> = lb.vips[0].backends.iter().map(|b| b.id).collect();
+    for &id in &ids {
+        lb.set_health(id, State::Up, "test").unwrap();
+    }
+    lb.set_health(ids[1], State::Down, "test").unwrap();
+    let table = lb.vips[0].table.clone();
+    drop(lb);
+
+    let lb = Lb::start(load(&pin.0), &cfg).unwrap();
+    let health: Vec<Option<State>> = lb.vips[0].backends.iter().map(|b| b.health).collect();
+    // Up ones adopted as up; the down one is learned afresh by its checks,
+    // and stays out of the table and dead for the data path meanwhile.
+    assert_eq!(health, [Some(State::Up), None, Some(State::Up)]);
+    assert!(!lb.dp.backend(ids[1]).unwrap().is_alive());
+    assert_eq!(lb.vips[0].table, table);
+    assert!(lb.vips[0].table.iter().all(|&s| s != ids[1]));
+}

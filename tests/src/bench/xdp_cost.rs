@@ -821,7 +821,8 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let big = find("hit_big_call")?;
     let headlines = vec![
         format!(
-            "XDP cost: stickylb affinity hit {} ns/packet = {:.1}× the floor forwarder ({} ns)",
+            "XDP cost: stickylb affinity hit {} ns/packet = {:.2}× the floor forwarder (median of \
+             the ratios to a floor run just before each stickylb run; the floor's own median: {} ns)",
             plot::fmt_num(hit),
             hit_ratio,
             plot::fmt_num(f)

@@ -342,6 +342,19 @@ pub fn xdp_progs(pid: u32) -> Vec<ProgStats> {
     found
 }
 
+/// Run statistics of the program with this id, whoever holds it (the
+/// rig's peer program is held only by its pinned link).
+pub fn prog_by_id(id: u32) -> Option<ProgStats> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .map(|p| ProgStats {
+            id,
+            run_time_ns: p.run_time().as_nanos() as u64,
+            run_cnt: p.run_count(),
+        })
+}
+
 /// Sum over programs.
 pub fn prog_sum(v: &[ProgStats]) -> (u64, u64) {
     v.iter()
