@@ -362,6 +362,15 @@ fn affinity_entries_read_in_batches_match_one_by_one() {
             .iter()
             .all(|(k, v)| v.backend_id == u32::from_be_bytes(k.client) % 7)
     );
+
+    // Purging a third (VIP 0's entries), in delete batches.
+    let t = std::time::Instant::now();
+    let purged = dp.purge_affinity(|k, _| k.vip_id == 0).unwrap();
+    println!("{purged} entries purged in {} ms", t.elapsed().as_millis());
+    let left = dp.affinity_entries().unwrap();
+    assert_eq!(purged, (0..n).filter(|i| i % 3 == 0).count());
+    assert_eq!(left.len(), n as usize - purged);
+    assert!(left.iter().all(|(k, _)| k.vip_id != 0));
 }
 
 #[test]
