@@ -303,7 +303,7 @@ const CASES: &[Case] = &[
         },
     },
     Case {
-        name: "all backends dead, table not rewritten: dropped after probing",
+        name: "all backends dead, table not rewritten: dropped",
         prepare: |rig| {
             for b in 0..3 {
                 rig.set_alive(b, false);
