@@ -353,7 +353,33 @@ pub struct Topology {
     reaper: Option<Reaper>,
 }
 
+/// What a topology keeps outside its namespaces, by its id.
+pub struct TopologyPaths {
+    /// Pin folder of the XDP_PASS program on the LB's bridge port.
+    pub peer_pin: PathBuf,
+    /// Pin folder for the daemon run on the topology (`pin_path`).
+    pub daemon_pin: PathBuf,
+    /// Scratch folder: logs, configs, the control socket.
+    pub tmp: PathBuf,
+}
+
+impl TopologyPaths {
+    pub fn of(id: &str) -> Self {
+        let bpf = Path::new("/sys/fs/bpf");
+        Self {
+            peer_pin: bpf.join(format!("{id}-peer")),
+            daemon_pin: bpf.join(id),
+            tmp: std::env::temp_dir().join(id),
+        }
+    }
+}
+
 impl Topology {
+    /// Where a daemon run on this topology pins its maps and link.
+    pub fn daemon_pin(&self) -> PathBuf {
+        TopologyPaths::of(&self.id).daemon_pin
+    }
+
     /// Builds the network, starts one `slb-backend` per backend namespace
     /// and waits until each listens.
     pub fn up(opts: &TopologyOptions, server_bin: &Path) -> Result<Self> {
@@ -363,11 +389,11 @@ impl Topology {
             std::process::id() % 100_000,
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let tmp = std::env::temp_dir().join(&id);
-        let peer_pin = Path::new("/sys/fs/bpf").join(format!("{id}-peer"));
-        // The daemon's pin folder, by the convention of every user of a
-        // topology: /sys/fs/bpf/<id>.
-        let daemon_pin = Path::new("/sys/fs/bpf").join(&id);
+        let TopologyPaths {
+            peer_pin,
+            daemon_pin,
+            tmp,
+        } = TopologyPaths::of(&id);
         let reaper = Reaper::spawn(&id, &[&peer_pin, &daemon_pin, &tmp])?;
         let bridge = Netns::new(&format!("{id}-br"))?;
         let client = Netns::new(&format!("{id}-cl"))?;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use stickylb_tests::{
-    netns::{namespaces_of, pids_in, remove_leftovers, wait_for},
+    netns::{TopologyPaths, namespaces_of, pids_in, remove_leftovers, wait_for},
     require_root,
 };
 
@@ -27,13 +27,14 @@ struct Leftovers {
 
 impl Leftovers {
     fn new(id: &str) -> Self {
+        let TopologyPaths {
+            peer_pin,
+            daemon_pin,
+            tmp,
+        } = TopologyPaths::of(id);
         Self {
             id: id.into(),
-            paths: vec![
-                Path::new("/sys/fs/bpf").join(id),
-                Path::new("/sys/fs/bpf").join(format!("{id}-peer")),
-                std::env::temp_dir().join(id),
-            ],
+            paths: vec![daemon_pin, peer_pin, tmp],
         }
     }
 

@@ -50,7 +50,7 @@ fn daemon_failover_restart_reload_and_cli() {
         BACKEND.as_ref(),
     )
     .unwrap();
-    let pin = PinGuard(format!("/sys/fs/bpf/{}", topo.id).into());
+    let pin = PinGuard(topo.daemon_pin());
     let config = topo.config(
         &pin.0,
         FAST_HEALTH,

@@ -160,7 +160,7 @@ fn scenarios_in_network_namespaces() {
         BACKEND.as_ref(),
     )
     .unwrap();
-    let pin = PinGuard(format!("/sys/fs/bpf/{}", topo.id).into());
+    let pin = PinGuard(topo.daemon_pin());
     let config = topo.config(&pin.0, "", "affinity_timeout = \"120s\"");
     let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
     assert!(

@@ -332,7 +332,7 @@ fn failover_once(ctx: &Ctx, health: &str) -> Result<(u128, u128, usize), String>
         },
         &ctx.backend_bin,
     )?;
-    let pin = PinGuard(format!("/sys/fs/bpf/{}", topo.id).into());
+    let pin = PinGuard(topo.daemon_pin());
     let config = topo.config(&pin.0, health, "");
     let mut d = Daemon::start(&topo, &ctx.stickylb_bin, &config, &[])?;
     if !d.wait_backends(Duration::from_secs(8), |s, _| s == "up") {

@@ -262,7 +262,7 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
     );
 
     step(2, "the daemon");
-    let pin = PinGuard(format!("/sys/fs/bpf/{}", topo.id).into());
+    let pin = PinGuard(topo.daemon_pin());
     let health = if quick {
         "interval = \"200ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 2"
     } else {
@@ -461,10 +461,10 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
             std::mem::forget(c);
         }
         std::mem::forget(pin);
-        let pin_path = format!("/sys/fs/bpf/{}", topo.id);
+        let pin_path = topo.daemon_pin();
         let mut kept = topo.persist();
         kept.pids.extend(daemon_pid);
-        kept.pins.push(pin_path.into());
+        kept.pins.push(pin_path);
         let state = std::path::Path::new("/run/stickylb-netns");
         std::fs::create_dir_all(state).map_err(|e| e.to_string())?;
         std::fs::write(state.join("state"), kept.to_lines()).map_err(|e| e.to_string())?;

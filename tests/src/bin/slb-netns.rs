@@ -53,7 +53,7 @@ fn build() -> Result<(Topology, Daemon, PathBuf), String> {
         },
         &dir.join("slb-backend"),
     )?;
-    let pin = Path::new("/sys/fs/bpf").join(&topo.id);
+    let pin = topo.daemon_pin();
     let config = topo.config(&pin, "", "affinity_timeout = \"5m\"");
     let d = Daemon::start(&topo, &dir.join("stickylb-under-test"), &config, &[])?;
     if !d.wait_backends(Duration::from_secs(8), |s, _| s == "up") {
