@@ -10,7 +10,12 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use lb_common::VipStats;
+
 use crate::lb::VipStatus;
+
+/// A `reason` label value and the VIP counter it reports.
+type Reason = (&'static str, fn(&VipStats) -> u64);
 
 /// Renders the exposition text from a status snapshot and the passed-frame
 /// counters.
@@ -51,47 +56,37 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
         "Frames forwarded by an affinity entry.",
         per_vip(|v| v.counters.affinity_hits),
     );
+    // One series per VIP and reason, VIP by VIP.
+    let by_reason = |reasons: &[Reason]| -> Vec<(String, f64)> {
+        vips.iter()
+            .flat_map(|v| {
+                reasons.iter().map(move |(reason, count)| {
+                    (
+                        format!("{},reason=\"{reason}\"", vip(v)),
+                        count(&v.counters) as f64,
+                    )
+                })
+            })
+            .collect()
+    };
     family(
         "vip_affinity_misses_total",
         "counter",
         "Frames of clients without a usable affinity entry, by reason.",
-        vips.iter()
-            .flat_map(|v| {
-                [
-                    (
-                        format!("{},reason=\"new\"", vip(v)),
-                        v.counters.new_clients as f64,
-                    ),
-                    (
-                        format!("{},reason=\"expired\"", vip(v)),
-                        v.counters.repick_expired as f64,
-                    ),
-                    (
-                        format!("{},reason=\"backend_dead\"", vip(v)),
-                        v.counters.repick_dead as f64,
-                    ),
-                ]
-            })
-            .collect(),
+        by_reason(&[
+            ("new", |c| c.new_clients),
+            ("expired", |c| c.repick_expired),
+            ("backend_dead", |c| c.repick_dead),
+        ]),
     );
     family(
         "vip_drops_total",
         "counter",
         "Frames dropped, by reason.",
-        vips.iter()
-            .flat_map(|v| {
-                [
-                    (
-                        format!("{},reason=\"no_backend\"", vip(v)),
-                        v.counters.drop_no_backend as f64,
-                    ),
-                    (
-                        format!("{},reason=\"fragment\"", vip(v)),
-                        v.counters.drop_fragment as f64,
-                    ),
-                ]
-            })
-            .collect(),
+        by_reason(&[
+            ("no_backend", |c| c.drop_no_backend),
+            ("fragment", |c| c.drop_fragment),
+        ]),
     );
     let per_backend = |f: &dyn Fn(&crate::lb::BackendStatus) -> f64| -> Vec<(String, f64)> {
         vips.iter()
@@ -198,4 +193,51 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
             "cannot listen for metrics on {addr} ({e}); change metrics_listen or set it to \"off\""
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misses_and_drops_have_a_series_per_vip_and_reason() {
+        let vip = |name: &str, base: u64| VipStatus {
+            name: name.into(),
+            address: std::net::Ipv4Addr::new(192, 0, 2, 10),
+            port: 80,
+            protocol: "tcp".into(),
+            table_size: 7,
+            affinity_timeout_s: 300.0,
+            alive_backends: 0,
+            counters: VipStats {
+                new_clients: base + 1,
+                repick_expired: base + 2,
+                repick_dead: base + 3,
+                drop_no_backend: base + 4,
+                drop_fragment: base + 5,
+                ..VipStats::default()
+            },
+            backends: Vec::new(),
+        };
+        let text = render(&[vip("web", 0), vip("dns", 10)], &[]);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("misses_total{") || l.contains("drops_total{"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"new\"} 1",
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"expired\"} 2",
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"backend_dead\"} 3",
+                "stickylb_vip_affinity_misses_total{vip=\"dns\",reason=\"new\"} 11",
+                "stickylb_vip_affinity_misses_total{vip=\"dns\",reason=\"expired\"} 12",
+                "stickylb_vip_affinity_misses_total{vip=\"dns\",reason=\"backend_dead\"} 13",
+                "stickylb_vip_drops_total{vip=\"web\",reason=\"no_backend\"} 4",
+                "stickylb_vip_drops_total{vip=\"web\",reason=\"fragment\"} 5",
+                "stickylb_vip_drops_total{vip=\"dns\",reason=\"no_backend\"} 14",
+                "stickylb_vip_drops_total{vip=\"dns\",reason=\"fragment\"} 15",
+            ]
+        );
+    }
 }
