@@ -45,7 +45,7 @@ const MIN_TABLE_SIZE: u32 = 7;
 const MIN_AFFINITY_CAPACITY: u32 = 1024;
 /// Weights feed Maglev's turn-taking; beyond this, shares stop being
 /// meaningful and the per-round arithmetic risks overflow.
-const MAX_WEIGHT: u32 = 65_535;
+pub const MAX_WEIGHT: u32 = 65_535;
 const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The whole configuration file, with every default filled in and every

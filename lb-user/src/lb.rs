@@ -158,6 +158,17 @@ pub struct Lb {
     ring: RingAlloc,
 }
 
+/// Why a config whose tables fit the pool in total was refused.
+fn fragmented(c: &VipConfig) -> LbError {
+    LbError::Invalid(format!(
+        "VIP {}: no contiguous space of {} slots left in the ring pool for its table \
+         (earlier table_size changes have left the free space in pieces); nothing was \
+         changed. `stickylb run --fresh` lays all tables out anew, but re-pins every \
+         client",
+        c.name, c.table_size
+    ))
+}
+
 fn vip_key(cfg: &VipConfig) -> VipKey {
     VipKey::new(cfg.address, cfg.port, cfg.protocol.number())
 }
@@ -411,25 +422,15 @@ impl Lb {
             match old {
                 Some(v) if v.info.ring_size == c.table_size => {}
                 Some(v) => {
-                    ring.alloc(c.table_size).map_err(|_| self.fragmented(c))?;
+                    ring.alloc(c.table_size).map_err(|_| fragmented(c))?;
                     ring.free(v.info.ring_base);
                 }
                 None => {
-                    ring.alloc(c.table_size).map_err(|_| self.fragmented(c))?;
+                    ring.alloc(c.table_size).map_err(|_| fragmented(c))?;
                 }
             }
         }
         Ok(())
-    }
-
-    fn fragmented(&self, c: &VipConfig) -> LbError {
-        LbError::Invalid(format!(
-            "VIP {}: no contiguous space of {} slots left in the ring pool for its table \
-             (earlier table_size changes have left the free space in pieces); nothing was \
-             changed. `stickylb run --fresh` lays all tables out anew, but re-pins every \
-             client",
-            c.name, c.table_size
-        ))
     }
 
     fn vip_info(&self, id: u32, cfg: &VipConfig, base: u32) -> VipInfo {
@@ -781,9 +782,10 @@ impl Lb {
         addr: SocketAddrV4,
         weight: u32,
     ) -> Result<RebuildReport> {
-        if weight > 65_535 {
+        if weight > config::MAX_WEIGHT {
             return Err(LbError::Invalid(format!(
-                "weight {weight} is above the maximum, 65535"
+                "weight {weight} is above the maximum, {}",
+                config::MAX_WEIGHT
             )));
         }
         let vi = self.vip_index(vip)?;

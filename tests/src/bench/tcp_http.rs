@@ -187,12 +187,10 @@ fn snap(p: &Pids) -> Snap {
         // The rig's XDP_PASS program on the LB's bridge port (a rig detail:
         // see docs/testing.md), found by id through its pinned link: no
         // process holds it.
-        peer_xdp: procs::prog_sum(
-            &p.peer_prog
-                .and_then(procs::prog_by_id)
-                .into_iter()
-                .collect::<Vec<_>>(),
-        ),
+        peer_xdp: p
+            .peer_prog
+            .and_then(procs::prog_by_id)
+            .map_or((0, 0), |s| (s.run_time_ns, s.run_cnt)),
     }
 }
 
@@ -369,7 +367,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     wait_http(&topo, SocketAddrV4::new(NGINX_ADDR, HTTP_PORT), &mut nginx)?;
 
     progress("tcp: starting the stickylb daemon");
-    let pin = PinGuard(format!("/sys/fs/bpf/{}", topo.id).into());
+    let pin = PinGuard(topo.daemon_pin());
     let mut config = topo.config(&pin.0, HEALTH, "");
     let _ = write!(
         config,
