@@ -503,16 +503,17 @@ impl Lb {
         Ok(())
     }
 
-    /// Brings a running VIP to `cfg`; the caller removes its old key from
-    /// the VIP map if no VIP holds it afterwards.
+    /// Brings a running VIP to `cfg`. The caller has already removed the
+    /// backends `cfg` does not list (`remove_backends_not_in`, for every VIP
+    /// before any addition), and removes the VIP's old key from the VIP map
+    /// if no VIP holds it afterwards.
     fn update_vip(&mut self, vi: usize, cfg: &VipConfig) -> Result<()> {
         let old_key = self.vips[vi].key;
         let new_key = vip_key(cfg);
         self.vips[vi].name = cfg.name.clone();
         self.vips[vi].cfg = cfg.clone();
 
-        // Backends: remove, then update/add, matched by address:port.
-        self.remove_backends_not_in(vi, cfg)?;
+        // Backends: update or add, matched by address:port.
         for bcfg in &cfg.backends {
             let addr = SocketAddrV4::new(bcfg.address, bcfg.port);
             match self.vips[vi].backends.iter().position(|b| b.addr == addr) {
