@@ -181,6 +181,23 @@ macro_rules! take_map {
     }};
 }
 
+/// The bpf(2) syscall with `attr` as its `union bpf_attr` (zero what the
+/// command does not use); its non-negative result.
+///
+/// # Safety
+/// Every pointer in `attr` must be valid for what the command reads or
+/// writes through it, for the duration of the call.
+pub unsafe fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
+    // SAFETY: attr is a bpf_attr of the size passed; the caller vouches for
+    // the pointers in it.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
 /// All entries of a hash map of `K` → `V` by BPF_MAP_LOOKUP_BATCH. The
 /// caller guarantees the map's key and value sizes are those of `K` and `V`
 /// (pinned maps are shape-checked before adoption).
@@ -206,18 +223,10 @@ fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
         attr[2] = keys.as_mut_ptr() as u64;
         attr[3] = values.as_mut_ptr() as u64;
         attr[4] = chunk as u64 | (u64::from(fd.as_raw_fd() as u32) << 32);
-        // SAFETY: attr is a zeroed bpf_attr of the size passed; the kernel
-        // writes at most `count` keys and values into buffers of that many
-        // elements of the map's sizes, and one token into out_batch.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                attr.as_mut_ptr(),
-                size_of_val(&attr),
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
+        // SAFETY: the kernel writes at most `count` keys and values into
+        // buffers of that many elements of the map's sizes, and one token
+        // into out_batch; all outlive the call.
+        let err = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         // The kernel writes back how many it copied, also with ENOENT.
         let got = (attr[4] & 0xffff_ffff) as usize;
         match err.as_ref().and_then(std::io::Error::raw_os_error) {
@@ -465,12 +474,8 @@ impl Dataplane {
         // union bpf_attr, zeroed: BPF_OBJ_GET reads `pathname` at offset 0.
         let mut attr = [0u64; 16];
         attr[0] = path.as_ptr() as u64;
-        // SAFETY: attr is a zeroed bpf_attr of the size passed; the path
-        // outlives the call.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // SAFETY: the path outlives the call.
+        let fd = unsafe { sys_bpf(BPF_OBJ_GET, &mut attr) }?;
         // SAFETY: the kernel just returned this fd to us.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
         // struct bpf_link_info: type, id, prog_id, then (8-aligned) the
@@ -479,18 +484,8 @@ impl Dataplane {
         let mut attr = [0u64; 16];
         attr[0] = u64::from(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32) | (256u64 << 32);
         attr[1] = info.as_mut_ptr() as u64;
-        // SAFETY: info is 256 bytes as announced; attr is a zeroed bpf_attr.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET_INFO_BY_FD,
-                attr.as_mut_ptr(),
-                128,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // SAFETY: info is 256 bytes as announced and outlives the call.
+        unsafe { sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
         if info[0] != BPF_LINK_TYPE_XDP {
             return Err(std::io::Error::other(format!(
                 "{} is not an XDP link",

@@ -379,18 +379,10 @@ impl BpfStats {
         }
         // union bpf_attr { struct { __u32 type; } enable_stats; }: zeroed,
         // type 0 = BPF_STATS_RUN_TIME.
-        let attr = [0u64; 2];
+        let mut attr = [0u64; 16];
         const BPF_ENABLE_STATS: libc::c_long = 32;
-        // SAFETY: bpf(2) with a zeroed attr of the size passed; returns an fd.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_ENABLE_STATS,
-                attr.as_ptr(),
-                size_of_val(&attr) as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
+        // SAFETY: enable_stats holds no pointer; the call returns an fd.
+        if let Ok(fd) = unsafe { lb_user::dataplane::sys_bpf(BPF_ENABLE_STATS, &mut attr) } {
             // SAFETY: a new fd we own.
             return Ok(Self::Fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }));
         }
