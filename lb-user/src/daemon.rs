@@ -79,7 +79,7 @@ impl Daemon {
     /// backend, with its current settings.
     fn sync_checkers(&mut self) {
         let mut wanted = HashMap::new();
-        for v in &self.lb.vips {
+        for v in self.lb.vips() {
             for b in &v.backends {
                 let port = b.health_cfg.port.unwrap_or(b.addr.port());
                 let target = SocketAddr::V4(SocketAddrV4::new(*b.addr.ip(), port));
@@ -141,7 +141,7 @@ impl Daemon {
         let table = neigh::read(&self.cfg.interface);
         let ids: Vec<(u32, std::net::Ipv4Addr)> = self
             .lb
-            .vips
+            .vips()
             .iter()
             .flat_map(|v| v.backends.iter().map(|b| (b.id, *b.addr.ip())))
             .collect();
@@ -159,14 +159,17 @@ impl Daemon {
     /// invalid file changes nothing; global fields need a restart.
     fn reload(&mut self) -> anyhow::Result<serde_json::Value> {
         let new = Config::load(&self.opts.config_path)?;
-        let d = diff(&self.cfg, &new);
-        if !d.global_changed.is_empty() {
+        let needs_restart = diff(&self.cfg, &new).global_changed;
+        // Planned against the running state, live changes included, so the
+        // report says exactly what this reload changes.
+        let plan = self.lb.plan_config(&new, needs_restart.clone())?;
+        if !needs_restart.is_empty() {
             warn!(
                 "reload: {} changed, which takes a restart (with --fresh for interface, pin_path or affinity_capacity); applying the rest",
-                d.global_changed.join(", ")
+                needs_restart.join(", ")
             );
         }
-        let mut applied = new.clone();
+        let mut applied = new;
         // Keep the running values of what cannot change without a restart.
         applied.interface = self.cfg.interface.clone();
         applied.xdp_mode = self.cfg.xdp_mode;
@@ -175,14 +178,17 @@ impl Daemon {
         applied.metrics_listen = self.cfg.metrics_listen;
         applied.affinity_capacity = self.cfg.affinity_capacity;
         applied.hash_seed = self.cfg.hash_seed;
-        self.lb.apply_config(&applied)?;
+        let summary = plan.to_string();
+        let changed = !plan.is_empty();
+        self.lb.apply(plan.clone())?;
         self.cfg = applied;
         self.sync_checkers();
-        info!("reload: {d}");
+        info!("reload: {summary}");
         Ok(serde_json::json!({
-            "changed": !d.is_empty(),
-            "diff": d.to_string(),
-            "needs_restart": d.global_changed,
+            "changed": changed,
+            "diff": summary,
+            "needs_restart": needs_restart,
+            "plan": plan,
         }))
     }
 
@@ -249,7 +255,7 @@ impl Daemon {
     }
 
     fn passed(&self) -> anyhow::Result<serde_json::Value> {
-        let counts = self.lb.dp.global_stats()?;
+        let counts = self.lb.maps().global_stats()?;
         let map: serde_json::Map<String, serde_json::Value> = lb_common::global_counter::NAMES
             .iter()
             .zip(counts)
@@ -260,7 +266,7 @@ impl Daemon {
 
     fn metrics(&self) -> String {
         let vips = self.lb.status().unwrap_or_default();
-        let counts = self.lb.dp.global_stats().unwrap_or_default();
+        let counts = self.lb.maps().global_stats().unwrap_or_default();
         let global: Vec<(&str, u64)> = lb_common::global_counter::NAMES
             .iter()
             .copied()
@@ -387,7 +393,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         health_tx,
     };
     let (attached, refused) =
-        d.lb.dp
+        d.lb.maps_mut()
             .attach_pinned(&d.cfg.interface, mode, fallback, &link_pin)?;
     for e in refused {
         warn!(

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fmt;
 pub mod health;
 pub mod lb;
 pub mod metrics;

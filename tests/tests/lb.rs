@@ -50,7 +50,7 @@ fn load(pin: &std::path::Path) -> Dataplane {
 }
 
 fn slots_of(lb: &Lb, id: u32) -> usize {
-    lb.vips[0].table.iter().filter(|&&s| s == id).count()
+    lb.vips()[0].table.iter().filter(|&&s| s == id).count()
 }
 
 #[test]
@@ -59,13 +59,13 @@ fn rewrites_only_changed_slots_and_adopts_without_writing() {
     let pin = pin_dir("1");
     let cfg = config(&pin.0, 4, 1);
     let mut lb = Lb::start(load(&pin.0), &cfg).unwrap();
-    let ids: Vec<u32> = lb.vips[0].backends.iter().map(|b| b.id).collect();
+    let ids: Vec<u32> = lb.vips()[0].backends.iter().map(|b| b.id).collect();
 
     // Backends come up one by one; each first rebuild writes its share.
     for &id in &ids {
         lb.set_health(id, State::Up, "test").unwrap();
     }
-    assert!(lb.vips[0].table.iter().all(|&s| ids.contains(&s)));
+    assert!(lb.vips()[0].table.iter().all(|&s| ids.contains(&s)));
 
     // A backend going down rewrites exactly the slots it owned.
     let victim = ids[2];
@@ -83,28 +83,28 @@ fn rewrites_only_changed_slots_and_adopts_without_writing() {
     let r = lb.set_health(victim, State::Up, "test").unwrap().unwrap();
     assert_eq!((r.slots_written, slots_of(&lb, victim)), (owned, owned));
     // What the kernel holds is what user space thinks.
-    let info = lb.vips[0].info;
+    let info = lb.vips()[0].info;
     assert_eq!(
-        lb.dp.read_ring(info.ring_base, info.ring_size).unwrap(),
-        lb.vips[0].table
+        lb.maps().read_ring(info.ring_base, info.ring_size).unwrap(),
+        lb.vips()[0].table
     );
 
     // Drain: the backend's slots go to the others; the ring follows.
-    let addr = lb.vips[0].backends[1].addr;
+    let addr = lb.vips()[0].backends[1].addr;
     let owned = slots_of(&lb, ids[1]);
     let r = lb.set_drain("web", addr, true).unwrap();
     assert_eq!(r.slots_written, owned);
 
     // A second daemon on the same pinned maps (as after kill -9): same ids,
     // same table, liveness adopted, and no slot written.
-    let table = lb.vips[0].table.clone();
+    let table = lb.vips()[0].table.clone();
     drop(lb);
     let cfg2 = config(&pin.0, 4, 1);
     let lb2 = Lb::start(load(&pin.0), &cfg2).unwrap();
-    let ids2: Vec<u32> = lb2.vips[0].backends.iter().map(|b| b.id).collect();
+    let ids2: Vec<u32> = lb2.vips()[0].backends.iter().map(|b| b.id).collect();
     assert_eq!(ids2, ids);
     assert!(
-        lb2.vips[0]
+        lb2.vips()[0]
             .backends
             .iter()
             .all(|b| b.health == Some(State::Up))
@@ -114,35 +114,37 @@ fn rewrites_only_changed_slots_and_adopts_without_writing() {
     // only those.
     let back: usize = table
         .iter()
-        .zip(&lb2.vips[0].table)
+        .zip(&lb2.vips()[0].table)
         .filter(|(a, b)| a != b)
         .inspect(|(_, b)| assert_eq!(**b, ids[1]))
         .count();
     assert_eq!(back, owned);
-    let info = lb2.vips[0].info;
+    let info = lb2.vips()[0].info;
     assert_eq!(
-        lb2.dp.read_ring(info.ring_base, info.ring_size).unwrap(),
-        lb2.vips[0].table
+        lb2.maps()
+            .read_ring(info.ring_base, info.ring_size)
+            .unwrap(),
+        lb2.vips()[0].table
     );
     let key = VipKey::new(Ipv4Addr::new(198, 51, 100, 10), 80, 6);
-    assert_eq!(lb2.vips[0].key, key);
+    assert_eq!(lb2.vips()[0].key, key);
 
     // A third start with the last backend gone from the config: the others
     // keep their ids, the gone one is cleared from the backends map, and
     // the table stops naming it.
-    let table = lb2.vips[0].table.clone();
+    let table = lb2.vips()[0].table.clone();
     drop(lb2);
     let lb3 = Lb::start(load(&pin.0), &config(&pin.0, 3, 1)).unwrap();
-    let ids3: Vec<u32> = lb3.vips[0].backends.iter().map(|b| b.id).collect();
+    let ids3: Vec<u32> = lb3.vips()[0].backends.iter().map(|b| b.id).collect();
     assert_eq!(ids3, ids[..3]);
-    assert_eq!(lb3.dp.backend(ids[3]).unwrap().flags, 0);
-    assert!(lb3.vips[0].table.iter().all(|&s| s != ids[3]));
+    assert_eq!(lb3.maps().backend(ids[3]).unwrap().flags, 0);
+    assert!(lb3.vips()[0].table.iter().all(|&s| s != ids[3]));
     // Removing it from the config rebuilds the base table, so a few slots
     // beyond its own change hands (as the Maglev unit tests measure).
     let owned = table.iter().filter(|&&s| s == ids[3]).count();
     let moved = table
         .iter()
-        .zip(&lb3.vips[0].table)
+        .zip(&lb3.vips()[0].table)
         .filter(|(a, b)| a != b)
         .count();
     assert!(
@@ -156,28 +158,28 @@ fn reload_changes_weights_and_table_size_in_place() {
     require_root();
     let pin = pin_dir("2");
     let mut lb = Lb::start(load(&pin.0), &config(&pin.0, 3, 1)).unwrap();
-    let ids: Vec<u32> = lb.vips[0].backends.iter().map(|b| b.id).collect();
+    let ids: Vec<u32> = lb.vips()[0].backends.iter().map(|b| b.id).collect();
     for &id in &ids {
         lb.set_health(id, State::Up, "test").unwrap();
     }
     // The mac line removed: the MAC in use stays until the neighbour table
     // says otherwise, so the backend stays in the table with its clients.
-    let table = lb.vips[0].table.clone();
-    let mac = lb.dp.backend(ids[1]).unwrap().mac;
+    let table = lb.vips()[0].table.clone();
+    let mac = lb.maps().backend(ids[1]).unwrap().mac;
     let text = config_text(&pin.0, 3, 1).replace("mac = \"02:00:00:00:00:0b\"\n", "");
     assert!(!text.contains(":0b\""), "{text}");
     lb.apply_config(&Config::parse(&text).unwrap()).unwrap();
-    let b = lb.dp.backend(ids[1]).unwrap();
+    let b = lb.maps().backend(ids[1]).unwrap();
     assert_eq!(b.mac, mac);
     assert!(b.is_alive());
-    assert_eq!(lb.vips[0].table, table);
+    assert_eq!(lb.vips()[0].table, table);
     lb.apply_config(&config(&pin.0, 3, 1)).unwrap();
 
-    let vip_id = lb.vips[0].id;
+    let vip_id = lb.vips()[0].id;
     let before = slots_of(&lb, ids[0]);
     lb.apply_config(&config(&pin.0, 3, 3)).unwrap();
     let after = slots_of(&lb, ids[0]);
-    assert_eq!(lb.vips[0].id, vip_id);
+    assert_eq!(lb.vips()[0].id, vip_id);
     // Weights 3:1:1 give the first backend 3/5 of the table.
     let share = after as f64 / 65_537.0;
     assert!(
@@ -190,17 +192,17 @@ fn reload_changes_weights_and_table_size_in_place() {
         "interface = \"lo\"\npin_path = \"{}\"\n\n[[vip]]\nname = \"web\"\naddress = \"198.51.100.10\"\nport = 80\ntable_size = 251\n\n[[vip.backend]]\naddress = \"192.0.2.10\"\nport = 80\nmac = \"02:00:00:00:00:0a\"\n",
         pin.0.display()
     );
-    let old_base = lb.vips[0].info.ring_base;
+    let old_base = lb.vips()[0].info.ring_base;
     lb.apply_config(&Config::parse(&text).unwrap()).unwrap();
-    let info = lb.vips[0].info;
+    let info = lb.vips()[0].info;
     assert_eq!(info.ring_size, 251);
     assert_ne!(info.ring_base, old_base);
-    assert!(lb.vips[0].table.iter().all(|&s| s == ids[0]));
+    assert!(lb.vips()[0].table.iter().all(|&s| s == ids[0]));
     assert_eq!(
-        lb.dp.read_ring(info.ring_base, 251).unwrap(),
-        lb.vips[0].table
+        lb.maps().read_ring(info.ring_base, 251).unwrap(),
+        lb.vips()[0].table
     );
-    assert_eq!(lb.vips[0].backends.len(), 1);
+    assert_eq!(lb.vips()[0].backends.len(), 1);
 }
 
 /// A config of VIPs `(name, port, table_size)` on one address, each with one
@@ -222,7 +224,7 @@ fn vips_config(pin: &std::path::Path, vips: &[(&str, u16, u32)]) -> Config {
 /// VIP map entries by port: the VIP id each port leads to.
 fn vip_ids_by_port(lb: &Lb) -> Vec<(u16, u32)> {
     let mut v: Vec<(u16, u32)> = lb
-        .dp
+        .maps()
         .vips()
         .unwrap()
         .into_iter()
@@ -241,7 +243,7 @@ fn reload_moves_vips_between_keys_and_refuses_what_does_not_fit() {
         &vips_config(&pin.0, &[("a", 80, 251), ("b", 81, 251)]),
     )
     .unwrap();
-    let id = |lb: &Lb, name: &str| lb.vips[lb.vip_index(name).unwrap()].id;
+    let id = |lb: &Lb, name: &str| lb.vips()[lb.vip_index(name).unwrap()].id;
     let (a, b) = (id(&lb, "a"), id(&lb, "b"));
     assert_eq!(vip_ids_by_port(&lb), [(80, a), (81, b)]);
 
@@ -257,7 +259,7 @@ fn reload_moves_vips_between_keys_and_refuses_what_does_not_fit() {
     lb.apply_config(&vips_config(&pin.0, &[("a", 81, 251)]))
         .unwrap();
     assert_eq!(vip_ids_by_port(&lb), [(81, a)]);
-    assert_eq!(lb.vips.len(), 1);
+    assert_eq!(lb.vips().len(), 1);
 
     // Three big tables; growing the second leaves a hole where it was, and
     // growing the third then finds no contiguous space although the sizes
@@ -266,8 +268,12 @@ fn reload_moves_vips_between_keys_and_refuses_what_does_not_fit() {
     lb.apply_config(&vips_config(&pin.0, &big)).unwrap();
     let grown = [("a", 80, 500_009), ("b", 81, 510_007), ("c", 82, 500_009)];
     lb.apply_config(&vips_config(&pin.0, &grown)).unwrap();
-    let before: Vec<_> = lb.vips.iter().map(|v| (v.info, v.backends.len())).collect();
-    let map_before = lb.dp.vips().unwrap();
+    let before: Vec<_> = lb
+        .vips()
+        .iter()
+        .map(|v| (v.info, v.backends.len()))
+        .collect();
+    let map_before = lb.maps().vips().unwrap();
     let mut too_far = vips_config(
         &pin.0,
         &[("a", 80, 500_009), ("b", 81, 510_007), ("c", 82, 520_019)],
@@ -277,9 +283,13 @@ fn reload_moves_vips_between_keys_and_refuses_what_does_not_fit() {
     let err = lb.apply_config(&too_far).unwrap_err().to_string();
     println!("refused: {err}");
     assert!(err.contains("nothing was changed"), "{err}");
-    let after: Vec<_> = lb.vips.iter().map(|v| (v.info, v.backends.len())).collect();
+    let after: Vec<_> = lb
+        .vips()
+        .iter()
+        .map(|v| (v.info, v.backends.len()))
+        .collect();
     assert_eq!(after, before);
-    assert_eq!(lb.dp.vips().unwrap(), map_before);
+    assert_eq!(lb.maps().vips().unwrap(), map_before);
 }
 
 #[test]
@@ -379,20 +389,20 @@ fn a_restart_adopts_a_down_backend_as_not_alive() {
     let pin = pin_dir("5");
     let cfg = config(&pin.0, 3, 1);
     let mut lb = Lb::start(load(&pin.0), &cfg).unwrap();
-    let ids: Vec<u32> = lb.vips[0].backends.iter().map(|b| b.id).collect();
+    let ids: Vec<u32> = lb.vips()[0].backends.iter().map(|b| b.id).collect();
     for &id in &ids {
         lb.set_health(id, State::Up, "test").unwrap();
     }
     lb.set_health(ids[1], State::Down, "test").unwrap();
-    let table = lb.vips[0].table.clone();
+    let table = lb.vips()[0].table.clone();
     drop(lb);
 
     let lb = Lb::start(load(&pin.0), &cfg).unwrap();
-    let health: Vec<Option<State>> = lb.vips[0].backends.iter().map(|b| b.health).collect();
+    let health: Vec<Option<State>> = lb.vips()[0].backends.iter().map(|b| b.health).collect();
     // Up ones adopted as up; the down one is learned afresh by its checks,
     // and stays out of the table and dead for the data path meanwhile.
     assert_eq!(health, [Some(State::Up), None, Some(State::Up)]);
-    assert!(!lb.dp.backend(ids[1]).unwrap().is_alive());
-    assert_eq!(lb.vips[0].table, table);
-    assert!(lb.vips[0].table.iter().all(|&s| s != ids[1]));
+    assert!(!lb.maps().backend(ids[1]).unwrap().is_alive());
+    assert_eq!(lb.vips()[0].table, table);
+    assert!(lb.vips()[0].table.iter().all(|&s| s != ids[1]));
 }

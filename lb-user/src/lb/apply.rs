@@ -1,0 +1,259 @@
+//! Carrying out a `Plan` on the maps, in the order that keeps clients where
+//! they are.
+
+use std::net::SocketAddrV4;
+
+use lb_common::{NO_BACKEND, VipInfo};
+use log::info;
+use serde::Serialize;
+
+use super::{
+    BackendChange, Lb, LbError, Maps, Plan, RebuildReport, Result, Vip, VipPlan, rebuild,
+    state::{Backend, MacSource},
+};
+use crate::config::VipConfig;
+
+/// What applying a plan did to each VIP's table.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApplyReport {
+    /// (VIP name, its table rebuild), in the plan's order.
+    pub rebuilt: Vec<(String, RebuildReport)>,
+}
+
+impl ApplyReport {
+    /// The rebuild of the VIP named `vip` (all zero if it was not rebuilt).
+    pub fn rebuilt(&self, vip: &str) -> RebuildReport {
+        self.rebuilt
+            .iter()
+            .find(|(n, _)| n == vip)
+            .map(|(_, r)| *r)
+            .unwrap_or_default()
+    }
+}
+
+impl<M: Maps> Lb<M> {
+    /// Carries out `plan`, made by `plan` against the current state:
+    /// 1. VIPs no longer asked for leave the VIP map, their backends are
+    ///    cleared and their clients purged;
+    /// 2. backends no longer asked for leave their tables, are cleared, and
+    ///    their clients are purged — before any id is reused;
+    /// 3. every VIP asked for is updated or added, in the plan's order:
+    ///    backend entries first, a new table region filled before the VIP
+    ///    entry switches to it, only changed slots and entries written;
+    /// 4. keys no VIP holds any more leave the VIP map (only now: a VIP may
+    ///    have taken another's key, as in a swap).
+    pub fn apply(&mut self, plan: Plan) -> Result<ApplyReport> {
+        if plan.generation != self.generation {
+            return Err(LbError::StalePlan);
+        }
+        self.generation += 1;
+        let mut old: Vec<Option<Vip>> = std::mem::take(&mut self.vips)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let result = self.apply_to(&plan, &mut old);
+        if result.is_err() {
+            // Keep what was not reached in the books: its maps are as they were.
+            self.vips.extend(old.into_iter().flatten());
+        }
+        self.ring = plan.ring;
+        result
+    }
+
+    fn apply_to(&mut self, plan: &Plan, old: &mut [Option<Vip>]) -> Result<ApplyReport> {
+        for r in &plan.removed {
+            let Some(vip) = old
+                .iter_mut()
+                .find(|v| v.as_ref().is_some_and(|v| v.id == r.id))
+                .and_then(Option::take)
+            else {
+                continue;
+            };
+            self.maps.remove_vip(&r.key)?;
+            for b in &vip.backends {
+                self.maps.set_backend(b.id, bytemuck::Zeroable::zeroed())?;
+            }
+            let purged = self.maps.purge_affinity(&|k, _| k.vip_id == vip.id)?;
+            info!(
+                "VIP {} removed ({purged} affinity entries dropped)",
+                vip.name
+            );
+        }
+        for vp in &plan.vips {
+            if let (Some(ri), false) = (vp.running, vp.removed_backends.is_empty())
+                && let Some(v) = old[ri].as_mut()
+            {
+                self.remove_backends(v, vp)?;
+            }
+        }
+        let mut report = ApplyReport::default();
+        let mut old_keys = Vec::new();
+        for vp in &plan.vips {
+            let vip = match vp.running.and_then(|ri| old[ri].take()) {
+                Some(mut v) => {
+                    old_keys.push(v.key);
+                    let r = self.update_vip(&mut v, vp)?;
+                    report.rebuilt.push((v.name.clone(), r));
+                    v
+                }
+                None => {
+                    let (v, r) = self.add_vip(vp)?;
+                    report.rebuilt.push((v.name.clone(), r));
+                    v
+                }
+            };
+            self.vips.push(vip);
+        }
+        for key in old_keys {
+            if !self.vips.iter().any(|v| v.key == key) {
+                self.maps.remove_vip(&key)?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn vip_info(&self, id: u32, cfg: &VipConfig, base: u32) -> VipInfo {
+        VipInfo {
+            vip_id: id,
+            flags: 0,
+            ring_base: base,
+            ring_size: cfg.table_size,
+            hash_seed: self.hash_seed,
+            _pad: 0,
+            affinity_timeout_ns: cfg.affinity_timeout.as_nanos() as u64,
+        }
+    }
+
+    /// Removes the backends `vp` drops with one table rebuild and one pass
+    /// over the affinity table (which may hold millions of entries).
+    fn remove_backends(&mut self, v: &mut Vip, vp: &VipPlan) -> Result<()> {
+        let ids: Vec<u32> = vp.removed_backends.iter().map(|b| b.id).collect();
+        v.backends.retain(|b| !ids.contains(&b.id));
+        rebuild(&mut self.maps, v)?;
+        for &id in &ids {
+            self.maps.set_backend(id, bytemuck::Zeroable::zeroed())?;
+        }
+        let purged = self
+            .maps
+            .purge_affinity(&|_, e| ids.contains(&e.backend_id))?;
+        let names: Vec<String> = vp
+            .removed_backends
+            .iter()
+            .map(|b| b.address.to_string())
+            .collect();
+        info!(
+            "{}: backend {} removed; {purged} clients re-picked on their next packet",
+            v.name,
+            names.join(", ")
+        );
+        Ok(())
+    }
+
+    fn add_vip(&mut self, vp: &VipPlan) -> Result<(Vip, RebuildReport)> {
+        let cfg = &vp.spec.cfg;
+        let info = self.vip_info(vp.id, cfg, vp.ring_base);
+        let key = vp.spec.key();
+        // Start from an all-empty table so the first rebuild writes every slot.
+        let empty: Vec<(u32, u32)> = (0..cfg.table_size).map(|s| (s, NO_BACKEND)).collect();
+        self.maps.write_ring(vp.ring_base, &empty)?;
+        let mut v = Vip {
+            name: vp.name.clone(),
+            id: vp.id,
+            key,
+            info,
+            cfg: cfg.clone(),
+            table: vec![NO_BACKEND; cfg.table_size as usize],
+            backends: vp
+                .backends
+                .iter()
+                .map(|b| Backend::new(b.id, &b.spec))
+                .collect(),
+        };
+        for b in &v.backends {
+            self.maps.set_backend(b.id, b.info(v.id))?;
+        }
+        let r = rebuild(&mut self.maps, &mut v)?;
+        self.maps.set_vip(key, info)?;
+        info!(
+            "VIP {} {}:{}/{} added with {} backends",
+            cfg.name,
+            cfg.address,
+            cfg.port,
+            cfg.protocol,
+            v.backends.len()
+        );
+        Ok((v, r))
+    }
+
+    /// Brings a running VIP to what `vp` asks. Its dropped backends are gone
+    /// already (`remove_backends`); the caller removes its old key from the
+    /// VIP map if no VIP holds it afterwards.
+    fn update_vip(&mut self, v: &mut Vip, vp: &VipPlan) -> Result<RebuildReport> {
+        let new_key = vp.spec.key();
+        v.name = vp.name.clone();
+        v.cfg = vp.spec.cfg.clone();
+        let mut running = std::mem::take(&mut v.backends);
+        for bp in &vp.backends {
+            let b = match bp.change {
+                BackendChange::Kept { .. } => {
+                    let i = running
+                        .iter()
+                        .position(|b| b.id == bp.id)
+                        .expect("a kept backend is in the running VIP");
+                    let mut b = running.swap_remove(i);
+                    let before = b.info(v.id);
+                    update_backend(&mut b, bp.address, &bp.spec);
+                    if b.info(v.id) != before {
+                        self.maps.set_backend(b.id, b.info(v.id))?;
+                    }
+                    b
+                }
+                BackendChange::Added => {
+                    let b = Backend::new(bp.id, &bp.spec);
+                    self.maps.set_backend(b.id, b.info(v.id))?;
+                    b
+                }
+            };
+            v.backends.push(b);
+        }
+        debug_assert!(running.is_empty(), "removed backends were removed first");
+
+        // A new table size needs a new region: fill it, then switch the VIP
+        // to it in one map update, so no frame sees a half-written table.
+        let old = v.info;
+        let info = self.vip_info(v.id, &v.cfg, vp.ring_base);
+        if info.ring_base != old.ring_base {
+            let empty: Vec<(u32, u32)> = (0..info.ring_size).map(|s| (s, NO_BACKEND)).collect();
+            self.maps.write_ring(info.ring_base, &empty)?;
+            v.table = vec![NO_BACKEND; info.ring_size as usize];
+        }
+        v.info = info;
+        let r = rebuild(&mut self.maps, v)?;
+        if info != old || new_key != v.key {
+            self.maps.set_vip(new_key, info)?;
+        }
+        if info.ring_base != old.ring_base {
+            info!("VIP {}: table size now {}", v.name, info.ring_size);
+        }
+        v.key = new_key;
+        Ok(r)
+    }
+}
+
+/// Brings a kept backend to `spec`; health and the learned MAC stay.
+fn update_backend(b: &mut Backend, addr: SocketAddrV4, spec: &super::BackendSpec) {
+    debug_assert_eq!(b.addr, addr);
+    b.weight = spec.cfg.weight;
+    b.drained = spec.drained;
+    b.health_cfg = spec.cfg.health.clone();
+    b.from_config = spec.from_config;
+    if spec.cfg.mac.is_some() {
+        b.mac = spec.cfg.mac;
+        b.mac_source = MacSource::Config;
+    } else if b.mac_source == MacSource::Config {
+        // Keep forwarding to the MAC in use until the neighbour table says
+        // otherwise: dropping it would take the backend out and re-pin all
+        // its clients.
+        b.mac_source = MacSource::Neighbour;
+    }
+}

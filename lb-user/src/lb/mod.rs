@@ -1,0 +1,492 @@
+//! The load balancer's state in user space, and how it is kept equal to the
+//! data path's maps: VIP and backend ids, Maglev tables, liveness.
+//!
+//! A change of what is asked for — a config file, or a live CLI change —
+//! is first planned (`plan`: pure, refuses as a whole what cannot be done)
+//! and then applied (`apply`), in an order that keeps clients where they
+//! are: removals (and the purge of their clients) before anything reuses
+//! their ids, a backend marked dead in the backends map before its slots
+//! are rewritten, only changed slots and changed entries written. Health
+//! and neighbour changes are applied directly: they are not asked for.
+//! Everything reaches the kernel through the `Maps` seam, so all of it runs
+//! in unit tests against `fake::FakeMaps`.
+
+mod apply;
+pub mod fake;
+mod maps;
+mod plan;
+mod query;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use lb_common::{NO_BACKEND, backend_flags, maglev};
+use log::{info, warn};
+use thiserror::Error;
+
+use self::state::RingAlloc;
+pub use self::{
+    apply::ApplyReport,
+    maps::Maps,
+    plan::{
+        BackendChange, BackendPlan, Plan, RemovedBackend, RemovedVip, SettingChange, VipChange,
+        VipPlan,
+    },
+    query::{BackendStatus, FlowEntry, LookupResult, RebuildReport, VipStatus},
+    state::{Backend, BackendSpec, MacSource, Vip, VipSpec},
+};
+pub use crate::fmt::fmt_mac;
+use crate::{
+    config::{self, BackendConfig, Config},
+    dataplane::{Dataplane, DataplaneError},
+    health::{Outcome, State},
+};
+
+#[derive(Debug, Error)]
+pub enum LbError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("no VIP named {0:?}")]
+    UnknownVip(String),
+    #[error("VIP {vip:?} has no backend {addr}")]
+    UnknownBackend { vip: String, addr: SocketAddrV4 },
+    #[error("VIP {vip:?} already has backend {addr}")]
+    DuplicateBackend { vip: String, addr: SocketAddrV4 },
+    #[error("all {0} {1} ids are in use")]
+    Exhausted(u32, &'static str),
+    #[error("no room in the ring pool for a table of {0} slots")]
+    RingFull(u32),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the running state changed since this plan was made; plan again")]
+    StalePlan,
+}
+
+pub type Result<T, E = LbError> = std::result::Result<T, E>;
+
+/// The running state and the maps it is kept equal to.
+pub struct Lb<M: Maps = Dataplane> {
+    maps: M,
+    hash_seed: u32,
+    vips: Vec<Vip>,
+    ring: RingAlloc,
+    /// Bumped by every change, so a plan is applied only to the state it
+    /// was made against.
+    generation: u64,
+}
+
+impl<M: Maps> Lb<M> {
+    /// Takes over the maps (fresh or adopted from a previous run) and makes
+    /// them match `cfg`. Adopted VIPs are matched by (address, port,
+    /// protocol), adopted backends by (VIP, address, port); they keep their
+    /// ids, tables and liveness, so nothing moves, and what already matches
+    /// is not written again.
+    pub fn start(maps: M, cfg: &Config) -> Result<Self> {
+        let mut lb = Self {
+            maps,
+            hash_seed: cfg.hash_seed,
+            vips: Vec::new(),
+            ring: RingAlloc::default(),
+            generation: 0,
+        };
+        lb.adopt(cfg)?;
+        let plan = lb.plan_config(cfg, Vec::new())?;
+        lb.apply(plan)?;
+        Ok(lb)
+    }
+
+    /// Re-identifies the VIPs and backends of a previous run from the maps;
+    /// removes what `cfg` no longer has.
+    fn adopt(&mut self, cfg: &Config) -> Result<()> {
+        let adopted_vips = self.maps.vips()?;
+        let adopted_backends = self.maps.backends_in_use()?;
+        for (key, info) in adopted_vips {
+            let Some(vcfg) = cfg.vips.iter().find(|v| state::vip_key(v) == key) else {
+                self.maps.remove_vip(&key)?;
+                let purged = self.maps.purge_affinity(&|k, _| k.vip_id == info.vip_id)?;
+                info!(
+                    "VIP {}:{} of the previous run is not configured: removed ({purged} affinity entries dropped)",
+                    key.ip(),
+                    key.port()
+                );
+                continue;
+            };
+            let table = self.maps.read_ring(info.ring_base, info.ring_size)?;
+            self.ring.used.push((info.ring_base, info.ring_size));
+            let spec = VipSpec::from_config(vcfg);
+            // Backends of this VIP that the config no longer has are not
+            // adopted: they are cleared below, before any id is reused.
+            let backends = adopted_backends
+                .iter()
+                .filter(|(_, b)| u32::from(b.vip_id) == info.vip_id)
+                .filter_map(|&(id, b)| {
+                    let addr =
+                        SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port));
+                    let bspec = spec.backends.iter().find(|s| s.addr() == addr)?;
+                    let mut be = Backend::new(id, bspec);
+                    // The MAC in use stays in use until the neighbour table
+                    // says otherwise (a configured one wins, as always).
+                    if be.mac.is_none() && b.mac != [0; 6] {
+                        be.mac = Some(b.mac);
+                        be.mac_source = MacSource::Neighbour;
+                    }
+                    // Adopt liveness: a restart must not flap anything. A
+                    // backend that was not alive is re-learned from scratch.
+                    if b.flags & backend_flags::ALIVE != 0 {
+                        be.health = Some(State::Up);
+                        be.reason = "adopted as up from the running data path".into();
+                    }
+                    Some(be)
+                })
+                .collect();
+            // What the maps say of the VIP's settings, so the plan reports
+            // (and makes) the change when the file now says otherwise.
+            let mut settings = spec.cfg;
+            settings.table_size = info.ring_size;
+            settings.affinity_timeout = Duration::from_nanos(info.affinity_timeout_ns);
+            self.vips.push(Vip {
+                name: vcfg.name.clone(),
+                id: info.vip_id,
+                key,
+                info,
+                cfg: settings,
+                table,
+                backends,
+            });
+        }
+        // Adopted backend ids that were not adopted above (their VIP or they
+        // are gone from the config): dead for the data path at once, their
+        // clients' entries purged, so an id reused later inherits nobody.
+        let adopted = self.used_backend_ids();
+        for (id, b) in &adopted_backends {
+            if !adopted.contains(id) {
+                self.maps.set_backend(*id, bytemuck::Zeroable::zeroed())?;
+                let purged = self.maps.purge_affinity(&|_, v| v.backend_id == *id)?;
+                info!(
+                    "backend {}:{} of the previous run is not configured: removed ({purged} clients re-picked)",
+                    Ipv4Addr::from(b.addr),
+                    u16::from_be_bytes(b.port)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans the change to what `new` says, live changes undone.
+    /// `needs_restart`: the settings of `new` that differ from the running
+    /// ones but only take effect on a restart (the hash seed among them: it
+    /// is read from `new` only at start).
+    pub fn plan_config(&self, new: &Config, needs_restart: Vec<String>) -> Result<Plan> {
+        let desired = new.vips.iter().map(VipSpec::from_config).collect();
+        self.plan(desired, needs_restart)
+    }
+
+    /// Plans and applies `cfg` in one step (a config with restart-only
+    /// changes gets them ignored, as a reload does).
+    pub fn apply_config(&mut self, cfg: &Config) -> Result<Plan> {
+        let plan = self.plan_config(cfg, Vec::new())?;
+        self.apply(plan.clone())?;
+        Ok(plan)
+    }
+
+    pub fn vips(&self) -> &[Vip] {
+        &self.vips
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    pub fn into_maps(self) -> M {
+        self.maps
+    }
+
+    fn used_backend_ids(&self) -> BTreeSet<u32> {
+        self.vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect()
+    }
+
+    pub fn vip_index(&self, name: &str) -> Result<usize> {
+        self.vips
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| LbError::UnknownVip(name.to_owned()))
+    }
+
+    fn backend_index(&self, vi: usize, addr: SocketAddrV4) -> Result<usize> {
+        self.vips[vi]
+            .backends
+            .iter()
+            .position(|b| b.addr == addr)
+            .ok_or_else(|| LbError::UnknownBackend {
+                vip: self.vips[vi].name.clone(),
+                addr,
+            })
+    }
+
+    /// Position of a backend id: (VIP index, backend index).
+    pub fn find_backend(&self, id: u32) -> Option<(usize, usize)> {
+        self.vips.iter().enumerate().find_map(|(vi, v)| {
+            v.backends
+                .iter()
+                .position(|b| b.id == id)
+                .map(|bi| (vi, bi))
+        })
+    }
+
+    /// Rebuilds VIP `vi`'s Maglev table and writes the slots that changed.
+    pub fn rebuild(&mut self, vi: usize) -> Result<RebuildReport> {
+        rebuild(&mut self.maps, &mut self.vips[vi])
+    }
+
+    /// Writes backend `bi` of VIP `vi` to the backends map.
+    fn write_backend(&mut self, vi: usize, bi: usize) -> Result<()> {
+        let v = &self.vips[vi];
+        let b = &v.backends[bi];
+        self.maps.set_backend(b.id, b.info(v.id))?;
+        Ok(())
+    }
+
+    /// Records a health transition of backend `id` and applies it: the
+    /// backends map first (the data path re-picks the backend's clients at
+    /// once when it goes down), then the table.
+    pub fn set_health(
+        &mut self,
+        id: u32,
+        state: State,
+        reason: &str,
+    ) -> Result<Option<RebuildReport>> {
+        let Some((vi, bi)) = self.find_backend(id) else {
+            return Ok(None);
+        };
+        self.generation += 1;
+        let b = &mut self.vips[vi].backends[bi];
+        let was_alive = b.alive();
+        b.health = Some(state);
+        b.reason = reason.to_owned();
+        let addr = b.addr;
+        let name = self.vips[vi].name.clone();
+        self.write_backend(vi, bi)?;
+        let report = self.rebuild(vi)?;
+        let now_alive = self.vips[vi].backends[bi].alive();
+        if was_alive != now_alive || state == State::Down {
+            info!(
+                "{name}: backend {addr} {state}: {reason} ({} slots rewritten in {} us)",
+                report.slots_written,
+                report.build_us + report.write_us
+            );
+        } else {
+            info!("{name}: backend {addr} {state}: {reason}");
+        }
+        Ok(Some(report))
+    }
+
+    pub fn record_check(&mut self, id: u32, outcome: Outcome) {
+        if let Some((vi, bi)) = self.find_backend(id) {
+            self.vips[vi].backends[bi].last_check = Some(outcome);
+        }
+    }
+
+    /// Sets a backend's MAC learned from the neighbour table (ignored when
+    /// the config gives one).
+    pub fn set_neighbour_mac(&mut self, id: u32, mac: Option<[u8; 6]>) -> Result<()> {
+        let Some((vi, bi)) = self.find_backend(id) else {
+            return Ok(());
+        };
+        let b = &mut self.vips[vi].backends[bi];
+        if b.mac_source == MacSource::Config || b.mac == mac {
+            return Ok(());
+        }
+        self.generation += 1;
+        let was_alive = b.alive();
+        b.mac = mac;
+        b.mac_source = if mac.is_some() {
+            MacSource::Neighbour
+        } else {
+            MacSource::Unknown
+        };
+        let addr = b.addr;
+        let now_alive = b.alive();
+        match mac {
+            Some(m) => info!("backend {addr}: MAC {} (neighbour table)", fmt_mac(&m)),
+            None => warn!("backend {addr}: MAC no longer known; out of the table until it is"),
+        }
+        self.write_backend(vi, bi)?;
+        if was_alive != now_alive {
+            self.rebuild(vi)?;
+        }
+        Ok(())
+    }
+
+    /// Plans and applies a live change: `edit` changes a copy of the
+    /// running desired state. Live changes take the same path as a reload.
+    fn change_live(&mut self, edit: impl FnOnce(&mut Vec<VipSpec>)) -> Result<(Plan, ApplyReport)> {
+        let mut desired = self.desired();
+        edit(&mut desired);
+        let plan = self.plan(desired, Vec::new())?;
+        let report = self.apply(plan.clone())?;
+        Ok((plan, report))
+    }
+
+    /// Adds a backend at run time (not written to the config file).
+    pub fn add_backend(
+        &mut self,
+        vip: &str,
+        addr: SocketAddrV4,
+        weight: u32,
+        mac: Option<[u8; 6]>,
+    ) -> Result<u32> {
+        let vi = self.vip_index(vip)?;
+        if self.vips[vi].backends.iter().any(|b| b.addr == addr) {
+            return Err(LbError::DuplicateBackend {
+                vip: vip.to_owned(),
+                addr,
+            });
+        }
+        let cfg = BackendConfig {
+            address: *addr.ip(),
+            port: addr.port(),
+            weight,
+            mac,
+            health: self.vips[vi].cfg.health.clone(),
+        };
+        let problems = config::backend_problems(&cfg, &self.vips[vi].cfg);
+        if !problems.is_empty() {
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(LbError::Invalid(all.join("; ")));
+        }
+        let (plan, _) = self.change_live(|d| {
+            d[vi].backends.push(BackendSpec {
+                cfg,
+                drained: false,
+                from_config: false,
+            })
+        })?;
+        let id = plan.vips[vi]
+            .backends
+            .iter()
+            .find(|b| b.address == addr)
+            .map(|b| b.id)
+            .expect("the plan has the added backend");
+        info!(
+            "{vip}: backend {addr} added (weight {weight}); it takes clients once its check passes"
+        );
+        Ok(id)
+    }
+
+    /// Removes a backend: out of the table and dead for the data path first,
+    /// then its id is freed and its clients' entries purged so a later
+    /// backend reusing the id inherits nobody.
+    pub fn remove_backend(&mut self, vi: usize, addr: SocketAddrV4) -> Result<u32> {
+        let bi = self.backend_index(vi, addr)?;
+        let id = self.vips[vi].backends[bi].id;
+        self.change_live(|d| d[vi].backends.retain(|b| b.addr() != addr))?;
+        Ok(id)
+    }
+
+    /// Edits one backend's desired state live; the VIP's table rebuild.
+    fn change_backend(
+        &mut self,
+        vip: &str,
+        addr: SocketAddrV4,
+        edit: impl FnOnce(&mut BackendSpec),
+    ) -> Result<RebuildReport> {
+        let vi = self.vip_index(vip)?;
+        let bi = self.backend_index(vi, addr)?;
+        let (_, report) = self.change_live(|d| edit(&mut d[vi].backends[bi]))?;
+        Ok(report.rebuilt(vip))
+    }
+
+    pub fn set_weight(
+        &mut self,
+        vip: &str,
+        addr: SocketAddrV4,
+        weight: u32,
+    ) -> Result<RebuildReport> {
+        if weight > config::MAX_WEIGHT {
+            return Err(LbError::Invalid(format!(
+                "weight {weight} is above the maximum, {}",
+                config::MAX_WEIGHT
+            )));
+        }
+        let r = self.change_backend(vip, addr, |b| b.cfg.weight = weight)?;
+        info!(
+            "{vip}: backend {addr} weight {weight} ({} slots rewritten)",
+            r.slots_written
+        );
+        Ok(r)
+    }
+
+    pub fn set_drain(
+        &mut self,
+        vip: &str,
+        addr: SocketAddrV4,
+        drained: bool,
+    ) -> Result<RebuildReport> {
+        let r = self.change_backend(vip, addr, |b| b.drained = drained)?;
+        info!(
+            "{vip}: backend {addr} {} ({} slots rewritten)",
+            if drained {
+                "drained: no new clients"
+            } else {
+                "undrained"
+            },
+            r.slots_written
+        );
+        Ok(r)
+    }
+}
+
+/// Rebuilds `v`'s Maglev table and writes the slots that changed.
+fn rebuild<M: Maps>(maps: &mut M, v: &mut Vip) -> Result<RebuildReport> {
+    let t0 = Instant::now();
+    let identities: Vec<String> = v.backends.iter().map(|b| b.addr.to_string()).collect();
+    let members: Vec<maglev::Member<'_>> = v
+        .backends
+        .iter()
+        .zip(&identities)
+        .map(|(b, id)| maglev::Member {
+            identity: id.as_bytes(),
+            weight: b.weight,
+            in_service: b.in_service(),
+        })
+        .collect();
+    let built = maglev::build(&members, v.info.ring_size)
+        .map_err(|e| LbError::Invalid(format!("VIP {}: {e}", v.name)))?;
+    let table: Vec<u32> = built
+        .iter()
+        .map(|&m| {
+            if m == maglev::EMPTY {
+                NO_BACKEND
+            } else {
+                v.backends[m as usize].id
+            }
+        })
+        .collect();
+    let build_us = t0.elapsed().as_micros() as u64;
+    let t1 = Instant::now();
+    let changes: Vec<(u32, u32)> = maglev::changed_slots(&v.table, &table).collect();
+    let slots_written = if changes.is_empty() {
+        0
+    } else {
+        maps.write_ring(v.info.ring_base, &changes)?
+    };
+    v.table = table;
+    Ok(RebuildReport {
+        slots_written,
+        build_us,
+        write_us: t1.elapsed().as_micros() as u64,
+    })
+}

@@ -1,0 +1,439 @@
+//! Planning a change: from the running state and what is asked for (a
+//! config file, or a live CLI change applied to the running state), a
+//! `Plan` that says what will be added, removed and changed, with the ids
+//! and ring space it will use. Planning touches no map: a plan that cannot
+//! be carried out is refused here, as a whole, before anything changes.
+//! The same `Plan` is what the log and the `reload` reply print.
+
+use std::{collections::BTreeSet, fmt, net::SocketAddrV4};
+
+use lb_common::{MAX_BACKENDS, MAX_VIPS, VipKey};
+use serde::Serialize;
+
+use super::{
+    Lb, LbError, Maps, Result,
+    state::{BackendSpec, RingAlloc, VipSpec},
+};
+use crate::{config::VipConfig, fmt::fmt_duration};
+
+/// Everything one change of the desired state does.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// Settings that differ but take a restart to apply; reported, not applied.
+    pub needs_restart: Vec<String>,
+    /// Running VIPs that nothing asked for any more.
+    pub removed: Vec<RemovedVip>,
+    /// The VIPs afterwards, in the order asked for.
+    pub vips: Vec<VipPlan>,
+    /// The ring pool's layout afterwards.
+    #[serde(skip)]
+    pub(super) ring: RingAlloc,
+    /// The state this plan was made against (see `Lb::apply`).
+    #[serde(skip)]
+    pub(super) generation: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RemovedVip {
+    pub name: String,
+    pub id: u32,
+    #[serde(skip)]
+    pub(super) key: VipKey,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VipPlan {
+    pub name: String,
+    pub id: u32,
+    #[serde(flatten)]
+    pub change: VipChange,
+    pub backends: Vec<BackendPlan>,
+    /// Backends of the running VIP that are not asked for any more.
+    pub removed_backends: Vec<RemovedBackend>,
+    /// First slot of the VIP's table afterwards.
+    #[serde(skip)]
+    pub(super) ring_base: u32,
+    #[serde(skip)]
+    pub(super) spec: VipSpec,
+    /// Index of the VIP it continues in the running list.
+    #[serde(skip)]
+    pub(super) running: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum VipChange {
+    Added,
+    Kept {
+        /// The running VIP had this name (matched by address, port, protocol).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        renamed_from: Option<String>,
+        settings: Vec<SettingChange>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SettingChange {
+    pub field: &'static str,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendPlan {
+    pub address: SocketAddrV4,
+    pub id: u32,
+    #[serde(flatten)]
+    pub change: BackendChange,
+    #[serde(skip)]
+    pub(super) spec: BackendSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum BackendChange {
+    Added,
+    Kept { settings: Vec<SettingChange> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RemovedBackend {
+    pub address: SocketAddrV4,
+    pub id: u32,
+}
+
+impl Plan {
+    /// Whether carrying it out changes anything (restart-only settings
+    /// included: they are a change the operator asked for).
+    pub fn is_empty(&self) -> bool {
+        self.needs_restart.is_empty()
+            && self.removed.is_empty()
+            && self.vips.iter().all(|v| {
+                v.removed_backends.is_empty()
+                    && matches!(&v.change, VipChange::Kept { renamed_from: None, settings } if settings.is_empty())
+                    && v.backends.iter().all(|b| {
+                        matches!(&b.change, BackendChange::Kept { settings } if settings.is_empty())
+                    })
+            })
+    }
+}
+
+fn setting(field: &'static str, from: impl fmt::Display, to: impl fmt::Display) -> SettingChange {
+    SettingChange {
+        field,
+        from: from.to_string(),
+        to: to.to_string(),
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn vip_settings(old: &VipConfig, new: &VipConfig) -> Vec<SettingChange> {
+    let mut out = Vec::new();
+    let addr = |c: &VipConfig| format!("{}:{}/{}", c.address, c.port, c.protocol);
+    if (old.address, old.port, old.protocol) != (new.address, new.port, new.protocol) {
+        out.push(setting("address/port/protocol", addr(old), addr(new)));
+    }
+    if old.table_size != new.table_size {
+        out.push(setting("table_size", old.table_size, new.table_size));
+    }
+    if old.affinity_timeout != new.affinity_timeout {
+        out.push(setting(
+            "affinity_timeout",
+            fmt_duration(old.affinity_timeout),
+            fmt_duration(new.affinity_timeout),
+        ));
+    }
+    if old.forwarding != new.forwarding {
+        out.push(setting("forwarding", old.forwarding, new.forwarding));
+    }
+    if old.health != new.health {
+        // Only the default that backends added live inherit: a change that
+        // reaches a listed backend shows as that backend's own change.
+        out.push(setting("health (default for added backends)", "old", "new"));
+    }
+    out
+}
+
+fn backend_settings(old: &BackendSpec, new: &BackendSpec) -> Vec<SettingChange> {
+    let mut out = Vec::new();
+    if old.cfg.weight != new.cfg.weight {
+        out.push(setting("weight", old.cfg.weight, new.cfg.weight));
+    }
+    if old.drained != new.drained {
+        out.push(setting("drained", yes_no(old.drained), yes_no(new.drained)));
+    }
+    if old.cfg.mac != new.cfg.mac {
+        let mac = |m: Option<[u8; 6]>| {
+            m.map_or("(neighbour table)".to_owned(), |m| crate::fmt::fmt_mac(&m))
+        };
+        out.push(setting("mac", mac(old.cfg.mac), mac(new.cfg.mac)));
+    }
+    if old.cfg.health != new.cfg.health {
+        let h = &new.cfg.health;
+        out.push(setting(
+            "health",
+            health_summary(&old.cfg.health),
+            health_summary(h),
+        ));
+    }
+    if old.from_config != new.from_config {
+        let src = |f: bool| if f { "config file" } else { "added live" };
+        out.push(setting(
+            "source",
+            src(old.from_config),
+            src(new.from_config),
+        ));
+    }
+    out
+}
+
+fn health_summary(h: &crate::config::HealthConfig) -> String {
+    format!(
+        "{} every {} (timeout {}, rise {}, fall {})",
+        h.kind,
+        fmt_duration(h.interval),
+        fmt_duration(h.timeout),
+        h.rise,
+        h.fall
+    )
+}
+
+/// Why a config whose tables fit the pool in total was refused.
+fn fragmented(c: &VipConfig) -> LbError {
+    LbError::Invalid(format!(
+        "VIP {}: no contiguous space of {} slots left in the ring pool for its table \
+         (earlier table_size changes have left the free space in pieces); nothing was \
+         changed. `stickylb run --fresh` lays all tables out anew, but re-pins every \
+         client",
+        c.name, c.table_size
+    ))
+}
+
+impl<M: Maps> Lb<M> {
+    /// The desired state equal to the running one, live changes included:
+    /// what a live change edits before it is planned.
+    pub fn desired(&self) -> Vec<VipSpec> {
+        self.vips.iter().map(|v| v.spec()).collect()
+    }
+
+    /// Plans the change from the running state to `desired`. Pure: reads
+    /// only `self`. `needs_restart` names settings that differ but are not
+    /// applied (the caller knows which; see `Config::restart_only_changes`).
+    pub fn plan(&self, desired: Vec<VipSpec>, needs_restart: Vec<String>) -> Result<Plan> {
+        // Which running VIP each desired one continues: by name, else a VIP
+        // with its (address, port, protocol) that nothing names.
+        let mut running: Vec<Option<usize>> = vec![None; desired.len()];
+        let mut taken = vec![false; self.vips.len()];
+        for (ci, d) in desired.iter().enumerate() {
+            if let Some(ri) = self.vips.iter().position(|v| v.name == d.cfg.name) {
+                running[ci] = Some(ri);
+                taken[ri] = true;
+            }
+        }
+        for (ci, d) in desired.iter().enumerate() {
+            if running[ci].is_some() {
+                continue;
+            }
+            let key = d.key();
+            if let Some(ri) =
+                (0..self.vips.len()).find(|&ri| !taken[ri] && self.vips[ri].key == key)
+            {
+                running[ci] = Some(ri);
+                taken[ri] = true;
+            }
+        }
+
+        // Ids: what stays keeps its id; the rest is free for what is added
+        // (apply frees — and purges — before it adds).
+        let mut vip_ids: BTreeSet<u32> = running
+            .iter()
+            .flatten()
+            .map(|&ri| self.vips[ri].id)
+            .collect();
+        let mut backend_ids: BTreeSet<u32> = BTreeSet::new();
+        for (d, ri) in desired.iter().zip(&running) {
+            if let Some(&ri) = ri.as_ref() {
+                for b in &self.vips[ri].backends {
+                    if d.backends.iter().any(|s| s.addr() == b.addr) {
+                        backend_ids.insert(b.id);
+                    }
+                }
+            }
+        }
+        let take_lowest = |used: &mut BTreeSet<u32>, max: u32, what: &'static str| {
+            let id = (0..max)
+                .find(|id| !used.contains(id))
+                .ok_or(LbError::Exhausted(max, what))?;
+            used.insert(id);
+            Ok::<u32, LbError>(id)
+        };
+
+        // Ring space, replayed in the order apply allocates it.
+        let mut ring = self.ring.clone();
+        for (v, _) in self.vips.iter().zip(&taken).filter(|(_, t)| !**t) {
+            ring.free(v.info.ring_base);
+        }
+
+        let mut vips = Vec::with_capacity(desired.len());
+        for (spec, ri) in desired.into_iter().zip(running) {
+            let old = ri.map(|ri| &self.vips[ri]);
+            let (id, ring_base, change) = match old {
+                Some(v) => {
+                    let base = if v.info.ring_size == spec.cfg.table_size {
+                        v.info.ring_base
+                    } else {
+                        let base = ring
+                            .alloc(spec.cfg.table_size)
+                            .map_err(|_| fragmented(&spec.cfg))?;
+                        ring.free(v.info.ring_base);
+                        base
+                    };
+                    let change = VipChange::Kept {
+                        renamed_from: (v.name != spec.cfg.name).then(|| v.name.clone()),
+                        settings: vip_settings(&v.cfg, &spec.cfg),
+                    };
+                    (v.id, base, change)
+                }
+                None => {
+                    let base = ring
+                        .alloc(spec.cfg.table_size)
+                        .map_err(|_| fragmented(&spec.cfg))?;
+                    (
+                        take_lowest(&mut vip_ids, MAX_VIPS, "VIP")?,
+                        base,
+                        VipChange::Added,
+                    )
+                }
+            };
+            let mut backends = Vec::with_capacity(spec.backends.len());
+            for b in &spec.backends {
+                let addr = b.addr();
+                let (id, change) =
+                    match old.and_then(|v| v.backends.iter().find(|r| r.addr == addr)) {
+                        Some(r) => (
+                            r.id,
+                            BackendChange::Kept {
+                                settings: backend_settings(&r.spec(), b),
+                            },
+                        ),
+                        None => (
+                            take_lowest(&mut backend_ids, MAX_BACKENDS, "backend")?,
+                            BackendChange::Added,
+                        ),
+                    };
+                backends.push(BackendPlan {
+                    address: addr,
+                    id,
+                    change,
+                    spec: b.clone(),
+                });
+            }
+            let removed_backends = old
+                .map(|v| {
+                    v.backends
+                        .iter()
+                        .filter(|r| !spec.backends.iter().any(|b| b.addr() == r.addr))
+                        .map(|r| RemovedBackend {
+                            address: r.addr,
+                            id: r.id,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            vips.push(VipPlan {
+                name: spec.cfg.name.clone(),
+                id,
+                change,
+                backends,
+                removed_backends,
+                ring_base,
+                spec,
+                running: ri,
+            });
+        }
+        let removed = self
+            .vips
+            .iter()
+            .zip(&taken)
+            .filter(|(_, t)| !**t)
+            .map(|(v, _)| RemovedVip {
+                name: v.name.clone(),
+                id: v.id,
+                key: v.key,
+            })
+            .collect();
+        Ok(Plan {
+            needs_restart,
+            removed,
+            vips,
+            ring,
+            generation: self.generation,
+        })
+    }
+}
+
+/// One line for the log and the `reload` reply.
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no changes");
+        }
+        let mut parts = Vec::new();
+        for v in &self.vips {
+            let mut what: Vec<String> = Vec::new();
+            match &v.change {
+                VipChange::Added => {
+                    parts.push(format!(
+                        "VIP {} added with {} backends",
+                        v.name,
+                        v.backends.len()
+                    ));
+                    continue;
+                }
+                VipChange::Kept {
+                    renamed_from,
+                    settings,
+                } => {
+                    if let Some(old) = renamed_from {
+                        what.push(format!("renamed from {old}"));
+                    }
+                    what.extend(
+                        settings
+                            .iter()
+                            .map(|s| format!("{} {} -> {}", s.field, s.from, s.to)),
+                    );
+                }
+            }
+            for b in &v.backends {
+                match &b.change {
+                    BackendChange::Added => what.push(format!("+{}", b.address)),
+                    BackendChange::Kept { settings } if !settings.is_empty() => {
+                        let s: Vec<String> = settings
+                            .iter()
+                            .map(|s| format!("{} {} -> {}", s.field, s.from, s.to))
+                            .collect();
+                        what.push(format!("~{} ({})", b.address, s.join(", ")));
+                    }
+                    BackendChange::Kept { .. } => {}
+                }
+            }
+            what.extend(v.removed_backends.iter().map(|b| format!("-{}", b.address)));
+            if !what.is_empty() {
+                parts.push(format!("VIP {}: {}", v.name, what.join(" ")));
+            }
+        }
+        for r in &self.removed {
+            parts.push(format!("VIP {} removed", r.name));
+        }
+        if !self.needs_restart.is_empty() {
+            parts.push(format!(
+                "needs a restart to apply: {}",
+                self.needs_restart.join(", ")
+            ));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}

@@ -1,0 +1,392 @@
+//! The reconcile logic against `FakeMaps`: adoption, plan/apply, the order
+//! of map writes. No root, no kernel.
+
+use std::net::SocketAddrV4;
+
+use lb_common::{NO_BACKEND, VipKey, backend_flags};
+
+use super::{
+    BackendChange, Lb, LbError, VipChange,
+    fake::{FakeMaps, Op},
+};
+use crate::{config::Config, health::State};
+
+/// A VIP: (name, port, table size, backends as (last octet, weight)).
+type VipDef<'a> = (&'a str, u16, u32, &'a [(u8, u32)]);
+
+fn config(vips: &[VipDef<'_>]) -> Config {
+    let mut s = String::from("interface = \"lo\"\n");
+    for (name, port, size, backends) in vips {
+        s += &format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"198.51.100.10\"\nport = {port}\ntable_size = {size}\n"
+        );
+        for (octet, weight) in *backends {
+            s += &format!(
+                "\n[[vip.backend]]\naddress = \"192.0.2.{octet}\"\nport = 80\nweight = {weight}\nmac = \"02:00:00:00:00:{octet:02x}\"\n"
+            );
+        }
+    }
+    Config::parse(&s).expect("valid config")
+}
+
+fn web(backends: &[(u8, u32)]) -> Config {
+    config(&[("web", 80, 251, backends)])
+}
+
+fn addr(octet: u8) -> SocketAddrV4 {
+    SocketAddrV4::new([192, 0, 2, octet].into(), 80)
+}
+
+/// An Lb on fresh fake maps with every backend up, and the log emptied.
+fn started(cfg: &Config) -> Lb<FakeMaps> {
+    let mut lb = Lb::start(FakeMaps::default(), cfg).unwrap();
+    let ids: Vec<u32> = lb
+        .vips()
+        .iter()
+        .flat_map(|v| v.backends.iter().map(|b| b.id))
+        .collect();
+    for id in ids {
+        lb.set_health(id, State::Up, "test").unwrap();
+    }
+    lb.maps_mut().take_log();
+    lb
+}
+
+fn id_of(lb: &Lb<FakeMaps>, vip: &str, octet: u8) -> u32 {
+    let v = &lb.vips()[lb.vip_index(vip).unwrap()];
+    v.backends
+        .iter()
+        .find(|b| b.addr == addr(octet))
+        .unwrap()
+        .id
+}
+
+/// The fake's ring for VIP `vi`, as the XDP program would read it.
+fn ring_of(lb: &Lb<FakeMaps>, vi: usize) -> Vec<u32> {
+    let info = lb.vips()[vi].info;
+    lb.maps().ring[info.ring_base as usize..(info.ring_base + info.ring_size) as usize].to_vec()
+}
+
+#[test]
+fn adoption_writes_nothing_that_need_not_change() {
+    let cfg = web(&[(10, 1), (11, 1), (12, 1)]);
+    let mut lb = started(&cfg);
+    lb.set_health(id_of(&lb, "web", 12), State::Down, "test")
+        .unwrap();
+    let table = lb.vips()[0].table.clone();
+    let ids: Vec<u32> = lb.vips()[0].backends.iter().map(|b| b.id).collect();
+    let mut pinned = lb.into_maps();
+    pinned.take_log();
+
+    let lb2 = Lb::start(pinned, &cfg).unwrap();
+    assert_eq!(
+        lb2.maps().log,
+        Vec::<Op>::new(),
+        "adoption wrote to the maps"
+    );
+    assert_eq!(lb2.vips()[0].table, table);
+    let ids2: Vec<u32> = lb2.vips()[0].backends.iter().map(|b| b.id).collect();
+    assert_eq!(ids2, ids);
+    let health: Vec<Option<State>> = lb2.vips()[0].backends.iter().map(|b| b.health).collect();
+    assert_eq!(health, [Some(State::Up), Some(State::Up), None]);
+    // And a reload of the same file plans nothing.
+    let plan = lb2.plan_config(&cfg, Vec::new()).unwrap();
+    assert!(plan.is_empty(), "{plan}");
+    assert_eq!(plan.to_string(), "no changes");
+}
+
+#[test]
+fn adoption_plans_a_table_size_the_file_changed() {
+    let mut pinned = started(&web(&[(10, 1), (11, 1)])).into_maps();
+    pinned.take_log();
+    let lb = Lb::start(
+        pinned.clone(),
+        &config(&[("web", 80, 509, &[(10, 1), (11, 1)])]),
+    );
+    let lb = lb.unwrap();
+    assert_eq!(lb.vips()[0].info.ring_size, 509);
+    // The plan made at start said so (the adopted state carries the old size).
+    let adopted = Lb::start(pinned, &web(&[(10, 1), (11, 1)])).unwrap();
+    let plan = adopted
+        .plan_config(
+            &config(&[("web", 80, 509, &[(10, 1), (11, 1)])]),
+            Vec::new(),
+        )
+        .unwrap();
+    assert_eq!(plan.to_string(), "VIP web: table_size 251 -> 509");
+}
+
+#[test]
+fn failover_marks_dead_before_rewriting_slots() {
+    let mut lb = started(&web(&[(10, 1), (11, 1), (12, 1)]));
+    let victim = id_of(&lb, "web", 11);
+    let owned = lb.vips()[0].table.iter().filter(|&&s| s == victim).count();
+    lb.set_health(victim, State::Down, "test").unwrap();
+    let log = lb.maps_mut().take_log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    let Op::SetBackend(id, info) = log[0] else {
+        panic!("first write is not the backend entry: {log:?}")
+    };
+    assert_eq!(id, victim);
+    assert_eq!(info.flags & backend_flags::ALIVE, 0);
+    let Op::WriteRing { slots, .. } = &log[1] else {
+        panic!("second write is not the ring: {log:?}")
+    };
+    assert_eq!(slots.len(), owned);
+    assert!(slots.iter().all(|&(_, id)| id != victim));
+    assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
+}
+
+#[test]
+fn reused_id_is_purged_before_reuse() {
+    let mut lb = started(&web(&[(10, 1), (11, 1), (12, 1)]));
+    let gone = id_of(&lb, "web", 11);
+    let kept = id_of(&lb, "web", 10);
+    lb.maps_mut().pin(0, [203, 0, 113, 1], gone, 1);
+    lb.maps_mut().pin(0, [203, 0, 113, 2], kept, 1);
+
+    // One reload drops .11 and adds .13, which gets .11's id.
+    lb.apply_config(&web(&[(10, 1), (12, 1), (13, 1)])).unwrap();
+    assert_eq!(id_of(&lb, "web", 13), gone);
+    let log = lb.maps_mut().take_log();
+    let purge = log
+        .iter()
+        .position(|op| matches!(op, Op::Purge(p) if p == &[(0, gone)]))
+        .unwrap_or_else(|| panic!("no purge of id {gone}: {log:?}"));
+    let cleared = log
+        .iter()
+        .position(|op| matches!(op, Op::SetBackend(id, i) if *id == gone && i.flags == 0))
+        .expect("the freed id is cleared");
+    let reused = log
+        .iter()
+        .position(|op| matches!(op, Op::SetBackend(id, i) if *id == gone && i.flags != 0))
+        .expect("the id is written for its new backend");
+    assert!(cleared < reused && purge < reused, "{log:?}");
+    // The client of the kept backend is still pinned; the other is gone.
+    assert_eq!(lb.maps().affinity.len(), 1);
+    assert_eq!(lb.maps().affinity.values().next().unwrap().backend_id, kept);
+}
+
+#[test]
+fn rename_keeps_id_table_and_key() {
+    let mut lb = started(&web(&[(10, 1), (11, 1)]));
+    let (id, table) = (lb.vips()[0].id, lb.vips()[0].table.clone());
+    let renamed = config(&[("www", 80, 251, &[(10, 1), (11, 1)])]);
+    let plan = lb.plan_config(&renamed, Vec::new()).unwrap();
+    assert_eq!(plan.to_string(), "VIP www: renamed from web");
+    assert!(matches!(
+        &plan.vips[0].change,
+        VipChange::Kept { renamed_from: Some(n), settings } if n == "web" && settings.is_empty()
+    ));
+    lb.apply(plan).unwrap();
+    assert_eq!(lb.vips()[0].name, "www");
+    assert_eq!(lb.vips()[0].id, id);
+    assert_eq!(lb.vips()[0].table, table);
+    assert_eq!(lb.maps_mut().take_log(), Vec::<Op>::new());
+}
+
+#[test]
+fn key_swap_keeps_both_vips_in_the_map() {
+    let a = &[(10, 1)][..];
+    let b = &[(20, 1)][..];
+    let mut lb = started(&config(&[("a", 81, 251, a), ("b", 82, 251, b)]));
+    let ids = (lb.vips()[0].id, lb.vips()[1].id);
+    let plan = lb
+        .plan_config(&config(&[("a", 82, 251, a), ("b", 81, 251, b)]), Vec::new())
+        .unwrap();
+    assert_eq!(
+        plan.to_string(),
+        "VIP a: address/port/protocol 198.51.100.10:81/tcp -> 198.51.100.10:82/tcp; \
+         VIP b: address/port/protocol 198.51.100.10:82/tcp -> 198.51.100.10:81/tcp"
+    );
+    lb.apply(plan).unwrap();
+    let key = |port| VipKey::new([198, 51, 100, 10].into(), port, 6);
+    let vips = &lb.maps().vips;
+    assert_eq!(vips.len(), 2);
+    assert_eq!(vips[&key(82)].vip_id, ids.0);
+    assert_eq!(vips[&key(81)].vip_id, ids.1);
+    let log = lb.maps_mut().take_log();
+    assert!(
+        !log.iter().any(|op| matches!(op, Op::RemoveVip(_))),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn refused_plan_changes_nothing() {
+    // Three big tables; growing the second leaves a hole where it was, and
+    // growing the third then finds no contiguous space although the sizes
+    // are valid. The plan is refused before anything changes.
+    let vips = |sizes: [u32; 3]| {
+        config(&[
+            ("a", 80, sizes[0], &[(10, 1)]),
+            ("b", 81, sizes[1], &[(11, 1)]),
+            ("c", 82, sizes[2], &[(12, 1)]),
+        ])
+    };
+    let mut lb = started(&vips([500_009, 500_009, 500_009]));
+    lb.apply_config(&vips([500_009, 510_007, 500_009])).unwrap();
+    let before_maps = lb.maps().vips.clone();
+    let before: Vec<_> = lb
+        .vips()
+        .iter()
+        .map(|v| (v.info, v.table.clone()))
+        .collect();
+    lb.maps_mut().take_log();
+    let mut too_far = vips([500_009, 510_007, 520_019]);
+    // Also a backend change that must not be applied either.
+    too_far.vips[0].backends[0].weight = 7;
+    let err = lb.apply_config(&too_far).unwrap_err();
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    assert_eq!(lb.maps_mut().take_log(), Vec::<Op>::new());
+    assert_eq!(lb.maps().vips, before_maps);
+    let after: Vec<_> = lb
+        .vips()
+        .iter()
+        .map(|v| (v.info, v.table.clone()))
+        .collect();
+    assert_eq!(after, before);
+    assert_eq!(lb.vips()[0].backends[0].weight, 1);
+}
+
+#[test]
+fn exhausted_ids_are_refused_before_anything_changes() {
+    let lb = started(&web(&[(10, 1)]));
+    // More VIPs than there are ids (the file's validation stops this; a
+    // plan must stop it on its own as well).
+    let mut desired = lb.desired();
+    for i in 0..lb_common::MAX_VIPS {
+        let mut v = desired[0].clone();
+        v.cfg.name = format!("v{i}");
+        v.cfg.port = 1000 + i as u16;
+        desired.push(v);
+    }
+    let Err(e) = lb.plan(desired, Vec::new()) else {
+        panic!("a plan past the VIP ids was accepted")
+    };
+    assert!(matches!(e, LbError::Exhausted(_, "VIP")), "{e}");
+}
+
+#[test]
+fn reload_after_live_changes_reports_what_it_reverts() {
+    let cfg = web(&[(10, 1), (11, 1), (12, 1)]);
+    let mut lb = started(&cfg);
+    lb.set_drain("web", addr(10), true).unwrap();
+    lb.set_weight("web", addr(11), 5).unwrap();
+    let added = lb
+        .add_backend("web", addr(13), 1, Some([2, 0, 0, 0, 0, 13]))
+        .unwrap();
+    lb.maps_mut().take_log();
+
+    let plan = lb.plan_config(&cfg, Vec::new()).unwrap();
+    assert!(!plan.is_empty());
+    assert_eq!(
+        plan.to_string(),
+        "VIP web: ~192.0.2.10:80 (drained yes -> no) ~192.0.2.11:80 (weight 5 -> 1) -192.0.2.13:80"
+    );
+    let removed = &plan.vips[0].removed_backends;
+    assert_eq!((removed[0].address, removed[0].id), (addr(13), added));
+    lb.apply(plan).unwrap();
+    assert!(lb.plan_config(&cfg, Vec::new()).unwrap().is_empty());
+    let b = &lb.vips()[0].backends;
+    assert!(!b[0].drained);
+    assert_eq!(b[1].weight, 1);
+    assert_eq!(b.len(), 3);
+}
+
+#[test]
+fn live_changes_take_the_plan_path() {
+    let mut lb = started(&web(&[(10, 1), (11, 1)]));
+    // A drain writes only slots (the entry says nothing of draining).
+    let r = lb.set_drain("web", addr(10), true).unwrap();
+    let log = lb.maps_mut().take_log();
+    assert!(r.slots_written > 0);
+    assert!(
+        matches!(&log[..], [Op::WriteRing { slots, .. }] if slots.len() == r.slots_written),
+        "{log:?}"
+    );
+    // A live-added backend is written, not yet alive, and owns no slot.
+    let id = lb.add_backend("web", addr(12), 1, None).unwrap();
+    let log = lb.maps_mut().take_log();
+    assert!(
+        matches!(&log[..], [Op::SetBackend(i, info)] if *i == id && !info.is_alive()),
+        "{log:?}"
+    );
+    // Removing it clears and purges.
+    lb.remove_backend(0, addr(12)).unwrap();
+    let log = lb.maps_mut().take_log();
+    assert!(
+        log.iter()
+            .any(|op| matches!(op, Op::SetBackend(i, info) if *i == id && info.flags == 0))
+    );
+    assert!(log.iter().any(|op| matches!(op, Op::Purge(_))));
+    // Errors name what is wrong, and change nothing.
+    assert!(matches!(
+        lb.set_weight("web", addr(99), 1),
+        Err(LbError::UnknownBackend { .. })
+    ));
+    assert!(matches!(
+        lb.set_drain("nope", addr(10), true),
+        Err(LbError::UnknownVip(_))
+    ));
+    assert_eq!(lb.maps_mut().take_log(), Vec::<Op>::new());
+}
+
+#[test]
+fn stale_plan_is_refused() {
+    let mut lb = started(&web(&[(10, 1), (11, 1)]));
+    let plan = lb.plan_config(&web(&[(10, 1)]), Vec::new()).unwrap();
+    lb.set_health(id_of(&lb, "web", 10), State::Down, "test")
+        .unwrap();
+    lb.maps_mut().take_log();
+    assert!(matches!(lb.apply(plan), Err(LbError::StalePlan)));
+    assert_eq!(lb.maps_mut().take_log(), Vec::<Op>::new());
+    assert_eq!(lb.vips()[0].backends.len(), 2);
+}
+
+#[test]
+fn plan_lists_additions_removals_and_restart_only_fields() {
+    let lb = started(&config(&[
+        ("a", 81, 251, &[(10, 1)]),
+        ("b", 82, 251, &[(11, 1)]),
+    ]));
+    let plan = lb
+        .plan_config(
+            &config(&[
+                ("a", 81, 251, &[(10, 2), (12, 1)]),
+                ("c", 83, 251, &[(13, 1)]),
+            ]),
+            vec!["hash_seed".into()],
+        )
+        .unwrap();
+    assert_eq!(
+        plan.to_string(),
+        "VIP a: ~192.0.2.10:80 (weight 1 -> 2) +192.0.2.12:80; VIP c added with 1 backends; \
+         VIP b removed; needs a restart to apply: hash_seed"
+    );
+    assert!(matches!(
+        plan.vips[0].backends[1].change,
+        BackendChange::Added
+    ));
+    assert_eq!(plan.vips[1].change, VipChange::Added);
+    // The VIP added reuses the removed one's id only after it is purged.
+    assert_eq!(plan.vips[1].id, plan.removed[0].id);
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["vips"][1]["change"], "added");
+    assert_eq!(json["removed"][0]["name"], "b");
+    assert_eq!(json["needs_restart"][0], "hash_seed");
+}
+
+#[test]
+fn added_vip_fills_its_table_before_it_is_published() {
+    let mut lb = started(&web(&[(10, 1)]));
+    lb.apply_config(&config(&[
+        ("web", 80, 251, &[(10, 1)]),
+        ("api", 81, 7, &[(20, 1)]),
+    ]))
+    .unwrap();
+    let log = lb.maps_mut().take_log();
+    let ring = log.iter().position(|op| matches!(op, Op::WriteRing { slots, .. } if slots.iter().all(|&(_, v)| v == NO_BACKEND)));
+    let vip = log.iter().position(|op| matches!(op, Op::SetVip(..)));
+    assert!(ring.unwrap() < vip.unwrap(), "{log:?}");
+}
