@@ -179,6 +179,31 @@ fn daemon_failover_restart_reload_and_cli() {
     assert_eq!(flows(&d), flows_before, "affinity entries after reload");
     assert_eq!(sweep(&topo, &clients), after, "clients after reload");
 
+    // A reload after live changes reports exactly what it changes: it
+    // brings the running state back to the file, live changes included.
+    let (b1, b2) = (backend_addr(1), backend_addr(2));
+    for args in [
+        &["backend", "drain", "--vip", "web", &format!("{b1}:80")][..],
+        &["backend", "weight", "--vip", "web", &format!("{b2}:80"), "4"][..],
+    ] {
+        let (code, out, err) = d.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (code, out, err) = d.cli(&["--json", "reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["changed"], true, "{out}");
+    assert_eq!(
+        reply["diff"],
+        format!("VIP web: ~{b1}:80 (drained yes -> no) ~{b2}:80 (weight 4 -> 1)"),
+        "{out}"
+    );
+    let vip = &d.vips().unwrap()[0];
+    assert!(vip.backends.iter().all(|b| !b.drained), "{vip:?}");
+    assert_eq!(vip.backends[2].weight, 1);
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!((code, out.trim()), (0, "reloaded: no changes"), "{err}");
+
     cli_checks(&d, clients[0]);
 
     // A restart with another interface than the running one's is refused
