@@ -21,7 +21,7 @@ use crate::{
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
     health::{self, CheckSpec, CheckerHandle, Probe, State},
     lb::Lb,
-    metrics, neigh,
+    metrics, neigh, netdev,
 };
 
 #[derive(Clone, Debug)]
@@ -168,13 +168,7 @@ impl Daemon {
         }
         let mut applied = new.clone();
         // Keep the running values of what cannot change without a restart.
-        applied.interface = self.cfg.interface.clone();
-        applied.xdp_mode = self.cfg.xdp_mode;
-        applied.pin_path = self.cfg.pin_path.clone();
-        applied.control_socket = self.cfg.control_socket.clone();
-        applied.metrics_listen = self.cfg.metrics_listen;
-        applied.affinity_capacity = self.cfg.affinity_capacity;
-        applied.hash_seed = self.cfg.hash_seed;
+        applied.keep_restart_only_fields(&self.cfg);
         self.lb.apply_config(&applied)?;
         self.cfg = applied;
         self.sync_checkers();
@@ -289,19 +283,6 @@ fn ensure_bpffs(pin_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("create pin folder {}", pin_path.display()))
 }
 
-fn ifname(index: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return format!("#{index}");
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// A pinned link from an earlier run must be on the configured interface;
 /// one whose interface has gone is stale and removed.
 fn check_pinned_link(link_pin: &Path, interface: &str) -> anyhow::Result<()> {
@@ -318,15 +299,12 @@ fn check_pinned_link(link_pin: &Path, interface: &str) -> anyhow::Result<()> {
         std::fs::remove_file(link_pin)?;
         return Ok(());
     }
-    let c = std::ffi::CString::new(interface)?;
-    // SAFETY: c is NUL-terminated.
-    let want = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if have != want {
+    if netdev::ifindex(interface) != Some(have) {
         bail!(
             "the running stickylb (pinned at {}) is attached to {}, but the config says {interface}; \
              start with --fresh to move it",
             link_pin.parent().unwrap_or(link_pin).display(),
-            ifname(have)
+            netdev::ifname(have)
         );
     }
     Ok(())

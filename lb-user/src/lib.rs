@@ -8,10 +8,12 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fmt;
 pub mod health;
 pub mod lb;
 pub mod metrics;
 pub mod neigh;
+pub mod netdev;
 pub mod util;
 
 /// The compiled XDP program, embedded at build time by build.rs.
