@@ -16,12 +16,12 @@ use tokio::{
 };
 
 use crate::{
-    config::{CheckKind, Config, HealthConfig, XdpModeSetting, diff, parse_mac},
+    config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
     health::{self, CheckSpec, CheckerHandle, Probe, State},
     lb::Lb,
-    metrics, neigh,
+    metrics, neigh, netdev,
 };
 
 #[derive(Clone, Debug)]
@@ -159,7 +159,12 @@ impl Daemon {
     /// invalid file changes nothing; global fields need a restart.
     fn reload(&mut self) -> anyhow::Result<serde_json::Value> {
         let new = Config::load(&self.opts.config_path)?;
-        let needs_restart = diff(&self.cfg, &new).global_changed;
+        let needs_restart: Vec<String> = self
+            .cfg
+            .restart_only_changes(&new)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         // Planned against the running state, live changes included, so the
         // report says exactly what this reload changes.
         let plan = self.lb.plan_config(&new, needs_restart.clone())?;
@@ -171,13 +176,7 @@ impl Daemon {
         }
         let mut applied = new;
         // Keep the running values of what cannot change without a restart.
-        applied.interface = self.cfg.interface.clone();
-        applied.xdp_mode = self.cfg.xdp_mode;
-        applied.pin_path = self.cfg.pin_path.clone();
-        applied.control_socket = self.cfg.control_socket.clone();
-        applied.metrics_listen = self.cfg.metrics_listen;
-        applied.affinity_capacity = self.cfg.affinity_capacity;
-        applied.hash_seed = self.cfg.hash_seed;
+        applied.keep_restart_only_fields(&self.cfg);
         let summary = plan.to_string();
         let changed = !plan.is_empty();
         self.lb.apply(plan.clone())?;
@@ -295,19 +294,6 @@ fn ensure_bpffs(pin_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("create pin folder {}", pin_path.display()))
 }
 
-fn ifname(index: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return format!("#{index}");
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// A pinned link from an earlier run must be on the configured interface;
 /// one whose interface has gone is stale and removed.
 fn check_pinned_link(link_pin: &Path, interface: &str) -> anyhow::Result<()> {
@@ -324,15 +310,12 @@ fn check_pinned_link(link_pin: &Path, interface: &str) -> anyhow::Result<()> {
         std::fs::remove_file(link_pin)?;
         return Ok(());
     }
-    let c = std::ffi::CString::new(interface)?;
-    // SAFETY: c is NUL-terminated.
-    let want = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if have != want {
+    if netdev::ifindex(interface) != Some(have) {
         bail!(
             "the running stickylb (pinned at {}) is attached to {}, but the config says {interface}; \
              start with --fresh to move it",
             link_pin.parent().unwrap_or(link_pin).display(),
-            ifname(have)
+            netdev::ifname(have)
         );
     }
     Ok(())

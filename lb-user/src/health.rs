@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::fmt::fmt_duration;
+
 /// How a backend is probed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -368,17 +370,6 @@ fn io_detail(e: &io::Error) -> String {
     }
 }
 
-/// "500ms", "2s", "1500ms": the units an operator wrote in the configuration.
-fn fmt_duration(d: Duration) -> String {
-    if d >= Duration::from_secs(1) && d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d >= Duration::from_millis(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}µs", d.as_micros())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,14 +519,6 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
-    }
-
-    #[test]
-    fn durations_are_shown_in_configuration_units() {
-        assert_eq!(fmt_duration(Duration::from_millis(500)), "500ms");
-        assert_eq!(fmt_duration(Duration::from_secs(2)), "2s");
-        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(fmt_duration(Duration::from_micros(250)), "250µs");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod health;
 pub mod lb;
 pub mod metrics;
 pub mod neigh;
+pub mod netdev;
 pub mod util;
 
 /// The compiled XDP program, embedded at build time by build.rs.

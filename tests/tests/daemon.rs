@@ -184,7 +184,14 @@ fn daemon_failover_restart_reload_and_cli() {
     let (b1, b2) = (backend_addr(1), backend_addr(2));
     for args in [
         &["backend", "drain", "--vip", "web", &format!("{b1}:80")][..],
-        &["backend", "weight", "--vip", "web", &format!("{b2}:80"), "4"][..],
+        &[
+            "backend",
+            "weight",
+            "--vip",
+            "web",
+            &format!("{b2}:80"),
+            "4",
+        ][..],
     ] {
         let (code, out, err) = d.cli(args);
         assert_eq!(code, 0, "{args:?}: {out}{err}");

@@ -14,7 +14,10 @@ use super::{
     Lb, LbError, Maps, Result,
     state::{BackendSpec, RingAlloc, VipSpec},
 };
-use crate::{config::VipConfig, fmt::fmt_duration};
+use crate::{
+    config::VipConfig,
+    fmt::{fmt_duration, fmt_mac},
+};
 
 /// Everything one change of the desired state does.
 #[derive(Clone, Debug, Serialize)]
@@ -166,9 +169,7 @@ fn backend_settings(old: &BackendSpec, new: &BackendSpec) -> Vec<SettingChange> 
         out.push(setting("drained", yes_no(old.drained), yes_no(new.drained)));
     }
     if old.cfg.mac != new.cfg.mac {
-        let mac = |m: Option<[u8; 6]>| {
-            m.map_or("(neighbour table)".to_owned(), |m| crate::fmt::fmt_mac(&m))
-        };
+        let mac = |m: Option<[u8; 6]>| m.map_or("(neighbour table)".to_owned(), |m| fmt_mac(&m));
         out.push(setting("mac", mac(old.cfg.mac), mac(new.cfg.mac)));
     }
     if old.cfg.health != new.cfg.health {

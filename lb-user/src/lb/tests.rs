@@ -390,3 +390,50 @@ fn added_vip_fills_its_table_before_it_is_published() {
     let vip = log.iter().position(|op| matches!(op, Op::SetVip(..)));
     assert!(ring.unwrap() < vip.unwrap(), "{log:?}");
 }
+
+#[test]
+fn order_in_the_file_is_not_a_change() {
+    let lb = started(&web(&[(10, 1), (11, 2), (12, 1)]));
+    let plan = lb
+        .plan_config(&web(&[(12, 1), (10, 1), (11, 2)]), Vec::new())
+        .unwrap();
+    assert!(plan.is_empty(), "{plan}");
+}
+
+#[test]
+fn a_health_default_change_reaches_every_backend() {
+    let cfg = web(&[(10, 1), (11, 1)]);
+    let lb = started(&cfg);
+    let mut new = cfg.clone();
+    for b in &mut new.vips[0].backends {
+        b.health.rise = 4;
+    }
+    new.vips[0].health.rise = 4;
+    let plan = lb.plan_config(&new, Vec::new()).unwrap();
+    let changed: Vec<_> = plan.vips[0]
+        .backends
+        .iter()
+        .filter(|b| matches!(&b.change, BackendChange::Kept { settings } if settings[0].field == "health"))
+        .map(|b| b.address)
+        .collect();
+    assert_eq!(changed, [addr(10), addr(11)]);
+    assert!(
+        matches!(&plan.vips[0].change, VipChange::Kept { settings, .. } if settings.len() == 1),
+        "{plan}"
+    );
+}
+
+#[test]
+fn vip_settings_are_reported_old_and_new() {
+    let lb = started(&web(&[(10, 1)]));
+    let mut new = web(&[(10, 1)]);
+    new.vips[0].port = 8080;
+    new.vips[0].table_size = 509;
+    new.vips[0].affinity_timeout = std::time::Duration::from_secs(60);
+    let plan = lb.plan_config(&new, Vec::new()).unwrap();
+    assert_eq!(
+        plan.to_string(),
+        "VIP web: address/port/protocol 198.51.100.10:80/tcp -> 198.51.100.10:8080/tcp \
+         table_size 251 -> 509 affinity_timeout 5m -> 1m"
+    );
+}

@@ -1,0 +1,362 @@
+//! The daemon's configuration file (TOML), documented field by field in
+//! docs/config.md.
+//!
+//! This module is the schema: the resolved types the rest of the daemon
+//! reads, their defaults and the errors. Beside it:
+//! - `raw`: the file as written, and how health settings cascade
+//!   (`[health]` → `[vip.health]` → `[vip.backend.health]`). Only the file
+//!   knows which fields were set at each level, so the public types hold the
+//!   resolved values and the rest of the daemon never re-applies the cascade.
+//! - `validate`: every rule a file must meet, reported all at once.
+//! - `environment`: what the machine must offer for the file to run on it.
+//! - `restart`: the global fields that only take effect on a restart.
+//! - `diff`: what a reload changes.
+//!
+//! `Config::parse` reports every validation problem at once; a syntax error
+//! (bad value, unknown field) stops parsing at the first one, as toml does.
+
+mod environment;
+mod raw;
+mod restart;
+#[cfg(test)]
+mod testutil;
+mod validate;
+
+pub use raw::parse_mac;
+pub use validate::backend_problems;
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Where the maps are pinned unless `pin_path` says otherwise.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/stickylb";
+/// Where the daemon listens for CLI commands unless `control_socket` says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/stickylb/stickylb.sock";
+/// Where Prometheus metrics are served unless `metrics_listen` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9321));
+/// The value of `metrics_listen` that turns the metrics endpoint off.
+pub const METRICS_OFF: &str = "off";
+/// Weights feed Maglev's turn-taking; beyond this, shares stop being
+/// meaningful and the per-round arithmetic risks overflow.
+pub const MAX_WEIGHT: u32 = 65_535;
+
+/// The whole configuration file, with every default filled in and every
+/// health override resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    /// The NIC the XDP program is attached to.
+    pub interface: String,
+    pub xdp_mode: XdpModeSetting,
+    /// Directory (on bpffs) where the maps are pinned.
+    pub pin_path: PathBuf,
+    /// Unix socket the CLI talks to.
+    pub control_socket: PathBuf,
+    /// Prometheus endpoint; `None` when the file says `"off"`.
+    #[serde(serialize_with = "raw::ser_metrics_listen")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Entries of the affinity LRU table, shared by all VIPs.
+    pub affinity_capacity: u32,
+    /// Seed of the client hash; every node serving the same VIPs must agree on it.
+    pub hash_seed: u32,
+    /// `[health]`: the defaults every VIP and backend starts from.
+    pub health: HealthConfig,
+    /// Serialized as `vip`, like the file, so a printed config loads back.
+    #[serde(rename = "vip")]
+    pub vips: Vec<VipConfig>,
+}
+
+/// How to attach the XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Driver mode, falling back to skb mode (with a warning) when the NIC's
+    /// driver has no native XDP.
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+/// One virtual service.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VipConfig {
+    /// Identity of the VIP across reloads, and its label in metrics and the CLI.
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// How long a quiet client keeps its backend.
+    #[serde(serialize_with = "raw::ser_duration")]
+    pub affinity_timeout: Duration,
+    /// Maglev table size (a prime).
+    pub table_size: u32,
+    pub forwarding: Forwarding,
+    /// `[health]` overridden by the fields set in `[vip.health]`.
+    pub health: HealthConfig,
+    #[serde(rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// How frames reach the backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// L2 direct server return: only MAC addresses are rewritten.
+    #[default]
+    Dsr,
+}
+
+/// One backend of a VIP.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendConfig {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Relative share of new clients; 0 drains the backend.
+    pub weight: u32,
+    /// `None`: resolved from the kernel's neighbour table.
+    #[serde(
+        serialize_with = "raw::ser_mac",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac: Option<[u8; 6]>,
+    /// The VIP's health overridden by the fields set in `[vip.backend.health]`.
+    pub health: HealthConfig,
+}
+
+/// How a backend's health is checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthConfig {
+    pub kind: CheckKind,
+    #[serde(serialize_with = "raw::ser_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "raw::ser_duration")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a dead backend back.
+    pub rise: u32,
+    /// Consecutive failures that mark an alive backend dead.
+    pub fall: u32,
+    /// `None`: the backend's own port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// HTTP only.
+    pub path: String,
+    /// HTTP only.
+    pub expect_status: u16,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect.
+    #[default]
+    Tcp,
+    /// An HTTP/1.1 GET of `path`, expecting `expect_status`.
+    Http,
+}
+
+/// One thing wrong with a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, e.g. `vip "web" backend 10.0.0.12:80 weight`.
+    pub path: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse config: {0}")]
+    Syntax(String),
+    #[error("{}", InvalidList(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl Config {
+    /// Parses, resolves and validates a configuration file's text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_checking(text, false)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::parse(&read(path)?)
+    }
+
+    /// `load`, plus the problems of running the file on this machine
+    /// (`check_environment`), all reported together: what `stickylb check`
+    /// and `stickylb run` use.
+    pub fn load_for_this_machine(path: &Path) -> Result<Config, ConfigError> {
+        Self::parse_checking(&read(path)?, true)
+    }
+
+    fn parse_checking(text: &str, environment: bool) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_owned()))?;
+        let config = raw.resolve();
+        let mut problems = config.validate();
+        if environment {
+            problems.extend(config.check_environment());
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The VIP with this name.
+    pub fn vip(&self, name: &str) -> Option<&VipConfig> {
+        self.vips.iter().find(|v| v.name == name)
+    }
+}
+
+impl VipConfig {
+    /// The affinity timeout as the data path stores it.
+    pub fn affinity_timeout_ns(&self) -> u64 {
+        u64::try_from(self.affinity_timeout.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl BackendConfig {
+    /// Identity of the backend inside its VIP, across reloads.
+    pub fn key(&self) -> (Ipv4Addr, u16) {
+        (self.address, self.port)
+    }
+
+    /// The string that seeds the backend's Maglev permutation (`address:port`),
+    /// so every node builds the same table from the same backends.
+    pub fn identity(&self) -> String {
+        format!("{}:{}", self.address, self.port)
+    }
+
+    /// The port health checks connect to.
+    pub fn health_port(&self) -> u16 {
+        self.health.port.unwrap_or(self.port)
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+            port: None,
+            path: "/".to_owned(),
+            expect_status: 200,
+        }
+    }
+}
+
+impl Protocol {
+    /// The IP protocol number, as the data path's `VipKey` holds it.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::proto::TCP,
+            Self::Udp => lb_common::proto::UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+impl fmt::Display for XdpModeSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+        })
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Dsr => "dsr",
+        })
+    }
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+        })
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+struct InvalidList<'a>(&'a [Problem]);
+
+impl fmt::Display for InvalidList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "invalid config: {n} problem{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in self.0 {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems in the order they are found, which is the order of the file.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,470 @@
+//! The rules a configuration must meet, checked without touching the
+//! machine, every problem reported at once.
+
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+
+use lb_common::{
+    AFFINITY_REFRESH_NS, DEFAULT_AFFINITY_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS,
+    RING_POOL_SIZE,
+    maglev::{is_prime, next_prime},
+};
+
+use super::{
+    BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_PATH, HealthConfig, MAX_WEIGHT,
+    Problem, Problems, Protocol, VipConfig,
+};
+use crate::fmt::{fmt_duration, fmt_mac};
+
+#[cfg(test)]
+mod tests;
+
+/// The kernel keeps interface names in IFNAMSIZ (16) bytes, NUL included.
+pub(super) const MAX_INTERFACE_LEN: usize = 15;
+/// sun_path holds 108 bytes, NUL included; a longer socket path cannot be bound.
+const MAX_SOCKET_PATH_LEN: usize = 107;
+const MIN_TABLE_SIZE: u32 = 7;
+const MIN_AFFINITY_CAPACITY: u32 = 1024;
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
+
+impl Config {
+    /// Every problem with this configuration; empty when it is usable.
+    /// Touches nothing outside `self` (see `check_environment` for that).
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Problems::default();
+        self.validate_globals(&mut out);
+        self.validate_vip_set(&mut out);
+        let global_health = health_problems(&self.health);
+        for (path, message) in &global_health {
+            out.push(*path, message.clone());
+        }
+        let mut seen_names: HashMap<&str, usize> = HashMap::new();
+        let mut seen_keys: HashMap<(Ipv4Addr, u16, Protocol), usize> = HashMap::new();
+        for (i, vip) in self.vips.iter().enumerate() {
+            let label = vip_label(i, &vip.name);
+            if let Some(&first) = seen_names.get(vip.name.as_str()) {
+                out.push(&label, format!("duplicate name (also vip #{})", first + 1));
+            } else {
+                seen_names.insert(&vip.name, i);
+            }
+            let key = (vip.address, vip.port, vip.protocol);
+            if let Some(&first) = seen_keys.get(&key) {
+                out.push(
+                    &label,
+                    format!(
+                        "{}:{}/{} is also served by {}; each (address, port, protocol) \
+                         belongs to one VIP only",
+                        vip.address,
+                        vip.port,
+                        vip.protocol,
+                        vip_label(first, &self.vips[first].name)
+                    ),
+                );
+            } else {
+                seen_keys.insert(key, i);
+            }
+            validate_vip(vip, &label, &global_health, &mut out);
+        }
+        out.0
+    }
+
+    fn validate_globals(&self, out: &mut Problems) {
+        let iface = &self.interface;
+        if iface.is_empty() {
+            out.push(
+                "interface",
+                "is empty: name the NIC to attach XDP to, e.g. \"eth0\"",
+            );
+        } else if iface.len() > MAX_INTERFACE_LEN {
+            out.push(
+                "interface",
+                format!(
+                    "{iface:?} is {} bytes long; Linux interface names are at most \
+                     {MAX_INTERFACE_LEN}",
+                    iface.len()
+                ),
+            );
+        } else if !is_valid_interface_name(iface) {
+            out.push(
+                "interface",
+                format!(
+                    "{iface:?} cannot be an interface name: no '/', ':' or whitespace, \
+                     and not \".\" or \"..\""
+                ),
+            );
+        }
+        if !self.pin_path.is_absolute() {
+            out.push(
+                "pin_path",
+                format!(
+                    "{:?} is relative; use an absolute path on bpffs, e.g. {DEFAULT_PIN_PATH:?}",
+                    self.pin_path
+                ),
+            );
+        }
+        if !self.control_socket.is_absolute() {
+            out.push(
+                "control_socket",
+                format!(
+                    "{:?} is relative; use an absolute path, e.g. {DEFAULT_CONTROL_SOCKET:?}",
+                    self.control_socket
+                ),
+            );
+        }
+        let socket_len = self.control_socket.as_os_str().len();
+        if socket_len > MAX_SOCKET_PATH_LEN {
+            out.push(
+                "control_socket",
+                format!(
+                    "path is {socket_len} bytes long; a Unix socket path is at most \
+                     {MAX_SOCKET_PATH_LEN}"
+                ),
+            );
+        }
+        if self.affinity_capacity < MIN_AFFINITY_CAPACITY {
+            out.push(
+                "affinity_capacity",
+                format!(
+                    "{} is too small: must be at least {MIN_AFFINITY_CAPACITY} \
+                     (default {DEFAULT_AFFINITY_CAPACITY})",
+                    self.affinity_capacity
+                ),
+            );
+        }
+    }
+
+    /// Limits that apply to all VIPs together: the data path's maps are sized
+    /// once, at load time.
+    fn validate_vip_set(&self, out: &mut Problems) {
+        if self.vips.is_empty() {
+            out.push(
+                "vip",
+                "no VIPs: add at least one [[vip]] table with its [[vip.backend]]s",
+            );
+        }
+        if self.vips.len() > MAX_VIPS as usize {
+            out.push(
+                "vip",
+                format!(
+                    "{} VIPs, more than the {MAX_VIPS} the data path holds",
+                    self.vips.len()
+                ),
+            );
+        }
+        let backends: usize = self.vips.iter().map(|v| v.backends.len()).sum();
+        if backends > MAX_BACKENDS as usize {
+            out.push(
+                "vip",
+                format!(
+                    "{backends} backends over all VIPs, more than the {MAX_BACKENDS} the \
+                     data path holds"
+                ),
+            );
+        }
+        let tables: u64 = self.vips.iter().map(|v| u64::from(v.table_size)).sum();
+        let largest = self.vips.iter().map(|v| v.table_size).max().unwrap_or(0);
+        let needed = tables + u64::from(largest);
+        if needed > u64::from(RING_POOL_SIZE) {
+            out.push(
+                "vip",
+                format!(
+                    "the Maglev tables need {needed} ring slots ({tables} for the VIPs' \
+                     tables plus {largest} to build a replacement for the largest beside \
+                     it), more than the pool's {RING_POOL_SIZE}; use smaller table_size \
+                     values or fewer VIPs"
+                ),
+            );
+        }
+    }
+}
+
+/// Empty names cannot be quoted usefully, so they are named by position
+/// (1-based, as a person counts them in the file).
+fn vip_label(index: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("vip #{}", index + 1)
+    } else {
+        format!("vip {name:?}")
+    }
+}
+
+fn is_valid_vip_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The kernel's own rule (dev_valid_name), so a name we accept is one it could have.
+pub(super) fn is_valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+fn is_unicast(a: Ipv4Addr) -> bool {
+    !(a.is_unspecified() || a.is_multicast() || a.is_broadcast())
+}
+
+fn validate_vip(
+    vip: &VipConfig,
+    label: &str,
+    global_health: &[(&'static str, String)],
+    out: &mut Problems,
+) {
+    if vip.name.is_empty() {
+        out.push(
+            format!("{label} name"),
+            "is empty: give every VIP a name of letters, digits, '_', '.' and '-'",
+        );
+    } else if !is_valid_vip_name(&vip.name) {
+        out.push(
+            format!("{label} name"),
+            format!(
+                "{:?} has characters other than letters, digits, '_', '.' and '-'",
+                vip.name
+            ),
+        );
+    }
+    if !is_unicast(vip.address) {
+        out.push(
+            format!("{label} address"),
+            format!(
+                "{} is not a unicast address; a VIP is an address clients connect to",
+                vip.address
+            ),
+        );
+    }
+    if vip.port == 0 {
+        out.push(format!("{label} port"), "is 0: use a port from 1 to 65535");
+    }
+    if vip.table_size < MIN_TABLE_SIZE {
+        out.push(
+            format!("{label} table_size"),
+            format!(
+                "{} is too small: must be a prime of at least {MIN_TABLE_SIZE} \
+                 (default {DEFAULT_TABLE_SIZE})",
+                vip.table_size
+            ),
+        );
+    } else if !is_prime(vip.table_size) {
+        out.push(
+            format!("{label} table_size"),
+            format!(
+                "{} is not prime; Maglev needs a prime table size (next prime: {})",
+                vip.table_size,
+                next_prime(vip.table_size)
+            ),
+        );
+    }
+    if vip.backends.len() > vip.table_size as usize {
+        out.push(
+            format!("{label} table_size"),
+            format!(
+                "{} slots for {} backends: some backends would get none; use a prime \
+                 of at least 100 × the number of backends for even shares",
+                vip.table_size,
+                vip.backends.len()
+            ),
+        );
+    }
+    let min_timeout = Duration::from_nanos(2 * AFFINITY_REFRESH_NS);
+    if vip.affinity_timeout < min_timeout {
+        out.push(
+            format!("{label} affinity_timeout"),
+            format!(
+                "{} is too short: must be at least {}, because the data path refreshes \
+                 an entry's last-seen time only once every {} and a busy client would \
+                 otherwise lose its backend",
+                fmt_duration(vip.affinity_timeout),
+                fmt_duration(min_timeout),
+                fmt_duration(Duration::from_nanos(AFFINITY_REFRESH_NS)),
+            ),
+        );
+    } else if vip.affinity_timeout.as_nanos() > u128::from(u64::MAX) {
+        out.push(
+            format!("{label} affinity_timeout"),
+            format!(
+                "{} is too long: the data path counts it in 64-bit nanoseconds \
+                 (at most about 584 years)",
+                fmt_duration(vip.affinity_timeout)
+            ),
+        );
+    }
+    if vip.backends.is_empty() {
+        out.push(label, "no backends: add at least one [[vip.backend]] table");
+    }
+
+    // A problem the VIP merely inherited was already reported for [health].
+    let vip_health: Vec<_> = health_problems(&vip.health);
+    for (field, message) in &vip_health {
+        if !global_health
+            .iter()
+            .any(|(f, m)| f == field && m == message)
+        {
+            out.push(format!("{label} {field}"), message.clone());
+        }
+    }
+
+    let mut seen: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
+    for (i, b) in vip.backends.iter().enumerate() {
+        let blabel = format!("{label} backend {}:{}", b.address, b.port);
+        if let Some(&first) = seen.get(&b.key()) {
+            out.push(
+                &blabel,
+                format!("duplicate backend (also backend #{})", first + 1),
+            );
+        } else {
+            seen.insert(b.key(), i);
+        }
+        validate_backend(b, vip, &blabel, &vip_health, out);
+    }
+}
+
+/// What `stickylb check` would report about `b` as a backend of `vip`: the
+/// same rules for a backend added at run time as for one in the file.
+pub fn backend_problems(b: &BackendConfig, vip: &VipConfig) -> Vec<Problem> {
+    let mut out = Problems::default();
+    let label = format!("backend {}:{}", b.address, b.port);
+    validate_backend(b, vip, &label, &health_problems(&vip.health), &mut out);
+    out.0
+}
+
+fn validate_backend(
+    b: &BackendConfig,
+    vip: &VipConfig,
+    label: &str,
+    vip_health: &[(&'static str, String)],
+    out: &mut Problems,
+) {
+    if b.address == vip.address {
+        out.push(
+            format!("{label} address"),
+            "is the VIP's own address; a backend must be reached at its own address \
+             (with DSR it holds the VIP on loopback)",
+        );
+    } else if !is_unicast(b.address) {
+        out.push(
+            format!("{label} address"),
+            format!("{} is not a unicast address", b.address),
+        );
+    }
+    if b.port == 0 {
+        out.push(format!("{label} port"), "is 0: use a port from 1 to 65535");
+    }
+    if b.weight > MAX_WEIGHT {
+        out.push(
+            format!("{label} weight"),
+            format!(
+                "{} is too large: must be 0 to {MAX_WEIGHT} (0 drains the backend)",
+                b.weight
+            ),
+        );
+    }
+    if let Some(mac) = &b.mac {
+        if mac[0] & 1 != 0 {
+            out.push(
+                format!("{label} mac"),
+                format!(
+                    "{} is a multicast/broadcast address; give the backend's unicast MAC, \
+                     or leave mac out to resolve it from the neighbour table",
+                    fmt_mac(mac)
+                ),
+            );
+        } else if *mac == [0; 6] {
+            out.push(
+                format!("{label} mac"),
+                "00:00:00:00:00:00 is not a MAC address; give the backend's MAC, or leave \
+                 mac out to resolve it from the neighbour table",
+            );
+        }
+    }
+    for (field, message) in health_problems(&b.health) {
+        if !vip_health.iter().any(|(f, m)| *f == field && *m == message) {
+            out.push(format!("{label} {field}"), message);
+        }
+    }
+}
+
+/// Messages carry the offending values, so that the same inherited problem
+/// compares equal at every level and is reported once, where it was set.
+fn health_problems(h: &HealthConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if h.interval < MIN_HEALTH_INTERVAL {
+        out.push((
+            "health.interval",
+            format!(
+                "{} is too short: must be at least {}",
+                fmt_duration(h.interval),
+                fmt_duration(MIN_HEALTH_INTERVAL)
+            ),
+        ));
+    }
+    if h.timeout.is_zero() {
+        out.push((
+            "health.timeout",
+            "is 0: must be more than 0 and at most the interval".to_owned(),
+        ));
+    } else if h.timeout > h.interval {
+        out.push((
+            "health.timeout",
+            format!(
+                "{} is longer than the interval {}: must be at most the interval, so \
+                 checks do not overlap",
+                fmt_duration(h.timeout),
+                fmt_duration(h.interval)
+            ),
+        ));
+    }
+    if h.rise == 0 {
+        out.push((
+            "health.rise",
+            "is 0: must be at least 1 (successes before a backend counts as alive)".to_owned(),
+        ));
+    }
+    if h.fall == 0 {
+        out.push((
+            "health.fall",
+            "is 0: must be at least 1 (failures before a backend counts as dead)".to_owned(),
+        ));
+    }
+    if h.port == Some(0) {
+        out.push((
+            "health.port",
+            "is 0: use a port from 1 to 65535, or leave it out to check the backend's port"
+                .to_owned(),
+        ));
+    }
+    // Checked whatever the kind: a level that checks by TCP still passes its
+    // path down to VIPs or backends that switch to HTTP, and the problem
+    // belongs where the value was written.
+    if !h.path.starts_with('/') {
+        out.push((
+            "health.path",
+            format!("{:?} must start with '/', e.g. \"/healthz\"", h.path),
+        ));
+    } else if !h.path.bytes().all(|b| b.is_ascii_graphic()) {
+        // It is sent as written in the request line: a space or a line
+        // break would break the request (or add headers to it).
+        out.push((
+            "health.path",
+            format!(
+                "{:?} has spaces, control or non-ASCII characters: percent-encode them \
+                 (e.g. %20 for a space)",
+                h.path
+            ),
+        ));
+    }
+    if !(100..=599).contains(&h.expect_status) {
+        out.push((
+            "health.expect_status",
+            format!(
+                "{} is not an HTTP status: must be 100 to 599",
+                h.expect_status
+            ),
+        ));
+    }
+    out
+}
