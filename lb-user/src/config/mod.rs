@@ -166,7 +166,7 @@ pub enum CheckKind {
     /// A TCP connect.
     #[default]
     Tcp,
-    /// An HTTP/1.1 GET of `path`, expecting `expect_status`.
+    /// An HTTP/1.0 GET of `path` (with a Host header), expecting `expect_status`.
     Http,
 }
 
