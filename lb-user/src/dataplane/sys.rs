@@ -11,10 +11,7 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{
-    bpf_attr, bpf_attr__bindgen_ty_3 as BatchAttr, bpf_attr__bindgen_ty_5 as ObjAttr,
-    bpf_attr__bindgen_ty_9 as InfoAttr, bpf_cmd, bpf_link_info, bpf_link_type,
-};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
 
 /// A `bpf_attr` of zeros: what the kernel requires of every byte the
 /// command does not use.
@@ -99,21 +96,19 @@ pub(super) fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
         let mut keys = vec![K::zeroed(); chunk];
         let mut values = vec![V::zeroed(); chunk];
         let mut attr = zeroed_attr();
-        attr.batch = BatchAttr {
-            // Null: from the start of the map.
-            in_batch: if first {
-                0
-            } else {
-                std::ptr::from_ref(&in_batch) as u64
-            },
-            out_batch: std::ptr::from_mut(&mut out_batch) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: u32::try_from(chunk).map_err(io::Error::other)?,
-            map_fd: fd.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
+        // Field by field: a struct assigned whole would copy its padding
+        // too, and the kernel refuses an attr with stray bytes. A null
+        // in_batch starts from the beginning of the map.
+        attr.batch.in_batch = if first {
+            0
+        } else {
+            std::ptr::from_ref(&in_batch) as u64
         };
+        attr.batch.out_batch = std::ptr::from_mut(&mut out_batch) as u64;
+        attr.batch.keys = keys.as_mut_ptr() as u64;
+        attr.batch.values = values.as_mut_ptr() as u64;
+        attr.batch.count = u32::try_from(chunk).map_err(io::Error::other)?;
+        attr.batch.map_fd = fd.as_raw_fd() as u32;
         // SAFETY: the kernel writes at most `count` keys and values into
         // buffers of that many elements of the map's sizes, and one token
         // into out_batch; all outlive the call.
@@ -141,12 +136,9 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt as _;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut attr = zeroed_attr();
-    attr.__bindgen_anon_4 = ObjAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-    };
+    // One field, not the whole struct: its trailing padding would be
+    // copied in too (see lookup_batch).
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
     // SAFETY: the path outlives the call.
     let fd = unsafe { sys_bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
     let fd = i32::try_from(fd).map_err(io::Error::other)?;
@@ -161,11 +153,9 @@ pub(super) fn pinned_xdp_link(path: &Path) -> io::Result<(u32, u32)> {
     // SAFETY: bpf_link_info is integers and unions of them, all zeros valid.
     let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
     let mut attr = zeroed_attr();
-    attr.info = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of::<bpf_link_info>() as u32,
-        info: std::ptr::from_mut(&mut info) as u64,
-    };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_link_info>() as u32;
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
     // SAFETY: info is as large as announced and outlives the call.
     unsafe { sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     if info.type_ != bpf_link_type::BPF_LINK_TYPE_XDP as u32 {
@@ -181,6 +171,10 @@ pub(super) fn pinned_xdp_link(path: &Path) -> io::Result<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+    use aya_obj::generated::{
+        bpf_attr__bindgen_ty_3 as BatchAttr, bpf_attr__bindgen_ty_9 as InfoAttr,
+    };
+
     use super::*;
 
     #[test]
