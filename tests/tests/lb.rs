@@ -406,3 +406,39 @@ fn a_restart_adopts_a_down_backend_as_not_alive() {
     assert_eq!(lb.vips()[0].table, table);
     assert!(lb.vips()[0].table.iter().all(|&s| s != ids[1]));
 }
+
+#[test]
+fn pinned_link_info_reads_what_aya_and_the_kernel_say() {
+    use aya::programs::links::{FdLink, LinkType, PinnedLink};
+    use lb_user::dataplane::{AttachMode, Attached, LINK_PIN_NAME};
+    use stickylb_tests::netns::Netns;
+    require_root();
+    let pin = pin_dir("6");
+    let ns = Netns::new(&format!("slb-lbt6-{}", std::process::id())).unwrap();
+    let link = pin.0.join(LINK_PIN_NAME);
+    let (dir, at) = (pin.0.clone(), link.clone());
+    // Generic XDP on the new namespace's own loopback: nothing else is touched.
+    let lo = ns.enter(move || {
+        let mut dp = load(&dir);
+        let (how, refused) = dp.attach_pinned("lo", AttachMode::Skb, None, &at).unwrap();
+        assert_eq!((how, refused.len()), (Attached::New(AttachMode::Skb), 0));
+        // SAFETY: a NUL-terminated name.
+        unsafe { libc::if_nametoindex(c"lo".as_ptr()) }
+    });
+    // The link outlives the program's handle: it is pinned.
+    let (prog, ifindex) = Dataplane::pinned_link_info(&link).unwrap();
+    let info = FdLink::from(PinnedLink::from_pin(&link).unwrap())
+        .info()
+        .unwrap();
+    assert_eq!(info.link_type().unwrap(), LinkType::Xdp);
+    assert_eq!(prog, info.program_id());
+    assert_eq!(ifindex, lo);
+    assert_eq!(Dataplane::pinned_link_ifindex(&link).unwrap(), lo);
+    assert!(ns.ip(&["link", "show", "lo"]).unwrap().contains("xdp"));
+    // A pinned map is not a link.
+    let err = Dataplane::pinned_link_info(&pin.0.join(lb_common::map_names::VIPS)).unwrap_err();
+    assert!(err.to_string().contains("is not an XDP link"), "{err}");
+    assert!(Dataplane::detach_pinned(&link).unwrap());
+    assert!(!ns.ip(&["link", "show", "lo"]).unwrap().contains("xdp"));
+    assert!(!Dataplane::detach_pinned(&link).unwrap());
+}

@@ -4,10 +4,7 @@
 use std::{
     fs,
     net::Ipv4Addr,
-    os::{
-        fd::{FromRawFd as _, OwnedFd},
-        unix::process::CommandExt as _,
-    },
+    os::{fd::OwnedFd, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -377,14 +374,8 @@ impl BpfStats {
         if fs::read_to_string(SYSCTL).is_ok_and(|v| v.trim() == "1") {
             return Ok(Self::AlreadyOn);
         }
-        // union bpf_attr { struct { __u32 type; } enable_stats; }: zeroed,
-        // type 0 = BPF_STATS_RUN_TIME.
-        let mut attr = [0u64; 16];
-        const BPF_ENABLE_STATS: libc::c_long = 32;
-        // SAFETY: enable_stats holds no pointer; the call returns an fd.
-        if let Ok(fd) = unsafe { lb_user::dataplane::sys_bpf(BPF_ENABLE_STATS, &mut attr) } {
-            // SAFETY: a new fd we own.
-            return Ok(Self::Fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }));
+        if let Ok(fd) = aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            return Ok(Self::Fd(fd));
         }
         let old = fs::read_to_string(SYSCTL).map_err(|e| format!("{SYSCTL}: {e}"))?;
         fs::write(SYSCTL, "1").map_err(|e| format!("{SYSCTL}: {e}"))?;

@@ -1,0 +1,107 @@
+//! Loading the object into the kernel, adopting the maps an earlier run
+//! pinned, and running the program on test frames.
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, MapData},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use lb_common::{PROGRAM_NAME, map_names};
+
+use super::{Dataplane, DataplaneError, LoadOptions, Result, ring::RingMem, shape};
+use crate::XDP_OBJECT;
+
+macro_rules! take_map {
+    ($ebpf:expr, $name:expr) => {{
+        let name: &'static str = $name;
+        let map = $ebpf
+            .take_map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        map.try_into().map_err(|e| DataplaneError::MapType {
+            name,
+            source: Box::new(e),
+        })?
+    }};
+}
+
+impl Dataplane {
+    /// Loads the embedded object and the program into the kernel (not
+    /// attached to any interface yet).
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::AFFINITY, opts.affinity_capacity);
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+            shape::check_pinned(dir, opts.affinity_capacity)?;
+            for name in map_names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(XDP_OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(DataplaneError::MissingProgram)?
+            .try_into()
+            .map_err(|e| DataplaneError::Program(Box::new(e)))?;
+        prog.load()
+            .map_err(|e| DataplaneError::Program(Box::new(e)))?;
+        let ring: Array<MapData, u32> = take_map!(ebpf, map_names::RING);
+        let ring_mem = RingMem::map(&ring);
+        Ok(Self {
+            vips: take_map!(ebpf, map_names::VIPS),
+            backends: take_map!(ebpf, map_names::BACKENDS),
+            ring,
+            ring_mem,
+            affinity: take_map!(ebpf, map_names::AFFINITY),
+            vip_stats: take_map!(ebpf, map_names::VIP_STATS),
+            backend_stats: take_map!(ebpf, map_names::BACKEND_STATS),
+            global_stats: take_map!(ebpf, map_names::GLOBAL_STATS),
+            ebpf,
+        })
+    }
+
+    pub(super) fn program(&mut self) -> &mut Xdp {
+        // Both unwraps were checked in load().
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .expect("program checked at load")
+    }
+
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN): the action and
+    /// the frame as the program left it.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let res = self
+            .program()
+            .test_run(opts)
+            .map_err(|e| DataplaneError::TestRun(Box::new(e)))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+
+    /// Runs the program `repeat` times on `frame`; the action and the mean
+    /// time per run as the kernel measured it.
+    pub fn test_run_repeat(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration)> {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        let res = self
+            .program()
+            .test_run(opts)
+            .map_err(|e| DataplaneError::TestRun(Box::new(e)))?;
+        Ok((res.return_value, res.duration))
+    }
+}

@@ -1,0 +1,376 @@
+//! The loaded XDP program and typed handles on its maps.
+//!
+//! - this file: the errors, the options, and the typed reads and writes of
+//!   the maps;
+//! - `load`: loading the object (adopting pinned maps) and running it on
+//!   test frames;
+//! - `attach`: attaching to an interface, directly or through a pinned link;
+//! - `shape`: whether a pinned map is what this build would create;
+//! - `sys`: the few bpf(2) commands aya 0.14 does not offer;
+//! - `ring`: the ring pool, memory-mapped, and its index arithmetic.
+
+mod attach;
+mod load;
+mod ring;
+mod shape;
+mod sys;
+
+use std::path::PathBuf;
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, links::LinkError},
+};
+use lb_common::{
+    AffinityKey, AffinityValue, BackendInfo, BackendStats, PROGRAM_NAME, RING_POOL_SIZE, VipInfo,
+    VipKey, VipStats, global_counter, map_names,
+};
+use thiserror::Error;
+
+use ring::RingMem;
+pub use shape::pinned_shape;
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error("cannot load the stickylb XDP object (are you root, with BPF enabled?)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "the XDP object has no map named {0}; it was built from other sources than this daemon"
+    )]
+    MissingMap(&'static str),
+    #[error(
+        "the map pinned at {path} is not what this stickylb creates ({detail}): it comes from \
+         another version or configuration. Start with --fresh to replace the pinned state \
+         (every client is re-pinned){hint}"
+    )]
+    PinnedShape {
+        path: PathBuf,
+        detail: String,
+        hint: &'static str,
+    },
+    #[error("cannot read the map pinned at {path}")]
+    PinnedInfo {
+        path: PathBuf,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("ring slots {base}..{base}+{len} are outside the ring pool of {RING_POOL_SIZE}")]
+    RingRange { base: u32, len: u32 },
+    #[error("map {name} has an unexpected type or layout")]
+    MapType {
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("the XDP object has no program named {PROGRAM_NAME}")]
+    MissingProgram,
+    #[error("the kernel refused the XDP program")]
+    Program(#[source] Box<ProgramError>),
+    #[error("cannot attach XDP to {iface} in {mode} mode{hint}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        hint: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("map {map}: {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("cannot use the pinned XDP link {path}; start with --fresh to replace it")]
+    PinnedLink {
+        path: PathBuf,
+        #[source]
+        source: Box<LinkError>,
+    },
+    #[error("cannot pin the XDP link at {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot create the pin folder {path} (is bpffs mounted on /sys/fs/bpf?)")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("BPF_PROG_TEST_RUN failed")]
+    TestRun(#[source] Box<ProgramError>),
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// How to load the program.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Entries of the affinity table (clients × VIPs remembered).
+    pub affinity_capacity: u32,
+    /// Folder on a bpffs: each map is adopted from `<dir>/<map name>` if
+    /// pinned there, else created and pinned there. `None`: private maps.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            affinity_capacity: lb_common::DEFAULT_AFFINITY_CAPACITY,
+            pin_dir: None,
+        }
+    }
+}
+
+/// Name of the pinned XDP link inside the pin folder.
+pub const LINK_PIN_NAME: &str = "link";
+
+/// How the program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new attachment in this mode.
+    New(AttachMode),
+    /// A pinned link from an earlier run now runs this program (the old one
+    /// was replaced atomically: no frame went unprocessed).
+    Adopted,
+}
+
+/// How to attach to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Driver,
+    /// Generic (skb) XDP: works everywhere, slower.
+    Skb,
+}
+
+impl AttachMode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+        }
+    }
+}
+
+/// The XDP program, loaded into the kernel, and its maps.
+pub struct Dataplane {
+    ebpf: aya::Ebpf,
+    vips: HashMap<MapData, VipKey, VipInfo>,
+    backends: Array<MapData, BackendInfo>,
+    ring: Array<MapData, u32>,
+    /// The ring pool mapped into our memory (None if the kernel refused:
+    /// then slots go through the map syscalls).
+    ring_mem: Option<RingMem>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    vip_stats: PerCpuArray<MapData, VipStats>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    global_stats: PerCpuArray<MapData, u64>,
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        map,
+        op,
+        source: Box::new(source),
+    }
+}
+
+/// A ring slot the mapped memory does not have, reported as the map would.
+fn ring_out_of_bounds(op: &'static str, index: u32) -> DataplaneError {
+    DataplaneError::Map {
+        map: map_names::RING,
+        op,
+        source: Box::new(MapError::OutOfBounds {
+            index,
+            max_entries: RING_POOL_SIZE,
+        }),
+    }
+}
+
+impl Dataplane {
+    /// Every VIP in the map.
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        self.vips
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::VIPS, "iterate"))
+    }
+
+    /// Every backend id marked in use, with its entry.
+    pub fn backends_in_use(&self) -> Result<Vec<(u32, BackendInfo)>> {
+        let mut out = Vec::new();
+        for (id, info) in self.backends.iter().enumerate() {
+            let info = info.map_err(map_err(map_names::BACKENDS, "iterate"))?;
+            if info.flags & lb_common::backend_flags::IN_USE != 0 {
+                out.push((id as u32, info));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `len` slots of the ring from `base`.
+    pub fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>> {
+        ring::span(base, len)?
+            .map(|i| match &self.ring_mem {
+                Some(mem) => mem.get(i).ok_or_else(|| ring_out_of_bounds("get", i)),
+                None => self
+                    .ring
+                    .get(&i, 0)
+                    .map_err(map_err(map_names::RING, "get")),
+            })
+            .collect()
+    }
+
+    /// Writes `(slot, backend id)` pairs into the table starting at `base`.
+    pub fn write_ring(
+        &mut self,
+        base: u32,
+        slots: impl IntoIterator<Item = (u32, u32)>,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for (slot, value) in slots {
+            let index = ring::index(base, slot)?;
+            match &self.ring_mem {
+                Some(mem) => mem
+                    .set(index, value)
+                    .ok_or_else(|| ring_out_of_bounds("set", index))?,
+                None => self
+                    .ring
+                    .set(index, value, 0)
+                    .map_err(map_err(map_names::RING, "set"))?,
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Deletes the affinity entries `doomed` selects; how many.
+    pub fn purge_affinity(
+        &mut self,
+        doomed: impl Fn(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize> {
+        let keys: Vec<AffinityKey> = self
+            .affinity_entries()?
+            .into_iter()
+            .filter(|(k, v)| doomed(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            match self.affinity.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(map_names::AFFINITY, "remove")(e)),
+            }
+        }
+        Ok(keys.len())
+    }
+
+    pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
+        self.vips
+            .insert(key, info, 0)
+            .map_err(map_err(map_names::VIPS, "insert"))
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vips
+            .remove(key)
+            .map_err(map_err(map_names::VIPS, "remove"))
+    }
+
+    pub fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<()> {
+        self.backends
+            .set(id, info, 0)
+            .map_err(map_err(map_names::BACKENDS, "set"))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<BackendInfo> {
+        self.backends
+            .get(&id, 0)
+            .map_err(map_err(map_names::BACKENDS, "get"))
+    }
+
+    pub fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>> {
+        match self.affinity.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(map_names::AFFINITY, "get")(e)),
+        }
+    }
+
+    pub fn set_affinity(&mut self, key: AffinityKey, value: AffinityValue) -> Result<()> {
+        self.affinity
+            .insert(key, value, 0)
+            .map_err(map_err(map_names::AFFINITY, "insert"))
+    }
+
+    /// Every affinity entry (a snapshot; the table changes while it is read).
+    /// Read in batches of thousands per syscall (BPF_MAP_LOOKUP_BATCH) where
+    /// the kernel has it: one at a time, a table of a million entries takes
+    /// seconds, during which the daemon (single-threaded) would not react to
+    /// health changes.
+    pub fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        // The map's key and value sizes are those of the types: aya checked
+        // them when it typed the map, and a pinned map is shape-checked
+        // before it is adopted.
+        match sys::lookup_batch(self.affinity.map().fd().as_fd()) {
+            Ok(entries) => Ok(entries),
+            Err(e) if sys::batch_unsupported(&e) => self.affinity_entries_one_by_one(),
+            Err(e) => Err(DataplaneError::Map {
+                map: map_names::AFFINITY,
+                op: "batch lookup",
+                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                })),
+            }),
+        }
+    }
+
+    /// The same, with a lookup per entry (kernels without batch lookups).
+    pub fn affinity_entries_one_by_one(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
+        self.affinity
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::AFFINITY, "iterate"))
+    }
+
+    /// Counters of a VIP, summed over CPUs.
+    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
+        let per_cpu = self
+            .vip_stats
+            .get(&vip_id, 0)
+            .map_err(map_err(map_names::VIP_STATS, "get"))?;
+        let mut sum = VipStats::default();
+        per_cpu.iter().for_each(|v| sum.add(v));
+        Ok(sum)
+    }
+
+    /// Counters of a backend, summed over CPUs.
+    pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
+        let per_cpu = self
+            .backend_stats
+            .get(&backend_id, 0)
+            .map_err(map_err(map_names::BACKEND_STATS, "get"))?;
+        let mut sum = BackendStats::default();
+        per_cpu.iter().for_each(|v| sum.add(v));
+        Ok(sum)
+    }
+
+    /// Counters of passed frames, by `global_counter` index, summed over CPUs.
+    pub fn global_stats(&self) -> Result<[u64; global_counter::COUNT as usize]> {
+        let mut out = [0; global_counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self
+                .global_stats
+                .get(&(i as u32), 0)
+                .map_err(map_err(map_names::GLOBAL_STATS, "get"))?
+                .iter()
+                .sum();
+        }
+        Ok(out)
+    }
+}
