@@ -14,13 +14,15 @@ use std::{
 };
 
 use lb_common::{
-    AffinityKey, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, RING_POOL_SIZE,
-    VipInfo, VipKey, VipStats, backend_flags, maglev, select,
+    AffinityKey, BackendInfo, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, RING_POOL_SIZE, VipInfo, VipKey,
+    backend_flags, maglev, select,
 };
 use log::{info, warn};
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::api::{
+    BackendState, BackendStatus, FlowEntry, LookupResult, MacSource, RebuildReport, VipStatus,
+};
 use crate::{
     config::{self, BackendConfig, Config, HealthConfig, VipConfig},
     dataplane::{Dataplane, DataplaneError},
@@ -47,15 +49,6 @@ pub enum LbError {
 }
 
 pub type Result<T, E = LbError> = std::result::Result<T, E>;
-
-/// Where a backend's MAC came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MacSource {
-    Config,
-    Neighbour,
-    Unknown,
-}
 
 #[derive(Clone, Debug)]
 pub struct Backend {
@@ -113,14 +106,6 @@ pub struct Vip {
     /// Slot → backend id, as in the ring.
     pub table: Vec<u32>,
     pub backends: Vec<Backend>,
-}
-
-/// What one table rebuild did.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct RebuildReport {
-    pub slots_written: usize,
-    pub build_us: u64,
-    pub write_us: u64,
 }
 
 /// First-fit allocation of table regions in the ring pool.
@@ -963,11 +948,13 @@ impl Lb {
                     id: b.id,
                     address: b.addr,
                     state: match (b.health, b.alive()) {
-                        (Some(State::Up), true) if b.drained || b.weight == 0 => "draining".into(),
-                        (Some(State::Up), true) => "up".into(),
-                        (Some(State::Up), false) => "up (no MAC)".into(),
-                        (Some(State::Down), _) => "down".into(),
-                        (None, _) => "unknown".into(),
+                        (Some(State::Up), true) if b.drained || b.weight == 0 => {
+                            BackendState::Draining
+                        }
+                        (Some(State::Up), true) => BackendState::Up,
+                        (Some(State::Up), false) => BackendState::UpNoMac,
+                        (Some(State::Down), _) => BackendState::Down,
+                        (None, _) => BackendState::Unknown,
                     },
                     reason: b.reason.clone(),
                     weight: b.weight,
@@ -1006,62 +993,6 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct LookupResult {
-    pub vip: String,
-    pub client: Ipv4Addr,
-    pub backend: Option<SocketAddrV4>,
-    pub reason: String,
-    pub slot: Option<u32>,
-    pub affinity_age_ms: Option<u64>,
-    pub affinity_idle_ms: Option<u64>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FlowEntry {
-    pub vip: String,
-    pub client: Ipv4Addr,
-    pub backend: Option<SocketAddrV4>,
-    pub age_ms: u64,
-    pub idle_ms: u64,
-    pub live: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct BackendStatus {
-    pub id: u32,
-    pub address: SocketAddrV4,
-    pub state: String,
-    pub reason: String,
-    pub weight: u32,
-    pub drained: bool,
-    pub mac: Option<String>,
-    pub mac_source: MacSource,
-    pub check: Option<String>,
-    pub check_latency_ms: Option<f64>,
-    /// Maglev slots owned.
-    pub slots: usize,
-    /// Clients with a live affinity entry.
-    pub clients: usize,
-    #[serde(flatten)]
-    pub counters: BackendStats,
-    pub from_config: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct VipStatus {
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub port: u16,
-    pub protocol: String,
-    pub table_size: u32,
-    pub affinity_timeout_s: f64,
-    pub alive_backends: usize,
-    #[serde(flatten)]
-    pub counters: VipStats,
-    pub backends: Vec<BackendStatus>,
 }
 
 #[cfg(test)]
