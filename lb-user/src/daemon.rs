@@ -422,9 +422,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .attach_pinned(&d.cfg.interface, mode, fallback, &link_pin)?;
     for e in refused {
         warn!(
-            "{}: {e} ({:?}); using generic (skb) mode, which is slower",
+            "{}: {e} ({:?}); using {}, which is slower",
             d.cfg.interface,
-            std::error::Error::source(&e)
+            std::error::Error::source(&e),
+            AttachState::Skb
         );
     }
     d.attached = attached;
