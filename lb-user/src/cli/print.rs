@@ -22,11 +22,17 @@ pub fn reply(out: &mut dyn Write, query: &Query, result: serde_json::Value) -> a
             // Parsed only to hold the daemon to its contract: the words are
             // the same for every change.
             match action {
-                BackendAction::Add { .. } => drop(parse::<BackendAdded>(result)?),
-                BackendAction::Remove { .. } => drop(parse::<BackendRemoved>(result)?),
+                BackendAction::Add { .. } => {
+                    let _: BackendAdded = parse(result)?;
+                }
+                BackendAction::Remove { .. } => {
+                    let _: BackendRemoved = parse(result)?;
+                }
                 BackendAction::Weight { .. }
                 | BackendAction::Drain { .. }
-                | BackendAction::Undrain { .. } => drop(parse::<BackendChanged>(result)?),
+                | BackendAction::Undrain { .. } => {
+                    let _: BackendChanged = parse(result)?;
+                }
             }
             Ok(writeln!(out, "ok")?)
         }
