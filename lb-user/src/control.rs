@@ -1,9 +1,9 @@
-//! The control API: one JSON request per line over a root-only Unix socket,
-//! one JSON reply per line. The CLI is its only client.
+//! The control socket: one JSON request per line over a root-only Unix
+//! socket, one JSON reply per line. The CLI is its only client. What the
+//! requests and replies hold is in `api`.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddrV4},
     os::unix::{
         fs::{FileTypeExt as _, PermissionsExt as _},
         net::UnixStream,
@@ -20,41 +20,10 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    Lookup {
-        client: Ipv4Addr,
-        vip: Option<String>,
-    },
-    Flows {
-        vip: Option<String>,
-        backend: Option<SocketAddrV4>,
-    },
-    BackendAdd {
-        vip: String,
-        backend: SocketAddrV4,
-        weight: u32,
-        mac: Option<String>,
-    },
-    BackendRemove {
-        vip: String,
-        backend: SocketAddrV4,
-    },
-    BackendWeight {
-        vip: String,
-        backend: SocketAddrV4,
-        weight: u32,
-    },
-    BackendDrain {
-        vip: String,
-        backend: SocketAddrV4,
-        drained: bool,
-    },
-    Reload,
-}
+pub use crate::api::Request;
 
+/// The envelope of every reply: `result` holds the request's reply type
+/// (see `api::Request`), `error` says why there is none.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
@@ -211,7 +180,7 @@ mod tests {
         let reqs = [
             Request::Status,
             Request::Lookup {
-                client: Ipv4Addr::new(10, 0, 0, 1),
+                client: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
                 vip: Some("web".into()),
             },
             Request::BackendDrain {

@@ -2,8 +2,8 @@
 //! and to the backends' health, and answer the control socket.
 
 use std::{
-    collections::HashMap,
-    net::{SocketAddr, SocketAddrV4},
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -16,6 +16,10 @@ use tokio::{
 };
 
 use crate::{
+    api::{
+        AttachState, BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply,
+        ReloadReply, StatusReply,
+    },
     config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
@@ -157,7 +161,7 @@ impl Daemon {
     /// Re-reads the config file and makes the running state match it,
     /// reverting live CLI changes (the file is the source of truth). An
     /// invalid file changes nothing; global fields need a restart.
-    fn reload(&mut self) -> anyhow::Result<serde_json::Value> {
+    fn reload(&mut self) -> anyhow::Result<ReloadReply> {
         let new = Config::load(&self.opts.config_path)?;
         let needs_restart: Vec<String> = self
             .cfg
@@ -183,84 +187,95 @@ impl Daemon {
         self.cfg = applied;
         self.sync_checkers();
         info!("reload: {summary}");
-        Ok(serde_json::json!({
-            "changed": changed,
-            "diff": summary,
-            "needs_restart": needs_restart,
-            "plan": plan,
-        }))
+        Ok(ReloadReply {
+            changed,
+            diff: summary,
+            needs_restart,
+            plan: plan.report,
+        })
     }
 
     fn handle(&mut self, req: Request) -> Reply {
-        let result: anyhow::Result<serde_json::Value> = (|| {
-            Ok(match req {
-                Request::Status => serde_json::json!({
-                    "pid": std::process::id(),
-                    "interface": self.cfg.interface,
-                    "attached": match self.attached {
-                        Attached::New(AttachMode::Driver) => "driver mode",
-                        Attached::New(AttachMode::Skb) => "generic (skb) mode",
-                        Attached::Adopted => "adopted from the previous run",
-                    },
-                    "config": self.opts.config_path,
-                    "pin_path": self.cfg.pin_path,
-                    "uptime_s": self.started.elapsed().as_secs(),
-                    "passed": self.passed()?,
-                    "vips": self.lb.status()?,
-                }),
-                Request::Lookup { client, vip } => {
-                    serde_json::to_value(self.lb.lookup(client, vip.as_deref())?)?
-                }
-                Request::Flows { vip, backend } => {
-                    serde_json::to_value(self.lb.flows(vip.as_deref(), backend)?)?
-                }
-                Request::BackendAdd {
-                    vip,
-                    backend,
-                    weight,
-                    mac,
-                } => {
-                    let mac = mac
-                        .map(|m| parse_mac(&m))
-                        .transpose()
-                        .map_err(anyhow::Error::msg)?;
-                    let id = self.lb.add_backend(&vip, backend, weight, mac)?;
-                    self.sync_checkers();
-                    serde_json::json!({ "id": id })
-                }
-                Request::BackendRemove { vip, backend } => {
-                    let vi = self.lb.vip_index(&vip)?;
-                    let id = self.lb.remove_backend(vi, backend)?;
-                    self.sync_checkers();
-                    serde_json::json!({ "id": id })
-                }
-                Request::BackendWeight {
-                    vip,
-                    backend,
-                    weight,
-                } => serde_json::to_value(self.lb.set_weight(&vip, backend, weight)?)?,
-                Request::BackendDrain {
-                    vip,
-                    backend,
-                    drained,
-                } => serde_json::to_value(self.lb.set_drain(&vip, backend, drained)?)?,
-                Request::Reload => self.reload()?,
-            })
-        })();
-        match result {
-            Ok(v) => Reply::ok(v),
-            Err(e) => Reply::err(format!("{e:#}")),
-        }
+        self.answer(req)
+            .unwrap_or_else(|e| Reply::err(format!("{e:#}")))
     }
 
-    fn passed(&self) -> anyhow::Result<serde_json::Value> {
+    /// Carries out one request; its reply type is the one `api::Request`
+    /// names for it.
+    fn answer(&mut self, req: Request) -> anyhow::Result<Reply> {
+        Ok(match req {
+            Request::Status => Reply::ok(StatusReply {
+                pid: std::process::id(),
+                interface: self.cfg.interface.clone(),
+                attached: self.attached.into(),
+                config: self.opts.config_path.clone(),
+                pin_path: self.cfg.pin_path.clone(),
+                uptime_s: self.started.elapsed().as_secs(),
+                passed: self.passed()?,
+                vips: self.lb.status()?,
+            }),
+            Request::Lookup { client, vip } => {
+                let client = ipv4_client(client)?;
+                let reply: LookupReply = self.lb.lookup(client, vip.as_deref())?;
+                Reply::ok(reply)
+            }
+            Request::Flows { vip, backend } => {
+                let backend = backend.map(ipv4_backend).transpose()?;
+                let reply: FlowsReply = self.lb.flows(vip.as_deref(), backend)?;
+                Reply::ok(reply)
+            }
+            Request::BackendAdd {
+                vip,
+                backend,
+                weight,
+                mac,
+            } => {
+                let backend = ipv4_backend(backend)?;
+                let mac = mac
+                    .map(|m| parse_mac(&m))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let id = self.lb.add_backend(&vip, backend, weight, mac)?;
+                self.sync_checkers();
+                Reply::ok(BackendAdded { id })
+            }
+            Request::BackendRemove { vip, backend } => {
+                let backend = ipv4_backend(backend)?;
+                let vi = self.lb.vip_index(&vip)?;
+                let id = self.lb.remove_backend(vi, backend)?;
+                self.sync_checkers();
+                Reply::ok(BackendRemoved { id })
+            }
+            Request::BackendWeight {
+                vip,
+                backend,
+                weight,
+            } => {
+                let backend = ipv4_backend(backend)?;
+                let reply: BackendChanged = self.lb.set_weight(&vip, backend, weight)?;
+                Reply::ok(reply)
+            }
+            Request::BackendDrain {
+                vip,
+                backend,
+                drained,
+            } => {
+                let backend = ipv4_backend(backend)?;
+                let reply: BackendChanged = self.lb.set_drain(&vip, backend, drained)?;
+                Reply::ok(reply)
+            }
+            Request::Reload => Reply::ok(self.reload()?),
+        })
+    }
+
+    /// Frames left to the kernel, by counter name.
+    fn passed(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let counts = self.lb.maps().global_stats()?;
-        let map: serde_json::Map<String, serde_json::Value> = lb_common::global_counter::NAMES
+        Ok(lb_common::global_counter::NAMES
             .iter()
             .zip(counts)
-            .map(|(n, c)| ((*n).to_owned(), c.into()))
-            .collect();
-        Ok(map.into())
+            .map(|(n, c)| ((*n).to_owned(), c))
+            .collect())
     }
 
     fn metrics(&self) -> String {
@@ -272,6 +287,22 @@ impl Daemon {
             .zip(counts)
             .collect();
         metrics::render(&vips, &global)
+    }
+}
+
+/// The load balancer is IPv4-only for now, while the control API already
+/// takes IPv6: refuse it here, with a message saying so.
+fn ipv4_client(client: IpAddr) -> anyhow::Result<Ipv4Addr> {
+    match client {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(ip) => bail!("client {ip}: IPv6 clients are not supported yet"),
+    }
+}
+
+fn ipv4_backend(backend: SocketAddr) -> anyhow::Result<SocketAddrV4> {
+    match backend {
+        SocketAddr::V4(a) => Ok(a),
+        SocketAddr::V6(a) => bail!("backend {a}: IPv6 backends are not supported yet"),
     }
 }
 
@@ -380,24 +411,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .attach_pinned(&d.cfg.interface, mode, fallback, &link_pin)?;
     for e in refused {
         warn!(
-            "{}: {e} ({:?}); using generic (skb) mode, which is slower",
+            "{}: {e} ({:?}); using {}, which is slower",
             d.cfg.interface,
-            std::error::Error::source(&e)
+            std::error::Error::source(&e),
+            AttachState::Skb
         );
     }
     d.attached = attached;
-    match attached {
-        Attached::Adopted => info!(
+    match AttachState::from(attached) {
+        AttachState::Adopted => info!(
             "adopted the running data path on {} (pinned at {}): nothing was reset",
             d.cfg.interface,
             d.cfg.pin_path.display()
         ),
-        Attached::New(AttachMode::Driver) => {
-            info!("attached to {} in driver mode", d.cfg.interface)
-        }
-        Attached::New(AttachMode::Skb) => {
-            info!("attached to {} in generic (skb) mode", d.cfg.interface)
-        }
+        mode => info!("attached to {} in {mode}", d.cfg.interface),
     }
     if adopting && attached != Attached::Adopted {
         warn!("a pinned link existed but was not adopted");

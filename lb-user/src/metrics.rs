@@ -12,7 +12,7 @@ use tokio::{
 
 use lb_common::VipStats;
 
-use crate::lb::VipStatus;
+use crate::api::{BackendStatus, VipStatus};
 
 /// A `reason` label value and the VIP counter it reports.
 type Reason = (&'static str, fn(&VipStats) -> u64);
@@ -88,7 +88,7 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
             ("fragment", |c| c.drop_fragment),
         ]),
     );
-    let per_backend = |f: &dyn Fn(&crate::lb::BackendStatus) -> f64| -> Vec<(String, f64)> {
+    let per_backend = |f: &dyn Fn(&BackendStatus) -> f64| -> Vec<(String, f64)> {
         vips.iter()
             .flat_map(|v| {
                 v.backends
@@ -101,7 +101,7 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
         "backend_up",
         "gauge",
         "1 if the backend is alive in the data path.",
-        per_backend(&|b| f64::from(u8::from(b.state == "up" || b.state == "draining"))),
+        per_backend(&|b| f64::from(u8::from(b.state.is_alive()))),
     );
     family(
         "backend_packets_total",
@@ -237,6 +237,67 @@ mod tests {
                 "stickylb_vip_drops_total{vip=\"web\",reason=\"fragment\"} 5",
                 "stickylb_vip_drops_total{vip=\"dns\",reason=\"no_backend\"} 14",
                 "stickylb_vip_drops_total{vip=\"dns\",reason=\"fragment\"} 15",
+            ]
+        );
+    }
+
+    #[test]
+    fn backend_up_is_one_for_the_alive_states() {
+        use crate::api::{BackendState, MacSource};
+        let states = [
+            BackendState::Up,
+            BackendState::Draining,
+            BackendState::UpNoMac,
+            BackendState::Down,
+            BackendState::Unknown,
+        ];
+        let backends = states
+            .iter()
+            .enumerate()
+            .map(|(i, &state)| BackendStatus {
+                id: i as u32,
+                address: std::net::SocketAddrV4::new(
+                    std::net::Ipv4Addr::new(10, 0, 0, 1),
+                    i as u16,
+                ),
+                state,
+                reason: String::new(),
+                weight: 1,
+                drained: false,
+                mac: None,
+                mac_source: MacSource::Unknown,
+                check: None,
+                check_latency_ms: None,
+                slots: 0,
+                clients: 0,
+                counters: Default::default(),
+                from_config: true,
+            })
+            .collect();
+        let v = VipStatus {
+            name: "web".into(),
+            address: std::net::Ipv4Addr::new(192, 0, 2, 10),
+            port: 80,
+            protocol: "tcp".into(),
+            table_size: 7,
+            affinity_timeout_s: 300.0,
+            alive_backends: 2,
+            counters: VipStats::default(),
+            backends,
+        };
+        let text = render(&[v], &[]);
+        let up: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("stickylb_backend_up{"))
+            .collect();
+        assert_eq!(
+            up,
+            [
+                "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.1:0\"} 1",
+                "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.1:1\"} 1",
+                "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.1:2\"} 0",
+                "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.1:3\"} 0",
+                "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.1:4\"} 0",
             ]
         );
     }

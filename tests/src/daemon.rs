@@ -9,9 +9,9 @@ use std::{
 };
 
 use lb_user::{
+    api::{BackendState, StatusReply, VipStatus},
     control::{self, Request},
     dataplane::{Dataplane, LINK_PIN_NAME},
-    lb::VipStatus,
 };
 
 use crate::netns::{ChildGuard, Result, Topology, wait_for};
@@ -103,18 +103,27 @@ impl Daemon {
         control::call(&self.socket, req).map_err(|e| format!("{e:#}"))
     }
 
-    pub fn vips(&self) -> Result<Vec<VipStatus>> {
+    pub fn status(&self) -> Result<StatusReply> {
         let v = self.call(&Request::Status)?;
-        serde_json::from_value(v["vips"].clone()).map_err(|e| e.to_string())
+        serde_json::from_value(v).map_err(|e| e.to_string())
     }
 
-    /// Waits until every backend of every VIP is in `state` ("up", "down").
-    pub fn wait_backends(&self, timeout: Duration, pred: impl Fn(&str, usize) -> bool) -> bool {
+    pub fn vips(&self) -> Result<Vec<VipStatus>> {
+        Ok(self.status()?.vips)
+    }
+
+    /// Waits until `pred(state, index in its VIP)` holds for every backend
+    /// of every VIP.
+    pub fn wait_backends(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(BackendState, usize) -> bool,
+    ) -> bool {
         wait_for(timeout, || {
             self.vips().is_ok_and(|vips| {
                 vips.iter()
                     .flat_map(|v| v.backends.iter().enumerate())
-                    .all(|(i, b)| pred(&b.state, i))
+                    .all(|(i, b)| pred(b.state, i))
             })
         })
     }

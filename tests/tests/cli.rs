@@ -124,3 +124,61 @@ fn commands_with_c_read_only_the_control_socket_from_the_file() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn errors_are_json_under_json() {
+    let sock = std::env::temp_dir().join(format!("slb-cli-json-{}.sock", std::process::id()));
+    let out = Command::new(STICKYLB)
+        .arg("--json")
+        .arg("--socket")
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("cannot reach the stickylb daemon")
+            && err.contains(&sock.display().to_string()),
+        "{err}"
+    );
+    // Errors before any daemon is asked are JSON too.
+    let out = Command::new(STICKYLB)
+        .args(["--json", "run"])
+        .env_remove("STICKYLB_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"ok": false, "error": "no config file: pass -c FILE (or set STICKYLB_CONFIG)"})
+    );
+}
+
+#[test]
+fn a_closed_stdout_is_no_error() {
+    // The reader is gone before the first write, as with `stickylb man |
+    // head -0`: every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(STICKYLB)
+        .arg("man")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (Some(0), "")
+    );
+}

@@ -9,6 +9,7 @@ use std::{
 };
 
 use lb_user::{
+    api::BackendState,
     control::Request,
     lb::{FlowEntry, LookupResult},
 };
@@ -58,7 +59,7 @@ fn daemon_failover_restart_reload_and_cli() {
     );
     let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
     assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == "up"),
+        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
         "backends up: {:?}\n{}",
         d.vips(),
         d.log_text()
@@ -77,7 +78,7 @@ fn daemon_failover_restart_reload_and_cli() {
     for (c, b) in clients.iter().zip(&first) {
         let r: Vec<LookupResult> = serde_json::from_value(
             d.call(&Request::Lookup {
-                client: *c,
+                client: (*c).into(),
                 vip: None,
             })
             .unwrap(),
@@ -127,7 +128,7 @@ fn daemon_failover_restart_reload_and_cli() {
     assert_eq!(others_moved, 0);
     let vips = d.vips().unwrap();
     let dead = &vips[0].backends[victim];
-    assert_eq!(dead.state, "down");
+    assert_eq!(dead.state, BackendState::Down);
     assert!(dead.reason.contains("failed tcp checks"), "{}", dead.reason);
     assert!(d.log_text().contains(&format!(
         "{}:80 down: 2 failed tcp checks",
@@ -136,7 +137,7 @@ fn daemon_failover_restart_reload_and_cli() {
 
     // Recovery: the moved clients stay where they are now.
     topo.start_server(victim).unwrap();
-    assert!(d.wait_backends(Duration::from_secs(5), |s, _| s == "up"));
+    assert!(d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up));
     assert_eq!(sweep(&topo, &clients), after, "recovery moved clients");
 
     // kill -9: the program keeps forwarding without its daemon; a new
@@ -157,7 +158,10 @@ fn daemon_failover_restart_reload_and_cli() {
         vip.counters.new_clients, new_before,
         "counters after restart"
     );
-    assert!(vip.backends.iter().all(|b| b.state == "up"), "{vip:?}");
+    assert!(
+        vip.backends.iter().all(|b| b.state == BackendState::Up),
+        "{vip:?}"
+    );
     assert_eq!(sweep(&topo, &clients), after, "clients after restart");
 
     // Reload with a new weight applies without a reset.
@@ -333,6 +337,25 @@ fn cli_checks(d: &Daemon, client: Ipv4Addr) {
     };
     one_line_err(&["lookup", &c, "--vip", "nope"], 1, "no VIP named \"nope\"");
     one_line_err(&["lookup", "10.77.1"], 2, "invalid value '10.77.1'");
+    one_line_err(
+        &["lookup", "2001:db8::1"],
+        1,
+        "client 2001:db8::1: IPv6 clients are not supported yet",
+    );
+    one_line_err(
+        &["backend", "drain", "--vip", "web", "[2001:db8::5]:80"],
+        1,
+        "backend [2001:db8::5]:80: IPv6 backends are not supported yet",
+    );
+    // Under --json the same error is a JSON object on stdout.
+    let (code, out, err) = d.cli(&["--json", "lookup", &c, "--vip", "nope"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.is_empty(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"ok": false, "error": "no VIP named \"nope\""})
+    );
     one_line_err(
         &["backend", "drain", "--vip", "web", "10.77.0.98:80"],
         1,

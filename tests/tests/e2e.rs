@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_user::{control::Request, lb::LookupResult};
+use lb_user::{api::BackendState, control::Request, lb::LookupResult};
 use stickylb_tests::{
     daemon::{Daemon, PinGuard},
     netns::{
@@ -42,7 +42,7 @@ fn predicted(d: &Daemon, clients: &[Ipv4Addr]) -> Vec<Option<usize>> {
         .map(|c| {
             let r: Vec<LookupResult> = serde_json::from_value(
                 d.call(&Request::Lookup {
-                    client: *c,
+                    client: (*c).into(),
                     vip: Some("web".into()),
                 })
                 .unwrap(),
@@ -87,7 +87,7 @@ fn failover(
     // re-picks its clients at once), polled cheaply over the control socket.
     let detected = wait_for(DETECTION_BOUND + Duration::from_secs(2), || {
         d.vips()
-            .is_ok_and(|v| v[0].backends[victim].state == "down")
+            .is_ok_and(|v| v[0].backends[victim].state == BackendState::Down)
     });
     let detect = t0.elapsed();
     // Client-visible: every client of the victim answered elsewhere. A sweep
@@ -164,7 +164,7 @@ fn scenarios_in_network_namespaces() {
     let config = topo.config(&pin.0, "", "affinity_timeout = \"120s\"");
     let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
     assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == "up"),
+        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
         "{}",
         d.log_text()
     );
@@ -223,7 +223,7 @@ fn scenarios_in_network_namespaces() {
     // 4. Recovery: moved clients stay; new clients reach the recovered backend.
     topo.start_server(0).unwrap();
     assert!(
-        d.wait_backends(Duration::from_secs(8), |s, _| s == "up"),
+        d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up),
         "{}",
         d.log_text()
     );
@@ -247,7 +247,7 @@ fn scenarios_in_network_namespaces() {
     });
     topo.set_backend_link(2, true).unwrap();
     assert!(
-        d.wait_backends(Duration::from_secs(8), |s, _| s == "up"),
+        d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up),
         "{}",
         d.log_text()
     );

@@ -1,17 +1,20 @@
 //! Carrying out a `Plan` on the maps, in the order that keeps clients where
 //! they are.
 
-use std::net::SocketAddrV4;
-
-use lb_common::{NO_BACKEND, VipInfo};
+use lb_common::{NO_BACKEND, VipInfo, VipKey};
 use log::info;
 use serde::Serialize;
 
 use super::{
-    BackendChange, Lb, LbError, Maps, Plan, RebuildReport, Result, Vip, VipPlan, rebuild,
-    state::{Backend, MacSource},
+    Lb, LbError, Maps, Plan, RebuildReport, Result, Vip,
+    plan::VipWork,
+    rebuild,
+    state::{Backend, BackendSpec},
 };
-use crate::config::VipConfig;
+use crate::{
+    api::{BackendChange, BackendReport, MacSource, PlanReport, VipReport},
+    config::VipConfig,
+};
 
 /// What applying a plan did to each VIP's table.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -43,25 +46,32 @@ impl<M: Maps> Lb<M> {
     /// 4. keys no VIP holds any more leave the VIP map (only now: a VIP may
     ///    have taken another's key, as in a swap).
     pub fn apply(&mut self, plan: Plan) -> Result<ApplyReport> {
-        if plan.generation != self.generation {
+        if plan.generation() != self.generation {
             return Err(LbError::StalePlan);
         }
         self.generation += 1;
+        let (report, work, removed_keys, ring) = plan.into_parts();
         let mut old: Vec<Option<Vip>> = std::mem::take(&mut self.vips)
             .into_iter()
             .map(Some)
             .collect();
-        let result = self.apply_to(&plan, &mut old);
+        let result = self.apply_to(&report, &work, &removed_keys, &mut old);
         if result.is_err() {
             // Keep what was not reached in the books: its maps are as they were.
             self.vips.extend(old.into_iter().flatten());
         }
-        self.ring = plan.ring;
+        self.ring = ring;
         result
     }
 
-    fn apply_to(&mut self, plan: &Plan, old: &mut [Option<Vip>]) -> Result<ApplyReport> {
-        for r in &plan.removed {
+    fn apply_to(
+        &mut self,
+        plan: &PlanReport,
+        work: &[VipWork],
+        removed_keys: &[VipKey],
+        old: &mut [Option<Vip>],
+    ) -> Result<ApplyReport> {
+        for (r, key) in plan.removed.iter().zip(removed_keys) {
             let Some(vip) = old
                 .iter_mut()
                 .find(|v| v.as_ref().is_some_and(|v| v.id == r.id))
@@ -69,7 +79,7 @@ impl<M: Maps> Lb<M> {
             else {
                 continue;
             };
-            self.maps.remove_vip(&r.key)?;
+            self.maps.remove_vip(key)?;
             for b in &vip.backends {
                 self.maps.set_backend(b.id, bytemuck::Zeroable::zeroed())?;
             }
@@ -79,8 +89,8 @@ impl<M: Maps> Lb<M> {
                 vip.name
             );
         }
-        for vp in &plan.vips {
-            if let (Some(ri), false) = (vp.running, vp.removed_backends.is_empty())
+        for (vp, w) in plan.vips.iter().zip(work) {
+            if let (Some(ri), false) = (w.running, vp.removed_backends.is_empty())
                 && let Some(v) = old[ri].as_mut()
             {
                 self.remove_backends(v, vp)?;
@@ -88,16 +98,16 @@ impl<M: Maps> Lb<M> {
         }
         let mut report = ApplyReport::default();
         let mut old_keys = Vec::new();
-        for vp in &plan.vips {
-            let vip = match vp.running.and_then(|ri| old[ri].take()) {
+        for (vp, w) in plan.vips.iter().zip(work) {
+            let vip = match w.running.and_then(|ri| old[ri].take()) {
                 Some(mut v) => {
                     old_keys.push(v.key);
-                    let r = self.update_vip(&mut v, vp)?;
+                    let r = self.update_vip(&mut v, vp, w)?;
                     report.rebuilt.push((v.name.clone(), r));
                     v
                 }
                 None => {
-                    let (v, r) = self.add_vip(vp)?;
+                    let (v, r) = self.add_vip(vp, w)?;
                     report.rebuilt.push((v.name.clone(), r));
                     v
                 }
@@ -126,7 +136,7 @@ impl<M: Maps> Lb<M> {
 
     /// Removes the backends `vp` drops with one table rebuild and one pass
     /// over the affinity table (which may hold millions of entries).
-    fn remove_backends(&mut self, v: &mut Vip, vp: &VipPlan) -> Result<()> {
+    fn remove_backends(&mut self, v: &mut Vip, vp: &VipReport) -> Result<()> {
         let ids: Vec<u32> = vp.removed_backends.iter().map(|b| b.id).collect();
         v.backends.retain(|b| !ids.contains(&b.id));
         rebuild(&mut self.maps, v)?;
@@ -149,13 +159,13 @@ impl<M: Maps> Lb<M> {
         Ok(())
     }
 
-    fn add_vip(&mut self, vp: &VipPlan) -> Result<(Vip, RebuildReport)> {
-        let cfg = &vp.spec.cfg;
-        let info = self.vip_info(vp.id, cfg, vp.ring_base);
-        let key = vp.spec.key();
+    fn add_vip(&mut self, vp: &VipReport, w: &VipWork) -> Result<(Vip, RebuildReport)> {
+        let cfg = &w.spec.cfg;
+        let info = self.vip_info(vp.id, cfg, w.ring_base);
+        let key = w.spec.key();
         // Start from an all-empty table so the first rebuild writes every slot.
         let empty: Vec<(u32, u32)> = (0..cfg.table_size).map(|s| (s, NO_BACKEND)).collect();
-        self.maps.write_ring(vp.ring_base, &empty)?;
+        self.maps.write_ring(w.ring_base, &empty)?;
         let mut v = Vip {
             name: vp.name.clone(),
             id: vp.id,
@@ -166,7 +176,8 @@ impl<M: Maps> Lb<M> {
             backends: vp
                 .backends
                 .iter()
-                .map(|b| Backend::new(b.id, &b.spec))
+                .zip(&w.spec.backends)
+                .map(|(b, spec)| Backend::new(b.id, spec))
                 .collect(),
         };
         for b in &v.backends {
@@ -188,12 +199,12 @@ impl<M: Maps> Lb<M> {
     /// Brings a running VIP to what `vp` asks. Its dropped backends are gone
     /// already (`remove_backends`); the caller removes its old key from the
     /// VIP map if no VIP holds it afterwards.
-    fn update_vip(&mut self, v: &mut Vip, vp: &VipPlan) -> Result<RebuildReport> {
-        let new_key = vp.spec.key();
+    fn update_vip(&mut self, v: &mut Vip, vp: &VipReport, w: &VipWork) -> Result<RebuildReport> {
+        let new_key = w.spec.key();
         v.name = vp.name.clone();
-        v.cfg = vp.spec.cfg.clone();
+        v.cfg = w.spec.cfg.clone();
         let mut running = std::mem::take(&mut v.backends);
-        for bp in &vp.backends {
+        for (bp, spec) in vp.backends.iter().zip(&w.spec.backends) {
             let b = match bp.change {
                 BackendChange::Kept { .. } => {
                     let i = running
@@ -202,14 +213,14 @@ impl<M: Maps> Lb<M> {
                         .expect("a kept backend is in the running VIP");
                     let mut b = running.swap_remove(i);
                     let before = b.info(v.id);
-                    update_backend(&mut b, bp.address, &bp.spec);
+                    update_backend(&mut b, bp, spec);
                     if b.info(v.id) != before {
                         self.maps.set_backend(b.id, b.info(v.id))?;
                     }
                     b
                 }
                 BackendChange::Added => {
-                    let b = Backend::new(bp.id, &bp.spec);
+                    let b = Backend::new(bp.id, spec);
                     self.maps.set_backend(b.id, b.info(v.id))?;
                     b
                 }
@@ -221,7 +232,7 @@ impl<M: Maps> Lb<M> {
         // A new table size needs a new region: fill it, then switch the VIP
         // to it in one map update, so no frame sees a half-written table.
         let old = v.info;
-        let info = self.vip_info(v.id, &v.cfg, vp.ring_base);
+        let info = self.vip_info(v.id, &v.cfg, w.ring_base);
         if info.ring_base != old.ring_base {
             let empty: Vec<(u32, u32)> = (0..info.ring_size).map(|s| (s, NO_BACKEND)).collect();
             self.maps.write_ring(info.ring_base, &empty)?;
@@ -241,8 +252,8 @@ impl<M: Maps> Lb<M> {
 }
 
 /// Brings a kept backend to `spec`; health and the learned MAC stay.
-fn update_backend(b: &mut Backend, addr: SocketAddrV4, spec: &super::BackendSpec) {
-    debug_assert_eq!(b.addr, addr);
+fn update_backend(b: &mut Backend, planned: &BackendReport, spec: &BackendSpec) {
+    debug_assert_eq!(b.addr, planned.address);
     b.weight = spec.cfg.weight;
     b.drained = spec.drained;
     b.health_cfg = spec.cfg.health.clone();

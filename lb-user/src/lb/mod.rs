@@ -34,12 +34,12 @@ use self::state::RingAlloc;
 pub use self::{
     apply::ApplyReport,
     maps::Maps,
-    plan::{
-        BackendChange, BackendPlan, Plan, RemovedBackend, RemovedVip, SettingChange, VipChange,
-        VipPlan,
-    },
-    query::{BackendStatus, FlowEntry, LookupResult, RebuildReport, VipStatus},
-    state::{Backend, BackendSpec, MacSource, Vip, VipSpec},
+    plan::Plan,
+    state::{Backend, BackendSpec, Vip, VipSpec},
+};
+pub use crate::api::{
+    BackendChange, BackendState, BackendStatus, FlowEntry, LookupResult, MacSource, PlanReport,
+    RebuildReport, VipChange, VipStatus,
 };
 pub use crate::fmt::fmt_mac;
 use crate::{
@@ -374,7 +374,7 @@ impl<M: Maps> Lb<M> {
                 from_config: false,
             })
         })?;
-        let id = plan.vips[vi]
+        let id = plan.report.vips[vi]
             .backends
             .iter()
             .find(|b| b.address == addr)

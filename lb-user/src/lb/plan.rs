@@ -5,125 +5,74 @@
 //! be carried out is refused here, as a whole, before anything changes.
 //! The same `Plan` is what the log and the `reload` reply print.
 
-use std::{collections::BTreeSet, fmt, net::SocketAddrV4};
+use std::{collections::BTreeSet, fmt};
 
 use lb_common::{MAX_BACKENDS, MAX_VIPS, VipKey};
-use serde::Serialize;
 
 use super::{
     Lb, LbError, Maps, Result,
     state::{BackendSpec, RingAlloc, VipSpec},
 };
 use crate::{
+    api::{
+        BackendChange, BackendReport, PlanReport, RemovedBackend, RemovedVip, SettingChange,
+        VipChange, VipReport,
+    },
     config::VipConfig,
     fmt::{fmt_duration, fmt_mac},
 };
 
-/// Everything one change of the desired state does.
-#[derive(Clone, Debug, Serialize)]
+/// A planned change: what it does (`report`, which the log and the reload
+/// reply print) and what `apply` needs to do it.
+#[derive(Clone, Debug)]
 pub struct Plan {
-    /// Settings that differ but take a restart to apply; reported, not applied.
-    pub needs_restart: Vec<String>,
-    /// Running VIPs that nothing asked for any more.
-    pub removed: Vec<RemovedVip>,
-    /// The VIPs afterwards, in the order asked for.
-    pub vips: Vec<VipPlan>,
+    pub report: PlanReport,
+    /// One per `report.vips`, in the same order.
+    work: Vec<VipWork>,
+    /// The VIP-map keys of `report.removed`, in the same order.
+    removed_keys: Vec<VipKey>,
     /// The ring pool's layout afterwards.
-    #[serde(skip)]
-    pub(super) ring: RingAlloc,
+    ring: RingAlloc,
     /// The state this plan was made against (see `Lb::apply`).
-    #[serde(skip)]
-    pub(super) generation: u64,
+    generation: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct RemovedVip {
-    pub name: String,
-    pub id: u32,
-    #[serde(skip)]
-    pub(super) key: VipKey,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct VipPlan {
-    pub name: String,
-    pub id: u32,
-    #[serde(flatten)]
-    pub change: VipChange,
-    pub backends: Vec<BackendPlan>,
-    /// Backends of the running VIP that are not asked for any more.
-    pub removed_backends: Vec<RemovedBackend>,
+/// What `apply` needs for one VIP of the plan.
+#[derive(Clone, Debug)]
+pub(super) struct VipWork {
     /// First slot of the VIP's table afterwards.
-    #[serde(skip)]
     pub(super) ring_base: u32,
-    #[serde(skip)]
+    /// Its backends are in the order of the report's.
     pub(super) spec: VipSpec,
     /// Index of the VIP it continues in the running list.
-    #[serde(skip)]
     pub(super) running: Option<usize>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum VipChange {
-    Added,
-    Kept {
-        /// The running VIP had this name (matched by address, port, protocol).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        renamed_from: Option<String>,
-        settings: Vec<SettingChange>,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SettingChange {
-    pub field: &'static str,
-    pub from: String,
-    pub to: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct BackendPlan {
-    pub address: SocketAddrV4,
-    pub id: u32,
-    #[serde(flatten)]
-    pub change: BackendChange,
-    #[serde(skip)]
-    pub(super) spec: BackendSpec,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum BackendChange {
-    Added,
-    Kept { settings: Vec<SettingChange> },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RemovedBackend {
-    pub address: SocketAddrV4,
-    pub id: u32,
 }
 
 impl Plan {
     /// Whether carrying it out changes anything (restart-only settings
     /// included: they are a change the operator asked for).
     pub fn is_empty(&self) -> bool {
-        self.needs_restart.is_empty()
-            && self.removed.is_empty()
-            && self.vips.iter().all(|v| {
-                v.removed_backends.is_empty()
-                    && matches!(&v.change, VipChange::Kept { renamed_from: None, settings } if settings.is_empty())
-                    && v.backends.iter().all(|b| {
-                        matches!(&b.change, BackendChange::Kept { settings } if settings.is_empty())
-                    })
-            })
+        self.report.is_empty()
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(super) fn into_parts(self) -> (PlanReport, Vec<VipWork>, Vec<VipKey>, RingAlloc) {
+        (self.report, self.work, self.removed_keys, self.ring)
     }
 }
 
-fn setting(field: &'static str, from: impl fmt::Display, to: impl fmt::Display) -> SettingChange {
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.report.fmt(f)
+    }
+}
+
+fn setting(field: &str, from: impl fmt::Display, to: impl fmt::Display) -> SettingChange {
     SettingChange {
-        field,
+        field: field.to_owned(),
         from: from.to_string(),
         to: to.to_string(),
     }
@@ -279,6 +228,7 @@ impl<M: Maps> Lb<M> {
         }
 
         let mut vips = Vec::with_capacity(desired.len());
+        let mut work = Vec::with_capacity(desired.len());
         for (spec, ri) in desired.into_iter().zip(running) {
             let old = ri.map(|ri| &self.vips[ri]);
             let (id, ring_base, change) = match old {
@@ -325,11 +275,10 @@ impl<M: Maps> Lb<M> {
                             BackendChange::Added,
                         ),
                     };
-                backends.push(BackendPlan {
+                backends.push(BackendReport {
                     address: addr,
                     id,
                     change,
-                    spec: b.clone(),
                 });
             }
             let removed_backends = old
@@ -344,97 +293,42 @@ impl<M: Maps> Lb<M> {
                         .collect()
                 })
                 .unwrap_or_default();
-            vips.push(VipPlan {
+            vips.push(VipReport {
                 name: spec.cfg.name.clone(),
                 id,
                 change,
                 backends,
                 removed_backends,
+            });
+            work.push(VipWork {
                 ring_base,
                 spec,
                 running: ri,
             });
         }
-        let removed = self
+        let gone: Vec<&super::Vip> = self
             .vips
             .iter()
             .zip(&taken)
             .filter(|(_, t)| !**t)
-            .map(|(v, _)| RemovedVip {
-                name: v.name.clone(),
-                id: v.id,
-                key: v.key,
-            })
+            .map(|(v, _)| v)
             .collect();
         Ok(Plan {
-            needs_restart,
-            removed,
-            vips,
+            report: PlanReport {
+                needs_restart,
+                removed: gone
+                    .iter()
+                    .map(|v| RemovedVip {
+                        name: v.name.clone(),
+                        id: v.id,
+                    })
+                    .collect(),
+                vips,
+            },
+            work,
+            removed_keys: gone.iter().map(|v| v.key).collect(),
             ring,
             generation: self.generation,
         })
-    }
-}
-
-/// One line for the log and the `reload` reply.
-impl fmt::Display for Plan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_empty() {
-            return f.write_str("no changes");
-        }
-        let mut parts = Vec::new();
-        for v in &self.vips {
-            let mut what: Vec<String> = Vec::new();
-            match &v.change {
-                VipChange::Added => {
-                    parts.push(format!(
-                        "VIP {} added with {} backends",
-                        v.name,
-                        v.backends.len()
-                    ));
-                    continue;
-                }
-                VipChange::Kept {
-                    renamed_from,
-                    settings,
-                } => {
-                    if let Some(old) = renamed_from {
-                        what.push(format!("renamed from {old}"));
-                    }
-                    what.extend(
-                        settings
-                            .iter()
-                            .map(|s| format!("{} {} -> {}", s.field, s.from, s.to)),
-                    );
-                }
-            }
-            for b in &v.backends {
-                match &b.change {
-                    BackendChange::Added => what.push(format!("+{}", b.address)),
-                    BackendChange::Kept { settings } if !settings.is_empty() => {
-                        let s: Vec<String> = settings
-                            .iter()
-                            .map(|s| format!("{} {} -> {}", s.field, s.from, s.to))
-                            .collect();
-                        what.push(format!("~{} ({})", b.address, s.join(", ")));
-                    }
-                    BackendChange::Kept { .. } => {}
-                }
-            }
-            what.extend(v.removed_backends.iter().map(|b| format!("-{}", b.address)));
-            if !what.is_empty() {
-                parts.push(format!("VIP {}: {}", v.name, what.join(" ")));
-            }
-        }
-        for r in &self.removed {
-            parts.push(format!("VIP {} removed", r.name));
-        }
-        if !self.needs_restart.is_empty() {
-            parts.push(format!(
-                "needs a restart to apply: {}",
-                self.needs_restart.join(", ")
-            ));
-        }
-        f.write_str(&parts.join("; "))
     }
 }

@@ -7,19 +7,15 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{AffinityKey, BackendStats, VipStats, select};
-use serde::{Deserialize, Serialize};
+use lb_common::{AffinityKey, select};
 
-use super::{Backend, Lb, MacSource, Maps, Result};
-use crate::{fmt::fmt_mac, health::State, util::monotonic_ns};
-
-/// What one table rebuild did.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct RebuildReport {
-    pub slots_written: usize,
-    pub build_us: u64,
-    pub write_us: u64,
-}
+use super::{Backend, Lb, Maps, Result};
+use crate::{
+    api::{BackendState, BackendStatus, FlowEntry, LookupResult, VipStatus},
+    fmt::fmt_mac,
+    health::State,
+    util::monotonic_ns,
+};
 
 impl<M: Maps> Lb<M> {
     /// Where `client` goes on each VIP (or the named one), and why.
@@ -163,11 +159,13 @@ impl<M: Maps> Lb<M> {
                     id: b.id,
                     address: b.addr,
                     state: match (b.health, b.alive()) {
-                        (Some(State::Up), true) if b.drained || b.weight == 0 => "draining".into(),
-                        (Some(State::Up), true) => "up".into(),
-                        (Some(State::Up), false) => "up (no MAC)".into(),
-                        (Some(State::Down), _) => "down".into(),
-                        (None, _) => "unknown".into(),
+                        (Some(State::Up), true) if b.drained || b.weight == 0 => {
+                            BackendState::Draining
+                        }
+                        (Some(State::Up), true) => BackendState::Up,
+                        (Some(State::Up), false) => BackendState::UpNoMac,
+                        (Some(State::Down), _) => BackendState::Down,
+                        (None, _) => BackendState::Unknown,
                     },
                     reason: b.reason.clone(),
                     weight: b.weight,
@@ -199,60 +197,4 @@ impl<M: Maps> Lb<M> {
         }
         Ok(out)
     }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct LookupResult {
-    pub vip: String,
-    pub client: Ipv4Addr,
-    pub backend: Option<SocketAddrV4>,
-    pub reason: String,
-    pub slot: Option<u32>,
-    pub affinity_age_ms: Option<u64>,
-    pub affinity_idle_ms: Option<u64>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FlowEntry {
-    pub vip: String,
-    pub client: Ipv4Addr,
-    pub backend: Option<SocketAddrV4>,
-    pub age_ms: u64,
-    pub idle_ms: u64,
-    pub live: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct BackendStatus {
-    pub id: u32,
-    pub address: SocketAddrV4,
-    pub state: String,
-    pub reason: String,
-    pub weight: u32,
-    pub drained: bool,
-    pub mac: Option<String>,
-    pub mac_source: MacSource,
-    pub check: Option<String>,
-    pub check_latency_ms: Option<f64>,
-    /// Maglev slots owned.
-    pub slots: usize,
-    /// Clients with a live affinity entry.
-    pub clients: usize,
-    #[serde(flatten)]
-    pub counters: BackendStats,
-    pub from_config: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct VipStatus {
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub port: u16,
-    pub protocol: String,
-    pub table_size: u32,
-    pub affinity_timeout_s: f64,
-    pub alive_backends: usize,
-    #[serde(flatten)]
-    pub counters: VipStats,
-    pub backends: Vec<BackendStatus>,
 }

@@ -4,22 +4,13 @@
 use std::net::SocketAddrV4;
 
 use lb_common::{BackendInfo, RING_POOL_SIZE, VipInfo, VipKey, backend_flags};
-use serde::{Deserialize, Serialize};
 
 use super::{LbError, Result};
 use crate::{
+    api::MacSource,
     config::{BackendConfig, HealthConfig, VipConfig},
     health::{Outcome, State},
 };
-
-/// Where a backend's MAC came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MacSource {
-    Config,
-    Neighbour,
-    Unknown,
-}
 
 #[derive(Clone, Debug)]
 pub struct Backend {

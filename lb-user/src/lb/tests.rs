@@ -175,7 +175,7 @@ fn rename_keeps_id_table_and_key() {
     let plan = lb.plan_config(&renamed, Vec::new()).unwrap();
     assert_eq!(plan.to_string(), "VIP www: renamed from web");
     assert!(matches!(
-        &plan.vips[0].change,
+        &plan.report.vips[0].change,
         VipChange::Kept { renamed_from: Some(n), settings } if n == "web" && settings.is_empty()
     ));
     lb.apply(plan).unwrap();
@@ -284,7 +284,7 @@ fn reload_after_live_changes_reports_what_it_reverts() {
         plan.to_string(),
         "VIP web: ~192.0.2.10:80 (drained yes -> no) ~192.0.2.11:80 (weight 5 -> 1) -192.0.2.13:80"
     );
-    let removed = &plan.vips[0].removed_backends;
+    let removed = &plan.report.vips[0].removed_backends;
     assert_eq!((removed[0].address, removed[0].id), (addr(13), added));
     lb.apply(plan).unwrap();
     assert!(lb.plan_config(&cfg, Vec::new()).unwrap().is_empty());
@@ -365,13 +365,13 @@ fn plan_lists_additions_removals_and_restart_only_fields() {
          VIP b removed; needs a restart to apply: hash_seed"
     );
     assert!(matches!(
-        plan.vips[0].backends[1].change,
+        plan.report.vips[0].backends[1].change,
         BackendChange::Added
     ));
-    assert_eq!(plan.vips[1].change, VipChange::Added);
+    assert_eq!(plan.report.vips[1].change, VipChange::Added);
     // The VIP added reuses the removed one's id only after it is purged.
-    assert_eq!(plan.vips[1].id, plan.removed[0].id);
-    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(plan.report.vips[1].id, plan.report.removed[0].id);
+    let json = serde_json::to_value(&plan.report).unwrap();
     assert_eq!(json["vips"][1]["change"], "added");
     assert_eq!(json["removed"][0]["name"], "b");
     assert_eq!(json["needs_restart"][0], "hash_seed");
@@ -410,7 +410,7 @@ fn a_health_default_change_reaches_every_backend() {
     }
     new.vips[0].health.rise = 4;
     let plan = lb.plan_config(&new, Vec::new()).unwrap();
-    let changed: Vec<_> = plan.vips[0]
+    let changed: Vec<_> = plan.report.vips[0]
         .backends
         .iter()
         .filter(|b| matches!(&b.change, BackendChange::Kept { settings } if settings[0].field == "health"))
@@ -418,7 +418,7 @@ fn a_health_default_change_reaches_every_backend() {
         .collect();
     assert_eq!(changed, [addr(10), addr(11)]);
     assert!(
-        matches!(&plan.vips[0].change, VipChange::Kept { settings, .. } if settings.len() == 1),
+        matches!(&plan.report.vips[0].change, VipChange::Kept { settings, .. } if settings.len() == 1),
         "{plan}"
     );
 }

@@ -9,7 +9,10 @@ use std::{
 };
 
 use lb_common::{DEFAULT_HASH_SEED, client_hash, maglev};
-use lb_user::dataplane::{Dataplane, LoadOptions};
+use lb_user::{
+    api::BackendState,
+    dataplane::{Dataplane, LoadOptions},
+};
 use serde_json::json;
 
 use super::{Ctx, Plot, Section, Table, median, plot, progress};
@@ -335,7 +338,7 @@ fn failover_once(ctx: &Ctx, health: &str) -> Result<(u128, u128, usize), String>
     let pin = PinGuard(topo.daemon_pin());
     let config = topo.config(&pin.0, health, "");
     let mut d = Daemon::start(&topo, &ctx.stickylb_bin, &config, &[])?;
-    if !d.wait_backends(Duration::from_secs(8), |s, _| s == "up") {
+    if !d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up) {
         return Err(format!("backends not up:\n{}", d.log_text()));
     }
     let clients = topo.clients.clone();
@@ -349,7 +352,8 @@ fn failover_once(ctx: &Ctx, health: &str) -> Result<(u128, u128, usize), String>
     let t0 = Instant::now();
     topo.kill_server(1);
     if !wait_for(Duration::from_secs(10), || {
-        d.vips().is_ok_and(|v| v[0].backends[1].state == "down")
+        d.vips()
+            .is_ok_and(|v| v[0].backends[1].state == BackendState::Down)
     }) {
         return Err("backend not marked down".into());
     }

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_user::api::BackendState;
 use serde_json::{Value, json};
 
 use super::{Ctx, Plot, Section, Table, plot, progress};
@@ -396,7 +397,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         if round > 0 {
             daemon.restart(&topo, &[])?;
         }
-        if !daemon.wait_backends(Duration::from_secs(10), |s, _| s == "up") {
+        if !daemon.wait_backends(Duration::from_secs(10), |s, _| s == BackendState::Up) {
             return Err(format!(
                 "stickylb's backends did not come up: {:?}\n{}",
                 daemon.vips(),

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_user::api::BackendState;
 use stickylb_tests::{
     daemon::{Daemon, PinGuard},
     netns::{ChildGuard, Topology, TopologyOptions, VIP, backend_of, http_get, wait_for},
@@ -270,7 +271,7 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
     };
     let config = topo.config(&pin.0, health, "affinity_timeout = \"10m\"");
     let mut d = Daemon::start(&topo, &stickylb, &config, &[])?;
-    if !d.wait_backends(Duration::from_secs(8), |s, _| s == "up") {
+    if !d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up) {
         return Err(format!("backends did not come up:\n{}", d.log_text()));
     }
     println!(
@@ -327,7 +328,8 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
     let t0 = Instant::now();
     topo.kill_server(1);
     let detected = wait_for(Duration::from_secs(10), || {
-        d.vips().is_ok_and(|v| v[0].backends[1].state == "down")
+        d.vips()
+            .is_ok_and(|v| v[0].backends[1].state == BackendState::Down)
     });
     let detect = t0.elapsed();
     if !detected {
@@ -353,7 +355,7 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
         "   {lost} of {moved} moved clients lost their session: it lived in backend-1's memory (drawback of sticky sessions)."
     );
     topo.start_server(1)?;
-    if !d.wait_backends(Duration::from_secs(8), |s, _| s == "up") {
+    if !d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up) {
         return Err("backend-1 did not come back".into());
     }
     println!(
@@ -431,7 +433,8 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
     let t0 = Instant::now();
     topo.kill_server(2);
     wait_for(Duration::from_secs(10), || {
-        d.vips().is_ok_and(|v| v[0].backends[2].state == "down")
+        d.vips()
+            .is_ok_and(|v| v[0].backends[2].state == BackendState::Down)
     });
     let detect = t0.elapsed();
     clients.reset_marks();

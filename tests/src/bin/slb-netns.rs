@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use lb_user::api::BackendState;
 use stickylb_tests::{
     daemon::Daemon,
     netns::{KeptTopology, Topology, TopologyOptions, VIP},
@@ -56,7 +57,7 @@ fn build() -> Result<(Topology, Daemon, PathBuf), String> {
     let pin = topo.daemon_pin();
     let config = topo.config(&pin, "", "affinity_timeout = \"5m\"");
     let d = Daemon::start(&topo, &dir.join("stickylb-under-test"), &config, &[])?;
-    if !d.wait_backends(Duration::from_secs(8), |s, _| s == "up") {
+    if !d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up) {
         return Err(format!("backends did not come up:\n{}", d.log_text()));
     }
     Ok((topo, d, pin))

@@ -1,0 +1,274 @@
+//! The command line's arguments, and the control request each daemon
+//! command sends.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::Request;
+
+#[derive(Parser)]
+#[command(
+    name = "stickylb",
+    version,
+    about = "Sticky L4 load balancer: an XDP program pins every client IP to one backend",
+    long_about = "Sticky L4 load balancer. An XDP program pins every client, by IP address, to one \
+backend (an affinity table backed by a Maglev table) and forwards by L2 direct server return. \
+`stickylb run` loads it and keeps it in step with the config and the backends' health; the \
+other commands talk to the running daemon over its control socket."
+)]
+pub struct Cli {
+    /// Control socket of the daemon to talk to. Default: the config's
+    /// `control_socket` when -c is given, else /run/stickylb/stickylb.sock.
+    #[arg(long, global = true, env = "STICKYLB_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Config file (for `run`, `check`; other commands read its control_socket).
+    #[arg(short, long, global = true, env = "STICKYLB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of tables; errors too, as {"ok": false, "error": ...}.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load and attach the program and run the daemon until SIGINT/SIGTERM.
+    /// State pinned by an earlier run is adopted: no client moves.
+    Run {
+        /// Replace pinned state from an earlier run instead of adopting it
+        /// (clears every affinity entry and counter).
+        #[arg(long)]
+        fresh: bool,
+        /// On exit, leave the program forwarding and the maps pinned.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Validate the config without touching the kernel; lists every problem.
+    Check,
+    #[command(flatten)]
+    Query(Query),
+    /// Print shell completions.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// The commands answered by the running daemon.
+#[derive(Subcommand)]
+pub enum Query {
+    /// VIPs and backends: state, weight, MAC, check, clients, traffic.
+    Status,
+    /// Backends of every VIP, one line each.
+    Backends,
+    /// Which backend a client goes to, and why.
+    Lookup {
+        /// The client's IP address.
+        client: IpAddr,
+        /// Only this VIP (by name); default: every VIP.
+        #[arg(long)]
+        vip: Option<String>,
+    },
+    /// Affinity entries (client → backend).
+    Flows {
+        /// Only this VIP (by name).
+        #[arg(long)]
+        vip: Option<String>,
+        /// Only clients of this backend (ADDRESS:PORT).
+        #[arg(long)]
+        backend: Option<SocketAddr>,
+    },
+    /// Change backends live. Not written to the config file: a reload
+    /// returns to what the file says.
+    Backend {
+        #[command(subcommand)]
+        action: BackendAction,
+    },
+    /// Re-read the config file and apply the difference (as SIGHUP does).
+    Reload,
+}
+
+#[derive(Subcommand)]
+pub enum BackendAction {
+    /// Add a backend; it takes clients once its health check passes.
+    Add {
+        /// The VIP (by name) to add it to.
+        #[arg(long)]
+        vip: String,
+        /// The backend's ADDRESS:PORT.
+        backend: SocketAddr,
+        /// Its share of new clients, relative to the other backends'.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// MAC address; default: from the kernel's neighbour table.
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Remove a backend; its clients are re-picked on their next packet.
+    Remove {
+        /// The VIP (by name) it belongs to.
+        #[arg(long)]
+        vip: String,
+        /// The backend's ADDRESS:PORT.
+        backend: SocketAddr,
+    },
+    /// Set a backend's weight (0: no new clients).
+    Weight {
+        /// The VIP (by name) it belongs to.
+        #[arg(long)]
+        vip: String,
+        /// The backend's ADDRESS:PORT.
+        backend: SocketAddr,
+        /// The new weight.
+        weight: u32,
+    },
+    /// No new clients for this backend; pinned clients stay until their
+    /// entry expires or the backend fails.
+    Drain {
+        /// The VIP (by name) it belongs to.
+        #[arg(long)]
+        vip: String,
+        /// The backend's ADDRESS:PORT.
+        backend: SocketAddr,
+    },
+    /// Undo `drain`.
+    Undrain {
+        /// The VIP (by name) it belongs to.
+        #[arg(long)]
+        vip: String,
+        /// The backend's ADDRESS:PORT.
+        backend: SocketAddr,
+    },
+}
+
+impl Query {
+    /// What to ask the daemon.
+    pub fn request(&self) -> Request {
+        match self {
+            Self::Status | Self::Backends => Request::Status,
+            Self::Lookup { client, vip } => Request::Lookup {
+                client: *client,
+                vip: vip.clone(),
+            },
+            Self::Flows { vip, backend } => Request::Flows {
+                vip: vip.clone(),
+                backend: *backend,
+            },
+            Self::Reload => Request::Reload,
+            Self::Backend { action } => action.request(),
+        }
+    }
+}
+
+impl BackendAction {
+    fn request(&self) -> Request {
+        match self {
+            Self::Add {
+                vip,
+                backend,
+                weight,
+                mac,
+            } => Request::BackendAdd {
+                vip: vip.clone(),
+                backend: *backend,
+                weight: *weight,
+                mac: mac.clone(),
+            },
+            Self::Remove { vip, backend } => Request::BackendRemove {
+                vip: vip.clone(),
+                backend: *backend,
+            },
+            Self::Weight {
+                vip,
+                backend,
+                weight,
+            } => Request::BackendWeight {
+                vip: vip.clone(),
+                backend: *backend,
+                weight: *weight,
+            },
+            Self::Drain { vip, backend } => Request::BackendDrain {
+                vip: vip.clone(),
+                backend: *backend,
+                drained: true,
+            },
+            Self::Undrain { vip, backend } => Request::BackendDrain {
+                vip: vip.clone(),
+                backend: *backend,
+                drained: false,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for a in cmd.get_arguments() {
+                // clap's own --help/--version carry their help already.
+                if a.get_help().is_none() && !matches!(a.get_id().as_str(), "help" | "version") {
+                    missing.push(format!("{path} <{}>", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cmd = Cli::command();
+        cmd.build();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn commands_build_their_requests() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("stickylb").chain(args.iter().copied()))
+                .unwrap();
+            match cli.command {
+                Command::Query(q) => q.request(),
+                _ => panic!("{args:?} is not a daemon command"),
+            }
+        };
+        assert_eq!(parse(&["backends"]), Request::Status);
+        assert_eq!(
+            parse(&["lookup", "2001:db8::1", "--vip", "web"]),
+            Request::Lookup {
+                client: "2001:db8::1".parse().unwrap(),
+                vip: Some("web".into()),
+            }
+        );
+        assert_eq!(
+            parse(&["backend", "undrain", "--vip", "web", "10.0.0.2:80"]),
+            Request::BackendDrain {
+                vip: "web".into(),
+                backend: "10.0.0.2:80".parse().unwrap(),
+                drained: false,
+            }
+        );
+        assert_eq!(
+            parse(&["backend", "add", "--vip", "web", "[2001:db8::2]:80"]),
+            Request::BackendAdd {
+                vip: "web".into(),
+                backend: "[2001:db8::2]:80".parse().unwrap(),
+                weight: 1,
+                mac: None,
+            }
+        );
+    }
+}

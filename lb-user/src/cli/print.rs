@@ -1,0 +1,312 @@
+//! The daemon's replies as people read them: tables and one-line answers.
+
+use std::io::Write;
+
+use serde::de::DeserializeOwned;
+
+use super::args::{BackendAction, Query};
+use crate::api::{
+    BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply, ReloadReply,
+    StatusReply, VipStatus,
+};
+
+/// Prints the daemon's `result` for `query` in words.
+pub fn reply(out: &mut dyn Write, query: &Query, result: serde_json::Value) -> anyhow::Result<()> {
+    match query {
+        Query::Status => status(out, &parse(result)?),
+        Query::Backends => backends(out, &parse(result)?),
+        Query::Lookup { .. } => lookup(out, &parse(result)?),
+        Query::Flows { .. } => flows(out, &parse(result)?),
+        Query::Reload => reload(out, &parse(result)?),
+        Query::Backend { action } => {
+            // Parsed only to hold the daemon to its contract: the words are
+            // the same for every change.
+            match action {
+                BackendAction::Add { .. } => {
+                    let _: BackendAdded = parse(result)?;
+                }
+                BackendAction::Remove { .. } => {
+                    let _: BackendRemoved = parse(result)?;
+                }
+                BackendAction::Weight { .. }
+                | BackendAction::Drain { .. }
+                | BackendAction::Undrain { .. } => {
+                    let _: BackendChanged = parse(result)?;
+                }
+            }
+            Ok(writeln!(out, "ok")?)
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(result: serde_json::Value) -> anyhow::Result<T> {
+    serde_json::from_value(result).map_err(|e| {
+        anyhow::anyhow!(
+            "the daemon's reply is not what this CLI expects ({e}); \
+             is the daemon another version of stickylb?"
+        )
+    })
+}
+
+fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "stickylb pid {} on {} ({}), up {}s, state pinned at {}",
+        s.pid,
+        s.interface,
+        s.attached,
+        s.uptime_s,
+        s.pin_path.display()
+    )?;
+    for v in &s.vips {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "VIP {} {}:{}/{}  table {}  affinity timeout {}s  {}/{} backends alive",
+            v.name,
+            v.address,
+            v.port,
+            v.protocol,
+            v.table_size,
+            v.affinity_timeout_s,
+            v.alive_backends,
+            v.backends.len()
+        )?;
+        writeln!(
+            out,
+            "  packets {}  bytes {}  new clients {}  affinity hits {}  re-picked: expired {} dead {}  dropped: no backend {} fragment {}",
+            v.counters.packets,
+            v.counters.bytes,
+            v.counters.new_clients,
+            v.counters.affinity_hits,
+            v.counters.repick_expired,
+            v.counters.repick_dead,
+            v.counters.drop_no_backend,
+            v.counters.drop_fragment
+        )?;
+        backend_table(out, v)?;
+    }
+    Ok(())
+}
+
+fn backends(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
+    for v in &s.vips {
+        writeln!(
+            out,
+            "VIP {} {}:{}/{}",
+            v.name, v.address, v.port, v.protocol
+        )?;
+        backend_table(out, v)?;
+    }
+    Ok(())
+}
+
+fn backend_table(out: &mut dyn Write, v: &VipStatus) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "  {:<22} {:<10} {:>6} {:<17} {:>8} {:>7} {:>10} {:>12}  CHECK",
+        "BACKEND", "STATE", "WEIGHT", "MAC", "SLOTS", "CLIENTS", "PACKETS", "BYTES"
+    )?;
+    for b in &v.backends {
+        let check = match (&b.check, b.check_latency_ms) {
+            (Some(c), Some(l)) => format!("{c} in {l:.1}ms"),
+            (Some(c), None) => c.clone(),
+            _ => "-".into(),
+        };
+        writeln!(
+            out,
+            "  {:<22} {:<10} {:>6} {:<17} {:>8} {:>7} {:>10} {:>12}  {check}; {}",
+            b.address.to_string(),
+            b.state,
+            b.weight,
+            b.mac.as_deref().unwrap_or("(unknown)"),
+            b.slots,
+            b.clients,
+            b.counters.packets,
+            b.counters.bytes,
+            b.reason
+        )?;
+    }
+    Ok(())
+}
+
+fn lookup(out: &mut dyn Write, rows: &LookupReply) -> anyhow::Result<()> {
+    for r in rows {
+        let to = r.backend.map_or("(dropped)".to_owned(), |b| b.to_string());
+        writeln!(out, "{} on {}: {} ({})", r.client, r.vip, to, r.reason)?;
+        if let (Some(age), Some(idle)) = (r.affinity_age_ms, r.affinity_idle_ms) {
+            writeln!(
+                out,
+                "  affinity entry: pinned {} ago, idle {}",
+                ms(age),
+                ms(idle)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn flows(out: &mut dyn Write, rows: &FlowsReply) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<12} {:<16} {:<22} {:>9} {:>9} live",
+        "VIP", "CLIENT", "BACKEND", "AGE", "IDLE"
+    )?;
+    for f in rows {
+        let b = f.backend.map_or("(removed)".to_owned(), |b| b.to_string());
+        writeln!(
+            out,
+            "{:<12} {:<16} {:<22} {:>9} {:>9} {}",
+            f.vip,
+            f.client.to_string(),
+            b,
+            ms(f.age_ms),
+            ms(f.idle_ms),
+            if f.live { "yes" } else { "no" }
+        )?;
+    }
+    writeln!(out, "{} entries", rows.len())?;
+    Ok(())
+}
+
+fn reload(out: &mut dyn Write, r: &ReloadReply) -> anyhow::Result<()> {
+    writeln!(out, "reloaded: {}", r.diff)?;
+    Ok(())
+}
+
+fn ms(v: u64) -> String {
+    if v >= 60_000 {
+        format!("{}m{:02}s", v / 60_000, (v / 1000) % 60)
+    } else if v >= 1000 {
+        format!("{:.1}s", v as f64 / 1000.0)
+    } else {
+        format!("{v}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackendState, BackendStatus, LookupResult, MacSource};
+    use serde_json::json;
+
+    fn printed(query: &Query, result: serde_json::Value) -> String {
+        let mut out = Vec::new();
+        reply(&mut out, query, result).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn vip() -> VipStatus {
+        VipStatus {
+            name: "web".into(),
+            address: "192.0.2.10".parse().unwrap(),
+            port: 80,
+            protocol: "tcp".into(),
+            table_size: 7,
+            affinity_timeout_s: 300.0,
+            alive_backends: 1,
+            counters: Default::default(),
+            backends: vec![BackendStatus {
+                id: 0,
+                address: "10.0.0.11:80".parse().unwrap(),
+                state: BackendState::UpNoMac,
+                reason: "2 passed tcp checks".into(),
+                weight: 1,
+                drained: false,
+                mac: None,
+                mac_source: MacSource::Unknown,
+                check: Some("connected".into()),
+                check_latency_ms: Some(0.25),
+                slots: 0,
+                clients: 0,
+                counters: Default::default(),
+                from_config: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn status_prints_every_field_it_names() {
+        let s = StatusReply {
+            pid: 42,
+            interface: "eth0".into(),
+            attached: crate::api::AttachState::Adopted,
+            config: "/etc/stickylb.toml".into(),
+            pin_path: "/sys/fs/bpf/stickylb".into(),
+            uptime_s: 9,
+            passed: Default::default(),
+            vips: vec![vip()],
+        };
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "stickylb pid 42 on eth0 (adopted from the previous run), up 9s, state pinned at /sys/fs/bpf/stickylb"
+        );
+        assert_eq!(
+            lines[2],
+            "VIP web 192.0.2.10:80/tcp  table 7  affinity timeout 300s  1/1 backends alive"
+        );
+        assert_eq!(
+            lines[5],
+            "  10.0.0.11:80           up (no MAC)      1 (unknown)                0       0          0            0  connected in 0.2ms; 2 passed tcp checks"
+        );
+        let text = printed(&Query::Backends, serde_json::to_value(&s).unwrap());
+        assert!(
+            text.starts_with("VIP web 192.0.2.10:80/tcp\n  BACKEND"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn lookup_flows_reload_and_changes() {
+        let rows = vec![LookupResult {
+            vip: "web".into(),
+            client: "10.1.0.1".parse().unwrap(),
+            backend: None,
+            reason: "no backend alive: frames are dropped".into(),
+            slot: None,
+            affinity_age_ms: Some(61_500),
+            affinity_idle_ms: Some(1500),
+        }];
+        let q = Query::Lookup {
+            client: "10.1.0.1".parse().unwrap(),
+            vip: None,
+        };
+        assert_eq!(
+            printed(&q, serde_json::to_value(rows).unwrap()),
+            "10.1.0.1 on web: (dropped) (no backend alive: frames are dropped)\n  \
+             affinity entry: pinned 1m01s ago, idle 1.5s\n"
+        );
+        let q = Query::Flows {
+            vip: None,
+            backend: None,
+        };
+        let flows = json!([{"vip": "web", "client": "10.1.0.1", "backend": "10.0.0.11:80",
+            "age_ms": 5, "idle_ms": 4, "live": true}]);
+        assert_eq!(
+            printed(&q, flows),
+            "VIP          CLIENT           BACKEND                      AGE      IDLE live\n\
+             web          10.1.0.1         10.0.0.11:80                 5ms       4ms yes\n\
+             1 entries\n"
+        );
+        let r = json!({"changed": false, "diff": "no changes", "needs_restart": []});
+        assert_eq!(printed(&Query::Reload, r), "reloaded: no changes\n");
+        let drain = Query::Backend {
+            action: BackendAction::Drain {
+                vip: "web".into(),
+                backend: "10.0.0.11:80".parse().unwrap(),
+            },
+        };
+        let report = json!({"slots_written": 3, "build_us": 1, "write_us": 2});
+        assert_eq!(printed(&drain, report), "ok\n");
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_shape_is_an_error() {
+        let mut out = Vec::new();
+        let err = reply(&mut out, &Query::Reload, json!({"diff": 3})).unwrap_err();
+        assert!(err.to_string().contains("another version"), "{err}");
+        assert!(out.is_empty());
+    }
+}
