@@ -2,7 +2,6 @@
 //! maps. The `stickylb` binary is a thin CLI over this library, and the
 //! privileged tests drive the same code.
 
-pub mod bench_objects;
 pub mod cli;
 pub mod config;
 pub mod control;
