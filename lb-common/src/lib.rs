@@ -12,7 +12,6 @@ extern crate std;
 #[cfg(feature = "user")]
 extern crate alloc;
 
-pub mod bench;
 pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;

@@ -1,8 +1,8 @@
-//! The XDP programs are this package's binaries: `stickylb-xdp` (the load
-//! balancer) and the benchmark references in `src/bin/`. This library holds
-//! what each of them needs once, and lets lb-user list lb-ebpf as a build
-//! dependency, so that cargo rebuilds lb-user (which embeds the objects)
-//! when they change.
+//! The XDP program is this package's binary, `stickylb-xdp`. This library
+//! holds what every XDP object needs (the benchmark's reference programs in
+//! tests/bench-ebpf use it too), and lets lb-user list lb-ebpf as a build
+//! dependency, so that cargo rebuilds lb-user (which embeds the object) when
+//! it changes.
 #![no_std]
 
 /// The items every XDP object needs besides its program: a panic handler

@@ -1,20 +1,20 @@
 //! stickylb user space: loading the XDP program and reading and writing its
 //! maps. The `stickylb` binary is a thin CLI over this library, and the
-//! privileged tests drive the same code.
+//! privileged tests drive the same code; what they need is public, the
+//! daemon's own machinery is not.
 
 pub mod api;
-pub mod bench_objects;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod daemon;
+mod daemon;
 pub mod dataplane;
-pub mod fmt;
+mod fmt;
 pub mod health;
 pub mod lb;
-pub mod metrics;
-pub mod neigh;
-pub mod netdev;
+mod metrics;
+mod neigh;
+mod netdev;
 pub mod util;
 
 /// The compiled XDP program, embedded at build time by build.rs.

@@ -1,5 +1,6 @@
 //! The object the daemon embeds defines every map and the program that
-//! lb-common names, in the sections aya expects. No root needed.
+//! lb-common names, in the sections aya expects; so do the benchmark's
+//! reference objects for the names bench-ebpf gives them. No root needed.
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
@@ -48,4 +49,46 @@ fn object_has_no_undeclared_maps() {
         );
     }
     assert_eq!(names.len(), lb_common::map_names::ALL.len());
+}
+
+/// Each benchmark reference object defines the program and exactly the maps
+/// that bench-ebpf names for it (the programs spell map names as literals).
+#[test]
+fn reference_objects_define_the_names_bench_ebpf_declares() {
+    use bench_ebpf::map_names;
+    use stickylb_tests::bench::objects::Reference;
+
+    let cases: [(Reference, &[&str]); 4] = [
+        (Reference::FloorPass, &[]),
+        (Reference::FloorFwd, &[]),
+        (Reference::Sink, &[map_names::SINK_COUNT]),
+        (Reference::Gen, &[map_names::GEN_CONFIG, map_names::GEN_SEQ]),
+    ];
+    for (which, want_maps) in cases {
+        let elf = object::File::parse(which.object()).expect("reference object parses as ELF");
+        assert_eq!(elf.architecture(), object::Architecture::Bpf);
+        let in_section = |section: &str| -> Vec<&str> {
+            let Some(s) = elf.section_by_name(section) else {
+                return Vec::new();
+            };
+            elf.symbols()
+                .filter(|sym| sym.section_index() == Some(s.index()))
+                .filter_map(|sym| sym.name().ok())
+                .collect()
+        };
+        assert!(
+            in_section("xdp").contains(&which.program_name()),
+            "{which:?}: program {}",
+            which.program_name()
+        );
+        let mut maps = in_section("maps");
+        maps.sort_unstable();
+        let mut want = want_maps.to_vec();
+        want.sort_unstable();
+        assert_eq!(maps, want, "{which:?}: maps");
+        assert!(
+            want.iter().all(|m| m.len() <= 15),
+            "{which:?}: map name too long"
+        );
+    }
 }

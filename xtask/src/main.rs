@@ -80,8 +80,9 @@ fn main() -> Result<()> {
         Task::Test { cargo_args } => {
             util::require_root("the tests load XDP programs")?;
             setup::run()?;
-            // Default members: every crate but lb-ebpf, which only builds
-            // for the BPF target (lb-user's build script builds it).
+            // Default members: every crate but lb-ebpf and bench-ebpf,
+            // which only build for the BPF target (the build scripts of
+            // lb-user and stickylb-tests build them).
             let mut args = vec!["test", "--", "--nocapture"];
             args.extend(cargo_args.iter().map(String::as_str));
             util::cargo(&args)?;
@@ -140,12 +141,13 @@ fn privileged_tool(bin: &str, packages: &[&str], args: &[&str]) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    util::step("lint: rustfmt, clippy (host crates and the XDP program)");
+    util::step("lint: rustfmt, clippy (host crates, the XDP program and the bench's)");
     util::cargo(&["fmt", "--all", "--", "--check"])?;
     util::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     util::run(
         setup::nightly("cargo")
-            .args(["clippy", "--package", "lb-ebpf", "--release"])
+            .args(["clippy", "--package", "lb-ebpf", "--package", "bench-ebpf"])
+            .arg("--release")
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .args(["--", "-D", "warnings"])
             .env("PATH", util::path_with_cargo_bin()),

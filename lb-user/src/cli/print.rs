@@ -9,6 +9,7 @@ use crate::api::{
     BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply, ReloadReply,
     StatusReply, VipStatus,
 };
+use crate::fmt::fmt_millis;
 
 /// Prints the daemon's `result` for `query` in words.
 pub fn reply(out: &mut dyn Write, query: &Query, result: serde_json::Value) -> anyhow::Result<()> {
@@ -138,8 +139,8 @@ fn lookup(out: &mut dyn Write, rows: &LookupReply) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "  affinity entry: pinned {} ago, idle {}",
-                ms(age),
-                ms(idle)
+                fmt_millis(age),
+                fmt_millis(idle)
             )?;
         }
     }
@@ -160,8 +161,8 @@ fn flows(out: &mut dyn Write, rows: &FlowsReply) -> anyhow::Result<()> {
             f.vip,
             f.client.to_string(),
             b,
-            ms(f.age_ms),
-            ms(f.idle_ms),
+            fmt_millis(f.age_ms),
+            fmt_millis(f.idle_ms),
             if f.live { "yes" } else { "no" }
         )?;
     }
@@ -172,16 +173,6 @@ fn flows(out: &mut dyn Write, rows: &FlowsReply) -> anyhow::Result<()> {
 fn reload(out: &mut dyn Write, r: &ReloadReply) -> anyhow::Result<()> {
     writeln!(out, "reloaded: {}", r.diff)?;
     Ok(())
-}
-
-fn ms(v: u64) -> String {
-    if v >= 60_000 {
-        format!("{}m{:02}s", v / 60_000, (v / 1000) % 60)
-    } else if v >= 1000 {
-        format!("{:.1}s", v as f64 / 1000.0)
-    } else {
-        format!("{v}ms")
-    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub use crate::api::{
     BackendChange, BackendState, BackendStatus, FlowEntry, LookupResult, MacSource, PlanReport,
     RebuildReport, VipChange, VipStatus,
 };
-pub use crate::fmt::fmt_mac;
+use crate::fmt::fmt_mac;
 use crate::{
     config::{self, BackendConfig, Config},
     dataplane::{Dataplane, DataplaneError},

@@ -1,7 +1,7 @@
 //! Live forwarding rate on veth: frames generated in the kernel (BPF_PROG_TEST_RUN
 //! in live-frames mode), forwarded by the XDP program under test with XDP_TX,
 //! counted and dropped by a sink XDP program. stickylb and the floor forwarder
-//! (lb-ebpf's `floor-fwd`) run on the same wire, one after the other.
+//! (tests/bench-ebpf's `floor-fwd`) run on the same wire, one after the other.
 //!
 //! ```text
 //!   ns <id>-gen                                 ns <id>-lb
@@ -20,15 +20,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{DEFAULT_AFFINITY_TIMEOUT_NS, VipKey, bench::GenConfig, proto};
-use lb_user::{
-    bench_objects::{RefProgram, Reference},
-    dataplane::AttachMode,
-};
+use bench_ebpf::{GenConfig, sink_counter};
+use lb_common::{DEFAULT_AFFINITY_TIMEOUT_NS, VipKey, proto};
+use lb_user::dataplane::AttachMode;
 use serde_json::json;
 
 use super::{
-    Ctx, Plot, Section, Table, plot, progress,
+    Ctx, Plot, Section, Table,
+    objects::{RefProgram, Reference},
+    plot, progress,
     xdp_cost::{FRAME_LEN, Lb, VIP_PORT, VipSpec, client_addr, err, pin_to_last_cpu, udp64},
 };
 use crate::{
@@ -139,7 +139,7 @@ impl Wire {
     fn sink_frames(&self) -> Result<u64, String> {
         self.sink
             .sink_counts()
-            .map(|c| c[lb_common::bench::sink_counter::FRAMES as usize])
+            .map(|c| c[sink_counter::FRAMES as usize])
             .map_err(err("read the sink's counter"))
     }
 
@@ -485,14 +485,14 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          is attached to l0 in driver mode: stickylb's real program loaded through `Dataplane` \
          (no pins, affinity capacity {cap}) with one UDP VIP and one alive backend whose MAC is \
          g0's, its Maglev table built with `lb_common::maglev`; or the floor forwarder \
-         (lb-ebpf's `floor-fwd`: parse Ethernet + IPv4, swap MACs). Both answer with XDP_TX, \
+         (tests/bench-ebpf's `floor-fwd`: parse Ethernet + IPv4, swap MACs). Both answer with XDP_TX, \
          which sends a frame back out of the interface it came in on, so the forwarded frames \
          return to g0: the backend necessarily sits on l0's peer, and there a sink XDP program \
-         (lb-ebpf's `sink`, driver mode) counts every frame in a per-CPU array and drops it. It \
+         (tests/bench-ebpf's `sink`, driver mode) counts every frame in a per-CPU array and drops it. It \
          is also the XDP program the peer of an XDP_TX-ing veth needs in driver mode.\n\n\
          Frames come from BPF_PROG_TEST_RUN in live-frames mode (aya \
          `TestRunAttrs::xdp_live_frames({BATCH})`, ingress interface g0): the kernel runs the \
-         generator program (lb-ebpf's `gen`) on each copy of a 64-byte UDP frame to the VIP and \
+         generator program (tests/bench-ebpf's `gen`) on each copy of a 64-byte UDP frame to the VIP and \
          really transmits it when it returns XDP_TX, out of g0 to l0. The generator writes the \
          MACs and a source address from a per-CPU counter modulo the number of clients \
          (1k / 100k{big} addresses from 100.64.0.0), fixing the IPv4 checksum. Each case first \

@@ -5,6 +5,7 @@
 
 pub mod control_plane;
 pub mod live_rate;
+pub mod objects;
 pub mod plot;
 pub mod report;
 pub mod tcp_http;

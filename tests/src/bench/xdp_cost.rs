@@ -1,6 +1,6 @@
 //! Per-packet cost of the XDP program, by BPF_PROG_TEST_RUN, next to two
-//! reference programs built the same way (lb-ebpf's `floor-pass` and
-//! `floor-fwd` binaries): an XDP_PASS program and the least a forwarder can
+//! reference programs built the same way (tests/bench-ebpf's `floor-pass`
+//! and `floor-fwd`): an XDP_PASS program and the least a forwarder can
 //! do (parse Ethernet + IPv4, swap MACs, XDP_TX).
 //!
 //! Two methods, never mixed in one ratio:
@@ -30,13 +30,14 @@ use lb_common::{
     AffinityKey, AffinityValue, DEFAULT_AFFINITY_TIMEOUT_NS, DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE,
     VipInfo, VipKey, VipStats, global_counter, maglev, proto, select,
 };
-use lb_user::{
-    bench_objects::{RefProgram, Reference},
-    dataplane::{Dataplane, LoadOptions},
-};
+use lb_user::dataplane::{Dataplane, LoadOptions};
 use serde_json::{Value, json};
 
-use super::{Ctx, Plot, Section, Table, median, plot, progress};
+use super::{
+    Ctx, Plot, Section, Table, median,
+    objects::{RefProgram, Reference},
+    plot, progress,
+};
 use crate::{
     LB_MAC, ROUTER_MAC, VIP, backend_identity, backend_info, backend_mac, maglev_members,
     monotonic_ns,
@@ -846,7 +847,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let method = format!(
         "BPF_PROG_TEST_RUN on the real stickylb object (loaded through `Dataplane`, no pins, \
          affinity capacity {cap}) and on two reference programs built by the project the same \
-         way (lb-ebpf's `floor-pass`: returns XDP_PASS; `floor-fwd`: parses Ethernet + IPv4 with \
+         way (tests/bench-ebpf's `floor-pass`: returns XDP_PASS; `floor-fwd`: parses Ethernet + IPv4 with \
          bounds checks, swaps the MACs, XDP_TX). One UDP VIP with {BACKENDS} backends and a \
          Maglev table of {tsize} slots; 64-byte UDP frames; JIT on; the measuring thread pinned \
          to CPU {cpu}. Every timed run's return code is checked (XDP_TX for forwarding paths, \

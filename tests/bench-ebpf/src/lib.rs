@@ -1,10 +1,16 @@
-//! Names and types shared by the benchmark's reference XDP programs (lb-ebpf's
-//! `floor-pass`, `floor-fwd`, `sink` and `gen` binaries) and the benchmark
-//! code that loads them. None of this is part of the load balancer itself.
+//! The benchmark's reference XDP programs are this package's binaries
+//! (`floor-pass`, `floor-fwd`, `sink`, `gen`; stickylb-tests' build script
+//! builds them for the BPF target). This library holds the names and types
+//! they share with the benchmark code that loads them, so it builds for both
+//! the BPF target and the host; the `user` feature adds what only user space
+//! needs. It also lets stickylb-tests list this package as a build
+//! dependency, so that cargo rebuilds the embedded objects when it changes.
+//! None of this is part of the load balancer.
+#![no_std]
 
 use bytemuck::{Pod, Zeroable};
 
-/// Program names (the function names in lb-ebpf/src/bin/*.rs).
+/// Program names (the function names in src/bin/*.rs).
 pub mod program_names {
     /// Returns `XDP_PASS`: the cost of running any XDP program at all.
     pub const FLOOR_PASS: &str = "floor_pass";

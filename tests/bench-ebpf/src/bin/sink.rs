@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::XdpContext,
 };
-use lb_common::bench::sink_counter;
+use bench_ebpf::sink_counter;
 
 /// Frames and bytes received, per CPU, indexed by `sink_counter::*`.
 #[map(name = "SLB_SINK_COUNT")]

@@ -1,7 +1,7 @@
-//! Reference XDP programs for `cargo xtask bench`, built from lb-ebpf's extra
-//! binaries by build.rs like the load balancer itself, and a small handle to
-//! load, run and attach them. Names of their programs and maps:
-//! `lb_common::bench`. Nothing here is used by the daemon.
+//! Reference XDP programs for `cargo xtask bench`, built from tests/bench-ebpf
+//! by this package's build.rs the way lb-user builds the load balancer, and a
+//! small handle to load, run and attach them. Names of their programs and
+//! maps: `bench_ebpf`.
 
 use std::time::Duration;
 
@@ -10,10 +10,9 @@ use aya::{
     maps::{Array, MapData, MapError, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb_common::bench::{GenConfig, map_names, program_names, sink_counter};
+use bench_ebpf::{GenConfig, map_names, program_names, sink_counter};
+use lb_user::dataplane::AttachMode;
 use thiserror::Error;
-
-use crate::dataplane::AttachMode;
 
 /// Returns `XDP_PASS`: the cost of running any XDP program.
 pub static FLOOR_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor-pass"));

@@ -13,7 +13,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::bench::GenConfig;
+use bench_ebpf::GenConfig;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// What to write into every frame (one entry, filled by user space).
