@@ -367,35 +367,16 @@ pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
+    // Sockets first: a second daemon on the same socket stops here, before
+    // it touches the maps.
     let listener = control::bind(&cfg.control_socket)?;
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    if opts.fresh {
-        unpin_all(&cfg.pin_path)?;
-    }
-    ensure_bpffs(&cfg.pin_path)?;
-    let link_pin = cfg.pin_path.join(LINK_PIN_NAME);
-    check_pinned_link(&link_pin, &cfg.interface)?;
-    let adopting = link_pin.exists();
-    let dp = Dataplane::load(&LoadOptions {
-        affinity_capacity: cfg.affinity_capacity,
-        pin_dir: Some(cfg.pin_path.clone()),
-    })
-    .with_context(|| {
-        format!(
-            "cannot load the data path with the maps pinned at {} (if they come from an incompatible version or capacity, start with --fresh)",
-            cfg.pin_path.display()
-        )
-    })?;
+    let (dp, pinned_link) = load_data_path(&cfg, opts.fresh)?;
     let lb = Lb::start(dp, &cfg)?;
-    let (mode, fallback) = match cfg.xdp_mode {
-        XdpModeSetting::Auto => (AttachMode::Driver, Some(AttachMode::Skb)),
-        XdpModeSetting::Driver => (AttachMode::Driver, None),
-        XdpModeSetting::Skb => (AttachMode::Skb, None),
-    };
-    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let (health_tx, health_rx) = mpsc::channel(1024);
     let mut d = Daemon {
         lb,
         cfg,
@@ -406,32 +387,89 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         checker_generation: 0,
         health_tx,
     };
-    let (attached, refused) =
-        d.lb.maps_mut()
-            .attach_pinned(&d.cfg.interface, mode, fallback, &link_pin)?;
-    for e in refused {
-        warn!(
-            "{}: {e} ({:?}); using {}, which is slower",
-            d.cfg.interface,
-            std::error::Error::source(&e),
-            AttachState::Skb
-        );
-    }
-    d.attached = attached;
-    match AttachState::from(attached) {
-        AttachState::Adopted => info!(
-            "adopted the running data path on {} (pinned at {}): nothing was reset",
-            d.cfg.interface,
-            d.cfg.pin_path.display()
-        ),
-        mode => info!("attached to {} in {mode}", d.cfg.interface),
-    }
-    if adopting && attached != Attached::Adopted {
-        warn!("a pinned link existed but was not adopted");
-    }
+    d.attach(&pinned_link)?;
     d.refresh_macs();
     d.sync_checkers();
+    let d = serve(d, listener, metrics_listener, health_rx).await?;
+    shut_down(d)
+}
 
+/// Loads the program with the maps pinned under `pin_path` (adopting those
+/// of an earlier run unless `fresh`); the pinned link's path, and whether a
+/// link was pinned there already.
+fn load_data_path(cfg: &Config, fresh: bool) -> anyhow::Result<(Dataplane, PinnedLinkPath)> {
+    if fresh {
+        unpin_all(&cfg.pin_path)?;
+    }
+    ensure_bpffs(&cfg.pin_path)?;
+    let path = cfg.pin_path.join(LINK_PIN_NAME);
+    check_pinned_link(&path, &cfg.interface)?;
+    let existed = path.exists();
+    let dp = Dataplane::load(&LoadOptions {
+        affinity_capacity: cfg.affinity_capacity,
+        pin_dir: Some(cfg.pin_path.clone()),
+    })
+    .with_context(|| {
+        format!(
+            "cannot load the data path with the maps pinned at {} (if they come from an incompatible version or capacity, start with --fresh)",
+            cfg.pin_path.display()
+        )
+    })?;
+    Ok((dp, PinnedLinkPath { path, existed }))
+}
+
+/// Where the XDP link is pinned, and whether an earlier run had pinned one.
+struct PinnedLinkPath {
+    path: PathBuf,
+    existed: bool,
+}
+
+impl Daemon {
+    /// Attaches through the pinned link: adopts an earlier run's (the new
+    /// program replaces the old one atomically), or attaches anew in the
+    /// configured mode, falling back to skb mode for `auto`.
+    fn attach(&mut self, link: &PinnedLinkPath) -> anyhow::Result<()> {
+        let (mode, fallback) = match self.cfg.xdp_mode {
+            XdpModeSetting::Auto => (AttachMode::Driver, Some(AttachMode::Skb)),
+            XdpModeSetting::Driver => (AttachMode::Driver, None),
+            XdpModeSetting::Skb => (AttachMode::Skb, None),
+        };
+        let (attached, refused) =
+            self.lb
+                .maps_mut()
+                .attach_pinned(&self.cfg.interface, mode, fallback, &link.path)?;
+        for e in refused {
+            warn!(
+                "{}: {e} ({:?}); using {}, which is slower",
+                self.cfg.interface,
+                std::error::Error::source(&e),
+                AttachState::Skb
+            );
+        }
+        self.attached = attached;
+        match AttachState::from(attached) {
+            AttachState::Adopted => info!(
+                "adopted the running data path on {} (pinned at {}): nothing was reset",
+                self.cfg.interface,
+                self.cfg.pin_path.display()
+            ),
+            mode => info!("attached to {} in {mode}", self.cfg.interface),
+        }
+        if link.existed && attached != Attached::Adopted {
+            warn!("a pinned link existed but was not adopted");
+        }
+        Ok(())
+    }
+}
+
+/// The event loop: health events, control requests, metrics scrapes, the
+/// neighbour table, signals. Returns on SIGTERM or SIGINT.
+async fn serve(
+    mut d: Daemon,
+    listener: tokio::net::UnixListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    mut health_rx: mpsc::Receiver<health::Event<CheckKey>>,
+) -> anyhow::Result<Daemon> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Envelope>(64);
     tokio::spawn(control::serve(listener, ctl_tx));
     let (met_tx, mut met_rx) = mpsc::channel::<oneshot::Sender<String>>(16);
@@ -444,7 +482,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(1));
     info!("control socket {}", d.cfg.control_socket.display());
-
     loop {
         tokio::select! {
             Some(ev) = health_rx.recv() => d.on_health(ev),
@@ -459,11 +496,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     error!("reload failed, the running config is unchanged: {e:#}");
                 }
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => return Ok(d),
+            _ = sigint.recv() => return Ok(d),
         }
     }
+}
 
+/// Leaves the program forwarding with `--keep`; else detaches and unpins.
+fn shut_down(d: Daemon) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&d.cfg.control_socket);
     if d.opts.keep {
         info!(
