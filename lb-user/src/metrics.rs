@@ -10,7 +10,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use lb_common::VipStats;
+use lb_common::{BackendStats, VipStats};
 
 use crate::lb::VipStatus;
 
@@ -237,6 +237,101 @@ mod tests {
                 "stickylb_vip_drops_total{vip=\"web\",reason=\"fragment\"} 5",
                 "stickylb_vip_drops_total{vip=\"dns\",reason=\"no_backend\"} 14",
                 "stickylb_vip_drops_total{vip=\"dns\",reason=\"fragment\"} 15",
+            ]
+        );
+    }
+
+    #[test]
+    fn whole_exposition() {
+        let backend = crate::lb::BackendStatus {
+            id: 0,
+            address: "10.0.0.11:80".parse().unwrap(),
+            state: "up".into(),
+            reason: String::new(),
+            weight: 1,
+            drained: false,
+            mac: None,
+            mac_source: crate::lb::MacSource::Unknown,
+            check: None,
+            check_latency_ms: Some(2.5),
+            slots: 7,
+            clients: 4,
+            counters: BackendStats {
+                packets: 21,
+                bytes: 22,
+                new_clients: 23,
+            },
+            from_config: true,
+        };
+        let vip = VipStatus {
+            name: "web".into(),
+            address: std::net::Ipv4Addr::new(192, 0, 2, 10),
+            port: 80,
+            protocol: "tcp".into(),
+            table_size: 7,
+            affinity_timeout_s: 300.0,
+            alive_backends: 1,
+            counters: VipStats {
+                packets: 1,
+                bytes: 2,
+                new_clients: 3,
+                affinity_hits: 4,
+                repick_expired: 5,
+                repick_dead: 6,
+                probed: 7,
+                drop_no_backend: 8,
+                drop_fragment: 9,
+            },
+            backends: vec![backend],
+        };
+        let text = render(&[vip], &[("pass_not_ipv4", 31), ("pass_not_vip", 32)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "# HELP stickylb_vip_packets_total Frames forwarded.",
+                "# TYPE stickylb_vip_packets_total counter",
+                "stickylb_vip_packets_total{vip=\"web\"} 1",
+                "# HELP stickylb_vip_bytes_total Bytes forwarded.",
+                "# TYPE stickylb_vip_bytes_total counter",
+                "stickylb_vip_bytes_total{vip=\"web\"} 2",
+                "# HELP stickylb_vip_new_clients_total Clients pinned by the Maglev table.",
+                "# TYPE stickylb_vip_new_clients_total counter",
+                "stickylb_vip_new_clients_total{vip=\"web\"} 3",
+                "# HELP stickylb_vip_affinity_hits_total Frames forwarded by an affinity entry.",
+                "# TYPE stickylb_vip_affinity_hits_total counter",
+                "stickylb_vip_affinity_hits_total{vip=\"web\"} 4",
+                "# HELP stickylb_vip_affinity_misses_total Frames of clients without a usable affinity entry, by reason.",
+                "# TYPE stickylb_vip_affinity_misses_total counter",
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"new\"} 3",
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"expired\"} 5",
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"backend_dead\"} 6",
+                "# HELP stickylb_vip_drops_total Frames dropped, by reason.",
+                "# TYPE stickylb_vip_drops_total counter",
+                "stickylb_vip_drops_total{vip=\"web\",reason=\"no_backend\"} 8",
+                "stickylb_vip_drops_total{vip=\"web\",reason=\"fragment\"} 9",
+                "# HELP stickylb_backend_up 1 if the backend is alive in the data path.",
+                "# TYPE stickylb_backend_up gauge",
+                "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.11:80\"} 1",
+                "# HELP stickylb_backend_packets_total Frames forwarded to the backend.",
+                "# TYPE stickylb_backend_packets_total counter",
+                "stickylb_backend_packets_total{vip=\"web\",backend=\"10.0.0.11:80\"} 21",
+                "# HELP stickylb_backend_bytes_total Bytes forwarded to the backend.",
+                "# TYPE stickylb_backend_bytes_total counter",
+                "stickylb_backend_bytes_total{vip=\"web\",backend=\"10.0.0.11:80\"} 22",
+                "# HELP stickylb_backend_new_clients_total Clients pinned to the backend.",
+                "# TYPE stickylb_backend_new_clients_total counter",
+                "stickylb_backend_new_clients_total{vip=\"web\",backend=\"10.0.0.11:80\"} 23",
+                "# HELP stickylb_backend_clients Clients with a live affinity entry.",
+                "# TYPE stickylb_backend_clients gauge",
+                "stickylb_backend_clients{vip=\"web\",backend=\"10.0.0.11:80\"} 4",
+                "# HELP stickylb_backend_check_latency_seconds Duration of the last health check.",
+                "# TYPE stickylb_backend_check_latency_seconds gauge",
+                "stickylb_backend_check_latency_seconds{vip=\"web\",backend=\"10.0.0.11:80\"} 0.0025",
+                "# HELP stickylb_passed_frames_total Frames left to the kernel, by reason.",
+                "# TYPE stickylb_passed_frames_total counter",
+                "stickylb_passed_frames_total{reason=\"pass_not_ipv4\"} 31",
+                "stickylb_passed_frames_total{reason=\"pass_not_vip\"} 32",
             ]
         );
     }

@@ -117,7 +117,8 @@ impl Rig {
             ring_base: 2 * TABLE_SIZE,
             ring_size: TABLE_SIZE,
             hash_seed: lb_common::DEFAULT_HASH_SEED,
-            _pad: 0,
+            forwarding: lb_common::ForwardingMode::Dsr.as_u8(),
+            _pad: [0; 3],
             affinity_timeout_ns: TIMEOUT_NS,
         };
         let mut rig = Self {
