@@ -124,8 +124,8 @@ fn counter_families<S: CounterTable>(out: &mut String, rows: &[(String, &S)]) {
                         "counter",
                         f.help,
                         rows.iter().flat_map(|(labels, s)| {
-                            reasons.iter().map(move |(reason, get)| {
-                                (format!("{labels},reason=\"{reason}\""), get(s) as f64)
+                            reasons.iter().map(move |(reason, c)| {
+                                (format!("{labels},reason=\"{reason}\""), (c.get)(s) as f64)
                             })
                         }),
                     );
@@ -135,13 +135,13 @@ fn counter_families<S: CounterTable>(out: &mut String, rows: &[(String, &S)]) {
     }
 }
 
-/// The members of a shared family, in table order: (reason, accessor).
-fn reasons<S: CounterTable>(family: &Family) -> Vec<(&'static str, fn(&S) -> u64)> {
+/// The members of a shared family, in table order, with their reason.
+fn reasons<S: CounterTable>(family: &Family) -> Vec<(&'static str, &'static Counter<S>)> {
     S::COUNTERS
         .iter()
         .flat_map(|c| {
             c.metrics.iter().filter_map(move |m| match m {
-                Metric::Reason(f, reason) if f.name == family.name => Some((*reason, c.get)),
+                Metric::Reason(f, reason) if f.name == family.name => Some((*reason, c)),
                 _ => None,
             })
         })
