@@ -12,6 +12,7 @@ extern crate std;
 #[cfg(feature = "user")]
 extern crate alloc;
 
+pub mod counters;
 pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
@@ -215,45 +216,74 @@ pub mod proto {
     pub const UDP: u8 = 17;
 }
 
-/// Indices into the `SLB_GLOBAL` per-CPU array: what happened to frames that
-/// are not forwarded as VIP traffic.
-pub mod global_counter {
-    /// Frame too short for an Ethernet header.
-    pub const PASS_SHORT_ETH: u32 = 0;
-    /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...).
-    pub const PASS_NOT_IPV4: u32 = 1;
-    /// IPv4 header truncated or invalid (version, IHL).
-    pub const PASS_BAD_IPV4: u32 = 2;
-    /// IPv4, but neither TCP nor UDP.
-    pub const PASS_NOT_TCP_UDP: u32 = 3;
-    /// Non-first fragment: it has no ports, so it cannot be matched to a VIP.
-    pub const PASS_FRAGMENT: u32 = 4;
-    /// TCP/UDP header truncated.
-    pub const PASS_SHORT_L4: u32 = 5;
-    /// Well-formed TCP/UDP, but not to a VIP.
-    pub const PASS_NOT_VIP: u32 = 6;
-    /// A VIP frame whose destination MAC is multicast/broadcast: the source
-    /// MAC of a forwarded frame is taken from it, so it is left to the stack.
-    pub const PASS_MULTICAST_DST: u32 = 7;
-    /// Number of counters.
-    pub const COUNT: u32 = 8;
+/// Defines the `global_counter` indices, `COUNT` and `NAMES` from one list,
+/// so an index and its name cannot drift apart.
+macro_rules! indexed_counters {
+    ($($(#[$doc:meta])* $index:ident = $name:literal,)*) => {
+        // Numbers the indices 0, 1, ... in list order.
+        #[repr(u32)]
+        #[expect(
+            non_camel_case_types,
+            reason = "each variant is named after the constant it numbers"
+        )]
+        enum Index {
+            $($index,)*
+        }
 
-    /// Names, indexed like the counters, for metrics and status output.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "pass_short_eth",
-        "pass_not_ipv4",
-        "pass_bad_ipv4",
-        "pass_not_tcp_udp",
-        "pass_fragment",
-        "pass_short_l4",
-        "pass_not_vip",
-        "pass_multicast_dst",
-    ];
+        $(
+            $(#[$doc])*
+            pub const $index: u32 = Index::$index as u32;
+        )*
+
+        /// Number of counters.
+        pub const COUNT: u32 = NAMES.len() as u32;
+
+        /// Names, indexed like the counters, for metrics and status output.
+        pub const NAMES: [&str; [$($name),*].len()] = [$($name),*];
+    };
+}
+
+/// Indices into the `SLB_GLOBAL` per-CPU array: what happened to frames that
+/// are not forwarded as VIP traffic. Appending one changes the map's size,
+/// which a restart refuses to adopt (see `map_shapes`).
+pub mod global_counter {
+    indexed_counters! {
+        /// Frame too short for an Ethernet header.
+        PASS_SHORT_ETH = "pass_short_eth",
+        /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...).
+        PASS_NOT_IPV4 = "pass_not_ipv4",
+        /// IPv4 header truncated or invalid (version, IHL).
+        PASS_BAD_IPV4 = "pass_bad_ipv4",
+        /// IPv4, but neither TCP nor UDP.
+        PASS_NOT_TCP_UDP = "pass_not_tcp_udp",
+        /// Non-first fragment: it has no ports, so it cannot be matched to a VIP.
+        PASS_FRAGMENT = "pass_fragment",
+        /// TCP/UDP header truncated.
+        PASS_SHORT_L4 = "pass_short_l4",
+        /// Well-formed TCP/UDP, but not to a VIP.
+        PASS_NOT_VIP = "pass_not_vip",
+        /// A VIP frame whose destination MAC is multicast/broadcast: the source
+        /// MAC of a forwarded frame is taken from it, so it is left to the stack.
+        PASS_MULTICAST_DST = "pass_multicast_dst",
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{map_names, map_shapes};
+
+    #[test]
+    fn global_counters_keep_their_indices() {
+        // The indices are the pinned map's layout: a counter of an earlier
+        // run must keep its slot.
+        use super::global_counter::*;
+        assert_eq!(COUNT, 8);
+        assert_eq!(
+            (PASS_SHORT_ETH, PASS_NOT_VIP, PASS_MULTICAST_DST),
+            (0, 6, 7)
+        );
+        assert_eq!(NAMES[PASS_NOT_VIP as usize], "pass_not_vip");
+    }
 
     #[test]
     fn every_map_has_its_shape_in_order() {

@@ -10,6 +10,11 @@ use core::net::Ipv4Addr;
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::counters::{
+    Metric::{Own, Reason},
+    counter_struct,
+};
+
 /// Key of `SLB_VIPS`: a load-balanced service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -57,9 +62,56 @@ pub struct VipInfo {
     pub ring_size: u32,
     /// Seed of `client_hash` for this VIP.
     pub hash_seed: u32,
-    pub _pad: u32,
+    /// How frames are sent to the backend: a `ForwardingMode` as `u8`.
+    /// Carved out of what was padding, so an entry pinned by a version
+    /// without it reads as 0, DSR, and the value's size did not change.
+    pub forwarding: u8,
+    pub _pad: [u8; 3],
     /// An affinity entry idle for longer than this is ignored and replaced.
     pub affinity_timeout_ns: u64,
+}
+
+/// How the XDP program sends a VIP's frames to the backend it picked
+/// (`VipInfo::forwarding`). The discriminant is the value in the map.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ForwardingMode {
+    /// L2 direct server return: only the MACs are rewritten; the backend
+    /// holds the VIP on loopback and answers the client itself. 0, the value
+    /// of every entry written before the mode existed.
+    #[default]
+    Dsr = 0,
+}
+
+impl ForwardingMode {
+    pub const fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// `None` for a value this build does not know (one a newer version
+    /// wrote): the XDP program drops such a VIP's frames rather than guess.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        const DSR: u8 = ForwardingMode::Dsr as u8;
+        match v {
+            DSR => Some(Self::Dsr),
+            _ => None,
+        }
+    }
+}
+
+impl From<ForwardingMode> for u8 {
+    fn from(m: ForwardingMode) -> Self {
+        m.as_u8()
+    }
+}
+
+impl TryFrom<u8> for ForwardingMode {
+    /// The unknown value.
+    type Error = u8;
+
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Self::from_u8(v).ok_or(v)
+    }
 }
 
 /// Value of `SLB_BACKENDS`.
@@ -125,85 +177,98 @@ impl AffinityValue {
     }
 }
 
-/// Per-CPU counters of one VIP (`SLB_VIP_STATS`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
-pub struct VipStats {
-    /// Frames forwarded.
-    pub packets: u64,
-    /// Bytes forwarded (whole frames).
-    pub bytes: u64,
-    /// Clients with no affinity entry, pinned by the Maglev table.
-    pub new_clients: u64,
-    /// Frames forwarded by a live affinity entry.
-    pub affinity_hits: u64,
-    /// Clients re-pinned because their entry had been idle past the timeout.
-    pub repick_expired: u64,
-    /// Clients re-pinned because their backend was marked dead.
-    pub repick_dead: u64,
-    /// New pins that had to skip a dead backend's Maglev slot.
-    pub probed: u64,
-    /// Frames dropped: no alive backend found for a new client.
-    pub drop_no_backend: u64,
-    /// Frames dropped: first fragment of a fragmented datagram (see README).
-    pub drop_fragment: u64,
+/// The shared families of `VipStats`' reasons.
+pub mod vip_families {
+    use crate::counters::Family;
+
+    pub const AFFINITY_MISSES: Family = Family {
+        name: "vip_affinity_misses_total",
+        help: "Frames of clients without a usable affinity entry, by reason.",
+    };
+    pub const DROPS: Family = Family {
+        name: "vip_drops_total",
+        help: "Frames dropped, by reason.",
+    };
 }
 
-impl VipStats {
-    /// Sum of per-CPU values.
-    pub fn add(&mut self, o: &Self) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.new_clients += o.new_clients;
-        self.affinity_hits += o.affinity_hits;
-        self.repick_expired += o.repick_expired;
-        self.repick_dead += o.repick_dead;
-        self.probed += o.probed;
-        self.drop_no_backend += o.drop_no_backend;
-        self.drop_fragment += o.drop_fragment;
-    }
-
-    /// Counts since `before` (a snapshot of the same counters).
-    pub fn since(&self, before: &Self) -> Self {
-        Self {
-            packets: self.packets - before.packets,
-            bytes: self.bytes - before.bytes,
-            new_clients: self.new_clients - before.new_clients,
-            affinity_hits: self.affinity_hits - before.affinity_hits,
-            repick_expired: self.repick_expired - before.repick_expired,
-            repick_dead: self.repick_dead - before.repick_dead,
-            probed: self.probed - before.probed,
-            drop_no_backend: self.drop_no_backend - before.drop_no_backend,
-            drop_fragment: self.drop_fragment - before.drop_fragment,
+counter_struct! {
+    /// Per-CPU counters of one VIP (`SLB_VIP_STATS`).
+    pub struct VipStats {
+        packets {
+            label: "packets",
+            help: "Frames forwarded.",
+            metrics: [Own("vip_packets_total")],
+        }
+        /// Whole frames, Ethernet header included.
+        bytes {
+            label: "bytes",
+            help: "Bytes forwarded.",
+            metrics: [Own("vip_bytes_total")],
+        }
+        /// Clients with no affinity entry at all; re-pins are `repick_*`.
+        new_clients {
+            label: "new clients",
+            help: "Clients pinned by the Maglev table.",
+            metrics: [
+                Own("vip_new_clients_total"),
+                Reason(&vip_families::AFFINITY_MISSES, "new"),
+            ],
+        }
+        affinity_hits {
+            label: "affinity hits",
+            help: "Frames forwarded by an affinity entry.",
+            metrics: [Own("vip_affinity_hits_total")],
+        }
+        repick_expired {
+            label: "re-picked: expired",
+            help: "Clients re-pinned because their entry had been idle past the timeout.",
+            metrics: [Reason(&vip_families::AFFINITY_MISSES, "expired")],
+        }
+        repick_dead {
+            label: "re-picked: dead",
+            help: "Clients re-pinned because their backend was marked dead.",
+            metrics: [Reason(&vip_families::AFFINITY_MISSES, "backend_dead")],
+        }
+        probed {
+            label: "probed",
+            help: "New pins that had to skip a dead backend's Maglev slot.",
+            metrics: [Own("vip_probed_total")],
+        }
+        /// Also every frame of a VIP whose forwarding mode this build does
+        /// not know (see `ForwardingMode::from_u8`): no backend can be
+        /// reached the way the VIP asks for.
+        drop_no_backend {
+            label: "dropped: no backend",
+            help: "Frames dropped: no alive backend found for a new client.",
+            metrics: [Reason(&vip_families::DROPS, "no_backend")],
+        }
+        /// See the README on fragments.
+        drop_fragment {
+            label: "dropped: fragment",
+            help: "Frames dropped: first fragment of a fragmented datagram.",
+            metrics: [Reason(&vip_families::DROPS, "fragment")],
         }
     }
 }
 
-/// Per-CPU counters of one backend (`SLB_BE_STATS`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
-pub struct BackendStats {
-    pub packets: u64,
-    pub bytes: u64,
-    /// Clients pinned to this backend (new, or re-pinned from another).
-    pub new_clients: u64,
-}
-
-impl BackendStats {
-    pub fn add(&mut self, o: &Self) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.new_clients += o.new_clients;
-    }
-
-    /// Counts since `before`.
-    pub fn since(&self, before: &Self) -> Self {
-        Self {
-            packets: self.packets - before.packets,
-            bytes: self.bytes - before.bytes,
-            new_clients: self.new_clients - before.new_clients,
+counter_struct! {
+    /// Per-CPU counters of one backend (`SLB_BE_STATS`).
+    pub struct BackendStats {
+        packets {
+            label: "packets",
+            help: "Frames forwarded to the backend.",
+            metrics: [Own("backend_packets_total")],
+        }
+        bytes {
+            label: "bytes",
+            help: "Bytes forwarded to the backend.",
+            metrics: [Own("backend_bytes_total")],
+        }
+        /// New, or re-pinned from another backend.
+        new_clients {
+            label: "new clients",
+            help: "Clients pinned to the backend.",
+            metrics: [Own("backend_new_clients_total")],
         }
     }
 }
@@ -213,6 +278,8 @@ impl BackendStats {
 const _: () = {
     assert!(size_of::<VipKey>() == 8);
     assert!(size_of::<VipInfo>() == 32);
+    assert!(core::mem::offset_of!(VipInfo, forwarding) == 20);
+    assert!(core::mem::offset_of!(VipInfo, affinity_timeout_ns) == 24);
     assert!(size_of::<BackendInfo>() == 16);
     assert!(size_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityValue>() == 24);
@@ -259,5 +326,18 @@ mod tests {
             "idle for exactly the timeout has expired"
         );
         assert!(!e.is_live(5_000, 0), "timeout 0: never sticky");
+    }
+
+    #[test]
+    fn forwarding_mode_round_trips_and_refuses_unknown_values() {
+        let m = ForwardingMode::Dsr;
+        assert_eq!(ForwardingMode::from_u8(m.as_u8()), Some(m));
+        assert_eq!(ForwardingMode::try_from(u8::from(m)), Ok(m));
+        assert_eq!(
+            m.as_u8(),
+            0,
+            "a pre-mode pinned entry (zero) must read as DSR"
+        );
+        assert_eq!(ForwardingMode::try_from(u8::MAX), Err(u8::MAX));
     }
 }

@@ -1,9 +1,11 @@
 //! stickylb's data path: pin every client (by IP address) of a VIP to one
-//! backend and forward its frames there by L2 DSR.
+//! backend and forward its frames there the way the VIP says (L2 DSR only,
+//! today).
 //!
 //! Per frame: parse (parse.rs) → VIP lookup → affinity entry, or a Maglev slot
-//! for a new client → rewrite MACs → `XDP_TX`. Anything that is not a VIP's
-//! TCP/UDP traffic is passed to the kernel untouched.
+//! for a new client → forward by the VIP's `ForwardingMode` (DSR: rewrite
+//! the MACs) → `XDP_TX`. Anything that is not a VIP's TCP/UDP traffic is
+//! passed to the kernel untouched.
 #![no_std]
 #![no_main]
 
@@ -14,8 +16,8 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
-    AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, VipInfo, VipStats,
-    global_counter, select,
+    AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode, VipInfo,
+    VipStats, global_counter, select,
 };
 use maps::{AFFINITY, BACKEND_STATS, BACKENDS, RING, VIP_STATS, VIPS, count_global};
 use parse::{Flow, parse};
@@ -58,6 +60,18 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
         count_global(global_counter::PASS_MULTICAST_DST);
         return xdp_action::XDP_PASS;
     }
+    // Checked before the pick, so that such a VIP pins no client. A mode
+    // this build does not know was written by a newer daemon (pinned maps
+    // outlive a downgrade): sending its frames by DSR could hand them to a
+    // backend that is not on this segment, and passing them would let this
+    // host's stack answer for the VIP. They are dropped as having no
+    // backend reachable, under `drop_no_backend`: a counter of their own
+    // would change `VipStats`' size (or the global array's length), and a
+    // restart would then refuse to adopt the pinned maps.
+    let Some(mode) = ForwardingMode::from_u8(vip.forwarding) else {
+        stats.drop_no_backend += 1;
+        return xdp_action::XDP_DROP;
+    };
     let key = AffinityKey {
         vip_id: vip.vip_id,
         client: flow.client,
@@ -67,11 +81,16 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
         return xdp_action::XDP_DROP;
     };
 
-    // L2 DSR: the frame goes out unchanged but for its MACs; the backend owns
-    // the VIP on loopback and answers the client directly. The frame came to
-    // our MAC, so its destination MAC is the source to send from.
-    eth.src_addr = eth.dst_addr;
-    eth.dst_addr = backend.mac;
+    match mode {
+        // L2 DSR: the frame goes out unchanged but for its MACs; the backend
+        // owns the VIP on loopback and answers the client directly. The
+        // frame came to our MAC, so its destination MAC is the source to
+        // send from.
+        ForwardingMode::Dsr => {
+            eth.src_addr = eth.dst_addr;
+            eth.dst_addr = backend.mac;
+        }
+    }
 
     let len = (ctx.data_end() - ctx.data()) as u64;
     stats.packets += 1;

@@ -10,139 +10,142 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use lb_common::VipStats;
+use lb_common::{
+    BackendStats, VipStats,
+    counters::{Counter, CounterTable, Family, Metric},
+};
 
 use crate::api::{BackendStatus, VipStatus};
-
-/// A `reason` label value and the VIP counter it reports.
-type Reason = (&'static str, fn(&VipStats) -> u64);
 
 /// Renders the exposition text from a status snapshot and the passed-frame
 /// counters.
 pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP stickylb_{name} {help}");
-        let _ = writeln!(out, "# TYPE stickylb_{name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "stickylb_{name}{{{labels}}} {v}");
-        }
-    };
     let vip = |v: &VipStatus| format!("vip=\"{}\"", v.name);
-    let per_vip = |f: fn(&VipStatus) -> u64| -> Vec<(String, f64)> {
-        vips.iter().map(|v| (vip(v), f(v) as f64)).collect()
+    let vip_rows: Vec<(String, &VipStats)> = vips.iter().map(|v| (vip(v), &v.counters)).collect();
+    counter_families(&mut out, &vip_rows);
+    let backends: Vec<(String, &BackendStatus)> = vips
+        .iter()
+        .flat_map(|v| {
+            v.backends
+                .iter()
+                .map(move |b| (format!("{},backend=\"{}\"", vip(v), b.address), b))
+        })
+        .collect();
+    let per_backend = |f: fn(&BackendStatus) -> f64| {
+        backends
+            .iter()
+            .map(move |(labels, b)| (labels.clone(), f(b)))
     };
     family(
-        "vip_packets_total",
-        "counter",
-        "Frames forwarded.",
-        per_vip(|v| v.counters.packets),
-    );
-    family(
-        "vip_bytes_total",
-        "counter",
-        "Bytes forwarded.",
-        per_vip(|v| v.counters.bytes),
-    );
-    family(
-        "vip_new_clients_total",
-        "counter",
-        "Clients pinned by the Maglev table.",
-        per_vip(|v| v.counters.new_clients),
-    );
-    family(
-        "vip_affinity_hits_total",
-        "counter",
-        "Frames forwarded by an affinity entry.",
-        per_vip(|v| v.counters.affinity_hits),
-    );
-    // One series per VIP and reason, VIP by VIP.
-    let by_reason = |reasons: &[Reason]| -> Vec<(String, f64)> {
-        vips.iter()
-            .flat_map(|v| {
-                reasons.iter().map(move |(reason, count)| {
-                    (
-                        format!("{},reason=\"{reason}\"", vip(v)),
-                        count(&v.counters) as f64,
-                    )
-                })
-            })
-            .collect()
-    };
-    family(
-        "vip_affinity_misses_total",
-        "counter",
-        "Frames of clients without a usable affinity entry, by reason.",
-        by_reason(&[
-            ("new", |c| c.new_clients),
-            ("expired", |c| c.repick_expired),
-            ("backend_dead", |c| c.repick_dead),
-        ]),
-    );
-    family(
-        "vip_drops_total",
-        "counter",
-        "Frames dropped, by reason.",
-        by_reason(&[
-            ("no_backend", |c| c.drop_no_backend),
-            ("fragment", |c| c.drop_fragment),
-        ]),
-    );
-    let per_backend = |f: &dyn Fn(&BackendStatus) -> f64| -> Vec<(String, f64)> {
-        vips.iter()
-            .flat_map(|v| {
-                v.backends
-                    .iter()
-                    .map(move |b| (format!("{},backend=\"{}\"", vip(v), b.address), f(b)))
-            })
-            .collect()
-    };
-    family(
+        &mut out,
         "backend_up",
         "gauge",
         "1 if the backend is alive in the data path.",
-        per_backend(&|b| f64::from(u8::from(b.state.is_alive()))),
+        per_backend(|b| f64::from(u8::from(b.state.is_alive()))),
     );
+    let backend_rows: Vec<(String, &BackendStats)> = backends
+        .iter()
+        .map(|(labels, b)| (labels.clone(), &b.counters))
+        .collect();
+    counter_families(&mut out, &backend_rows);
     family(
-        "backend_packets_total",
-        "counter",
-        "Frames forwarded to the backend.",
-        per_backend(&|b| b.counters.packets as f64),
-    );
-    family(
-        "backend_bytes_total",
-        "counter",
-        "Bytes forwarded to the backend.",
-        per_backend(&|b| b.counters.bytes as f64),
-    );
-    family(
-        "backend_new_clients_total",
-        "counter",
-        "Clients pinned to the backend.",
-        per_backend(&|b| b.counters.new_clients as f64),
-    );
-    family(
+        &mut out,
         "backend_clients",
         "gauge",
         "Clients with a live affinity entry.",
-        per_backend(&|b| b.clients as f64),
+        per_backend(|b| b.clients as f64),
     );
     family(
+        &mut out,
         "backend_check_latency_seconds",
         "gauge",
         "Duration of the last health check.",
-        per_backend(&|b| b.check_latency_ms.unwrap_or(f64::NAN) / 1000.0),
+        per_backend(|b| b.check_latency_ms.unwrap_or(f64::NAN) / 1000.0),
     );
     family(
+        &mut out,
         "passed_frames_total",
         "counter",
         "Frames left to the kernel, by reason.",
         global
             .iter()
-            .map(|(n, v)| (format!("reason=\"{n}\""), *v as f64))
-            .collect(),
+            .map(|(n, v)| (format!("reason=\"{n}\""), *v as f64)),
     );
     out
+}
+
+/// One metric family: `stickylb_<name>`, one series per (labels, value).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (String, f64)>,
+) {
+    let _ = writeln!(out, "# HELP stickylb_{name} {help}");
+    let _ = writeln!(out, "# TYPE stickylb_{name} {kind}");
+    for (labels, v) in rows {
+        let _ = writeln!(out, "stickylb_{name}{{{labels}}} {v}");
+    }
+}
+
+/// The families of a counter table, for `rows` of (labels, counters). A
+/// family of its own comes where its counter is listed; a shared family
+/// where its last member is, so that it follows the counters it sums up,
+/// with one series per row and reason, row by row.
+fn counter_families<S: CounterTable>(out: &mut String, rows: &[(String, &S)]) {
+    let table = S::COUNTERS;
+    for (i, c) in table.iter().enumerate() {
+        for m in c.metrics {
+            match m {
+                Metric::Own(name) => family(
+                    out,
+                    name,
+                    "counter",
+                    c.help,
+                    rows.iter()
+                        .map(|(labels, s)| (labels.clone(), (c.get)(s) as f64)),
+                ),
+                Metric::Reason(f, _) => {
+                    let member = |later: &Counter<S>| {
+                        later
+                            .metrics
+                            .iter()
+                            .any(|m| matches!(m, Metric::Reason(g, _) if g.name == f.name))
+                    };
+                    if table[i + 1..].iter().any(member) {
+                        continue;
+                    }
+                    let reasons = reasons::<S>(f);
+                    family(
+                        out,
+                        f.name,
+                        "counter",
+                        f.help,
+                        rows.iter().flat_map(|(labels, s)| {
+                            reasons.iter().map(move |(reason, c)| {
+                                (format!("{labels},reason=\"{reason}\""), (c.get)(s) as f64)
+                            })
+                        }),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The members of a shared family, in table order, with their reason.
+fn reasons<S: CounterTable>(family: &Family) -> Vec<(&'static str, &'static Counter<S>)> {
+    S::COUNTERS
+        .iter()
+        .flat_map(|c| {
+            c.metrics.iter().filter_map(move |m| match m {
+                Metric::Reason(f, reason) if f.name == family.name => Some((*reason, c)),
+                _ => None,
+            })
+        })
+        .collect()
 }
 
 /// Serves `/metrics`; each scrape asks the main loop for fresh text.
@@ -237,6 +240,126 @@ mod tests {
                 "stickylb_vip_drops_total{vip=\"web\",reason=\"fragment\"} 5",
                 "stickylb_vip_drops_total{vip=\"dns\",reason=\"no_backend\"} 14",
                 "stickylb_vip_drops_total{vip=\"dns\",reason=\"fragment\"} 15",
+            ]
+        );
+    }
+
+    /// Every counter's table name is its key in the status JSON (the
+    /// counters are flattened into each VIP's and backend's object).
+    #[test]
+    fn counter_names_are_the_json_keys() {
+        fn keys<S: CounterTable + serde::Serialize + Default>() -> Vec<String> {
+            let json = serde_json::to_value(S::default()).unwrap();
+            let mut keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+        fn names<S: CounterTable>() -> Vec<String> {
+            let mut names: Vec<String> = S::COUNTERS.iter().map(|c| c.name.into()).collect();
+            names.sort();
+            names
+        }
+        assert_eq!(keys::<VipStats>(), names::<VipStats>());
+        assert_eq!(keys::<BackendStats>(), names::<BackendStats>());
+    }
+
+    /// The whole text, pinned: the lines before the counter table drove
+    /// it, plus `probed`.
+    #[test]
+    fn whole_exposition() {
+        let backend = crate::lb::BackendStatus {
+            id: 0,
+            address: "10.0.0.11:80".parse().unwrap(),
+            state: crate::api::BackendState::Up,
+            reason: String::new(),
+            weight: 1,
+            drained: false,
+            mac: None,
+            mac_source: crate::lb::MacSource::Unknown,
+            check: None,
+            check_latency_ms: Some(2.5),
+            slots: 7,
+            clients: 4,
+            counters: BackendStats {
+                packets: 21,
+                bytes: 22,
+                new_clients: 23,
+            },
+            from_config: true,
+        };
+        let vip = VipStatus {
+            name: "web".into(),
+            address: std::net::Ipv4Addr::new(192, 0, 2, 10),
+            port: 80,
+            protocol: "tcp".into(),
+            table_size: 7,
+            affinity_timeout_s: 300.0,
+            alive_backends: 1,
+            counters: VipStats {
+                packets: 1,
+                bytes: 2,
+                new_clients: 3,
+                affinity_hits: 4,
+                repick_expired: 5,
+                repick_dead: 6,
+                probed: 7,
+                drop_no_backend: 8,
+                drop_fragment: 9,
+            },
+            backends: vec![backend],
+        };
+        let text = render(&[vip], &[("pass_not_ipv4", 31), ("pass_not_vip", 32)]);
+        assert!(text.ends_with('\n'));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "# HELP stickylb_vip_packets_total Frames forwarded.",
+                "# TYPE stickylb_vip_packets_total counter",
+                "stickylb_vip_packets_total{vip=\"web\"} 1",
+                "# HELP stickylb_vip_bytes_total Bytes forwarded.",
+                "# TYPE stickylb_vip_bytes_total counter",
+                "stickylb_vip_bytes_total{vip=\"web\"} 2",
+                "# HELP stickylb_vip_new_clients_total Clients pinned by the Maglev table.",
+                "# TYPE stickylb_vip_new_clients_total counter",
+                "stickylb_vip_new_clients_total{vip=\"web\"} 3",
+                "# HELP stickylb_vip_affinity_hits_total Frames forwarded by an affinity entry.",
+                "# TYPE stickylb_vip_affinity_hits_total counter",
+                "stickylb_vip_affinity_hits_total{vip=\"web\"} 4",
+                "# HELP stickylb_vip_affinity_misses_total Frames of clients without a usable affinity entry, by reason.",
+                "# TYPE stickylb_vip_affinity_misses_total counter",
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"new\"} 3",
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"expired\"} 5",
+                "stickylb_vip_affinity_misses_total{vip=\"web\",reason=\"backend_dead\"} 6",
+                "# HELP stickylb_vip_probed_total New pins that had to skip a dead backend's Maglev slot.",
+                "# TYPE stickylb_vip_probed_total counter",
+                "stickylb_vip_probed_total{vip=\"web\"} 7",
+                "# HELP stickylb_vip_drops_total Frames dropped, by reason.",
+                "# TYPE stickylb_vip_drops_total counter",
+                "stickylb_vip_drops_total{vip=\"web\",reason=\"no_backend\"} 8",
+                "stickylb_vip_drops_total{vip=\"web\",reason=\"fragment\"} 9",
+                "# HELP stickylb_backend_up 1 if the backend is alive in the data path.",
+                "# TYPE stickylb_backend_up gauge",
+                "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.11:80\"} 1",
+                "# HELP stickylb_backend_packets_total Frames forwarded to the backend.",
+                "# TYPE stickylb_backend_packets_total counter",
+                "stickylb_backend_packets_total{vip=\"web\",backend=\"10.0.0.11:80\"} 21",
+                "# HELP stickylb_backend_bytes_total Bytes forwarded to the backend.",
+                "# TYPE stickylb_backend_bytes_total counter",
+                "stickylb_backend_bytes_total{vip=\"web\",backend=\"10.0.0.11:80\"} 22",
+                "# HELP stickylb_backend_new_clients_total Clients pinned to the backend.",
+                "# TYPE stickylb_backend_new_clients_total counter",
+                "stickylb_backend_new_clients_total{vip=\"web\",backend=\"10.0.0.11:80\"} 23",
+                "# HELP stickylb_backend_clients Clients with a live affinity entry.",
+                "# TYPE stickylb_backend_clients gauge",
+                "stickylb_backend_clients{vip=\"web\",backend=\"10.0.0.11:80\"} 4",
+                "# HELP stickylb_backend_check_latency_seconds Duration of the last health check.",
+                "# TYPE stickylb_backend_check_latency_seconds gauge",
+                "stickylb_backend_check_latency_seconds{vip=\"web\",backend=\"10.0.0.11:80\"} 0.0025",
+                "# HELP stickylb_passed_frames_total Frames left to the kernel, by reason.",
+                "# TYPE stickylb_passed_frames_total counter",
+                "stickylb_passed_frames_total{reason=\"pass_not_ipv4\"} 31",
+                "stickylb_passed_frames_total{reason=\"pass_not_vip\"} 32",
             ]
         );
     }

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, PacketBuilderStep};
 use lb_common::{
     AffinityKey, BackendInfo, BackendStats, VipInfo, VipKey, VipStats, backend_flags,
-    global_counter, maglev, proto, select,
+    counters::CounterTable, global_counter, maglev, proto, select,
 };
 use lb_user::dataplane::{Dataplane, LoadOptions};
 
@@ -117,7 +117,8 @@ impl Rig {
             ring_base: 2 * TABLE_SIZE,
             ring_size: TABLE_SIZE,
             hash_seed: lb_common::DEFAULT_HASH_SEED,
-            _pad: 0,
+            forwarding: lb_common::ForwardingMode::Dsr.as_u8(),
+            _pad: [0; 3],
             affinity_timeout_ns: TIMEOUT_NS,
         };
         let mut rig = Self {
@@ -240,6 +241,41 @@ impl Counters {
                 .collect(),
             global: std::array::from_fn(|i| self.global[i] - before.global[i]),
         }
+    }
+
+    /// Every counter that differs from `want`, by name ("vip probed: 0, want
+    /// 1"), read through the counter tables so a new counter is compared and
+    /// named without a change here.
+    pub fn differences(&self, want: &Self) -> Vec<String> {
+        fn table<S: CounterTable>(what: &str, got: &S, want: &S, out: &mut Vec<String>) {
+            for c in S::COUNTERS {
+                let (g, w) = ((c.get)(got), (c.get)(want));
+                if g != w {
+                    out.push(format!("{what} {}: {g}, want {w}", c.name));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        table("vip", &self.vip, &want.vip, &mut out);
+        if self.backends.len() != want.backends.len() {
+            out.push(format!(
+                "{} backends, want {}",
+                self.backends.len(),
+                want.backends.len()
+            ));
+        }
+        for (i, (g, w)) in self.backends.iter().zip(&want.backends).enumerate() {
+            table(&format!("backend {i}"), g, w, &mut out);
+        }
+        for (name, (g, w)) in global_counter::NAMES
+            .iter()
+            .zip(self.global.iter().zip(&want.global))
+        {
+            if g != w {
+                out.push(format!("global {name}: {g}, want {w}"));
+            }
+        }
+        out
     }
 }
 

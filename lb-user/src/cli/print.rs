@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use lb_common::counters::CounterTable as _;
 use serde::de::DeserializeOwned;
 
 use super::args::{BackendAction, Query};
@@ -73,18 +74,7 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
             v.alive_backends,
             v.backends.len()
         )?;
-        writeln!(
-            out,
-            "  packets {}  bytes {}  new clients {}  affinity hits {}  re-picked: expired {} dead {}  dropped: no backend {} fragment {}",
-            v.counters.packets,
-            v.counters.bytes,
-            v.counters.new_clients,
-            v.counters.affinity_hits,
-            v.counters.repick_expired,
-            v.counters.repick_dead,
-            v.counters.drop_no_backend,
-            v.counters.drop_fragment
-        )?;
+        writeln!(out, "  {}", v.counters.status_line())?;
         backend_table(out, v)?;
     }
     Ok(())

@@ -301,6 +301,14 @@ impl fmt::Display for XdpModeSetting {
     }
 }
 
+impl From<Forwarding> for lb_common::ForwardingMode {
+    fn from(f: Forwarding) -> Self {
+        match f {
+            Forwarding::Dsr => Self::Dsr,
+        }
+    }
+}
+
 impl fmt::Display for Forwarding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

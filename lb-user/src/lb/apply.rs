@@ -129,7 +129,8 @@ impl<M: Maps> Lb<M> {
             ring_base: base,
             ring_size: cfg.table_size,
             hash_seed: self.hash_seed,
-            _pad: 0,
+            forwarding: lb_common::ForwardingMode::from(cfg.forwarding).as_u8(),
+            _pad: [0; 3],
             affinity_timeout_ns: cfg.affinity_timeout.as_nanos() as u64,
         }
     }

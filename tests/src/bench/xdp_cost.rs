@@ -142,7 +142,8 @@ impl Lb {
                 ring_base: 0,
                 ring_size: DEFAULT_TABLE_SIZE,
                 hash_seed: DEFAULT_HASH_SEED,
-                _pad: 0,
+                forwarding: lb_common::ForwardingMode::Dsr.as_u8(),
+                _pad: [0; 3],
                 affinity_timeout_ns: v.timeout_ns,
             };
             dp.set_vip(v.key, info).map_err(err("set a VIP"))?;
