@@ -345,7 +345,7 @@ pub struct SettingChange {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackendReport {
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     pub id: u32,
     #[serde(flatten)]
     pub change: BackendChange,
@@ -360,7 +360,7 @@ pub enum BackendChange {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RemovedBackend {
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     pub id: u32,
 }
 

@@ -254,7 +254,7 @@ impl<M: Maps> Lb<M> {
 
 /// Brings a kept backend to `spec`; health and the learned MAC stay.
 fn update_backend(b: &mut Backend, planned: &BackendReport, spec: &BackendSpec) {
-    debug_assert_eq!(b.addr, planned.address);
+    debug_assert_eq!(std::net::SocketAddr::V4(b.addr), planned.address);
     b.weight = spec.cfg.weight;
     b.drained = spec.drained;
     b.health_cfg = spec.cfg.health.clone();

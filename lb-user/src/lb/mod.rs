@@ -377,7 +377,7 @@ impl<M: Maps> Lb<M> {
         let id = plan.report.vips[vi]
             .backends
             .iter()
-            .find(|b| b.address == addr)
+            .find(|b| b.address == addr.into())
             .map(|b| b.id)
             .expect("the plan has the added backend");
         info!(

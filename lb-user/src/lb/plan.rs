@@ -276,7 +276,7 @@ impl<M: Maps> Lb<M> {
                         ),
                     };
                 backends.push(BackendReport {
-                    address: addr,
+                    address: addr.into(),
                     id,
                     change,
                 });
@@ -287,7 +287,7 @@ impl<M: Maps> Lb<M> {
                         .iter()
                         .filter(|r| !spec.backends.iter().any(|b| b.addr() == r.addr))
                         .map(|r| RemovedBackend {
-                            address: r.addr,
+                            address: r.addr.into(),
                             id: r.id,
                         })
                         .collect()

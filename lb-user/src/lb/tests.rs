@@ -285,7 +285,7 @@ fn reload_after_live_changes_reports_what_it_reverts() {
         "VIP web: ~192.0.2.10:80 (drained yes -> no) ~192.0.2.11:80 (weight 5 -> 1) -192.0.2.13:80"
     );
     let removed = &plan.report.vips[0].removed_backends;
-    assert_eq!((removed[0].address, removed[0].id), (addr(13), added));
+    assert_eq!((removed[0].address, removed[0].id), (addr(13).into(), added));
     lb.apply(plan).unwrap();
     assert!(lb.plan_config(&cfg, Vec::new()).unwrap().is_empty());
     let b = &lb.vips()[0].backends;
@@ -416,7 +416,7 @@ fn a_health_default_change_reaches_every_backend() {
         .filter(|b| matches!(&b.change, BackendChange::Kept { settings } if settings[0].field == "health"))
         .map(|b| b.address)
         .collect();
-    assert_eq!(changed, [addr(10), addr(11)]);
+    assert_eq!(changed, [addr(10).into(), addr(11).into()]);
     assert!(
         matches!(&plan.report.vips[0].change, VipChange::Kept { settings, .. } if settings.len() == 1),
         "{plan}"
