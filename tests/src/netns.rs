@@ -795,16 +795,16 @@ pub fn http_get(
 /// socket with TCP_DEFER_ACCEPT set).
 ///
 /// Two segments reaching a server's request socket back to back may be
-/// processed on two CPUs at once (here: the veth NAPI runs after XDP_TX hand
-/// them to different CPUs' backlogs). One turns the request socket into the
-/// connection; in kernels without "inet: Avoid ehash lookup race in
-/// inet_ehash_insert()" the other can look the flow up in between, find
-/// neither, reach the listener and be answered with a reset. The backend
-/// then resets a connection the load balancer forwarded correctly: about
-/// one in 20,000 connections of the end-to-end test on 2 CPUs, seen with
-/// tcpdump on every bridge port and the `tcp_send_reset` tracepoint
-/// (state LISTEN, reason TCP_FLAGS). With the ACK and the whole request in
-/// one segment, only one segment meets the request socket.
+/// processed on two CPUs at once (in the test network, frames forwarded by
+/// XDP_TX reach a backend from either CPU). One turns the request socket
+/// into the connection; on kernels without "inet: Avoid ehash lookup race
+/// in inet_ehash_insert()" the other can look the flow up in between, find
+/// neither, reach the listener and be reset (`tcp_send_reset`: state
+/// LISTEN, reason TCP_FLAGS). The backend then resets a connection the load
+/// balancer forwarded correctly: one in tens of thousands on 2 CPUs, more
+/// under CPU load, enough to fail the end-to-end test most runs. With the
+/// ACK and the whole request in one segment, only one segment meets the
+/// request socket.
 fn defer_handshake_ack(sock: &socket2::Socket) -> std::io::Result<()> {
     let seconds: libc::c_int = 1;
     // SAFETY: setsockopt(2) on an open socket, with a pointer to a c_int and
