@@ -730,21 +730,43 @@ pub fn http_get(
     timeout: Duration,
 ) -> std::io::Result<Answer> {
     use socket2::{Domain, Socket, Type};
+    // Which step failed, from which port: a failure under load is only
+    // explained by these (a lost SYN times out in connect, a stalled
+    // server in read).
+    let step = |what: &'static str, port: u16| {
+        move |e: std::io::Error| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{what} (from {src}:{port} to {dst}): {e}"),
+            )
+        }
+    };
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
-    sock.connect_timeout(&SocketAddr::V4(dst).into(), timeout)?;
+    defer_handshake_ack(&sock)?;
+    sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())
+        .map_err(step("bind", 0))?;
+    let port = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(0, |a| a.port());
+    sock.connect_timeout(&SocketAddr::V4(dst).into(), timeout)
+        .map_err(step("connect", port))?;
     let mut stream: TcpStream = sock.into();
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let cookie = cookie
         .map(|c| format!("Cookie: {c}\r\n"))
         .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {dst}\r\n{cookie}Connection: close\r\n\r\n"
-    )?;
+    // One write, so one segment (`write!` on the stream would send a
+    // segment per piece); see `defer_handshake_ack`.
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {dst}\r\n{cookie}Connection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(step("write", port))?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    stream.read_to_end(&mut raw).map_err(step("read", port))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -766,6 +788,41 @@ pub fn http_get(
         body: body.to_owned(),
         set_cookie,
     })
+}
+
+/// Makes the handshake's last ACK ride on the request's segment instead of
+/// going out alone just before it (Linux "saves one ACK" on a connecting
+/// socket with TCP_DEFER_ACCEPT set).
+///
+/// Two segments reaching a server's request socket back to back may be
+/// processed on two CPUs at once (in the test network, frames forwarded by
+/// XDP_TX reach a backend from either CPU). One turns the request socket
+/// into the connection; on kernels without "inet: Avoid ehash lookup race
+/// in inet_ehash_insert()" the other can look the flow up in between, find
+/// neither, reach the listener and be reset (`tcp_send_reset`: state
+/// LISTEN, reason TCP_FLAGS). The backend then resets a connection the load
+/// balancer forwarded correctly: one in tens of thousands on 2 CPUs, more
+/// under CPU load, enough to fail the end-to-end test most runs. With the
+/// ACK and the whole request in one segment, only one segment meets the
+/// request socket.
+fn defer_handshake_ack(sock: &socket2::Socket) -> std::io::Result<()> {
+    let seconds: libc::c_int = 1;
+    // SAFETY: setsockopt(2) on an open socket, with a pointer to a c_int and
+    // its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const seconds).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Which backend answered: the name in the body ("backend-3\n" → 3).

@@ -40,19 +40,28 @@ pub fn sweep(topo: &Topology, clients: &[Ipv4Addr]) -> Vec<Option<usize>> {
 }
 
 fn request(c: Ipv4Addr) -> Option<usize> {
-    http_get(c, SocketAddrV4::new(VIP, 80), "/", None, REQUEST_TIMEOUT)
-        .ok()
-        .and_then(|a| backend_of(&a))
+    attempt(c).ok()
+}
+
+/// One request: the backend that answered, or why none did.
+fn attempt(c: Ipv4Addr) -> Result<usize, String> {
+    let a = http_get(c, SocketAddrV4::new(VIP, 80), "/", None, REQUEST_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    backend_of(&a).ok_or_else(|| format!("no backend name in {:?}", a.body))
 }
 
 /// One request's outcome under load.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Sample {
     /// Index into the client list the load was started with.
     pub client: usize,
     /// When the request started.
     pub at: Instant,
     pub backend: Option<usize>,
+    /// How long it took (to its failure, if it failed).
+    pub took: Duration,
+    /// Why it failed (None: answered).
+    pub error: Option<String>,
 }
 
 /// Background load: every client requests in turn, new connection each
@@ -84,10 +93,13 @@ impl Load {
                         while !flag.load(Ordering::Relaxed) && Instant::now() < end {
                             for (j, &c) in chunk.iter().enumerate() {
                                 let at = Instant::now();
+                                let r = attempt(c);
                                 out.push(Sample {
                                     client: k * per + j,
                                     at,
-                                    backend: request(c),
+                                    took: at.elapsed(),
+                                    backend: r.as_ref().ok().copied(),
+                                    error: r.err(),
                                 });
                             }
                         }
@@ -134,6 +146,8 @@ pub struct LoadSummary {
     pub moved: Vec<usize>,
     /// Failed requests of clients whose backend was not in `victims`.
     pub failed_survivors: usize,
+    /// Those requests themselves, to say what went wrong.
+    pub survivor_failures: Vec<Sample>,
 }
 
 pub fn summarize(samples: &[Sample], before: &[Option<usize>], victims: &[usize]) -> LoadSummary {
@@ -149,6 +163,7 @@ pub fn summarize(samples: &[Sample], before: &[Option<usize>], victims: &[usize]
                 s.failed += 1;
                 if !old.is_some_and(|b| victims.contains(&b)) {
                     s.failed_survivors += 1;
+                    s.survivor_failures.push(x.clone());
                 }
             }
             Some(b) if Some(b) != old => moved[x.client] = true,

@@ -131,9 +131,28 @@ fn failover(
         survivors_moved, 0,
         "{name}: surviving backends' clients moved"
     );
+    let failures: Vec<String> = s
+        .survivor_failures
+        .iter()
+        .map(|x| {
+            let since = x.at.checked_duration_since(t0).map_or_else(
+                || format!("-{} ms", (t0 - x.at).as_millis()),
+                |d| format!("+{} ms", d.as_millis()),
+            );
+            format!(
+                "client {} (backend {:?}) started {since} after the failure, failed after {} ms: {}",
+                clients[x.client],
+                before[x.client],
+                x.took.as_millis(),
+                x.error.as_deref().unwrap_or("?"),
+            )
+        })
+        .collect();
     assert_eq!(
-        s.failed_survivors, 0,
-        "{name}: surviving backends' clients saw failures"
+        s.failed_survivors,
+        0,
+        "{name}: surviving backends' clients saw failures:\n{}",
+        failures.join("\n")
     );
     let after = sweep(topo, clients);
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
