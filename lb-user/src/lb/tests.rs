@@ -285,7 +285,10 @@ fn reload_after_live_changes_reports_what_it_reverts() {
         "VIP web: ~192.0.2.10:80 (drained yes -> no) ~192.0.2.11:80 (weight 5 -> 1) -192.0.2.13:80"
     );
     let removed = &plan.report.vips[0].removed_backends;
-    assert_eq!((removed[0].address, removed[0].id), (addr(13).into(), added));
+    assert_eq!(
+        (removed[0].address, removed[0].id),
+        (addr(13).into(), added)
+    );
     lb.apply(plan).unwrap();
     assert!(lb.plan_config(&cfg, Vec::new()).unwrap().is_empty());
     let b = &lb.vips()[0].backends;
