@@ -50,7 +50,7 @@ impl<M: Maps> Lb<M> {
             return Err(LbError::StalePlan);
         }
         self.generation += 1;
-        let (report, work, removed_keys, ring) = plan.into_parts();
+        let (report, work, removed_keys) = plan.into_parts();
         let mut old: Vec<Option<Vip>> = std::mem::take(&mut self.vips)
             .into_iter()
             .map(Some)
@@ -60,7 +60,6 @@ impl<M: Maps> Lb<M> {
             // Keep what was not reached in the books: its maps are as they were.
             self.vips.extend(old.into_iter().flatten());
         }
-        self.ring = ring;
         result
     }
 
@@ -102,9 +101,13 @@ impl<M: Maps> Lb<M> {
             let vip = match w.running.and_then(|ri| old[ri].take()) {
                 Some(mut v) => {
                     old_keys.push(v.key);
-                    let r = self.update_vip(&mut v, vp, w)?;
-                    report.rebuilt.push((v.name.clone(), r));
-                    v
+                    let r = self.update_vip(&mut v, vp, w);
+                    // Kept in the books even if a write failed: its entries
+                    // are in the maps, as far as they got.
+                    let name = v.name.clone();
+                    self.vips.push(v);
+                    report.rebuilt.push((name, r?));
+                    continue;
                 }
                 None => {
                     let (v, r) = self.add_vip(vp, w)?;
@@ -205,6 +208,7 @@ impl<M: Maps> Lb<M> {
         v.name = vp.name.clone();
         v.cfg = w.spec.cfg.clone();
         let mut running = std::mem::take(&mut v.backends);
+        let mut written = Ok(());
         for (bp, spec) in vp.backends.iter().zip(&w.spec.backends) {
             let b = match bp.change {
                 BackendChange::Kept { .. } => {
@@ -216,24 +220,51 @@ impl<M: Maps> Lb<M> {
                     let before = b.info(v.id);
                     update_backend(&mut b, bp, spec);
                     if b.info(v.id) != before {
-                        self.maps.set_backend(b.id, b.info(v.id))?;
+                        written = self.maps.set_backend(b.id, b.info(v.id));
                     }
                     b
                 }
                 BackendChange::Added => {
                     let b = Backend::new(bp.id, spec);
-                    self.maps.set_backend(b.id, b.info(v.id))?;
+                    written = self.maps.set_backend(b.id, b.info(v.id));
                     b
                 }
             };
             v.backends.push(b);
+            if written.is_err() {
+                break;
+            }
         }
-        debug_assert!(running.is_empty(), "removed backends were removed first");
+        // On a failed write the books keep every backend, reached or not.
+        v.backends.append(&mut running);
+        written?;
 
         // A new table size needs a new region: fill it, then switch the VIP
         // to it in one map update, so no frame sees a half-written table.
         let old = v.info;
         let info = self.vip_info(v.id, &v.cfg, w.ring_base);
+        let old_table = (info.ring_base != old.ring_base).then(|| v.table.clone());
+        let switched = self.switch_table(v, info, new_key);
+        if switched.is_err() {
+            // The VIP map still points at the old entry and table: the books
+            // must too, or the old region would count as free.
+            v.info = old;
+            if let Some(t) = old_table {
+                v.table = t;
+            }
+        }
+        let r = switched?;
+        if info.ring_base != old.ring_base {
+            info!("VIP {}: table size now {}", v.name, info.ring_size);
+        }
+        v.key = new_key;
+        Ok(r)
+    }
+
+    /// Fills a new table region if `info` has one, rebuilds, and points the
+    /// VIP map at `info` (under `key`) last.
+    fn switch_table(&mut self, v: &mut Vip, info: VipInfo, key: VipKey) -> Result<RebuildReport> {
+        let old = v.info;
         if info.ring_base != old.ring_base {
             let empty: Vec<(u32, u32)> = (0..info.ring_size).map(|s| (s, NO_BACKEND)).collect();
             self.maps.write_ring(info.ring_base, &empty)?;
@@ -241,13 +272,9 @@ impl<M: Maps> Lb<M> {
         }
         v.info = info;
         let r = rebuild(&mut self.maps, v)?;
-        if info != old || new_key != v.key {
-            self.maps.set_vip(new_key, info)?;
+        if info != old || key != v.key {
+            self.maps.set_vip(key, info)?;
         }
-        if info.ring_base != old.ring_base {
-            info!("VIP {}: table size now {}", v.name, info.ring_size);
-        }
-        v.key = new_key;
         Ok(r)
     }
 }

@@ -36,6 +36,9 @@ pub struct FakeMaps {
     pub ring: Vec<u32>,
     pub affinity: BTreeMap<(u32, [u8; 4]), AffinityValue>,
     pub log: Vec<Op>,
+    /// Writes that still succeed before every further one fails (None:
+    /// all succeed), to see what a kernel error half-way leaves behind.
+    pub writes_before_failure: Option<usize>,
 }
 
 impl Default for FakeMaps {
@@ -46,6 +49,7 @@ impl Default for FakeMaps {
             ring: vec![0; RING_POOL_SIZE as usize],
             affinity: BTreeMap::new(),
             log: Vec::new(),
+            writes_before_failure: None,
         }
     }
 }
@@ -67,6 +71,22 @@ impl FakeMaps {
                 last_seen_ns: now_ns,
             },
         );
+    }
+
+    /// Refuses a write once `writes_before_failure` are used up.
+    fn write(&mut self) -> Result<()> {
+        match &mut self.writes_before_failure {
+            Some(0) => Err(DataplaneError::Map {
+                map: "fake",
+                op: "write (failure injected by the test)",
+                source: Box::new(aya::maps::MapError::KeyNotFound),
+            }),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn range(base: u32, len: u32) -> Result<std::ops::Range<usize>> {
@@ -99,18 +119,21 @@ impl Maps for FakeMaps {
     }
 
     fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
+        self.write()?;
         self.vips.insert(key, info);
         self.log.push(Op::SetVip(key, info));
         Ok(())
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.write()?;
         self.vips.remove(key);
         self.log.push(Op::RemoveVip(*key));
         Ok(())
     }
 
     fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<()> {
+        self.write()?;
         *self
             .backends
             .get_mut(id as usize)
@@ -120,6 +143,7 @@ impl Maps for FakeMaps {
     }
 
     fn write_ring(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<usize> {
+        self.write()?;
         for &(slot, value) in slots {
             let i = Self::range(base, slot.saturating_add(1))?.end - 1;
             self.ring[i] = value;
@@ -147,6 +171,7 @@ impl Maps for FakeMaps {
         &mut self,
         doomed: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
     ) -> Result<usize> {
+        self.write()?;
         let mut gone = Vec::new();
         self.affinity.retain(|&(vip_id, client), v| {
             let drop = doomed(&AffinityKey { vip_id, client }, v);

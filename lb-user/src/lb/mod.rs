@@ -30,7 +30,6 @@ use lb_common::{NO_BACKEND, backend_flags, maglev};
 use log::{info, warn};
 use thiserror::Error;
 
-use self::state::RingAlloc;
 pub use self::{
     apply::ApplyReport,
     maps::Maps,
@@ -75,7 +74,6 @@ pub struct Lb<M: Maps = Dataplane> {
     maps: M,
     hash_seed: u32,
     vips: Vec<Vip>,
-    ring: RingAlloc,
     /// Bumped by every change, so a plan is applied only to the state it
     /// was made against.
     generation: u64,
@@ -92,7 +90,6 @@ impl<M: Maps> Lb<M> {
             maps,
             hash_seed: cfg.hash_seed,
             vips: Vec::new(),
-            ring: RingAlloc::default(),
             generation: 0,
         };
         lb.adopt(cfg)?;
@@ -118,7 +115,6 @@ impl<M: Maps> Lb<M> {
                 continue;
             };
             let table = self.maps.read_ring(info.ring_base, info.ring_size)?;
-            self.ring.used.push((info.ring_base, info.ring_size));
             let spec = VipSpec::from_config(vcfg);
             // Backends of this VIP that the config no longer has are not
             // adopted: they are cleared below, before any id is reused.

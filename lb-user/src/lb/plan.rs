@@ -31,8 +31,6 @@ pub struct Plan {
     work: Vec<VipWork>,
     /// The VIP-map keys of `report.removed`, in the same order.
     removed_keys: Vec<VipKey>,
-    /// The ring pool's layout afterwards.
-    ring: RingAlloc,
     /// The state this plan was made against (see `Lb::apply`).
     generation: u64,
 }
@@ -59,8 +57,8 @@ impl Plan {
         self.generation
     }
 
-    pub(super) fn into_parts(self) -> (PlanReport, Vec<VipWork>, Vec<VipKey>, RingAlloc) {
-        (self.report, self.work, self.removed_keys, self.ring)
+    pub(super) fn into_parts(self) -> (PlanReport, Vec<VipWork>, Vec<VipKey>) {
+        (self.report, self.work, self.removed_keys)
     }
 }
 
@@ -222,7 +220,7 @@ impl<M: Maps> Lb<M> {
         };
 
         // Ring space, replayed in the order apply allocates it.
-        let mut ring = self.ring.clone();
+        let mut ring = RingAlloc::of(&self.vips);
         for (v, _) in self.vips.iter().zip(&taken).filter(|(_, t)| !**t) {
             ring.free(v.info.ring_base);
         }
@@ -327,7 +325,6 @@ impl<M: Maps> Lb<M> {
             },
             work,
             removed_keys: gone.iter().map(|v| v.key).collect(),
-            ring,
             generation: self.generation,
         })
     }

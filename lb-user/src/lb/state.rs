@@ -169,13 +169,24 @@ pub(super) fn vip_key(cfg: &VipConfig) -> VipKey {
     VipKey::new(cfg.address, cfg.port, cfg.protocol.number())
 }
 
-/// First-fit allocation of table regions in the ring pool.
+/// First-fit allocation of table regions in the ring pool. Derived from the
+/// VIPs' entries whenever it is needed, so it cannot disagree with them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct RingAlloc {
-    pub(super) used: Vec<(u32, u32)>,
+    used: Vec<(u32, u32)>,
 }
 
 impl RingAlloc {
+    /// The regions `vips` use.
+    pub(super) fn of(vips: &[Vip]) -> Self {
+        Self {
+            used: vips
+                .iter()
+                .map(|v| (v.info.ring_base, v.info.ring_size))
+                .collect(),
+        }
+    }
+
     pub(super) fn alloc(&mut self, size: u32) -> Result<u32> {
         self.used.sort_unstable();
         let mut start = 0u32;

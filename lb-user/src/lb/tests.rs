@@ -440,3 +440,38 @@ fn vip_settings_are_reported_old_and_new() {
          table_size 251 -> 509 affinity_timeout 5m -> 1m"
     );
 }
+
+#[test]
+fn a_failed_write_leaves_the_books_equal_to_the_maps() {
+    let mut lb = started(&web(&[(10, 1), (11, 1)]));
+    let key = lb.vips()[0].key;
+    let before = lb.vips()[0].info;
+    // A new table size: the new region is filled and rebuilt (two ring
+    // writes), then the VIP entry switched (the third write), which fails.
+    lb.maps_mut().writes_before_failure = Some(2);
+    assert!(lb.apply_config(&web_sized(509)).is_err());
+    lb.maps_mut().writes_before_failure = None;
+    assert_eq!(lb.vips().len(), 1, "the VIP fell out of the books");
+    assert_eq!(lb.vips()[0].backends.len(), 2);
+    assert_eq!(lb.maps().vips[&key], before, "the data path was switched");
+    assert_eq!(lb.vips()[0].info, before, "the books say another table");
+    assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
+    // And the same change goes through once the maps take writes again.
+    lb.apply_config(&web_sized(509)).unwrap();
+    assert_eq!(lb.maps().vips[&key].ring_size, 509);
+    assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
+
+    // A backend entry that cannot be written: every backend stays known.
+    lb.maps_mut().writes_before_failure = Some(0);
+    assert!(lb.add_backend("web", addr(12), 1, None).is_err());
+    lb.maps_mut().writes_before_failure = None;
+    let known: Vec<_> = lb.vips()[0].backends.iter().map(|b| b.addr).collect();
+    assert!(
+        known.contains(&addr(10)) && known.contains(&addr(11)),
+        "{known:?}"
+    );
+}
+
+fn web_sized(size: u32) -> Config {
+    config(&[("web", 80, size, &[(10, 1), (11, 1)])])
+}
