@@ -183,9 +183,11 @@ impl Daemon {
         applied.keep_restart_only_fields(&self.cfg);
         let summary = plan.to_string();
         let changed = !plan.is_empty();
-        self.lb.apply(plan.clone())?;
-        self.cfg = applied;
+        let applying = self.lb.apply(plan.clone());
+        // Checkers follow the backends the books hold, whatever got applied.
         self.sync_checkers();
+        applying.context("reload partly applied (a map write failed); reload again to finish")?;
+        self.cfg = applied;
         info!("reload: {summary}");
         Ok(ReloadReply {
             changed,
@@ -235,15 +237,18 @@ impl Daemon {
                     .map(|m| parse_mac(&m))
                     .transpose()
                     .map_err(anyhow::Error::msg)?;
-                let id = self.lb.add_backend(&vip, backend, weight, mac)?;
+                let added = self.lb.add_backend(&vip, backend, weight, mac);
+                // Whatever got applied: checkers follow the books.
                 self.sync_checkers();
+                let id = added?;
                 Reply::ok(BackendAdded { id })
             }
             Request::BackendRemove { vip, backend } => {
                 let backend = ipv4_backend(backend)?;
                 let vi = self.lb.vip_index(&vip)?;
-                let id = self.lb.remove_backend(vi, backend)?;
+                let removed = self.lb.remove_backend(vi, backend);
                 self.sync_checkers();
+                let id = removed?;
                 Reply::ok(BackendRemoved { id })
             }
             Request::BackendWeight {
@@ -493,7 +498,7 @@ async fn serve(
             _ = neigh_tick.tick() => d.refresh_macs(),
             _ = sighup.recv() => {
                 if let Err(e) = d.reload() {
-                    error!("reload failed, the running config is unchanged: {e:#}");
+                    error!("reload failed: {e:#}");
                 }
             }
             _ = sigterm.recv() => return Ok(d),

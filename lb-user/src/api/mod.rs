@@ -130,6 +130,8 @@ pub enum BackendState {
     /// clients stay.
     Draining,
     /// Passing its checks, but its MAC is unknown, so it is out of the table.
+    /// Daemons before the typed API wrote it as "up (no MAC)": still read.
+    #[serde(alias = "up (no MAC)")]
     UpNoMac,
     /// Failing its checks.
     Down,

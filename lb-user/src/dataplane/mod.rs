@@ -273,10 +273,13 @@ impl Dataplane {
             .map_err(map_err(map_names::VIPS, "insert"))
     }
 
+    /// Removes a VIP's entry; one that is gone already is no error, so a
+    /// removal cut short can be retried.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        self.vips
-            .remove(key)
-            .map_err(map_err(map_names::VIPS, "remove"))
+        match self.vips.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_names::VIPS, "remove")(e)),
+        }
     }
 
     pub fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<()> {

@@ -12,7 +12,7 @@ use super::{
     state::{Backend, BackendSpec},
 };
 use crate::{
-    api::{BackendChange, BackendReport, MacSource, PlanReport, VipReport},
+    api::{BackendChange, BackendReport, MacSource, PlanReport, VipChange, VipReport},
     config::VipConfig,
 };
 
@@ -71,18 +71,22 @@ impl<M: Maps> Lb<M> {
         old: &mut [Option<Vip>],
     ) -> Result<ApplyReport> {
         for (r, key) in plan.removed.iter().zip(removed_keys) {
-            let Some(vip) = old
+            let Some(slot) = old
                 .iter_mut()
                 .find(|v| v.as_ref().is_some_and(|v| v.id == r.id))
-                .and_then(Option::take)
             else {
                 continue;
             };
+            // Out of the books only once its maps are clear: until then its
+            // ids and region are not free, and a retry removes it again.
+            let vip = slot.as_ref().expect("found above");
             self.maps.remove_vip(key)?;
             for b in &vip.backends {
                 self.maps.set_backend(b.id, bytemuck::Zeroable::zeroed())?;
             }
-            let purged = self.maps.purge_affinity(&|k, _| k.vip_id == vip.id)?;
+            let vip_id = vip.id;
+            let purged = self.maps.purge_affinity(&|k, _| k.vip_id == vip_id)?;
+            let vip = slot.take().expect("found above");
             info!(
                 "VIP {} removed ({purged} affinity entries dropped)",
                 vip.name
@@ -142,14 +146,29 @@ impl<M: Maps> Lb<M> {
     /// over the affinity table (which may hold millions of entries).
     fn remove_backends(&mut self, v: &mut Vip, vp: &VipReport) -> Result<()> {
         let ids: Vec<u32> = vp.removed_backends.iter().map(|b| b.id).collect();
-        v.backends.retain(|b| !ids.contains(&b.id));
-        rebuild(&mut self.maps, v)?;
-        for &id in &ids {
-            self.maps.set_backend(id, bytemuck::Zeroable::zeroed())?;
-        }
-        let purged = self
-            .maps
-            .purge_affinity(&|_, e| ids.contains(&e.backend_id))?;
+        let (gone, kept) = std::mem::take(&mut v.backends)
+            .into_iter()
+            .partition(|b| ids.contains(&b.id));
+        v.backends = kept;
+        let cleared = (|| -> Result<usize> {
+            rebuild(&mut self.maps, v)?;
+            for &id in &ids {
+                self.maps.set_backend(id, bytemuck::Zeroable::zeroed())?;
+            }
+            Ok(self
+                .maps
+                .purge_affinity(&|_, e| ids.contains(&e.backend_id))?)
+        })();
+        let purged = match cleared {
+            Ok(n) => n,
+            Err(e) => {
+                // Still in the books (their ids are not free) until a retry
+                // has cleared them.
+                let mut gone: Vec<Backend> = gone;
+                v.backends.append(&mut gone);
+                return Err(e);
+            }
+        };
         let names: Vec<String> = vp
             .removed_backends
             .iter()
@@ -177,6 +196,7 @@ impl<M: Maps> Lb<M> {
             info,
             cfg: cfg.clone(),
             table: vec![NO_BACKEND; cfg.table_size as usize],
+            table_current: false,
             backends: vp
                 .backends
                 .iter()
@@ -204,6 +224,31 @@ impl<M: Maps> Lb<M> {
     /// already (`remove_backends`); the caller removes its old key from the
     /// VIP map if no VIP holds it afterwards.
     fn update_vip(&mut self, v: &mut Vip, vp: &VipReport, w: &VipWork) -> Result<RebuildReport> {
+        // What was asked before, put back if a write fails: the next plan
+        // must see (and report) the change as not made yet.
+        let asked_before = (v.name.clone(), v.cfg.clone());
+        let backends_before: Vec<Backend> = v.backends.clone();
+        let result = self.update_vip_maps(v, vp, w);
+        if result.is_err() {
+            (v.name, v.cfg) = asked_before;
+            for b in &mut v.backends {
+                if let Some(was) = backends_before.iter().find(|o| o.id == b.id) {
+                    b.weight = was.weight;
+                    b.drained = was.drained;
+                    b.health_cfg = was.health_cfg.clone();
+                    b.from_config = was.from_config;
+                }
+            }
+        }
+        result
+    }
+
+    fn update_vip_maps(
+        &mut self,
+        v: &mut Vip,
+        vp: &VipReport,
+        w: &VipWork,
+    ) -> Result<RebuildReport> {
         let new_key = w.spec.key();
         v.name = vp.name.clone();
         v.cfg = w.spec.cfg.clone();
@@ -227,6 +272,10 @@ impl<M: Maps> Lb<M> {
                 BackendChange::Added => {
                     let b = Backend::new(bp.id, spec);
                     written = self.maps.set_backend(b.id, b.info(v.id));
+                    if written.is_err() {
+                        // Not added: no entry, so not in the books either.
+                        break;
+                    }
                     b
                 }
             };
@@ -243,6 +292,12 @@ impl<M: Maps> Lb<M> {
         // to it in one map update, so no frame sees a half-written table.
         let old = v.info;
         let info = self.vip_info(v.id, &v.cfg, w.ring_base);
+        if v.table_current && info == old && new_key == v.key && unchanged(vp) {
+            // Nothing asked of this VIP changed, so its table is what the
+            // last rebuild made (health changes rebuild at once): a live
+            // change to another VIP need not rebuild this one.
+            return Ok(RebuildReport::default());
+        }
         let old_table = (info.ring_base != old.ring_base).then(|| v.table.clone());
         let switched = self.switch_table(v, info, new_key);
         if switched.is_err() {
@@ -252,6 +307,7 @@ impl<M: Maps> Lb<M> {
             if let Some(t) = old_table {
                 v.table = t;
             }
+            v.table_current = false;
         }
         let r = switched?;
         if info.ring_base != old.ring_base {
@@ -277,6 +333,17 @@ impl<M: Maps> Lb<M> {
         }
         Ok(r)
     }
+}
+
+/// Whether the plan asks nothing new of a kept VIP (its removed backends
+/// are rebuilt away beforehand).
+fn unchanged(vp: &VipReport) -> bool {
+    vp.removed_backends.is_empty()
+        && matches!(&vp.change, VipChange::Kept { renamed_from: None, settings } if settings.is_empty())
+        && vp
+            .backends
+            .iter()
+            .all(|b| matches!(&b.change, BackendChange::Kept { settings } if settings.is_empty()))
 }
 
 /// Brings a kept backend to `spec`; health and the learned MAC stay.

@@ -94,7 +94,26 @@ impl<M: Maps> Lb<M> {
         };
         lb.adopt(cfg)?;
         let plan = lb.plan_config(cfg, Vec::new())?;
+        if !plan.is_empty() && !lb.vips.is_empty() {
+            // What the file changed while no daemon ran (a fresh start adds
+            // every VIP and says so VIP by VIP).
+            info!("start: {plan}");
+        }
         lb.apply(plan)?;
+        Ok(lb)
+    }
+
+    /// The running state re-identified from `maps` for `cfg`, with nothing
+    /// applied yet: what `start` plans against.
+    #[cfg(test)]
+    fn adopted(maps: M, cfg: &Config) -> Result<Self> {
+        let mut lb = Self {
+            maps,
+            hash_seed: cfg.hash_seed,
+            vips: Vec::new(),
+            generation: 0,
+        };
+        lb.adopt(cfg)?;
         Ok(lb)
     }
 
@@ -133,7 +152,9 @@ impl<M: Maps> Lb<M> {
                         be.mac_source = MacSource::Neighbour;
                     }
                     // Adopt liveness: a restart must not flap anything. A
-                    // backend that was not alive is re-learned from scratch.
+                    // backend that was not alive has its health re-learned
+                    // from scratch (its MAC is kept: it is re-read from the
+                    // neighbour table before the backend can come up).
                     if b.flags & backend_flags::ALIVE != 0 {
                         be.health = Some(State::Up);
                         be.reason = "adopted as up from the running data path".into();
@@ -153,6 +174,7 @@ impl<M: Maps> Lb<M> {
                 info,
                 cfg: settings,
                 table,
+                table_current: false,
                 backends,
             });
         }
@@ -382,9 +404,9 @@ impl<M: Maps> Lb<M> {
         Ok(id)
     }
 
-    /// Removes a backend: out of the table and dead for the data path first,
-    /// then its id is freed and its clients' entries purged so a later
-    /// backend reusing the id inherits nobody.
+    /// Removes a backend: out of the table first, then its entry cleared
+    /// and its clients' entries purged, so a later backend reusing the id
+    /// inherits nobody.
     pub fn remove_backend(&mut self, vi: usize, addr: SocketAddrV4) -> Result<u32> {
         let bi = self.backend_index(vi, addr)?;
         let id = self.vips[vi].backends[bi].id;
@@ -480,6 +502,7 @@ fn rebuild<M: Maps>(maps: &mut M, v: &mut Vip) -> Result<RebuildReport> {
         maps.write_ring(v.info.ring_base, &changes)?
     };
     v.table = table;
+    v.table_current = true;
     Ok(RebuildReport {
         slots_written,
         build_us,

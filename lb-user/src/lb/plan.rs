@@ -139,14 +139,21 @@ fn backend_settings(old: &BackendSpec, new: &BackendSpec) -> Vec<SettingChange> 
 }
 
 fn health_summary(h: &crate::config::HealthConfig) -> String {
-    format!(
-        "{} every {} (timeout {}, rise {}, fall {})",
+    let mut out = format!(
+        "{} every {} (timeout {}, rise {}, fall {}",
         h.kind,
         fmt_duration(h.interval),
         fmt_duration(h.timeout),
         h.rise,
         h.fall
-    )
+    );
+    if let Some(port) = h.port {
+        out += &format!(", port {port}");
+    }
+    if h.kind == crate::config::CheckKind::Http {
+        out += &format!(", path {}, expect {}", h.path, h.expect_status);
+    }
+    out + ")"
 }
 
 /// Why a config whose tables fit the pool in total was refused.

@@ -106,6 +106,10 @@ pub struct Vip {
     pub cfg: VipConfig,
     /// Slot → backend id, as in the ring.
     pub table: Vec<u32>,
+    /// `table` is what a rebuild from `backends` as they are makes (false for
+    /// a table read back from the maps: it may name backends that are gone
+    /// or no longer alive, and must be rebuilt once).
+    pub table_current: bool,
     pub backends: Vec<Backend>,
 }
 

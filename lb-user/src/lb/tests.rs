@@ -99,21 +99,15 @@ fn adoption_writes_nothing_that_need_not_change() {
 fn adoption_plans_a_table_size_the_file_changed() {
     let mut pinned = started(&web(&[(10, 1), (11, 1)])).into_maps();
     pinned.take_log();
-    let lb = Lb::start(
-        pinned.clone(),
-        &config(&[("web", 80, 509, &[(10, 1), (11, 1)])]),
-    );
-    let lb = lb.unwrap();
-    assert_eq!(lb.vips()[0].info.ring_size, 509);
-    // The plan made at start said so (the adopted state carries the old size).
-    let adopted = Lb::start(pinned, &web(&[(10, 1), (11, 1)])).unwrap();
-    let plan = adopted
-        .plan_config(
-            &config(&[("web", 80, 509, &[(10, 1), (11, 1)])]),
-            Vec::new(),
-        )
-        .unwrap();
+    let file = config(&[("web", 80, 509, &[(10, 1), (11, 1)])]);
+    // The state adopted from the maps carries the pinned size, so the plan
+    // made at start reports the file's change.
+    let adopted = Lb::adopted(pinned.clone(), &file).unwrap();
+    let plan = adopted.plan_config(&file, Vec::new()).unwrap();
     assert_eq!(plan.to_string(), "VIP web: table_size 251 -> 509");
+    let lb = Lb::start(pinned, &file).unwrap();
+    assert_eq!(lb.vips()[0].info.ring_size, 509);
+    assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
 }
 
 #[test]
@@ -455,6 +449,13 @@ fn a_failed_write_leaves_the_books_equal_to_the_maps() {
     assert_eq!(lb.vips()[0].backends.len(), 2);
     assert_eq!(lb.maps().vips[&key], before, "the data path was switched");
     assert_eq!(lb.vips()[0].info, before, "the books say another table");
+    assert_eq!(
+        lb.vips()[0].cfg.table_size,
+        251,
+        "the books say it was done"
+    );
+    let retry = lb.plan_config(&web_sized(509), Vec::new()).unwrap();
+    assert_eq!(retry.to_string(), "VIP web: table_size 251 -> 509");
     assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
     // And the same change goes through once the maps take writes again.
     lb.apply_config(&web_sized(509)).unwrap();
@@ -474,4 +475,54 @@ fn a_failed_write_leaves_the_books_equal_to_the_maps() {
 
 fn web_sized(size: u32) -> Config {
     config(&[("web", 80, size, &[(10, 1), (11, 1)])])
+}
+
+#[test]
+fn a_failed_removal_keeps_what_it_did_not_clear() {
+    let mut lb = started(&config(&[
+        ("a", 81, 251, &[(10, 1)]),
+        ("b", 82, 251, &[(11, 1)]),
+    ]));
+    let b_id = lb.vips()[1].id;
+    let b_backend = id_of(&lb, "b", 11);
+    lb.maps_mut().pin(b_id, [203, 0, 113, 9], b_backend, 1);
+    // VIP b's entry goes, then clearing its backend fails.
+    lb.maps_mut().writes_before_failure = Some(1);
+    assert!(
+        lb.apply_config(&config(&[("a", 81, 251, &[(10, 1)])]))
+            .is_err()
+    );
+    lb.maps_mut().writes_before_failure = None;
+    // b is still in the books (its id and its clients are not free yet),
+    // and the retry finishes the removal, purge included.
+    assert!(
+        lb.vip_index("b").is_ok(),
+        "a half-removed VIP left the books"
+    );
+    let plan = lb
+        .plan_config(&config(&[("a", 81, 251, &[(10, 1)])]), Vec::new())
+        .unwrap();
+    assert_eq!(plan.to_string(), "VIP b removed");
+    lb.apply(plan).unwrap();
+    assert!(lb.maps().affinity.is_empty());
+    assert_eq!(lb.vips().len(), 1);
+
+    // A backend whose removal is cut short stays known until it is done.
+    let mut lb = started(&web(&[(10, 1), (11, 1)]));
+    lb.maps_mut().writes_before_failure = Some(1);
+    assert!(lb.remove_backend(0, addr(11)).is_err());
+    lb.maps_mut().writes_before_failure = None;
+    assert_eq!(lb.vips()[0].backends.len(), 2);
+    lb.remove_backend(0, addr(11)).unwrap();
+    assert_eq!(lb.vips()[0].backends.len(), 1);
+}
+
+#[test]
+fn adoption_rebuilds_a_table_that_names_a_backend_gone_from_the_file() {
+    let first = started(&web(&[(10, 1), (11, 1), (12, 1)]));
+    let gone = id_of(&first, "web", 12);
+    let pinned = first.into_maps();
+    let lb = Lb::start(pinned, &web(&[(10, 1), (11, 1)])).unwrap();
+    assert!(lb.vips()[0].table.iter().all(|&s| s != gone));
+    assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
 }
