@@ -371,13 +371,18 @@ impl PlanReport {
     pub fn is_empty(&self) -> bool {
         self.needs_restart.is_empty()
             && self.removed.is_empty()
-            && self.vips.iter().all(|v| {
-                v.removed_backends.is_empty()
-                    && matches!(&v.change, VipChange::Kept { renamed_from: None, settings } if settings.is_empty())
-                    && v.backends.iter().all(|b| {
-                        matches!(&b.change, BackendChange::Kept { settings } if settings.is_empty())
-                    })
-            })
+            && self.vips.iter().all(VipReport::is_unchanged)
+    }
+}
+
+impl VipReport {
+    /// Whether nothing about this VIP changes.
+    pub fn is_unchanged(&self) -> bool {
+        self.removed_backends.is_empty()
+            && matches!(&self.change, VipChange::Kept { renamed_from: None, settings } if settings.is_empty())
+            && self.backends.iter().all(
+                |b| matches!(&b.change, BackendChange::Kept { settings } if settings.is_empty()),
+            )
     }
 }
 

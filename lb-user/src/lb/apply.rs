@@ -6,13 +6,14 @@ use log::info;
 use serde::Serialize;
 
 use super::{
-    Lb, LbError, Maps, Plan, RebuildReport, Result, Vip,
+    Lb, LbError, Maps, Plan, RebuildReport, Result, Vip, clear_backend,
     plan::VipWork,
     rebuild,
     state::{Backend, BackendSpec},
+    write_empty_table,
 };
 use crate::{
-    api::{BackendChange, BackendReport, MacSource, PlanReport, VipChange, VipReport},
+    api::{BackendChange, BackendReport, MacSource, PlanReport, VipReport},
     config::VipConfig,
 };
 
@@ -82,7 +83,7 @@ impl<M: Maps> Lb<M> {
             let vip = slot.as_ref().expect("found above");
             self.maps.remove_vip(key)?;
             for b in &vip.backends {
-                self.maps.set_backend(b.id, bytemuck::Zeroable::zeroed())?;
+                clear_backend(&mut self.maps, b.id)?;
             }
             let vip_id = vip.id;
             let purged = self.maps.purge_affinity(&|k, _| k.vip_id == vip_id)?;
@@ -153,7 +154,7 @@ impl<M: Maps> Lb<M> {
         let cleared = (|| -> Result<usize> {
             rebuild(&mut self.maps, v)?;
             for &id in &ids {
-                self.maps.set_backend(id, bytemuck::Zeroable::zeroed())?;
+                clear_backend(&mut self.maps, id)?;
             }
             Ok(self
                 .maps
@@ -186,9 +187,7 @@ impl<M: Maps> Lb<M> {
         let cfg = &w.spec.cfg;
         let info = self.vip_info(vp.id, cfg, w.ring_base);
         let key = w.spec.key();
-        // Start from an all-empty table so the first rebuild writes every slot.
-        let empty: Vec<(u32, u32)> = (0..cfg.table_size).map(|s| (s, NO_BACKEND)).collect();
-        self.maps.write_ring(w.ring_base, &empty)?;
+        write_empty_table(&mut self.maps, w.ring_base, cfg.table_size)?;
         let mut v = Vip {
             name: vp.name.clone(),
             id: vp.id,
@@ -292,7 +291,7 @@ impl<M: Maps> Lb<M> {
         // to it in one map update, so no frame sees a half-written table.
         let old = v.info;
         let info = self.vip_info(v.id, &v.cfg, w.ring_base);
-        if v.table_current && info == old && new_key == v.key && unchanged(vp) {
+        if v.table_current && info == old && new_key == v.key && vp.is_unchanged() {
             // Nothing asked of this VIP changed, so its table is what the
             // last rebuild made (health changes rebuild at once): a live
             // change to another VIP need not rebuild this one.
@@ -322,8 +321,7 @@ impl<M: Maps> Lb<M> {
     fn switch_table(&mut self, v: &mut Vip, info: VipInfo, key: VipKey) -> Result<RebuildReport> {
         let old = v.info;
         if info.ring_base != old.ring_base {
-            let empty: Vec<(u32, u32)> = (0..info.ring_size).map(|s| (s, NO_BACKEND)).collect();
-            self.maps.write_ring(info.ring_base, &empty)?;
+            write_empty_table(&mut self.maps, info.ring_base, info.ring_size)?;
             v.table = vec![NO_BACKEND; info.ring_size as usize];
         }
         v.info = info;
@@ -333,17 +331,6 @@ impl<M: Maps> Lb<M> {
         }
         Ok(r)
     }
-}
-
-/// Whether the plan asks nothing new of a kept VIP (its removed backends
-/// are rebuilt away beforehand).
-fn unchanged(vp: &VipReport) -> bool {
-    vp.removed_backends.is_empty()
-        && matches!(&vp.change, VipChange::Kept { renamed_from: None, settings } if settings.is_empty())
-        && vp
-            .backends
-            .iter()
-            .all(|b| matches!(&b.change, BackendChange::Kept { settings } if settings.is_empty()))
 }
 
 /// Brings a kept backend to `spec`; health and the learned MAC stay.

@@ -86,13 +86,7 @@ impl<M: Maps> Lb<M> {
     /// ids, tables and liveness, so nothing moves, and what already matches
     /// is not written again.
     pub fn start(maps: M, cfg: &Config) -> Result<Self> {
-        let mut lb = Self {
-            maps,
-            hash_seed: cfg.hash_seed,
-            vips: Vec::new(),
-            generation: 0,
-        };
-        lb.adopt(cfg)?;
+        let mut lb = Self::adopted(maps, cfg)?;
         let plan = lb.plan_config(cfg, Vec::new())?;
         if !plan.is_empty() && !lb.vips.is_empty() {
             // What the file changed while no daemon ran (a fresh start adds
@@ -105,7 +99,6 @@ impl<M: Maps> Lb<M> {
 
     /// The running state re-identified from `maps` for `cfg`, with nothing
     /// applied yet: what `start` plans against.
-    #[cfg(test)]
     fn adopted(maps: M, cfg: &Config) -> Result<Self> {
         let mut lb = Self {
             maps,
@@ -184,7 +177,7 @@ impl<M: Maps> Lb<M> {
         let adopted = self.used_backend_ids();
         for (id, b) in &adopted_backends {
             if !adopted.contains(id) {
-                self.maps.set_backend(*id, bytemuck::Zeroable::zeroed())?;
+                clear_backend(&mut self.maps, *id)?;
                 let purged = self.maps.purge_affinity(&|_, v| v.backend_id == *id)?;
                 info!(
                     "backend {}:{} of the previous run is not configured: removed ({purged} clients re-picked)",
@@ -465,6 +458,19 @@ impl<M: Maps> Lb<M> {
         );
         Ok(r)
     }
+}
+
+/// Frees backend `id` in the backends map: not in use, not alive.
+fn clear_backend<M: Maps>(maps: &mut M, id: u32) -> Result<()> {
+    Ok(maps.set_backend(id, bytemuck::Zeroable::zeroed())?)
+}
+
+/// Writes an empty table of `size` slots at `base`, so that the first
+/// rebuild into it writes every slot and no frame meets a stale one.
+fn write_empty_table<M: Maps>(maps: &mut M, base: u32, size: u32) -> Result<()> {
+    let empty: Vec<(u32, u32)> = (0..size).map(|s| (s, NO_BACKEND)).collect();
+    maps.write_ring(base, &empty)?;
+    Ok(())
 }
 
 /// Rebuilds `v`'s Maglev table and writes the slots that changed.
