@@ -17,9 +17,10 @@ use tokio::{
 
 use crate::{
     api::{
-        AttachState, BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply,
-        ReloadReply, StatusReply,
+        AttachState, BackendAdded, BackendChanged, BackendRemoved, DEFAULT_FLOWS_LIMIT,
+        LookupReply, ReloadReply, StatusReply,
     },
+    census::{Census, Counts, FlowsJob},
     config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
@@ -76,6 +77,9 @@ struct Daemon {
     checkers: HashMap<u32, Checker>,
     checker_generation: u64,
     health_tx: mpsc::Sender<health::Event<CheckKey>>,
+    /// Walks the affinity table for status, metrics and flows, off the
+    /// main loop.
+    census: Census,
 }
 
 impl Daemon {
@@ -197,35 +201,62 @@ impl Daemon {
         })
     }
 
-    fn handle(&mut self, req: Request) -> Reply {
-        self.answer(req)
-            .unwrap_or_else(|e| Reply::err(format!("{e:#}")))
+    /// Answers `req` on `reply`: at once, or for `flows`, which walks the
+    /// affinity table, from the census thread.
+    fn handle(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
+        let answer = match req {
+            Request::Flows {
+                vip,
+                backend,
+                limit,
+            } => match self.flows(vip.as_deref(), backend, limit) {
+                Ok(query) => return self.census.flows(FlowsJob { query, reply }),
+                Err(e) => Err(e),
+            },
+            req => self.answer(req),
+        };
+        let _ = reply.send(answer.unwrap_or_else(|e| Reply::err(format!("{e:#}"))));
+    }
+
+    /// What the census thread needs to answer a `flows` request.
+    fn flows(
+        &self,
+        vip: Option<&str>,
+        backend: Option<SocketAddr>,
+        limit: Option<usize>,
+    ) -> anyhow::Result<crate::lb::FlowsQuery> {
+        let backend = backend.map(ipv4_backend).transpose()?;
+        Ok(self
+            .lb
+            .flows_query(vip, backend, limit.unwrap_or(DEFAULT_FLOWS_LIMIT))?)
     }
 
     /// Carries out one request; its reply type is the one `api::Request`
     /// names for it.
     fn answer(&mut self, req: Request) -> anyhow::Result<Reply> {
         Ok(match req {
-            Request::Status => Reply::ok(StatusReply {
-                pid: std::process::id(),
-                interface: self.cfg.interface.clone(),
-                attached: self.attached.into(),
-                config: self.opts.config_path.clone(),
-                pin_path: self.cfg.pin_path.clone(),
-                uptime_s: self.started.elapsed().as_secs(),
-                passed: self.passed()?,
-                vips: self.lb.status()?,
-            }),
+            Request::Status => {
+                let counts = self.census.counts();
+                Reply::ok(StatusReply {
+                    pid: std::process::id(),
+                    interface: self.cfg.interface.clone(),
+                    attached: self.attached.into(),
+                    config: self.opts.config_path.clone(),
+                    pin_path: self.cfg.pin_path.clone(),
+                    uptime_s: self.started.elapsed().as_secs(),
+                    passed: self.passed()?,
+                    clients_counted: counts.as_deref().map(Counts::report),
+                    vips: self.lb.status(clients_of(counts.as_deref()))?,
+                })
+            }
             Request::Lookup { client, vip } => {
                 let client = ipv4_client(client)?;
                 let reply: LookupReply = self.lb.lookup(client, vip.as_deref())?;
                 Reply::ok(reply)
             }
-            Request::Flows { vip, backend } => {
-                let backend = backend.map(ipv4_backend).transpose()?;
-                let reply: FlowsReply = self.lb.flows(vip.as_deref(), backend)?;
-                Reply::ok(reply)
-            }
+            // Answered by `handle`, from the census thread: by the time
+            // a request gets here, it was not.
+            Request::Flows { .. } => bail!("flows requests are answered by the census thread"),
             Request::BackendAdd {
                 vip,
                 backend,
@@ -284,15 +315,27 @@ impl Daemon {
     }
 
     fn metrics(&self) -> String {
-        let vips = self.lb.status().unwrap_or_default();
+        let clients = self.census.counts();
+        let vips = self
+            .lb
+            .status(clients_of(clients.as_deref()))
+            .unwrap_or_default();
         let counts = self.lb.maps().global_stats().unwrap_or_default();
         let global: Vec<(&str, u64)> = lb_common::global_counter::NAMES
             .iter()
             .copied()
             .zip(counts)
             .collect();
-        metrics::render(&vips, &global)
+        let counted = clients.as_deref().map(Counts::report);
+        metrics::render(&vips, &global, counted.as_ref())
     }
+}
+
+/// The client counts of `counts`, none before the first walk.
+fn clients_of(counts: Option<&Counts>) -> &HashMap<(u32, u32), usize> {
+    static NONE: std::sync::LazyLock<HashMap<(u32, u32), usize>> =
+        std::sync::LazyLock::new(HashMap::new);
+    counts.map_or(&NONE, |c| &c.clients)
 }
 
 /// The load balancer is IPv4-only for now, while the control API already
@@ -381,6 +424,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let (dp, pinned_link) = load_data_path(&cfg, opts.fresh)?;
     let lb = Lb::start(dp, &cfg)?;
+    let census = Census::start(lb.maps().table_reader()?)?;
     let (health_tx, health_rx) = mpsc::channel(1024);
     let mut d = Daemon {
         lb,
@@ -391,6 +435,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         checkers: HashMap::new(),
         checker_generation: 0,
         health_tx,
+        census,
     };
     d.attach(&pinned_link)?;
     d.refresh_macs();
@@ -490,10 +535,7 @@ async fn serve(
     loop {
         tokio::select! {
             Some(ev) = health_rx.recv() => d.on_health(ev),
-            Some((req, reply)) = ctl_rx.recv() => {
-                let r = d.handle(req);
-                let _ = reply.send(r);
-            }
+            Some((req, reply)) = ctl_rx.recv() => d.handle(req, reply),
             Some(reply) = met_rx.recv() => { let _ = reply.send(d.metrics()); }
             _ = neigh_tick.tick() => d.refresh_macs(),
             _ = sighup.recv() => {

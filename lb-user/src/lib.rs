@@ -4,6 +4,7 @@
 //! daemon's own machinery is not.
 
 pub mod api;
+mod census;
 pub mod cli;
 pub mod config;
 pub mod control;

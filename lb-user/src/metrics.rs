@@ -15,11 +15,15 @@ use lb_common::{
     counters::{Counter, CounterTable, Family, Metric},
 };
 
-use crate::api::{BackendStatus, VipStatus};
+use crate::api::{BackendStatus, ClientsCounted, VipStatus};
 
-/// Renders the exposition text from a status snapshot and the passed-frame
-/// counters.
-pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
+/// Renders the exposition text from a status snapshot, the passed-frame
+/// counters and when the clients were counted (None: not yet).
+pub fn render(
+    vips: &[VipStatus],
+    global: &[(&str, u64)],
+    counted: Option<&ClientsCounted>,
+) -> String {
     let mut out = String::new();
     let vip = |v: &VipStatus| format!("vip=\"{}\"", v.name);
     let vip_rows: Vec<(String, &VipStats)> = vips.iter().map(|v| (vip(v), &v.counters)).collect();
@@ -72,7 +76,34 @@ pub fn render(vips: &[VipStatus], global: &[(&str, u64)]) -> String {
             .iter()
             .map(|(n, v)| (format!("reason=\"{n}\""), *v as f64)),
     );
+    if let Some(c) = counted {
+        gauge(
+            &mut out,
+            "clients_counted_age_seconds",
+            "Time since the walk of the affinity table that counted backend_clients ended.",
+            c.age_ms as f64 / 1000.0,
+        );
+        gauge(
+            &mut out,
+            "clients_count_duration_seconds",
+            "How long that walk took.",
+            c.walk_ms as f64 / 1000.0,
+        );
+        gauge(
+            &mut out,
+            "affinity_entries",
+            "Affinity entries that walk saw, live or not.",
+            c.entries as f64,
+        );
+    }
     out
+}
+
+/// A gauge without labels.
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP stickylb_{name} {help}");
+    let _ = writeln!(out, "# TYPE stickylb_{name} gauge");
+    let _ = writeln!(out, "stickylb_{name} {v}");
 }
 
 /// One metric family: `stickylb_<name>`, one series per (labels, value).
@@ -222,7 +253,7 @@ mod tests {
             },
             backends: Vec::new(),
         };
-        let text = render(&[vip("web", 0), vip("dns", 10)], &[]);
+        let text = render(&[vip("web", 0), vip("dns", 10)], &[], None);
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("misses_total{") || l.contains("drops_total{"))
@@ -308,7 +339,7 @@ mod tests {
             },
             backends: vec![backend],
         };
-        let text = render(&[vip], &[("pass_not_ipv4", 31), ("pass_not_vip", 32)]);
+        let text = render(&[vip], &[("pass_not_ipv4", 31), ("pass_not_vip", 32)], None);
         assert!(text.ends_with('\n'));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -408,7 +439,7 @@ mod tests {
             counters: VipStats::default(),
             backends,
         };
-        let text = render(&[v], &[]);
+        let text = render(&[v], &[], None);
         let up: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("stickylb_backend_up{"))
@@ -423,5 +454,31 @@ mod tests {
                 "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.1:4\"} 0",
             ]
         );
+    }
+
+    #[test]
+    fn the_counts_age_comes_last_once_counted() {
+        let counted = ClientsCounted {
+            age_ms: 1500,
+            walk_ms: 320,
+            entries: 1_000_000,
+        };
+        let text = render(&[], &[], Some(&counted));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[lines.len() - 9..],
+            [
+                "# HELP stickylb_clients_counted_age_seconds Time since the walk of the affinity table that counted backend_clients ended.",
+                "# TYPE stickylb_clients_counted_age_seconds gauge",
+                "stickylb_clients_counted_age_seconds 1.5",
+                "# HELP stickylb_clients_count_duration_seconds How long that walk took.",
+                "# TYPE stickylb_clients_count_duration_seconds gauge",
+                "stickylb_clients_count_duration_seconds 0.32",
+                "# HELP stickylb_affinity_entries Affinity entries that walk saw, live or not.",
+                "# TYPE stickylb_affinity_entries gauge",
+                "stickylb_affinity_entries 1000000",
+            ]
+        );
+        assert!(!render(&[], &[], None).contains("clients_counted"));
     }
 }

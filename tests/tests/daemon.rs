@@ -9,9 +9,9 @@ use std::{
 };
 
 use lb_user::{
-    api::BackendState,
+    api::{BackendState, FlowsReply},
     control::Request,
-    lb::{FlowEntry, LookupResult},
+    lb::LookupResult,
 };
 use stickylb_tests::{
     daemon::{Daemon, PinGuard},
@@ -30,10 +30,11 @@ fn flows(d: &Daemon) -> BTreeMap<Ipv4Addr, Option<SocketAddrV4>> {
         .call(&Request::Flows {
             vip: None,
             backend: None,
+            limit: None,
         })
         .unwrap();
-    let f: Vec<FlowEntry> = serde_json::from_value(v).unwrap();
-    f.into_iter().map(|e| (e.client, e.backend)).collect()
+    let f: FlowsReply = serde_json::from_value(v).unwrap();
+    f.flows.into_iter().map(|e| (e.client, e.backend)).collect()
 }
 
 fn addr_index(a: SocketAddrV4) -> usize {

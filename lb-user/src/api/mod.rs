@@ -35,6 +35,10 @@ pub enum Request {
     Flows {
         vip: Option<String>,
         backend: Option<SocketAddr>,
+        /// The most entries the reply lists; default [`DEFAULT_FLOWS_LIMIT`],
+        /// at most [`MAX_FLOWS_LIMIT`]; 0: only count them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
     },
     /// Answered with [`BackendAdded`].
     BackendAdd {
@@ -179,7 +183,25 @@ pub struct StatusReply {
     pub uptime_s: u64,
     /// Frames left to the kernel, by counter name.
     pub passed: BTreeMap<String, u64>,
+    /// When the backends' `clients` were counted. None: not yet (a daemon
+    /// that has just started), or a daemon older than the CLI, which counted
+    /// them for every reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients_counted: Option<ClientsCounted>,
     pub vips: Vec<VipStatus>,
+}
+
+/// The walk of the affinity table that counted the backends' clients: it
+/// runs in the background (a table of millions of entries takes a while),
+/// so the counts are as old as it says.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientsCounted {
+    /// Milliseconds since the walk ended.
+    pub age_ms: u64,
+    /// How long the walk took.
+    pub walk_ms: u64,
+    /// Affinity entries it saw, live or not, of every VIP.
+    pub entries: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -212,7 +234,8 @@ pub struct BackendStatus {
     pub check_latency_ms: Option<f64>,
     /// Maglev slots owned.
     pub slots: usize,
-    /// Clients with a live affinity entry.
+    /// Clients with a live affinity entry, as of the last walk of the
+    /// table (see [`StatusReply::clients_counted`]).
     pub clients: usize,
     #[serde(flatten)]
     pub counters: BackendStats,
@@ -237,8 +260,63 @@ pub struct LookupResult {
     pub affinity_idle_ms: Option<u64>,
 }
 
-/// Reply to [`Request::Flows`], sorted by VIP and client.
-pub type FlowsReply = Vec<FlowEntry>;
+/// How many entries a `flows` reply lists unless asked for another limit.
+pub const DEFAULT_FLOWS_LIMIT: usize = 1000;
+/// The most entries a `flows` reply lists (some 15 MB of JSON): a table
+/// of millions is seen through `--vip` and `--backend`, or counted.
+pub const MAX_FLOWS_LIMIT: usize = 100_000;
+
+/// Reply to [`Request::Flows`]: the first `limit` matching entries, sorted
+/// by VIP and client, and how many matched.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(from = "FlowsWire")]
+pub struct FlowsReply {
+    pub flows: Vec<FlowEntry>,
+    /// Entries that matched, listed or not.
+    pub total: u64,
+    /// Fewer entries are listed than matched.
+    pub truncated: bool,
+    /// The limit applied.
+    pub limit: usize,
+}
+
+/// A `flows` reply as it may come: bounded, or the bare list of every
+/// entry that daemons before the bound sent.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FlowsWire {
+    Bounded {
+        flows: Vec<FlowEntry>,
+        total: u64,
+        truncated: bool,
+        limit: usize,
+    },
+    Unbounded(Vec<FlowEntry>),
+}
+
+impl From<FlowsWire> for FlowsReply {
+    fn from(w: FlowsWire) -> Self {
+        match w {
+            FlowsWire::Bounded {
+                flows,
+                total,
+                truncated,
+                limit,
+            } => Self {
+                flows,
+                total,
+                truncated,
+                limit,
+            },
+            FlowsWire::Unbounded(flows) => Self {
+                total: flows.len() as u64,
+                truncated: false,
+                limit: flows.len(),
+                flows,
+            },
+        }
+    }
+}
 
 /// One affinity entry.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -51,6 +51,7 @@ fn status() -> StatusReply {
             .zip(1..)
             .map(|(n, c)| ((*n).to_owned(), c))
             .collect(),
+        clients_counted: None,
         vips: vec![VipStatus {
             name: "web".into(),
             address: Ipv4Addr::new(192, 0, 2, 10),
@@ -109,14 +110,19 @@ fn every_reply_round_trips() {
         },
     ];
     round_trip(&lookup);
-    let flows: FlowsReply = vec![FlowEntry {
-        vip: "web".into(),
-        client: Ipv4Addr::new(10, 1, 0, 1),
-        backend: None,
-        age_ms: 5,
-        idle_ms: 4,
-        live: false,
-    }];
+    let flows = FlowsReply {
+        flows: vec![FlowEntry {
+            vip: "web".into(),
+            client: Ipv4Addr::new(10, 1, 0, 1),
+            backend: None,
+            age_ms: 5,
+            idle_ms: 4,
+            live: false,
+        }],
+        total: 3,
+        truncated: true,
+        limit: 1,
+    };
     round_trip(&flows);
     round_trip(&BackendAdded { id: 7 });
     round_trip(&BackendRemoved { id: 7 });
@@ -279,6 +285,7 @@ fn requests_take_ip_and_socket_addresses() {
     let req = Request::Flows {
         vip: None,
         backend: Some("10.0.0.2:80".parse().unwrap()),
+        limit: None,
     };
     assert_eq!(
         serde_json::to_value(&req).unwrap(),
@@ -290,4 +297,56 @@ fn requests_take_ip_and_socket_addresses() {
     };
     let text = serde_json::to_string(&v6).unwrap();
     assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), v6);
+}
+
+#[test]
+fn a_flows_request_without_a_limit_gets_the_default_and_older_replies_parse() {
+    // What a CLI before the bound sends.
+    let req: Request =
+        serde_json::from_value(json!({"cmd": "flows", "vip": "web", "backend": null})).unwrap();
+    assert_eq!(
+        req,
+        Request::Flows {
+            vip: Some("web".into()),
+            backend: None,
+            limit: None
+        }
+    );
+    let req = Request::Flows {
+        vip: None,
+        backend: None,
+        limit: Some(5),
+    };
+    assert_eq!(
+        serde_json::to_value(&req).unwrap(),
+        json!({"cmd": "flows", "vip": null, "backend": null, "limit": 5})
+    );
+    // What a daemon before the bound answers: every entry, in a bare list.
+    let old = json!([{"vip": "web", "client": "10.1.0.1", "backend": "10.0.0.11:80",
+        "age_ms": 5, "idle_ms": 4, "live": true}]);
+    let reply: FlowsReply = serde_json::from_value(old).unwrap();
+    assert_eq!(
+        (reply.flows.len(), reply.total, reply.truncated),
+        (1, 1, false)
+    );
+    // And a status reply without the counts' age.
+    let old_status = json!({"pid": 1, "interface": "eth0", "attached": "driver mode",
+        "config": "/etc/stickylb.toml", "pin_path": "/sys/fs/bpf/stickylb", "uptime_s": 3,
+        "passed": {}, "vips": []});
+    let s: StatusReply = serde_json::from_value(old_status).unwrap();
+    assert_eq!(s.clients_counted, None);
+    let counted = StatusReply {
+        clients_counted: Some(ClientsCounted {
+            age_ms: 400,
+            walk_ms: 310,
+            entries: 1_000_000,
+        }),
+        ..status()
+    };
+    round_trip(&counted);
+    let v = serde_json::to_value(&counted).unwrap();
+    assert_eq!(
+        v["clients_counted"],
+        json!({"age_ms": 400, "walk_ms": 310, "entries": 1_000_000})
+    );
 }

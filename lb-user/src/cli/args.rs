@@ -74,7 +74,8 @@ pub enum Query {
         #[arg(long)]
         vip: Option<String>,
     },
-    /// Affinity entries (client → backend).
+    /// Affinity entries (client → backend), the first ones by VIP and
+    /// client; the reply says how many matched in all.
     Flows {
         /// Only this VIP (by name).
         #[arg(long)]
@@ -82,6 +83,9 @@ pub enum Query {
         /// Only clients of this backend (ADDRESS:PORT).
         #[arg(long)]
         backend: Option<SocketAddr>,
+        /// List at most N entries (at most 100000); 0: only count them.
+        #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_FLOWS_LIMIT)]
+        limit: usize,
     },
     /// Change backends live. Not written to the config file: a reload
     /// returns to what the file says.
@@ -155,9 +159,14 @@ impl Query {
                 client: *client,
                 vip: vip.clone(),
             },
-            Self::Flows { vip, backend } => Request::Flows {
+            Self::Flows {
+                vip,
+                backend,
+                limit,
+            } => Request::Flows {
                 vip: vip.clone(),
                 backend: *backend,
+                limit: Some(*limit),
             },
             Self::Reload => Request::Reload,
             Self::Backend { action } => action.request(),

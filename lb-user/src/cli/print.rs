@@ -60,6 +60,15 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
         s.uptime_s,
         s.pin_path.display()
     )?;
+    if let Some(c) = &s.clients_counted {
+        writeln!(
+            out,
+            "clients counted {} ago ({} affinity entries, walked in {})",
+            fmt_millis(c.age_ms),
+            c.entries,
+            fmt_millis(c.walk_ms)
+        )?;
+    }
     for v in &s.vips {
         writeln!(out)?;
         writeln!(
@@ -137,7 +146,8 @@ fn lookup(out: &mut dyn Write, rows: &LookupReply) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn flows(out: &mut dyn Write, rows: &FlowsReply) -> anyhow::Result<()> {
+fn flows(out: &mut dyn Write, reply: &FlowsReply) -> anyhow::Result<()> {
+    let rows = &reply.flows;
     writeln!(
         out,
         "{:<12} {:<16} {:<22} {:>9} {:>9} live",
@@ -156,7 +166,17 @@ fn flows(out: &mut dyn Write, rows: &FlowsReply) -> anyhow::Result<()> {
             if f.live { "yes" } else { "no" }
         )?;
     }
-    writeln!(out, "{} entries", rows.len())?;
+    if reply.truncated {
+        writeln!(
+            out,
+            "{} of {} entries (the first by VIP and client; --limit N for more, \
+             --vip or --backend to narrow)",
+            rows.len(),
+            reply.total
+        )?;
+    } else {
+        writeln!(out, "{} entries", rows.len())?;
+    }
     Ok(())
 }
 
@@ -216,6 +236,7 @@ mod tests {
             pin_path: "/sys/fs/bpf/stickylb".into(),
             uptime_s: 9,
             passed: Default::default(),
+            clients_counted: None,
             vips: vec![vip()],
         };
         let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
@@ -262,6 +283,7 @@ mod tests {
         let q = Query::Flows {
             vip: None,
             backend: None,
+            limit: 1000,
         };
         let flows = json!([{"vip": "web", "client": "10.1.0.1", "backend": "10.0.0.11:80",
             "age_ms": 5, "idle_ms": 4, "live": true}]);
@@ -289,5 +311,45 @@ mod tests {
         let err = reply(&mut out, &Query::Reload, json!({"diff": 3})).unwrap_err();
         assert!(err.to_string().contains("another version"), "{err}");
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_bounded_flows_reply_says_how_many_matched_and_status_how_old_the_counts_are() {
+        let q = Query::Flows {
+            vip: None,
+            backend: None,
+            limit: 1,
+        };
+        let flows = json!({"flows": [{"vip": "web", "client": "10.1.0.1",
+            "backend": "10.0.0.11:80", "age_ms": 5, "idle_ms": 4, "live": true}],
+            "total": 1_000_000, "truncated": true, "limit": 1});
+        let text = printed(&q, flows);
+        assert!(
+            text.ends_with(
+                "yes\n1 of 1000000 entries (the first by VIP and client; --limit N for more, \
+                 --vip or --backend to narrow)\n"
+            ),
+            "{text}"
+        );
+        let s = StatusReply {
+            pid: 42,
+            interface: "eth0".into(),
+            attached: crate::api::AttachState::Adopted,
+            config: "/etc/stickylb.toml".into(),
+            pin_path: "/sys/fs/bpf/stickylb".into(),
+            uptime_s: 9,
+            passed: Default::default(),
+            clients_counted: Some(crate::api::ClientsCounted {
+                age_ms: 1500,
+                walk_ms: 310,
+                entries: 1_000_000,
+            }),
+            vips: vec![vip()],
+        };
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        assert_eq!(
+            text.lines().nth(1),
+            Some("clients counted 1.5s ago (1000000 affinity entries, walked in 310ms)")
+        );
     }
 }

@@ -377,3 +377,102 @@ impl Dataplane {
         Ok(out)
     }
 }
+
+/// Handles of its own on the affinity and VIP maps, for reading them on
+/// another thread than the one that owns the `Dataplane` (a walk of
+/// millions of entries must not hold up the daemon's main loop).
+pub struct TableReader {
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    vips: HashMap<MapData, VipKey, VipInfo>,
+}
+
+/// A second handle on the map behind `map`: its fd duplicated.
+fn second_handle<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    let fd = map.map().fd().as_fd().try_clone_to_owned().map_err(|e| {
+        map_err(name, "duplicate fd")(MapError::SyscallError(aya::sys::SyscallError {
+            call: "fcntl(F_DUPFD_CLOEXEC)",
+            io_error: e,
+        }))
+    })?;
+    let data = MapData::from_fd(fd).map_err(map_err(name, "open"))?;
+    let typed = aya::maps::Map::from_map_data(data).map_err(map_err(name, "open"))?;
+    HashMap::try_from(typed).map_err(|e| DataplaneError::MapType {
+        name,
+        source: Box::new(e),
+    })
+}
+
+impl Dataplane {
+    /// A reader of the affinity and VIP maps that can move to another thread.
+    pub fn table_reader(&self) -> Result<TableReader> {
+        Ok(TableReader {
+            affinity: second_handle(&self.affinity, map_names::AFFINITY)?,
+            vips: second_handle(&self.vips, map_names::VIPS)?,
+        })
+    }
+}
+
+impl TableReader {
+    /// Every VIP in the map.
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        self.vips
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::VIPS, "iterate"))
+    }
+
+    /// Hands every affinity entry to `visit`, a batch at a time (one
+    /// BPF_MAP_LOOKUP_BATCH call each where the kernel has it), until
+    /// `visit` breaks. The table changes while it is read: an entry
+    /// inserted or removed meanwhile may or may not be seen.
+    pub fn affinity_batches(
+        &self,
+        mut visit: impl FnMut(&[AffinityKey], &[AffinityValue]) -> std::ops::ControlFlow<()>,
+    ) -> Result<()> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        // Key and value sizes are those of the types: aya checked them when
+        // it typed the map.
+        match sys::lookup_batch_each(self.affinity.map().fd().as_fd(), &mut visit) {
+            Ok(()) => Ok(()),
+            Err(e) if sys::batch_unsupported(&e) => self.affinity_one_by_one(visit),
+            Err(e) => Err(DataplaneError::Map {
+                map: map_names::AFFINITY,
+                op: "batch lookup",
+                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                })),
+            }),
+        }
+    }
+
+    /// The same with a lookup per entry (kernels without batch lookups),
+    /// handed on in batches all the same.
+    fn affinity_one_by_one(
+        &self,
+        mut visit: impl FnMut(&[AffinityKey], &[AffinityValue]) -> std::ops::ControlFlow<()>,
+    ) -> Result<()> {
+        const BATCH: usize = 4096;
+        let (mut keys, mut values) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
+        for entry in self.affinity.iter() {
+            let (k, v) = entry.map_err(map_err(map_names::AFFINITY, "iterate"))?;
+            keys.push(k);
+            values.push(v);
+            if keys.len() == BATCH {
+                if visit(&keys, &values).is_break() {
+                    return Ok(());
+                }
+                keys.clear();
+                values.clear();
+            }
+        }
+        let _ = visit(&keys, &values);
+        Ok(())
+    }
+}

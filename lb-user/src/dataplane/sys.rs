@@ -7,6 +7,7 @@
 
 use std::{
     io,
+    ops::ControlFlow,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
@@ -86,15 +87,31 @@ pub(super) fn batch_unsupported(e: &io::Error) -> bool {
 pub(super) fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
     fd: BorrowedFd<'_>,
 ) -> io::Result<Vec<(K, V)>> {
-    let mut chunk = 4096usize;
     let mut out = Vec::new();
+    lookup_batch_each(fd, |keys: &[K], values: &[V]| {
+        out.extend(keys.iter().copied().zip(values.iter().copied()));
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
+}
+
+/// Entries of a hash map of `K` → `V` by BPF_MAP_LOOKUP_BATCH, a batch of
+/// up to thousands at a time, handed to `visit` (which may stop the walk),
+/// so that a walk of millions of entries needs memory for one batch only.
+/// The caller guarantees the map's key and value sizes are those of `K`
+/// and `V`.
+pub(super) fn lookup_batch_each<K: bytemuck::Pod, V: bytemuck::Pod>(
+    fd: BorrowedFd<'_>,
+    mut visit: impl FnMut(&[K], &[V]) -> ControlFlow<()>,
+) -> io::Result<()> {
+    let mut chunk = 4096usize;
+    let mut keys = vec![K::zeroed(); chunk];
+    let mut values = vec![V::zeroed(); chunk];
     // The hash map's batch token is a bucket index (u32); room for more.
     let mut in_batch = 0u64;
     let mut out_batch = 0u64;
     let mut first = true;
     loop {
-        let mut keys = vec![K::zeroed(); chunk];
-        let mut values = vec![V::zeroed(); chunk];
         let mut attr = zeroed_attr();
         // Field by field: a struct assigned whole would copy its padding
         // too, and the kernel refuses an attr with stray bytes. A null
@@ -117,11 +134,14 @@ pub(super) fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
         // writes back how many it copied, also with ENOENT.
         let got = unsafe { attr.batch.count } as usize;
         match batch_step(err.as_ref().and_then(io::Error::raw_os_error), got, chunk) {
-            BatchStep::Grow => chunk *= 4,
+            BatchStep::Grow => {
+                chunk *= 4;
+                keys = vec![K::zeroed(); chunk];
+                values = vec![V::zeroed(); chunk];
+            }
             BatchStep::Take { got, done } => {
-                out.extend(keys.into_iter().zip(values).take(got));
-                if done {
-                    return Ok(out);
+                if visit(&keys[..got], &values[..got]).is_break() || done {
+                    return Ok(());
                 }
                 in_batch = out_batch;
                 first = false;

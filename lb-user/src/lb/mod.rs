@@ -34,6 +34,7 @@ pub use self::{
     apply::ApplyReport,
     maps::Maps,
     plan::Plan,
+    query::{FlowsCollector, FlowsQuery},
     state::{Backend, BackendSpec, Vip, VipSpec},
 };
 pub use crate::api::{

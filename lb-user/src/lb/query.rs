@@ -1,17 +1,22 @@
 //! What `status`, `lookup` and `flows` report: read from the running state
-//! and the maps, changing nothing.
+//! and the maps, changing nothing. None of it walks the affinity table on
+//! the caller's thread: `status` takes client counts made elsewhere, and
+//! `flows` hands a `FlowsQuery` to whatever walks the table.
 
 use std::{
-    collections::HashMap,
+    collections::{BinaryHeap, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
 };
 
-use lb_common::{AffinityKey, select};
+use lb_common::{AffinityKey, AffinityValue, MAX_BACKENDS, select};
 
-use super::{Backend, Lb, Maps, Result};
+use super::{Lb, LbError, Maps, Result};
 use crate::{
-    api::{BackendState, BackendStatus, FlowEntry, LookupResult, VipStatus},
+    api::{
+        BackendState, BackendStatus, FlowEntry, FlowsReply, LookupResult, MAX_FLOWS_LIMIT,
+        VipStatus,
+    },
     fmt::fmt_mac,
     health::State,
     util::monotonic_ns,
@@ -90,71 +95,71 @@ impl<M: Maps> Lb<M> {
         Ok(out)
     }
 
-    /// Affinity entries, optionally of one VIP and/or one backend.
-    pub fn flows(
+    /// What `flows` needs of the running state, taken here in
+    /// O(VIPs + backends) so that the walk of the affinity table can run
+    /// on another thread: optionally one VIP's entries and/or one
+    /// backend's, at most `limit` of them listed.
+    pub fn flows_query(
         &self,
         vip: Option<&str>,
         backend: Option<SocketAddrV4>,
-    ) -> Result<Vec<FlowEntry>> {
+        limit: usize,
+    ) -> Result<FlowsQuery> {
         if let Some(name) = vip {
             self.vip_index(name)?;
         }
-        let now = monotonic_ns();
-        let mut out = Vec::new();
-        for (k, e) in self.maps.affinity_entries()? {
-            let Some(v) = self.vips.iter().find(|v| v.id == k.vip_id) else {
-                continue;
-            };
-            if vip.is_some_and(|n| n != v.name) {
-                continue;
-            }
-            let b = v.backends.iter().find(|b| b.id == e.backend_id);
-            let baddr = b.map(|b| b.addr);
-            if backend.is_some() && backend != baddr {
-                continue;
-            }
-            let idle = e.idle_ns(now);
-            out.push(FlowEntry {
-                vip: v.name.clone(),
-                client: Ipv4Addr::from(k.client),
-                backend: baddr,
-                age_ms: now.saturating_sub(e.created_ns) / 1_000_000,
-                idle_ms: idle / 1_000_000,
-                live: e.is_live(now, v.info.affinity_timeout_ns) && b.is_some_and(Backend::alive),
-            });
+        if limit > MAX_FLOWS_LIMIT {
+            return Err(LbError::Invalid(format!(
+                "a limit of {limit} flows is above the maximum, {MAX_FLOWS_LIMIT}; \
+                 narrow with --vip or --backend, or count them with --limit 0"
+            )));
         }
-        out.sort_by(|a, b| (&a.vip, a.client).cmp(&(&b.vip, b.client)));
-        Ok(out)
-    }
-
-    /// Everything `stickylb status` shows.
-    pub fn status(&self) -> Result<Vec<VipStatus>> {
-        let now = monotonic_ns();
-        // One pass over the affinity table (up to millions of entries) and
-        // one over each ring, whatever the number of backends.
-        let timeouts: HashMap<u32, u64> = self
+        let vips = self
             .vips
             .iter()
-            .map(|v| (v.id, v.info.affinity_timeout_ns))
+            .filter(|v| vip.is_none_or(|n| n == v.name))
+            .map(|v| {
+                let backends = v
+                    .backends
+                    .iter()
+                    .map(|b| (b.id, (b.addr, b.alive())))
+                    .collect();
+                let shown = FlowsVip {
+                    name: v.name.clone(),
+                    timeout_ns: v.info.affinity_timeout_ns,
+                    backends,
+                };
+                (v.id, shown)
+            })
             .collect();
-        let mut clients_of: HashMap<(u32, u32), usize> = HashMap::new();
-        for (k, e) in self.maps.affinity_entries()? {
-            if timeouts.get(&k.vip_id).is_some_and(|&t| e.is_live(now, t)) {
-                *clients_of.entry((k.vip_id, e.backend_id)).or_default() += 1;
-            }
-        }
+        Ok(FlowsQuery {
+            vips,
+            backend,
+            limit,
+        })
+    }
+
+    /// Everything `stickylb status` shows, with the clients of each
+    /// (VIP id, backend id) as `clients_of` counted them. It reads no
+    /// affinity entry: the daemon answers status on the thread that applies
+    /// health changes, so it costs a lookup per VIP and per backend and a
+    /// pass over each ring in memory, never a walk of the table.
+    pub fn status(&self, clients_of: &HashMap<(u32, u32), usize>) -> Result<Vec<VipStatus>> {
         let mut out = Vec::new();
         for v in &self.vips {
             let stats = self.maps.vip_stats(v.id)?;
-            let mut slots_of: HashMap<u32, usize> = HashMap::new();
+            // Backend ids are small (below MAX_BACKENDS): counted by index.
+            let mut slots_of = vec![0usize; MAX_BACKENDS as usize];
             for &id in &v.table {
-                *slots_of.entry(id).or_default() += 1;
+                if let Some(n) = slots_of.get_mut(id as usize) {
+                    *n += 1;
+                }
             }
             let mut backends = Vec::new();
             for b in &v.backends {
                 let s = self.maps.backend_stats(b.id)?;
                 let clients = clients_of.get(&(v.id, b.id)).copied().unwrap_or(0);
-                let slots = slots_of.get(&b.id).copied().unwrap_or(0);
+                let slots = slots_of.get(b.id as usize).copied().unwrap_or(0);
                 backends.push(BackendStatus {
                     id: b.id,
                     address: b.addr,
@@ -196,5 +201,122 @@ impl<M: Maps> Lb<M> {
             });
         }
         Ok(out)
+    }
+}
+
+/// One VIP as `flows` shows it.
+#[derive(Clone, Debug)]
+struct FlowsVip {
+    name: String,
+    timeout_ns: u64,
+    /// Backend id → (address, alive).
+    backends: HashMap<u32, (SocketAddrV4, bool)>,
+}
+
+/// A `flows` request with what it needs of the running state, to be run
+/// over the affinity table wherever that is walked.
+#[derive(Clone, Debug)]
+pub struct FlowsQuery {
+    /// The VIPs asked for, by id.
+    vips: HashMap<u32, FlowsVip>,
+    backend: Option<SocketAddrV4>,
+    limit: usize,
+}
+
+impl FlowsQuery {
+    /// A collector of the matching entries, for a walk at `now`.
+    pub fn collect(&self, now: u64) -> FlowsCollector<'_> {
+        FlowsCollector {
+            query: self,
+            now,
+            first: BinaryHeap::new(),
+            total: 0,
+        }
+    }
+}
+
+/// A flow ranked by VIP name and client, the order of the reply.
+struct Ranked(FlowEntry);
+
+impl Ranked {
+    fn rank(&self) -> (&str, Ipv4Addr) {
+        (&self.0.vip, self.0.client)
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// Collects the first `limit` matching entries of a walk (in memory for
+/// those only, whatever the size of the table) and counts all of them.
+pub struct FlowsCollector<'a> {
+    query: &'a FlowsQuery,
+    now: u64,
+    /// The first entries so far; the greatest on top, to be dropped first.
+    first: BinaryHeap<Ranked>,
+    total: u64,
+}
+
+impl FlowsCollector<'_> {
+    pub fn add(&mut self, k: &AffinityKey, e: &AffinityValue) {
+        let Some(v) = self.query.vips.get(&k.vip_id) else {
+            return;
+        };
+        let b = v.backends.get(&e.backend_id);
+        let baddr = b.map(|b| b.0);
+        if self.query.backend.is_some() && self.query.backend != baddr {
+            return;
+        }
+        self.total += 1;
+        let client = Ipv4Addr::from(k.client);
+        if self.first.len() >= self.query.limit {
+            match self.first.peek() {
+                Some(last) if (v.name.as_str(), client) < last.rank() => {}
+                _ => return,
+            }
+        }
+        self.first.push(Ranked(FlowEntry {
+            vip: v.name.clone(),
+            client,
+            backend: baddr,
+            age_ms: self.now.saturating_sub(e.created_ns) / 1_000_000,
+            idle_ms: e.idle_ns(self.now) / 1_000_000,
+            live: e.is_live(self.now, v.timeout_ns) && b.is_some_and(|b| b.1),
+        }));
+        if self.first.len() > self.query.limit {
+            self.first.pop();
+        }
+    }
+
+    pub fn finish(self) -> FlowsReply {
+        let flows: Vec<FlowEntry> = self
+            .first
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        FlowsReply {
+            truncated: (flows.len() as u64) < self.total,
+            total: self.total,
+            limit: self.query.limit,
+            flows,
+        }
     }
 }
