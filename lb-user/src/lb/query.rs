@@ -320,3 +320,119 @@ impl FlowsCollector<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, lb::fake::FakeMaps};
+
+    /// VIPs "web" (3 backends, 192.0.2.10-12) and "dns" (one, 192.0.2.20),
+    /// every backend up.
+    fn two_vips() -> Lb<FakeMaps> {
+        let mut s = String::from("interface = \"lo\"\n");
+        for (name, port, octets) in [("web", 80, &[10u8, 11, 12][..]), ("dns", 53, &[20][..])] {
+            s += &format!(
+                "\n[[vip]]\nname = \"{name}\"\naddress = \"198.51.100.10\"\nport = {port}\n\
+                 table_size = 251\naffinity_timeout = \"60s\"\n"
+            );
+            for o in octets {
+                s += &format!(
+                    "\n[[vip.backend]]\naddress = \"192.0.2.{o}\"\nport = {port}\n\
+                     mac = \"02:00:00:00:00:{o:02x}\"\n"
+                );
+            }
+        }
+        let mut lb = Lb::start(FakeMaps::default(), &Config::parse(&s).unwrap()).unwrap();
+        let ids: Vec<u32> = lb
+            .vips()
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        for id in ids {
+            lb.set_health(id, State::Up, "test").unwrap();
+        }
+        lb
+    }
+
+    fn run(lb: &Lb<FakeMaps>, q: &FlowsQuery, now: u64) -> FlowsReply {
+        let mut c = q.collect(now);
+        for (k, e) in lb.maps().affinity_entries().unwrap() {
+            c.add(&k, &e);
+        }
+        c.finish()
+    }
+
+    #[test]
+    fn flows_lists_the_first_by_vip_and_client_and_counts_all() {
+        let mut lb = two_vips();
+        let now = 100_000_000_000;
+        let (web, dns) = (lb.vips()[0].id, lb.vips()[1].id);
+        let web_ids: Vec<u32> = lb.vips()[0].backends.iter().map(|b| b.id).collect();
+        let dns_id = lb.vips()[1].backends[0].id;
+        // Inserted out of order; web has the lower VIP id, dns the name
+        // that sorts first.
+        for c in (0..10u8).rev() {
+            lb.maps_mut()
+                .pin(web, [10, 0, 0, c], web_ids[usize::from(c) % 3], now);
+        }
+        lb.maps_mut().pin(dns, [10, 0, 0, 1], dns_id, now);
+        // An entry to a removed backend is listed, with no backend.
+        lb.maps_mut().pin(dns, [10, 0, 0, 2], 999, now);
+
+        let all = run(&lb, &lb.flows_query(None, None, 100).unwrap(), now);
+        assert_eq!((all.total, all.truncated, all.limit), (12, false, 100));
+        let order: Vec<(&str, u8)> = all
+            .flows
+            .iter()
+            .map(|f| (f.vip.as_str(), f.client.octets()[3]))
+            .collect();
+        assert_eq!(order[..3], [("dns", 1), ("dns", 2), ("web", 0)]);
+        assert_eq!(all.flows[1].backend, None);
+        assert!(!all.flows[1].live);
+        assert!(all.flows[0].live);
+
+        let first = run(&lb, &lb.flows_query(None, None, 4).unwrap(), now);
+        assert_eq!((first.total, first.truncated), (12, true));
+        assert_eq!(first.flows, all.flows[..4]);
+
+        let b = lb.vips()[0].backends[1].addr;
+        let one = run(&lb, &lb.flows_query(Some("web"), Some(b), 2).unwrap(), now);
+        assert_eq!((one.total, one.truncated), (3, true));
+        assert!(one.flows.iter().all(|f| f.backend == Some(b)));
+        let clients: Vec<u8> = one.flows.iter().map(|f| f.client.octets()[3]).collect();
+        assert_eq!(clients, [1, 4]);
+
+        let counted = run(&lb, &lb.flows_query(Some("dns"), None, 0).unwrap(), now);
+        assert_eq!((counted.total, counted.truncated), (2, true));
+        assert!(counted.flows.is_empty());
+    }
+
+    #[test]
+    fn flows_refuses_an_unknown_vip_and_a_limit_above_the_maximum() {
+        let lb = two_vips();
+        assert!(matches!(
+            lb.flows_query(Some("nope"), None, 10),
+            Err(LbError::UnknownVip(_))
+        ));
+        let e = lb
+            .flows_query(None, None, MAX_FLOWS_LIMIT + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("above the maximum"), "{e}");
+        assert!(lb.flows_query(None, None, MAX_FLOWS_LIMIT).is_ok());
+    }
+
+    #[test]
+    fn status_takes_the_counts_it_is_given_and_reads_no_affinity_entry() {
+        let mut lb = two_vips();
+        let web = lb.vips()[0].id;
+        let ids: Vec<u32> = lb.vips()[0].backends.iter().map(|b| b.id).collect();
+        lb.maps_mut().pin(web, [10, 0, 0, 1], ids[0], 0);
+        let counts = HashMap::from([((web, ids[1]), 7)]);
+        let vips = lb.status(&counts).unwrap();
+        let clients: Vec<usize> = vips[0].backends.iter().map(|b| b.clients).collect();
+        assert_eq!(clients, [0, 7, 0]);
+        let slots: usize = vips[0].backends.iter().map(|b| b.slots).sum();
+        assert_eq!(slots, 251);
+    }
+}
