@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{AffinityKey, AffinityValue};
+use lb_common::{AffinityKey, AffinityValue, MAX_BACKENDS};
 use log::{error, info, warn};
 use tokio::sync::oneshot;
 
@@ -59,6 +59,11 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The live clients of `backend` on `vip`.
+    pub fn clients(&self, vip: u32, backend: u32) -> usize {
+        self.clients.get(&(vip, backend)).copied().unwrap_or(0)
+    }
+
     /// What status and metrics say of them.
     pub fn report(&self) -> ClientsCounted {
         ClientsCounted {
@@ -276,26 +281,30 @@ fn count(reader: &TableReader, stop: &AtomicBool) -> Result<Option<Counts>, Data
         tally.add(monotonic_ns(), keys, values);
     })?;
     Ok(done.then(|| Counts {
-        clients: tally.clients,
+        clients: tally.clients(),
         entries: tally.entries,
         at: Instant::now(),
         took: t0.elapsed(),
     }))
 }
 
-/// Counts live entries per (VIP id, backend id).
+/// Counts live entries per (VIP id, backend id). Looked up per entry of
+/// millions: a short list of VIPs and counts indexed by backend id, no
+/// hashing.
 struct Tally {
-    /// VIP id → affinity timeout: entries of other VIP ids are not counted.
-    timeouts: HashMap<u32, u64>,
-    clients: HashMap<(u32, u32), usize>,
+    /// (VIP id, affinity timeout, live entries by backend id): entries of
+    /// other VIP ids are not counted.
+    vips: Vec<(u32, u64, Vec<usize>)>,
     entries: u64,
 }
 
 impl Tally {
     fn new(timeouts: HashMap<u32, u64>) -> Self {
         Self {
-            timeouts,
-            clients: HashMap::new(),
+            vips: timeouts
+                .into_iter()
+                .map(|(id, t)| (id, t, vec![0; MAX_BACKENDS as usize]))
+                .collect(),
             entries: 0,
         }
     }
@@ -303,14 +312,29 @@ impl Tally {
     fn add(&mut self, now: u64, keys: &[AffinityKey], values: &[AffinityValue]) {
         self.entries += keys.len() as u64;
         for (k, e) in keys.iter().zip(values) {
-            if self
-                .timeouts
-                .get(&k.vip_id)
-                .is_some_and(|&t| e.is_live(now, t))
+            let Some((_, timeout, counts)) = self.vips.iter_mut().find(|v| v.0 == k.vip_id) else {
+                continue;
+            };
+            if e.is_live(now, *timeout)
+                && let Some(n) = counts.get_mut(e.backend_id as usize)
             {
-                *self.clients.entry((k.vip_id, e.backend_id)).or_default() += 1;
+                *n += 1;
             }
         }
+    }
+
+    /// The counts by (VIP id, backend id), those above zero.
+    fn clients(&self) -> HashMap<(u32, u32), usize> {
+        self.vips
+            .iter()
+            .flat_map(|(vip, _, counts)| {
+                counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(id, n)| ((*vip, id as u32), *n))
+            })
+            .collect()
     }
 }
 
@@ -373,6 +397,6 @@ mod tests {
         t.add(now, &keys[..3], &values[..3]);
         t.add(now, &keys[3..], &values[3..]);
         assert_eq!(t.entries, 6);
-        assert_eq!(t.clients, HashMap::from([((1, 7), 2), ((1, 8), 1)]));
+        assert_eq!(t.clients(), HashMap::from([((1, 7), 2), ((1, 8), 1)]));
     }
 }

@@ -254,9 +254,10 @@ impl Daemon {
                 let reply: LookupReply = self.lb.lookup(client, vip.as_deref())?;
                 Reply::ok(reply)
             }
-            // Answered by `handle`, from the census thread: by the time
-            // a request gets here, it was not.
-            Request::Flows { .. } => bail!("flows requests are answered by the census thread"),
+            // `handle` hands these to the census thread before they get here.
+            Request::Flows { .. } => {
+                bail!("internal error: a flows request reached the main loop's answer")
+            }
             Request::BackendAdd {
                 vip,
                 backend,
@@ -331,11 +332,10 @@ impl Daemon {
     }
 }
 
-/// The client counts of `counts`, none before the first walk.
-fn clients_of(counts: Option<&Counts>) -> &HashMap<(u32, u32), usize> {
-    static NONE: std::sync::LazyLock<HashMap<(u32, u32), usize>> =
-        std::sync::LazyLock::new(HashMap::new);
-    counts.map_or(&NONE, |c| &c.clients)
+/// The clients of (VIP id, backend id) as `counts` has them; none before
+/// the first walk.
+fn clients_of(counts: Option<&Counts>) -> impl Fn(u32, u32) -> usize {
+    move |vip, backend| counts.map_or(0, |c| c.clients(vip, backend))
 }
 
 /// The load balancer is IPv4-only for now, while the control API already

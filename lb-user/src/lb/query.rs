@@ -4,7 +4,7 @@
 //! `flows` hands a `FlowsQuery` to whatever walks the table.
 
 use std::{
-    collections::{BinaryHeap, HashMap},
+    collections::BinaryHeap,
     net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
 };
@@ -119,17 +119,17 @@ impl<M: Maps> Lb<M> {
             .iter()
             .filter(|v| vip.is_none_or(|n| n == v.name))
             .map(|v| {
-                let backends = v
-                    .backends
-                    .iter()
-                    .map(|b| (b.id, (b.addr, b.alive())))
-                    .collect();
-                let shown = FlowsVip {
+                let len = v.backends.iter().map(|b| b.id as usize + 1).max();
+                let mut backends = vec![None; len.unwrap_or(0)];
+                for b in &v.backends {
+                    backends[b.id as usize] = Some((b.addr, b.alive()));
+                }
+                FlowsVip {
+                    id: v.id,
                     name: v.name.clone(),
                     timeout_ns: v.info.affinity_timeout_ns,
                     backends,
-                };
-                (v.id, shown)
+                }
             })
             .collect();
         Ok(FlowsQuery {
@@ -140,11 +140,11 @@ impl<M: Maps> Lb<M> {
     }
 
     /// Everything `stickylb status` shows, with the clients of each
-    /// (VIP id, backend id) as `clients_of` counted them. It reads no
+    /// (VIP id, backend id) as `clients_of` says they were counted. It reads no
     /// affinity entry: the daemon answers status on the thread that applies
     /// health changes, so it costs a lookup per VIP and per backend and a
     /// pass over each ring in memory, never a walk of the table.
-    pub fn status(&self, clients_of: &HashMap<(u32, u32), usize>) -> Result<Vec<VipStatus>> {
+    pub fn status(&self, clients_of: impl Fn(u32, u32) -> usize) -> Result<Vec<VipStatus>> {
         let mut out = Vec::new();
         for v in &self.vips {
             let stats = self.maps.vip_stats(v.id)?;
@@ -158,7 +158,7 @@ impl<M: Maps> Lb<M> {
             let mut backends = Vec::new();
             for b in &v.backends {
                 let s = self.maps.backend_stats(b.id)?;
-                let clients = clients_of.get(&(v.id, b.id)).copied().unwrap_or(0);
+                let clients = clients_of(v.id, b.id);
                 let slots = slots_of.get(b.id as usize).copied().unwrap_or(0);
                 backends.push(BackendStatus {
                     id: b.id,
@@ -204,21 +204,23 @@ impl<M: Maps> Lb<M> {
     }
 }
 
-/// One VIP as `flows` shows it.
+/// One VIP as `flows` shows it. Looked up per entry of millions: found in
+/// a short list, its backends indexed by id, no hashing.
 #[derive(Clone, Debug)]
 struct FlowsVip {
+    id: u32,
     name: String,
     timeout_ns: u64,
-    /// Backend id → (address, alive).
-    backends: HashMap<u32, (SocketAddrV4, bool)>,
+    /// By backend id: (address, alive).
+    backends: Vec<Option<(SocketAddrV4, bool)>>,
 }
 
 /// A `flows` request with what it needs of the running state, to be run
 /// over the affinity table wherever that is walked.
 #[derive(Clone, Debug)]
 pub struct FlowsQuery {
-    /// The VIPs asked for, by id.
-    vips: HashMap<u32, FlowsVip>,
+    /// The VIPs asked for.
+    vips: Vec<FlowsVip>,
     backend: Option<SocketAddrV4>,
     limit: usize,
 }
@@ -276,10 +278,10 @@ pub struct FlowsCollector<'a> {
 
 impl FlowsCollector<'_> {
     pub fn add(&mut self, k: &AffinityKey, e: &AffinityValue) {
-        let Some(v) = self.query.vips.get(&k.vip_id) else {
+        let Some(v) = self.query.vips.iter().find(|v| v.id == k.vip_id) else {
             return;
         };
-        let b = v.backends.get(&e.backend_id);
+        let b = v.backends.get(e.backend_id as usize).copied().flatten();
         let baddr = b.map(|b| b.0);
         if self.query.backend.is_some() && self.query.backend != baddr {
             return;
@@ -428,8 +430,10 @@ mod tests {
         let web = lb.vips()[0].id;
         let ids: Vec<u32> = lb.vips()[0].backends.iter().map(|b| b.id).collect();
         lb.maps_mut().pin(web, [10, 0, 0, 1], ids[0], 0);
-        let counts = HashMap::from([((web, ids[1]), 7)]);
-        let vips = lb.status(&counts).unwrap();
+        let counted = ids[1];
+        let vips = lb
+            .status(|vip, b| if (vip, b) == (web, counted) { 7 } else { 0 })
+            .unwrap();
         let clients: Vec<usize> = vips[0].backends.iter().map(|b| b.clients).collect();
         assert_eq!(clients, [0, 7, 0]);
         let slots: usize = vips[0].backends.iter().map(|b| b.slots).sum();
