@@ -123,7 +123,7 @@ impl Census {
         let theirs = shared.clone();
         let thread = thread::Builder::new()
             .name("census".into())
-            .spawn(move || walker(&theirs, &reader))
+            .spawn(move || supervise(&theirs, &reader))
             .map_err(|e| anyhow::anyhow!("cannot start the affinity table census thread: {e}"))?;
         Ok(Self {
             shared,
@@ -169,6 +169,23 @@ impl Drop for Census {
 enum Work {
     Count,
     Flows(FlowsJob),
+}
+
+/// Runs the walker until stopped; a walker that panics (a bug) is logged
+/// and started again, so counts and `flows` never stop for good. The
+/// request it was answering gets an error (its reply is dropped).
+fn supervise(shared: &Shared, reader: &TableReader) {
+    loop {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| walker(shared, reader)));
+        if run.is_ok() {
+            return;
+        }
+        error!(
+            "the affinity table census failed (a bug in stickylb: please report it with the \
+             message above); it starts again in a second, until then client counts get older"
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn walker(shared: &Shared, reader: &TableReader) {
