@@ -158,7 +158,12 @@ impl Census {
 
 impl Drop for Census {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
+        {
+            // Under the lock: the walker checks `stop` with it held until it
+            // waits, so it cannot miss the wake-up and sleep on.
+            let _st = self.shared.lock();
+            self.shared.stop.store(true, Ordering::Relaxed);
+        }
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
