@@ -250,6 +250,22 @@ fn reporting_does_not_delay_failover_on_a_million_entries() {
     );
     restore(&mut topo, &d, 0);
 
+    let ns = topo.lb.path();
+    let single = thread::spawn(move || {
+        enter_path(&ns);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            scrape().unwrap();
+        }
+        t0.elapsed() / 3
+    })
+    .join()
+    .unwrap();
+    eprintln!(
+        "reporting: one scrape alone takes {:.1} ms",
+        single.as_secs_f64() * 1000.0
+    );
+
     let scrapers = Scrapers::start(&topo, &d);
     thread::sleep(Duration::from_millis(1000));
     let loaded = failover(&mut topo, &clients, 1);
