@@ -9,7 +9,11 @@ use std::{
         net::UnixStream,
     },
     path::Path,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -17,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
     net::UnixListener,
-    sync::{mpsc, oneshot},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
 };
 
 pub use crate::api::Request;
@@ -89,6 +93,19 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Longest request line accepted, in bytes.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// Control connections served at once; more are closed at once. The CLI
+/// opens one per command, so this only bounds what a stuck or hostile
+/// client holds.
+const MAX_CONTROL_CONNECTIONS: usize = 32;
+/// The CLI sends its request as soon as it is connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client that does not read its reply is not waited for longer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Over-the-cap messages are logged at most this often per listener.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Control connections closed at once because the cap was reached.
+pub(crate) static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// An accept error (e.g. out of file descriptors) persists until something
 /// changes: log it and wait a little instead of retrying in a tight loop.
@@ -97,8 +114,52 @@ pub async fn accept_failed(what: &str, e: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// Bounds the connections one listener serves at once, so that clients
+/// holding connections open cannot take the descriptors the health checks
+/// need: a connection over the cap is closed at once, and counted.
+pub(crate) struct ConnectionCap {
+    what: &'static str,
+    max: usize,
+    slots: Arc<Semaphore>,
+    refused: &'static AtomicU64,
+    warned: Option<Instant>,
+}
+
+impl ConnectionCap {
+    pub(crate) fn new(what: &'static str, max: usize, refused: &'static AtomicU64) -> Self {
+        Self {
+            what,
+            max,
+            slots: Arc::new(Semaphore::new(max)),
+            refused,
+            warned: None,
+        }
+    }
+
+    /// A slot for a connection just accepted, held until it is dropped; `None`
+    /// when all are taken: then the caller closes the connection.
+    pub(crate) fn admit(&mut self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(permit);
+        }
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.warned.is_none_or(|t| t.elapsed() >= CAP_WARNING_EVERY) {
+            self.warned = Some(Instant::now());
+            log::warn!(
+                "{}: {} connections open, the most served at once; closing new ones at once \
+                 ({refused} so far). A client is holding connections open: find it with \
+                 `ss -tnp` or `ss -xp`",
+                self.what,
+                self.max
+            );
+        }
+        None
+    }
+}
+
 /// Accepts connections and forwards each request to the main loop.
 pub async fn serve(listener: UnixListener, to_main: mpsc::Sender<Envelope>) {
+    let mut cap = ConnectionCap::new("control socket", MAX_CONTROL_CONNECTIONS, &REFUSED);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -107,35 +168,37 @@ pub async fn serve(listener: UnixListener, to_main: mpsc::Sender<Envelope>) {
                 continue;
             }
         };
+        let Some(permit) = cap.admit() else {
+            continue;
+        };
         let to_main = to_main.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             // Requests are one short JSON line; a peer that sends more is
             // cut off instead of filling the daemon's memory.
             let mut reader = tokio::io::BufReader::new(r.take(MAX_REQUEST));
-            let reply =
-                match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
-                    .await
-                {
-                    Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => {
-                            let (tx, rx) = oneshot::channel();
-                            if to_main.send((req, tx)).await.is_err() {
-                                Reply::err("the daemon is shutting down")
-                            } else {
-                                rx.await.unwrap_or_else(|_| {
-                                    Reply::err("the daemon dropped the request")
-                                })
-                            }
+            let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+                .await
+            {
+                Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let (tx, rx) = oneshot::channel();
+                        if to_main.send((req, tx)).await.is_err() {
+                            Reply::err("the daemon is shutting down")
+                        } else {
+                            rx.await
+                                .unwrap_or_else(|_| Reply::err("the daemon dropped the request"))
                         }
-                        Err(e) => Reply::err(format!("bad request: {e}")),
-                    },
-                    _ => Reply::err("no request received"),
-                };
+                    }
+                    Err(e) => Reply::err(format!("bad request: {e}")),
+                },
+                _ => Reply::err("no request received"),
+            };
             if let Ok(mut text) = serde_json::to_string(&reply) {
                 text.push('\n');
-                let _ = w.write_all(text.as_bytes()).await;
+                let _ = tokio::time::timeout(REPLY_TIMEOUT, w.write_all(text.as_bytes())).await;
             }
         });
     }

@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -17,8 +18,8 @@ use tokio::{
 
 use crate::{
     api::{
-        AttachState, BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply,
-        ReloadReply, StatusReply,
+        AttachState, BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LocalErrors,
+        LookupReply, ReloadReply, StatusReply,
     },
     config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
     control::{self, Envelope, Reply, Request},
@@ -59,6 +60,13 @@ fn spec(cfg: &HealthConfig) -> CheckSpec {
                 path: cfg.path.clone(),
                 expect_status: cfg.expect_status,
             },
+            CheckKind::Udp => Probe::Udp {
+                payload: cfg.payload.as_bytes().to_vec(),
+                expect: cfg.expect.as_ref().map(|e| e.as_bytes().to_vec()),
+            },
+            CheckKind::Exec => Probe::Exec {
+                command: cfg.command.clone(),
+            },
         },
         interval: cfg.interval,
         timeout: cfg.timeout,
@@ -76,6 +84,50 @@ struct Daemon {
     checkers: HashMap<u32, Checker>,
     checker_generation: u64,
     health_tx: mpsc::Sender<health::Event<CheckKey>>,
+    local_checks: LocalCheckErrors,
+}
+
+/// Health checks that could not run for a reason of this host's: counted,
+/// and logged at most every `LOCAL_ERROR_LOG_EVERY`.
+#[derive(Default)]
+struct LocalCheckErrors {
+    count: u64,
+    last: Option<String>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+const LOCAL_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl LocalCheckErrors {
+    fn record(&mut self, target: SocketAddr, detail: &str) {
+        self.count += 1;
+        self.unlogged += 1;
+        self.last = Some(detail.to_owned());
+        if self
+            .logged
+            .is_some_and(|t| t.elapsed() < LOCAL_ERROR_LOG_EVERY)
+        {
+            return;
+        }
+        self.logged = Some(Instant::now());
+        warn!(
+            "health checks cannot run: {detail} (checking {target}; {} such errors since the \
+             last message). This is the daemon's own problem, not the backends': they keep \
+             their state until checks run again. Look for what holds descriptors, memory or \
+             local ports (`ls /proc/{}/fd | wc -l`, `ss -s`) or raise LimitNOFILE",
+            self.unlogged,
+            std::process::id()
+        );
+        self.unlogged = 0;
+    }
+}
+
+/// Logs what is allowed but probably wrong in `cfg`'s health checks.
+fn warn_about_health(cfg: &Config) {
+    for w in cfg.health_warnings() {
+        warn!("{w}");
+    }
 }
 
 impl Daemon {
@@ -127,6 +179,11 @@ impl Daemon {
         if self.checkers.get(&id).map(|c| c.generation) != Some(generation) {
             return;
         }
+        if ev.outcome.is_local_error() {
+            let target = self.checkers[&id].target;
+            self.local_checks.record(target, &ev.outcome.detail);
+            return;
+        }
         self.lb.record_check(id, ev.outcome);
         if let Some(t) = ev.transition {
             // A passing check has just made the kernel resolve the backend's
@@ -163,6 +220,7 @@ impl Daemon {
     /// invalid file changes nothing; global fields need a restart.
     fn reload(&mut self) -> anyhow::Result<ReloadReply> {
         let new = Config::load(&self.opts.config_path)?;
+        warn_about_health(&new);
         let needs_restart: Vec<String> = self
             .cfg
             .restart_only_changes(&new)
@@ -215,6 +273,7 @@ impl Daemon {
                 uptime_s: self.started.elapsed().as_secs(),
                 passed: self.passed()?,
                 vips: self.lb.status()?,
+                local_errors: self.local_errors(),
             }),
             Request::Lookup { client, vip } => {
                 let client = ipv4_client(client)?;
@@ -291,7 +350,18 @@ impl Daemon {
             .copied()
             .zip(counts)
             .collect();
-        metrics::render(&vips, &global)
+        let mut text = metrics::render(&vips, &global);
+        metrics::render_local_errors(&mut text, &self.local_errors());
+        text
+    }
+
+    fn local_errors(&self) -> LocalErrors {
+        LocalErrors {
+            checks: self.local_checks.count,
+            last_check_error: self.local_checks.last.clone(),
+            refused_metrics: metrics::REFUSED.load(Ordering::Relaxed),
+            refused_control: control::REFUSED.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -371,7 +441,9 @@ pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    crate::limits::raise_nofile();
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
+    warn_about_health(&cfg);
     // Sockets first: a second daemon on the same socket stops here, before
     // it touches the maps.
     let listener = control::bind(&cfg.control_socket)?;
@@ -391,6 +463,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         checkers: HashMap::new(),
         checker_generation: 0,
         health_tx,
+        local_checks: LocalCheckErrors::default(),
     };
     d.attach(&pinned_link)?;
     d.refresh_macs();

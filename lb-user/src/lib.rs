@@ -12,6 +12,7 @@ pub mod dataplane;
 mod fmt;
 pub mod health;
 pub mod lb;
+mod limits;
 mod metrics;
 mod neigh;
 mod netdev;

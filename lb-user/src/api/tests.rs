@@ -82,6 +82,7 @@ fn status() -> StatusReply {
                 },
             ],
         }],
+        local_errors: Default::default(),
     }
 }
 
@@ -188,6 +189,7 @@ fn status_json_shape() {
             "attached",
             "config",
             "interface",
+            "local_errors",
             "passed",
             "pid",
             "pin_path",
@@ -196,6 +198,10 @@ fn status_json_shape() {
         ]
     );
     assert_eq!(v["attached"], "generic (skb) mode");
+    assert_eq!(
+        v["local_errors"],
+        serde_json::json!({"checks": 0, "refused_metrics": 0, "refused_control": 0})
+    );
     assert_eq!(v["passed"]["pass_not_vip"], 7);
     let vip = &v["vips"][0];
     // Counters are flattened into the VIP and backend objects.

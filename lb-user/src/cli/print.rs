@@ -60,6 +60,22 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
         s.uptime_s,
         s.pin_path.display()
     )?;
+    let l = &s.local_errors;
+    if l.checks > 0 {
+        writeln!(
+            out,
+            "local errors: {} health checks could not run (last: {}); backends kept their state",
+            l.checks,
+            l.last_check_error.as_deref().unwrap_or("?")
+        )?;
+    }
+    if l.refused_metrics + l.refused_control > 0 {
+        writeln!(
+            out,
+            "connections refused over the cap: {} metrics, {} control",
+            l.refused_metrics, l.refused_control
+        )?;
+    }
     for v in &s.vips {
         writeln!(out)?;
         writeln!(
@@ -217,6 +233,7 @@ mod tests {
             uptime_s: 9,
             passed: Default::default(),
             vips: vec![vip()],
+            local_errors: Default::default(),
         };
         let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
         let lines: Vec<&str> = text.lines().collect();
@@ -236,6 +253,41 @@ mod tests {
         assert!(
             text.starts_with("VIP web 192.0.2.10:80/tcp\n  BACKEND"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn status_names_local_errors_only_when_there_are_some() {
+        let mut s = StatusReply {
+            pid: 42,
+            interface: "eth0".into(),
+            attached: crate::api::AttachState::Adopted,
+            config: "/etc/stickylb.toml".into(),
+            pin_path: "/sys/fs/bpf/stickylb".into(),
+            uptime_s: 9,
+            passed: Default::default(),
+            vips: vec![],
+            local_errors: Default::default(),
+        };
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        assert!(
+            !text.contains("local errors") && !text.contains("refused"),
+            "{text}"
+        );
+        s.local_errors = crate::api::LocalErrors {
+            checks: 3,
+            last_check_error: Some("Too many open files (os error 24)".into()),
+            refused_metrics: 7,
+            refused_control: 0,
+        };
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "local errors: 3 health checks could not run (last: Too many open files (os error 24)); backends kept their state",
+                "connections refused over the cap: 7 metrics, 0 control",
+            ]
         );
     }
 
