@@ -9,11 +9,8 @@ use std::{
         net::UnixStream,
     },
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
+    sync::atomic::AtomicU64,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -21,10 +18,11 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
     net::UnixListener,
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    sync::{mpsc, oneshot},
 };
 
 pub use crate::api::Request;
+use crate::conncap::ConnectionCap;
 
 /// The envelope of every reply: `result` holds the request's reply type
 /// (see `api::Request`), `error` says why there is none.
@@ -101,8 +99,6 @@ const MAX_CONTROL_CONNECTIONS: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client that does not read its reply is not waited for longer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Over-the-cap messages are logged at most this often per listener.
-const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Control connections closed at once because the cap was reached.
 pub(crate) static REFUSED: AtomicU64 = AtomicU64::new(0);
@@ -112,49 +108,6 @@ pub(crate) static REFUSED: AtomicU64 = AtomicU64::new(0);
 pub async fn accept_failed(what: &str, e: &std::io::Error) {
     log::warn!("{what}: accept failed: {e}; retrying in 100 ms");
     tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-/// Bounds the connections one listener serves at once, so that clients
-/// holding connections open cannot take the descriptors the health checks
-/// need: a connection over the cap is closed at once, and counted.
-pub(crate) struct ConnectionCap {
-    what: &'static str,
-    max: usize,
-    slots: Arc<Semaphore>,
-    refused: &'static AtomicU64,
-    warned: Option<Instant>,
-}
-
-impl ConnectionCap {
-    pub(crate) fn new(what: &'static str, max: usize, refused: &'static AtomicU64) -> Self {
-        Self {
-            what,
-            max,
-            slots: Arc::new(Semaphore::new(max)),
-            refused,
-            warned: None,
-        }
-    }
-
-    /// A slot for a connection just accepted, held until it is dropped; `None`
-    /// when all are taken: then the caller closes the connection.
-    pub(crate) fn admit(&mut self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Some(permit);
-        }
-        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.warned.is_none_or(|t| t.elapsed() >= CAP_WARNING_EVERY) {
-            self.warned = Some(Instant::now());
-            log::warn!(
-                "{}: {} connections open, the most served at once; closing new ones at once \
-                 ({refused} so far). A client is holding connections open: find it with \
-                 `ss -tnp` or `ss -xp`",
-                self.what,
-                self.max
-            );
-        }
-        None
-    }
 }
 
 /// Accepts connections and forwards each request to the main loop.
@@ -298,3 +251,6 @@ mod tests {
         assert!(gone.contains("cannot reach the stickylb daemon"), "{gone}");
     }
 }
+
+#[cfg(test)]
+mod serve_tests;

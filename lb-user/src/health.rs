@@ -322,54 +322,6 @@ pub async fn probe_once(target: SocketAddr, probe: &Probe, timeout: Duration) ->
     }
 }
 
-/// Why a probe failed.
-#[derive(Debug)]
-struct Failure {
-    detail: String,
-    /// This host's problem, not the backend's (see `Outcome::local`).
-    local: bool,
-}
-
-impl From<String> for Failure {
-    fn from(detail: String) -> Self {
-        Self {
-            detail,
-            local: false,
-        }
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(detail: &str) -> Self {
-        detail.to_owned().into()
-    }
-}
-
-fn io_failure(e: io::Error) -> Failure {
-    Failure {
-        detail: io_detail(&e),
-        local: is_local(&e),
-    }
-}
-
-/// Errors that come from this host running short of something (descriptors,
-/// memory, socket buffers, local ports, processes) rather than from the
-/// backend: a backend cannot make our socket() or fork() fail.
-fn is_local(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::EADDRNOTAVAIL
-                | libc::EADDRINUSE
-                | libc::EAGAIN
-        )
-    )
-}
-
 /// A status line longer than this is not one: stop reading rather than buffer
 /// whatever a confused backend streams at us.
 const MAX_STATUS_LINE: usize = 1024;
@@ -459,7 +411,10 @@ fn io_detail(e: &io::Error) -> String {
 }
 
 mod exec;
+mod failure;
 mod udp;
+
+use failure::{Failure, io_failure};
 
 #[cfg(test)]
 mod tests;

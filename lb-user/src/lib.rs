@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+mod conncap;
 pub mod control;
 mod daemon;
 pub mod dataplane;

@@ -16,7 +16,7 @@ use lb_common::{
 };
 
 use crate::api::{BackendStatus, LocalErrors, VipStatus};
-use crate::control::ConnectionCap;
+use crate::conncap::ConnectionCap;
 
 /// Renders the exposition text from a status snapshot and the passed-frame
 /// counters.
@@ -462,3 +462,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod serve_tests;

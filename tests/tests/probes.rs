@@ -442,5 +442,85 @@ fn idle_connections_do_not_take_backends_down() {
         "{:?}",
         d.vips()
     );
+
+    // Out of descriptors all the same (a limit just above what it has
+    // open): checks cannot run, and that must count for no backend.
+    let pid = d.child.as_ref().unwrap().pid();
+    let open = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    // Only the soft limit: raising a hard limit again takes CAP_SYS_RESOURCE.
+    let tight = libc::rlimit {
+        rlim_cur: open + 4,
+        rlim_max: LIMIT,
+    };
+    // SAFETY: prlimit(2) on our own child, with a valid rlimit.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as i32,
+            libc::RLIMIT_NOFILE,
+            &tight,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let log_before = d.log_text().len();
+    let load = Load::start(&topo, &topo.clients, Duration::from_secs(15));
+    let lb = topo.lb.path();
+    thread::spawn(move || {
+        enter_path(&lb);
+        let addr: SocketAddr = "127.0.0.1:9321".parse().unwrap();
+        let held: Vec<TcpStream> = (0..100)
+            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok())
+            .collect();
+        thread::sleep(Duration::from_secs(3));
+        drop(held);
+    })
+    .join()
+    .unwrap();
+    let samples = load.finish();
+    let failed = samples.iter().filter(|s| s.backend.is_none()).count();
+    // Descriptors back, so that the control socket answers again.
+    let roomy = libc::rlimit {
+        rlim_cur: LIMIT,
+        rlim_max: LIMIT,
+    };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as i32,
+            libc::RLIMIT_NOFILE,
+            &roomy,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let mut status = None;
+    assert!(wait_for(Duration::from_secs(5), || {
+        status = d.status().ok();
+        status.is_some()
+    }));
+    let local = status.unwrap().local_errors;
+    let log = d.log_text()[log_before..].to_owned();
+    let downs = log.lines().filter(|l| l.contains(" down: ")).count();
+    let warnings = log.matches("health checks cannot run").count();
+    println!(
+        "descriptors exhausted for 3 s (limit {} with {open} open): {} checks could not run \
+         ({:?}), {failed}/{} requests failed, {downs} backend-down transitions, {warnings} \
+         log lines",
+        open + 4,
+        local.checks,
+        local.last_check_error,
+        samples.len()
+    );
+    assert!(local.checks > 0, "no local error counted:\n{log}");
+    assert!(
+        local
+            .last_check_error
+            .as_deref()
+            .is_some_and(|e| e.contains("os error 24")),
+        "{local:?}"
+    );
+    assert_eq!(downs, 0, "backends went down:\n{log}");
+    assert_eq!(failed, 0, "requests failed:\n{log}");
+    assert!((1..=2).contains(&warnings), "rate-limited log:\n{log}");
     d.stop().unwrap();
 }

@@ -11,7 +11,7 @@ use tokio::{
     process::Command,
 };
 
-use super::{Failure, io_detail, is_local};
+use super::{Failure, failure::is_local, io_detail};
 
 /// Bytes of each output stream kept, from its end.
 const TAIL: usize = 512;

@@ -107,3 +107,13 @@ fn udp_vip_checked_by_tcp_only_is_warned_about() {
     assert!(warnings(MINIMAL).is_empty());
     assert!(warnings(&doc("[health]\nkind = \"http\"", "", "")).is_empty());
 }
+
+#[test]
+fn the_example_checks_its_udp_vip_by_udp() {
+    let c = parse(include_str!("../../../../docs/stickylb.example.toml"));
+    let dns = c.vip("dns").unwrap();
+    assert_eq!(dns.health.kind, CheckKind::Udp);
+    assert_eq!(dns.health.payload.len(), 17);
+    assert_eq!(dns.health.expect.as_deref(), Some("\u{12}\u{34}"));
+    assert!(c.health_warnings().is_empty(), "{:?}", c.health_warnings());
+}
