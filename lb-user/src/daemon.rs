@@ -123,11 +123,16 @@ impl LocalCheckErrors {
     }
 }
 
-/// Logs what is allowed but probably wrong in `cfg`'s health checks.
-fn warn_about_health(cfg: &Config) {
-    for w in cfg.health_warnings() {
-        warn!("{w}");
-    }
+/// Logs what is allowed but probably wrong in `cfg`'s health checks; the
+/// warnings, for a reply.
+fn warn_about_health(cfg: &Config) -> Vec<String> {
+    cfg.health_warnings()
+        .iter()
+        .map(|w| {
+            warn!("{w}");
+            w.to_string()
+        })
+        .collect()
 }
 
 impl Daemon {
@@ -220,7 +225,7 @@ impl Daemon {
     /// invalid file changes nothing; global fields need a restart.
     fn reload(&mut self) -> anyhow::Result<ReloadReply> {
         let new = Config::load(&self.opts.config_path)?;
-        warn_about_health(&new);
+        let warnings = warn_about_health(&new);
         let needs_restart: Vec<String> = self
             .cfg
             .restart_only_changes(&new)
@@ -252,6 +257,7 @@ impl Daemon {
             diff: summary,
             needs_restart,
             plan: plan.report,
+            warnings,
         })
     }
 

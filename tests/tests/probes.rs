@@ -166,6 +166,12 @@ fn udp_check_takes_a_dead_udp_service_down() {
         );
     }
     assert!(check.status.success(), "a warning is no error: {check_out}");
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "reload: {out}{err}");
+    assert!(
+        out.contains("warning: vip \"web\" health.kind"),
+        "a reload warns too: {out}"
+    );
 
     // Checked by UDP: the dead service takes its backend down, and every
     // client is answered again.
@@ -181,6 +187,10 @@ fn udp_check_takes_a_dead_udp_service_down() {
     let log_before = d.log_text().len();
     let (code, out, err) = d.cli(&["reload"]);
     assert_eq!(code, 0, "reload: {out}{err}\n{}", d.log_text());
+    assert!(
+        !out.contains("warning"),
+        "no warning once UDP-checked: {out}"
+    );
     let reload_log = d.log_text()[log_before..].to_owned();
     assert!(
         reload_log.contains("reload: ") && !reload_log.contains("checked by tcp only"),

@@ -321,6 +321,10 @@ pub struct ReloadReply {
     /// the daemon's restart).
     #[serde(default)]
     pub plan: PlanReport,
+    /// What is allowed but probably wrong in the new file (e.g. a UDP VIP
+    /// checked by TCP only), each with its fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What a change of the desired state does (a reload, or a live CLI

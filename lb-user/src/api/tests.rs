@@ -173,6 +173,7 @@ fn every_reply_round_trips() {
         diff: plan.to_string(),
         needs_restart: vec!["interface".into()],
         plan,
+        warnings: vec!["vip \"dns\" health.kind: a UDP VIP, but ...".into()],
     });
 }
 
@@ -216,6 +217,7 @@ fn status_json_shape() {
             diff: "no changes".into(),
             needs_restart: Vec::new(),
             plan: PlanReport::default(),
+            warnings: Vec::new(),
         })
         .unwrap(),
         json!({"changed": false, "diff": "no changes", "needs_restart": [],

@@ -178,6 +178,9 @@ fn flows(out: &mut dyn Write, rows: &FlowsReply) -> anyhow::Result<()> {
 
 fn reload(out: &mut dyn Write, r: &ReloadReply) -> anyhow::Result<()> {
     writeln!(out, "reloaded: {}", r.diff)?;
+    for w in &r.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     Ok(())
 }
 
@@ -325,6 +328,12 @@ mod tests {
         );
         let r = json!({"changed": false, "diff": "no changes", "needs_restart": []});
         assert_eq!(printed(&Query::Reload, r), "reloaded: no changes\n");
+        let r = json!({"changed": true, "diff": "VIP dns added", "needs_restart": [],
+            "warnings": ["vip \"dns\" health.kind: a UDP VIP, but ..."]});
+        assert_eq!(
+            printed(&Query::Reload, r),
+            "reloaded: VIP dns added\nwarning: vip \"dns\" health.kind: a UDP VIP, but ...\n"
+        );
         let drain = Query::Backend {
             action: BackendAction::Drain {
                 vip: "web".into(),
