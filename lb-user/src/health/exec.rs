@@ -62,7 +62,8 @@ pub(super) async fn run(command: &[String], target: SocketAddr) -> Result<String
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let mut status = None;
-    let mut drained = tokio::time::Instant::now() + Duration::from_secs(u32::MAX.into());
+    // Set when the command exits: the output is read until then at most.
+    let mut drained = tokio::time::Instant::now();
     let (mut b1, mut b2) = ([0u8; 1024], [0u8; 1024]);
     while status.is_none() || stdout.is_some() || stderr.is_some() {
         tokio::select! {
@@ -72,7 +73,7 @@ pub(super) async fn run(command: &[String], target: SocketAddr) -> Result<String
             }
             n = read(&mut stdout, &mut b1) => out.add(&mut stdout, n, &b1),
             n = read(&mut stderr, &mut b2) => err.add(&mut stderr, n, &b2),
-            () = tokio::time::sleep_until(drained) => break,
+            () = tokio::time::sleep_until(drained), if status.is_some() => break,
         }
     }
     let status = status.expect("the loop ends after the exit (or it times out)");
