@@ -9,6 +9,7 @@ use std::{
         net::UnixStream,
     },
     path::Path,
+    sync::atomic::AtomicU64,
     time::Duration,
 };
 
@@ -21,6 +22,7 @@ use tokio::{
 };
 
 pub use crate::api::Request;
+use crate::conncap::ConnectionCap;
 
 /// The envelope of every reply: `result` holds the request's reply type
 /// (see `api::Request`), `error` says why there is none.
@@ -89,6 +91,17 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Longest request line accepted, in bytes.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// Control connections served at once; more are closed at once. The CLI
+/// opens one per command, so this only bounds what a stuck or hostile
+/// client holds.
+const MAX_CONTROL_CONNECTIONS: usize = 32;
+/// The CLI sends its request as soon as it is connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client that does not read its reply is not waited for longer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Control connections closed at once because the cap was reached.
+pub(crate) static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// An accept error (e.g. out of file descriptors) persists until something
 /// changes: log it and wait a little instead of retrying in a tight loop.
@@ -99,6 +112,7 @@ pub async fn accept_failed(what: &str, e: &std::io::Error) {
 
 /// Accepts connections and forwards each request to the main loop.
 pub async fn serve(listener: UnixListener, to_main: mpsc::Sender<Envelope>) {
+    let mut cap = ConnectionCap::new("control socket", MAX_CONTROL_CONNECTIONS, &REFUSED);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -107,35 +121,37 @@ pub async fn serve(listener: UnixListener, to_main: mpsc::Sender<Envelope>) {
                 continue;
             }
         };
+        let Some(permit) = cap.admit() else {
+            continue;
+        };
         let to_main = to_main.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             // Requests are one short JSON line; a peer that sends more is
             // cut off instead of filling the daemon's memory.
             let mut reader = tokio::io::BufReader::new(r.take(MAX_REQUEST));
-            let reply =
-                match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
-                    .await
-                {
-                    Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => {
-                            let (tx, rx) = oneshot::channel();
-                            if to_main.send((req, tx)).await.is_err() {
-                                Reply::err("the daemon is shutting down")
-                            } else {
-                                rx.await.unwrap_or_else(|_| {
-                                    Reply::err("the daemon dropped the request")
-                                })
-                            }
+            let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+                .await
+            {
+                Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let (tx, rx) = oneshot::channel();
+                        if to_main.send((req, tx)).await.is_err() {
+                            Reply::err("the daemon is shutting down")
+                        } else {
+                            rx.await
+                                .unwrap_or_else(|_| Reply::err("the daemon dropped the request"))
                         }
-                        Err(e) => Reply::err(format!("bad request: {e}")),
-                    },
-                    _ => Reply::err("no request received"),
-                };
+                    }
+                    Err(e) => Reply::err(format!("bad request: {e}")),
+                },
+                _ => Reply::err("no request received"),
+            };
             if let Ok(mut text) = serde_json::to_string(&reply) {
                 text.push('\n');
-                let _ = w.write_all(text.as_bytes()).await;
+                let _ = tokio::time::timeout(REPLY_TIMEOUT, w.write_all(text.as_bytes())).await;
             }
         });
     }
@@ -235,3 +251,6 @@ mod tests {
         assert!(gone.contains("cannot reach the stickylb daemon"), "{gone}");
     }
 }
+
+#[cfg(test)]
+mod serve_tests;

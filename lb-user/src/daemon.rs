@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -18,7 +19,7 @@ use tokio::{
 use crate::{
     api::{
         AttachState, BackendAdded, BackendChanged, BackendRemoved, DEFAULT_FLOWS_LIMIT,
-        LookupReply, ReloadReply, StatusReply,
+        LocalErrors, LookupReply, ReloadReply, StatusReply,
     },
     census::{Census, Counts, FlowsJob},
     config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
@@ -60,6 +61,13 @@ fn spec(cfg: &HealthConfig) -> CheckSpec {
                 path: cfg.path.clone(),
                 expect_status: cfg.expect_status,
             },
+            CheckKind::Udp => Probe::Udp {
+                payload: cfg.payload.as_bytes().to_vec(),
+                expect: cfg.expect.as_ref().map(|e| e.as_bytes().to_vec()),
+            },
+            CheckKind::Exec => Probe::Exec {
+                command: cfg.command.clone(),
+            },
         },
         interval: cfg.interval,
         timeout: cfg.timeout,
@@ -80,6 +88,55 @@ struct Daemon {
     /// Walks the affinity table for status, metrics and flows, off the
     /// main loop.
     census: Census,
+    local_checks: LocalCheckErrors,
+}
+
+/// Health checks that could not run for a reason of this host's: counted,
+/// and logged at most every `LOCAL_ERROR_LOG_EVERY`.
+#[derive(Default)]
+struct LocalCheckErrors {
+    count: u64,
+    last: Option<String>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+const LOCAL_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl LocalCheckErrors {
+    fn record(&mut self, target: SocketAddr, detail: &str) {
+        self.count += 1;
+        self.unlogged += 1;
+        self.last = Some(detail.to_owned());
+        if self
+            .logged
+            .is_some_and(|t| t.elapsed() < LOCAL_ERROR_LOG_EVERY)
+        {
+            return;
+        }
+        self.logged = Some(Instant::now());
+        warn!(
+            "health checks cannot run: {detail} (checking {target}; {} such errors since the \
+             last message). This is the daemon's own problem, not the backends': they keep \
+             their state until checks run again. Look for what holds descriptors, memory or \
+             local ports (`ls /proc/{}/fd | wc -l`, `ss -s`) or raise LimitNOFILE",
+            self.unlogged,
+            std::process::id()
+        );
+        self.unlogged = 0;
+    }
+}
+
+/// Logs what is allowed but probably wrong in `cfg`'s health checks; the
+/// warnings, for a reply.
+fn warn_about_health(cfg: &Config) -> Vec<String> {
+    cfg.health_warnings()
+        .iter()
+        .map(|w| {
+            warn!("{w}");
+            w.to_string()
+        })
+        .collect()
 }
 
 impl Daemon {
@@ -131,6 +188,11 @@ impl Daemon {
         if self.checkers.get(&id).map(|c| c.generation) != Some(generation) {
             return;
         }
+        if ev.outcome.is_local_error() {
+            let target = self.checkers[&id].target;
+            self.local_checks.record(target, &ev.outcome.detail);
+            return;
+        }
         self.lb.record_check(id, ev.outcome);
         if let Some(t) = ev.transition {
             // A passing check has just made the kernel resolve the backend's
@@ -167,6 +229,7 @@ impl Daemon {
     /// invalid file changes nothing; global fields need a restart.
     fn reload(&mut self) -> anyhow::Result<ReloadReply> {
         let new = Config::load(&self.opts.config_path)?;
+        let warnings = warn_about_health(&new);
         let needs_restart: Vec<String> = self
             .cfg
             .restart_only_changes(&new)
@@ -198,6 +261,7 @@ impl Daemon {
             diff: summary,
             needs_restart,
             plan: plan.report,
+            warnings,
         })
     }
 
@@ -247,6 +311,7 @@ impl Daemon {
                     passed: self.passed()?,
                     clients_counted: counts.as_deref().map(Counts::report),
                     vips: self.lb.status(clients_of(counts.as_deref()))?,
+                    local_errors: self.local_errors(),
                 })
             }
             Request::Lookup { client, vip } => {
@@ -328,7 +393,18 @@ impl Daemon {
             .zip(counts)
             .collect();
         let counted = clients.as_deref().map(Counts::report);
-        metrics::render(&vips, &global, counted.as_ref())
+        let mut text = metrics::render(&vips, &global, counted.as_ref());
+        metrics::render_local_errors(&mut text, &self.local_errors());
+        text
+    }
+
+    fn local_errors(&self) -> LocalErrors {
+        LocalErrors {
+            checks: self.local_checks.count,
+            last_check_error: self.local_checks.last.clone(),
+            refused_metrics: metrics::REFUSED.load(Ordering::Relaxed),
+            refused_control: control::REFUSED.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -414,7 +490,9 @@ pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    crate::limits::raise_nofile();
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
+    warn_about_health(&cfg);
     // Sockets first: a second daemon on the same socket stops here, before
     // it touches the maps.
     let listener = control::bind(&cfg.control_socket)?;
@@ -436,6 +514,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         checker_generation: 0,
         health_tx,
         census,
+        local_checks: LocalCheckErrors::default(),
     };
     d.attach(&pinned_link)?;
     d.refresh_macs();

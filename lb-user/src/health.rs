@@ -27,14 +27,25 @@ pub enum Probe {
     Tcp,
     /// An HTTP/1.0 GET whose status line must carry `expect_status`.
     Http { path: String, expect_status: u16 },
+    /// A datagram whose reply must arrive within the timeout (and hold
+    /// `expect`, if set); an ICMP port unreachable fails at once.
+    Udp {
+        payload: Vec<u8>,
+        expect: Option<Vec<u8>>,
+    },
+    /// A command (program and arguments, no shell) that must exit with 0.
+    Exec { command: Vec<String> },
 }
 
 impl Probe {
-    /// The label used in transition reasons and logs: "tcp" or "http".
+    /// The label used in transition reasons and logs: "tcp", "http", "udp"
+    /// or "exec".
     pub fn kind(&self) -> &'static str {
         match self {
             Probe::Tcp => "tcp",
             Probe::Http { .. } => "http",
+            Probe::Udp { .. } => "udp",
+            Probe::Exec { .. } => "exec",
         }
     }
 }
@@ -61,6 +72,18 @@ pub struct Outcome {
     pub latency: Duration,
     /// What happened, for people: "connected", "HTTP 503 (want 200)", "connection refused"...
     pub detail: String,
+    /// The probe could not be made for a reason of this host's (out of file
+    /// descriptors, memory, buffers or local ports): it says nothing about
+    /// the backend, so it must not count for or against it.
+    pub local: bool,
+}
+
+impl Outcome {
+    /// True when the probe failed for a reason of this host's, not the
+    /// backend's (see `local`).
+    pub fn is_local_error(&self) -> bool {
+        self.local
+    }
 }
 
 /// The health of a backend as the data path should see it.
@@ -226,7 +249,13 @@ async fn run<K: Clone>(
             outcome = probe_once(target, &spec.probe, spec.timeout) => outcome,
             () = tx.closed() => return,
         };
-        let transition = hysteresis.observe(&outcome);
+        // A local error says nothing about the backend: it neither feeds
+        // nor breaks a streak.
+        let transition = if outcome.is_local_error() {
+            None
+        } else {
+            hysteresis.observe(&outcome)
+        };
         let event = Event {
             key: key.clone(),
             outcome,
@@ -256,28 +285,40 @@ fn jittered(interval: Duration) -> Duration {
 pub async fn probe_once(target: SocketAddr, probe: &Probe, timeout: Duration) -> Outcome {
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, async {
-        let stream = TcpStream::connect(target)
-            .await
-            .map_err(|e| io_detail(&e))?;
         match probe {
-            Probe::Tcp => Ok("connected".to_owned()),
+            Probe::Tcp => {
+                TcpStream::connect(target).await.map_err(io_failure)?;
+                Ok("connected".to_owned())
+            }
             Probe::Http {
                 path,
                 expect_status,
-            } => http_exchange(stream, target, path, *expect_status).await,
+            } => {
+                let stream = TcpStream::connect(target).await.map_err(io_failure)?;
+                http_exchange(stream, target, path, *expect_status).await
+            }
+            Probe::Udp { payload, expect } => {
+                udp::exchange(target, payload, expect.as_deref()).await
+            }
+            Probe::Exec { command } => exec::run(command, target).await,
         }
     })
     .await;
     let latency = started.elapsed();
-    let (ok, detail) = match result {
-        Ok(Ok(detail)) => (true, detail),
-        Ok(Err(detail)) => (false, detail),
-        Err(_) => (false, format!("timed out after {}", fmt_duration(timeout))),
+    let (ok, local, detail) = match result {
+        Ok(Ok(detail)) => (true, false, detail),
+        Ok(Err(f)) => (false, f.local, f.detail),
+        Err(_) => (
+            false,
+            false,
+            format!("timed out after {}", fmt_duration(timeout)),
+        ),
     };
     Outcome {
         ok,
         latency,
         detail,
+        local,
     }
 }
 
@@ -292,7 +333,7 @@ async fn http_exchange(
     target: SocketAddr,
     path: &str,
     expect_status: u16,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     let host = match target {
         SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
@@ -303,7 +344,7 @@ async fn http_exchange(
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| io_detail(&e))?;
+        .map_err(io_failure)?;
 
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
@@ -312,24 +353,23 @@ async fn http_exchange(
             break end;
         }
         if buf.len() >= MAX_STATUS_LINE {
-            return Err("malformed HTTP response".to_owned());
+            return Err("malformed HTTP response".into());
         }
-        let n = stream.read(&mut chunk).await.map_err(|e| io_detail(&e))?;
+        let n = stream.read(&mut chunk).await.map_err(io_failure)?;
         if n == 0 {
             if buf.is_empty() {
-                return Err("connection closed without a response".to_owned());
+                return Err("connection closed without a response".into());
             }
             // Lenient: a server that closes right after an unterminated status line still answered.
             break buf.len();
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let status =
-        parse_status_line(&buf[..line_end]).ok_or_else(|| "malformed HTTP response".to_owned())?;
+    let status = parse_status_line(&buf[..line_end]).ok_or("malformed HTTP response")?;
     if status == expect_status {
         Ok(format!("HTTP {status}"))
     } else {
-        Err(format!("HTTP {status} (want {expect_status})"))
+        Err(format!("HTTP {status} (want {expect_status})").into())
     }
 }
 
@@ -369,6 +409,12 @@ fn io_detail(e: &io::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+mod exec;
+mod failure;
+mod udp;
+
+use failure::{Failure, io_failure};
 
 #[cfg(test)]
 mod tests;

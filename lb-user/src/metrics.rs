@@ -2,7 +2,7 @@
 //! server (one GET per connection) on the configured, by default loopback,
 //! address.
 
-use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr, sync::atomic::AtomicU64, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -15,7 +15,8 @@ use lb_common::{
     counters::{Counter, CounterTable, Family, Metric},
 };
 
-use crate::api::{BackendStatus, ClientsCounted, VipStatus};
+use crate::api::{BackendStatus, ClientsCounted, LocalErrors, VipStatus};
+use crate::conncap::ConnectionCap;
 
 /// Renders the exposition text from a status snapshot, the passed-frame
 /// counters and when the clients were counted (None: not yet).
@@ -179,8 +180,20 @@ fn reasons<S: CounterTable>(family: &Family) -> Vec<(&'static str, &'static Coun
         .collect()
 }
 
+/// Scrapes served at once; more connections are closed at once. Prometheus
+/// scrapes one at a time.
+const MAX_METRICS_CONNECTIONS: usize = 32;
+/// A scraper sends its request as soon as it is connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A scraper that does not read the answer is not waited for longer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Metrics connections closed at once because the cap was reached.
+pub(crate) static REFUSED: AtomicU64 = AtomicU64::new(0);
+
 /// Serves `/metrics`; each scrape asks the main loop for fresh text.
 pub async fn serve(listener: TcpListener, to_main: mpsc::Sender<oneshot::Sender<String>>) {
+    let mut cap = ConnectionCap::new("metrics", MAX_METRICS_CONNECTIONS, &REFUSED);
     loop {
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -189,11 +202,14 @@ pub async fn serve(listener: TcpListener, to_main: mpsc::Sender<oneshot::Sender<
                 continue;
             }
         };
+        let Some(permit) = cap.admit() else {
+            continue;
+        };
         let to_main = to_main.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = [0u8; 2048];
-            let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+            let Ok(Ok(n)) = tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut buf)).await
             else {
                 return;
             };
@@ -216,9 +232,30 @@ pub async fn serve(listener: TcpListener, to_main: mpsc::Sender<oneshot::Sender<
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = tokio::time::timeout(REPLY_TIMEOUT, stream.write_all(resp.as_bytes())).await;
         });
     }
+}
+
+/// The daemon's own problems (see `api::LocalErrors`), appended to `out`.
+pub fn render_local_errors(out: &mut String, l: &LocalErrors) {
+    family(
+        out,
+        "local_check_errors_total",
+        "counter",
+        "Health checks that could not run for a reason of this host's (out of descriptors, memory or local ports); they count for no backend.",
+        [(String::new(), l.checks as f64)],
+    );
+    family(
+        out,
+        "refused_connections_total",
+        "counter",
+        "Connections closed at once because their listener had as many open as it serves.",
+        [
+            ("listener=\"metrics\"".to_owned(), l.refused_metrics as f64),
+            ("listener=\"control\"".to_owned(), l.refused_control as f64),
+        ],
+    );
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -482,3 +519,6 @@ mod tests {
         assert!(!render(&[], &[], None).contains("clients_counted"));
     }
 }
+
+#[cfg(test)]
+mod serve_tests;

@@ -3,6 +3,7 @@
 
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -33,6 +34,9 @@ pub struct Daemon {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// `RLIMIT_NOFILE` (soft and hard) the daemon is started with; `None`:
+    /// this process's.
+    pub nofile: Option<u64>,
     runs: u32,
 }
 
@@ -40,6 +44,18 @@ impl Daemon {
     /// Writes `config_text` and starts `stickylb run` in the LB namespace;
     /// returns once the control socket answers.
     pub fn start(topo: &Topology, bin: &Path, config_text: &str, args: &[&str]) -> Result<Self> {
+        Self::start_limited(topo, bin, config_text, args, None)
+    }
+
+    /// `start`, with soft and hard `RLIMIT_NOFILE` set to `nofile`: a
+    /// daemon that cannot raise its descriptor limit.
+    pub fn start_limited(
+        topo: &Topology,
+        bin: &Path,
+        config_text: &str,
+        args: &[&str],
+        nofile: Option<u64>,
+    ) -> Result<Self> {
         let config = topo.tmp.join("stickylb.toml");
         fs::write(&config, config_text).map_err(|e| e.to_string())?;
         let mut d = Self {
@@ -48,6 +64,7 @@ impl Daemon {
             config,
             socket: topo.control_socket(),
             log: topo.tmp.join("daemon.log"),
+            nofile,
             runs: 0,
         };
         d.restart(topo, args)?;
@@ -62,9 +79,25 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .map_err(|e| e.to_string())?;
-        let child = topo
-            .lb
-            .command(&self.bin)
+        let mut cmd = topo.lb.command(&self.bin);
+        if let Some(n) = self.nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches nothing but
+            // the child's own limits; nsenter passes them on to the daemon.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd
             .arg("run")
             .arg("-c")
             .arg(&self.config)

@@ -189,6 +189,33 @@ pub struct StatusReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients_counted: Option<ClientsCounted>,
     pub vips: Vec<VipStatus>,
+    /// The daemon's own problems, which it does not blame on any backend.
+    /// Absent from older daemons.
+    #[serde(default)]
+    pub local_errors: LocalErrors,
+}
+
+/// What went wrong on the daemon's side: health checks that could not run
+/// (out of descriptors, memory or local ports: the backends keep their
+/// state meanwhile), and connections closed at once because their listener
+/// had as many open as it allows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalErrors {
+    /// Health checks that could not be made since the start.
+    pub checks: u64,
+    /// The last such check's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_error: Option<String>,
+    /// Metrics connections refused over the cap.
+    pub refused_metrics: u64,
+    /// Control connections refused over the cap.
+    pub refused_control: u64,
+}
+
+impl LocalErrors {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// The walk of the affinity table that counted the backends' clients: it
@@ -372,6 +399,10 @@ pub struct ReloadReply {
     /// the daemon's restart).
     #[serde(default)]
     pub plan: PlanReport,
+    /// What is allowed but probably wrong in the new file (e.g. a UDP VIP
+    /// checked by TCP only), each with its fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What a change of the desired state does (a reload, or a live CLI

@@ -83,6 +83,7 @@ fn status() -> StatusReply {
                 },
             ],
         }],
+        local_errors: Default::default(),
     }
 }
 
@@ -178,6 +179,7 @@ fn every_reply_round_trips() {
         diff: plan.to_string(),
         needs_restart: vec!["interface".into()],
         plan,
+        warnings: vec!["vip \"dns\" health.kind: a UDP VIP, but ...".into()],
     });
 }
 
@@ -194,6 +196,7 @@ fn status_json_shape() {
             "attached",
             "config",
             "interface",
+            "local_errors",
             "passed",
             "pid",
             "pin_path",
@@ -202,6 +205,10 @@ fn status_json_shape() {
         ]
     );
     assert_eq!(v["attached"], "generic (skb) mode");
+    assert_eq!(
+        v["local_errors"],
+        serde_json::json!({"checks": 0, "refused_metrics": 0, "refused_control": 0})
+    );
     assert_eq!(v["passed"]["pass_not_vip"], 7);
     let vip = &v["vips"][0];
     // Counters are flattened into the VIP and backend objects.
@@ -216,6 +223,7 @@ fn status_json_shape() {
             diff: "no changes".into(),
             needs_restart: Vec::new(),
             plan: PlanReport::default(),
+            warnings: Vec::new(),
         })
         .unwrap(),
         json!({"changed": false, "diff": "no changes", "needs_restart": [],

@@ -82,6 +82,9 @@ fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
 fn check(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = config_path(cli)?;
     let cfg = Config::load_for_this_machine(path)?;
+    for w in cfg.health_warnings() {
+        eprintln!("warning: {w}");
+    }
     let backends: usize = cfg.vips.iter().map(|v| v.backends.len()).sum();
     writeln!(
         out,

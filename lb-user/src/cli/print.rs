@@ -69,6 +69,22 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
             fmt_millis(c.walk_ms)
         )?;
     }
+    let l = &s.local_errors;
+    if l.checks > 0 {
+        writeln!(
+            out,
+            "local errors: {} health checks could not run (last: {}); backends kept their state",
+            l.checks,
+            l.last_check_error.as_deref().unwrap_or("?")
+        )?;
+    }
+    if l.refused_metrics + l.refused_control > 0 {
+        writeln!(
+            out,
+            "connections refused over the cap: {} metrics, {} control",
+            l.refused_metrics, l.refused_control
+        )?;
+    }
     for v in &s.vips {
         writeln!(out)?;
         writeln!(
@@ -182,6 +198,9 @@ fn flows(out: &mut dyn Write, reply: &FlowsReply) -> anyhow::Result<()> {
 
 fn reload(out: &mut dyn Write, r: &ReloadReply) -> anyhow::Result<()> {
     writeln!(out, "reloaded: {}", r.diff)?;
+    for w in &r.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     Ok(())
 }
 
@@ -238,6 +257,7 @@ mod tests {
             passed: Default::default(),
             clients_counted: None,
             vips: vec![vip()],
+            local_errors: Default::default(),
         };
         let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
         let lines: Vec<&str> = text.lines().collect();
@@ -257,6 +277,42 @@ mod tests {
         assert!(
             text.starts_with("VIP web 192.0.2.10:80/tcp\n  BACKEND"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn status_names_local_errors_only_when_there_are_some() {
+        let mut s = StatusReply {
+            pid: 42,
+            interface: "eth0".into(),
+            attached: crate::api::AttachState::Adopted,
+            config: "/etc/stickylb.toml".into(),
+            pin_path: "/sys/fs/bpf/stickylb".into(),
+            uptime_s: 9,
+            passed: Default::default(),
+            clients_counted: None,
+            vips: vec![],
+            local_errors: Default::default(),
+        };
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        assert!(
+            !text.contains("local errors") && !text.contains("refused"),
+            "{text}"
+        );
+        s.local_errors = crate::api::LocalErrors {
+            checks: 3,
+            last_check_error: Some("Too many open files (os error 24)".into()),
+            refused_metrics: 7,
+            refused_control: 0,
+        };
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "local errors: 3 health checks could not run (last: Too many open files (os error 24)); backends kept their state",
+                "connections refused over the cap: 7 metrics, 0 control",
+            ]
         );
     }
 
@@ -295,6 +351,12 @@ mod tests {
         );
         let r = json!({"changed": false, "diff": "no changes", "needs_restart": []});
         assert_eq!(printed(&Query::Reload, r), "reloaded: no changes\n");
+        let r = json!({"changed": true, "diff": "VIP dns added", "needs_restart": [],
+            "warnings": ["vip \"dns\" health.kind: a UDP VIP, but ..."]});
+        assert_eq!(
+            printed(&Query::Reload, r),
+            "reloaded: VIP dns added\nwarning: vip \"dns\" health.kind: a UDP VIP, but ...\n"
+        );
         let drain = Query::Backend {
             action: BackendAction::Drain {
                 vip: "web".into(),
@@ -345,6 +407,7 @@ mod tests {
                 entries: 1_000_000,
             }),
             vips: vec![vip()],
+            local_errors: Default::default(),
         };
         let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
         assert_eq!(

@@ -158,6 +158,15 @@ pub struct HealthConfig {
     pub path: String,
     /// HTTP only.
     pub expect_status: u16,
+    /// UDP only: the datagram sent (as UTF-8 bytes).
+    pub payload: String,
+    /// UDP only: what the reply must contain; `None`: any reply passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// Exec only: the program (an absolute path) and its arguments, run
+    /// without a shell.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +177,11 @@ pub enum CheckKind {
     Tcp,
     /// An HTTP/1.0 GET of `path` (with a Host header), expecting `expect_status`.
     Http,
+    /// A datagram (`payload`) that must be answered (by a reply holding
+    /// `expect`, if set).
+    Udp,
+    /// A command (`command`) that must exit with status 0.
+    Exec,
 }
 
 /// One thing wrong with a configuration.
@@ -268,6 +282,9 @@ impl Default for HealthConfig {
             port: None,
             path: "/".to_owned(),
             expect_status: 200,
+            payload: String::new(),
+            expect: None,
+            command: Vec::new(),
         }
     }
 }
@@ -322,6 +339,8 @@ impl fmt::Display for CheckKind {
         f.write_str(match self {
             Self::Tcp => "tcp",
             Self::Http => "http",
+            Self::Udp => "udp",
+            Self::Exec => "exec",
         })
     }
 }

@@ -95,6 +95,9 @@ struct RawHealth {
     port: Option<u16>,
     path: Option<String>,
     expect_status: Option<u16>,
+    payload: Option<String>,
+    expect: Option<String>,
+    command: Option<Vec<String>>,
 }
 
 impl RawHealth {
@@ -108,6 +111,9 @@ impl RawHealth {
             port: self.port.or(base.port),
             path: self.path.clone().unwrap_or_else(|| base.path.clone()),
             expect_status: self.expect_status.unwrap_or(base.expect_status),
+            payload: self.payload.clone().unwrap_or_else(|| base.payload.clone()),
+            expect: self.expect.clone().or_else(|| base.expect.clone()),
+            command: self.command.clone().unwrap_or_else(|| base.command.clone()),
         }
     }
 }

@@ -10,11 +10,13 @@ use lb_common::{
 };
 
 use super::{
-    BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_PATH, HealthConfig, MAX_WEIGHT,
-    Problem, Problems, Protocol, VipConfig,
+    BackendConfig, CheckKind, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_PATH, HealthConfig,
+    MAX_WEIGHT, Problem, Problems, Protocol, VipConfig,
 };
 use crate::fmt::{fmt_duration, fmt_mac};
 
+#[cfg(test)]
+mod probe_tests;
 #[cfg(test)]
 mod tests;
 
@@ -466,5 +468,85 @@ fn health_problems(h: &HealthConfig) -> Vec<(&'static str, String)> {
             ),
         ));
     }
+    out.extend(probe_problems(h));
     out
+}
+
+/// A UDP datagram over IPv4 carries at most this much.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// The fields of the UDP and exec checks. Like `path`, they are checked
+/// whatever the kind, where they were written; only a missing command is a
+/// problem of the kind that needs it.
+fn probe_problems(h: &HealthConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if h.payload.len() > MAX_UDP_PAYLOAD {
+        out.push((
+            "health.payload",
+            format!(
+                "is {} bytes: a UDP datagram holds at most {MAX_UDP_PAYLOAD}",
+                h.payload.len()
+            ),
+        ));
+    }
+    match h.command.first() {
+        None if h.kind == CheckKind::Exec => out.push((
+            "health.command",
+            "is empty: kind = \"exec\" runs a command, e.g. \
+             command = [\"/usr/local/bin/check-backend\", \"--quiet\"]"
+                .to_owned(),
+        )),
+        None => {}
+        Some(program) if !program.starts_with('/') => out.push((
+            "health.command",
+            format!(
+                "{program:?} is not an absolute path: give the program's full path (no \
+                 shell or PATH search is used; for shell syntax run [\"/bin/sh\", \"-c\", \
+                 \"...\"])"
+            ),
+        )),
+        Some(_) => {}
+    }
+    if h.command.iter().any(|a| a.contains('\0')) {
+        out.push((
+            "health.command",
+            "has a NUL character, which no program argument can hold".to_owned(),
+        ));
+    }
+    out
+}
+
+impl Config {
+    /// What is allowed but probably wrong about the health checks: a UDP
+    /// VIP whose backends are checked by TCP or HTTP only, so a dead UDP
+    /// service is never noticed. `stickylb check`, `run` and `reload` log them.
+    pub fn health_warnings(&self) -> Vec<Problem> {
+        let mut out = Problems::default();
+        for (i, vip) in self.vips.iter().enumerate() {
+            if vip.protocol != Protocol::Udp {
+                continue;
+            }
+            let stream_checked: Vec<_> = vip
+                .backends
+                .iter()
+                .filter(|b| matches!(b.health.kind, CheckKind::Tcp | CheckKind::Http))
+                .collect();
+            let Some(first) = stream_checked.first() else {
+                continue;
+            };
+            let kind = first.health.kind;
+            out.push(
+                format!("{} health.kind", vip_label(i, &vip.name)),
+                format!(
+                    "a UDP VIP, but {} of its {} backends are checked by {kind} only: a \
+                     backend whose UDP service dies stays up and its clients get no answer; \
+                     check the service itself with kind = \"udp\" (and payload = \"...\", \
+                     expect = \"...\") or kind = \"exec\" in [vip.health]",
+                    stream_checked.len(),
+                    vip.backends.len()
+                ),
+            );
+        }
+        out.0
+    }
 }

@@ -11,6 +11,7 @@ fn result(ok: bool, detail: &str) -> Outcome {
         ok,
         latency: Duration::from_millis(1),
         detail: detail.to_owned(),
+        local: false,
     }
 }
 

@@ -150,8 +150,18 @@ fn health_summary(h: &crate::config::HealthConfig) -> String {
     if let Some(port) = h.port {
         out += &format!(", port {port}");
     }
-    if h.kind == crate::config::CheckKind::Http {
-        out += &format!(", path {}, expect {}", h.path, h.expect_status);
+    match h.kind {
+        crate::config::CheckKind::Http => {
+            out += &format!(", path {}, expect {}", h.path, h.expect_status);
+        }
+        crate::config::CheckKind::Udp => {
+            out += &format!(", payload {:?}", h.payload);
+            if let Some(e) = &h.expect {
+                out += &format!(", expect {e:?}");
+            }
+        }
+        crate::config::CheckKind::Exec => out += &format!(", command {:?}", h.command),
+        crate::config::CheckKind::Tcp => {}
     }
     out + ")"
 }

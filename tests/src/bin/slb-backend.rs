@@ -8,6 +8,11 @@
 //! what stickiness is there to prevent. With `--redis` the counters live in
 //! Redis instead and survive a move.
 //!
+//! With `--udp` it also answers UDP datagrams on each address given, with
+//! its name and the datagram (`backend-1 ping`): a UDP service for UDP VIPs.
+//! Each address is bound on its own (the VIP and the backend's address, say)
+//! so a reply leaves from the address the datagram was sent to.
+//!
 //! std only, so that it builds wherever the tests build and starts fast.
 
 use std::collections::HashMap;
@@ -18,7 +23,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::hash::BuildHasher;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +32,7 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "usage: slb-backend --name NAME [--listen ADDR:PORT (default 0.0.0.0:80)] \
-                     [--redis ADDR:PORT] [--ready-file PATH]";
+                     [--redis ADDR:PORT] [--udp ADDR:PORT[,ADDR:PORT...]] [--ready-file PATH]";
 
 /// Larger heads are refused with 431 rather than buffered.
 const MAX_HEAD: usize = 16 * 1024;
@@ -50,6 +55,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for addr in &args.udp {
+        match UdpSocket::bind(addr) {
+            Ok(socket) => {
+                let name = args.name.clone();
+                thread::spawn(move || serve_udp(&socket, &name));
+            }
+            Err(e) => {
+                eprintln!("slb-backend: bind udp {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let listener = match TcpListener::bind(args.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -92,6 +109,7 @@ struct Args {
     name: String,
     listen: SocketAddr,
     redis: Option<String>,
+    udp: Vec<SocketAddr>,
     ready_file: Option<PathBuf>,
 }
 
@@ -99,6 +117,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
     let mut name = None;
     let mut listen = None;
     let mut redis = None;
+    let mut udp = None;
     let mut ready_file = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -116,6 +135,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
             "--name" => &mut name,
             "--listen" => &mut listen,
             "--redis" => &mut redis,
+            "--udp" => &mut udp,
             "--ready-file" => &mut ready_file,
             _ => return Err(format!("unknown argument {flag:?}")),
         };
@@ -154,10 +174,21 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
             return Err(format!("--redis {r:?}: not an ADDR:PORT"));
         }
     }
+    let udp = match udp {
+        Some(list) => list
+            .split(',')
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| format!("--udp {a:?}: {e} (want ADDR:PORT[,ADDR:PORT...])"))
+            })
+            .collect::<Result<Vec<SocketAddr>, String>>()?,
+        None => Vec::new(),
+    };
     Ok(Cli::Run(Args {
         name,
         listen,
         redis,
+        udp,
         ready_file: ready_file.map(PathBuf::from),
     }))
 }
@@ -231,6 +262,26 @@ fn serve(listener: TcpListener, config: Arc<Config>) {
             Err(e) => {
                 eprintln!("slb-backend: accept: {e}");
                 // Out of descriptors fails again at once: don't spin on it.
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Answers every datagram with the backend's name and the datagram itself.
+fn serve_udp(socket: &UdpSocket, name: &str) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                let mut reply = format!("{name} ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                if let Err(e) = socket.send_to(&reply, peer) {
+                    eprintln!("slb-backend: udp send to {peer}: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("slb-backend: udp receive: {e}");
                 thread::sleep(Duration::from_millis(50));
             }
         }
@@ -762,6 +813,7 @@ mod tests {
         assert_eq!(a.name, "b1");
         assert_eq!(a.listen, "0.0.0.0:80".parse().unwrap());
         assert_eq!((a.redis, a.ready_file), (None, None));
+        assert!(a.udp.is_empty());
 
         let Ok(Cli::Run(a)) = args(&[
             "--listen=127.0.0.1:8080",
@@ -771,9 +823,18 @@ mod tests {
             "10.0.0.1:6379",
             "--ready-file",
             "/tmp/r",
+            "--udp",
+            "10.0.0.2:53,127.0.0.1:5353",
         ]) else {
             panic!()
         };
+        assert_eq!(
+            a.udp,
+            vec![
+                "10.0.0.2:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
         assert_eq!(a.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(a.redis.as_deref(), Some("10.0.0.1:6379"));
         assert_eq!(a.ready_file, Some(PathBuf::from("/tmp/r")));
@@ -787,6 +848,7 @@ mod tests {
             &["--name", "a b"],
             &["--name", "a", "--listen", "nope"],
             &["--name", "a", "--redis", "10.0.0.1"],
+            &["--name", "a", "--udp", "10.0.0.1:53,nope"],
             &["--name", "a", "--bogus"],
             &["stray"],
         ] {
