@@ -24,7 +24,7 @@ use crate::{
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
     health::{self, CheckSpec, CheckerHandle, Probe, State},
-    lb::Lb,
+    lb::{BackendSerial, Lb},
     metrics, neigh, netdev,
 };
 
@@ -42,14 +42,15 @@ pub struct RunOptions {
 struct Checker {
     _handle: CheckerHandle,
     /// Tells this checker's events from those a replaced checker of the same
-    /// backend id left queued.
+    /// backend left queued.
     generation: u64,
     target: SocketAddr,
     cfg: HealthConfig,
 }
 
-/// What a checker's events are keyed by: backend id and checker generation.
-type CheckKey = (u32, u64);
+/// What a checker's events are keyed by: the backend's serial (never reused,
+/// unlike its id) and the checker's generation.
+type CheckKey = (BackendSerial, u64);
 
 fn spec(cfg: &HealthConfig) -> CheckSpec {
     CheckSpec {
@@ -73,7 +74,7 @@ struct Daemon {
     opts: RunOptions,
     attached: Attached,
     started: Instant,
-    checkers: HashMap<u32, Checker>,
+    checkers: HashMap<BackendSerial, Checker>,
     checker_generation: u64,
     health_tx: mpsc::Sender<health::Event<CheckKey>>,
 }
@@ -87,29 +88,29 @@ impl Daemon {
             for b in &v.backends {
                 let port = b.health_cfg.port.unwrap_or(b.addr.port());
                 let target = SocketAddr::V4(SocketAddrV4::new(*b.addr.ip(), port));
-                wanted.insert(b.id, (target, b.health_cfg.clone(), b.health));
+                wanted.insert(b.serial, (target, b.health_cfg.clone(), b.health));
             }
         }
-        self.checkers.retain(|id, c| {
+        self.checkers.retain(|serial, c| {
             wanted
-                .get(id)
+                .get(serial)
                 .is_some_and(|(t, cfg, _)| *t == c.target && *cfg == c.cfg)
         });
-        for (id, (target, cfg, state)) in wanted {
-            if self.checkers.contains_key(&id) {
+        for (serial, (target, cfg, state)) in wanted {
+            if self.checkers.contains_key(&serial) {
                 continue;
             }
             self.checker_generation += 1;
             let generation = self.checker_generation;
             let handle = health::spawn(
-                (id, generation),
+                (serial, generation),
                 target,
                 spec(&cfg),
                 state,
                 self.health_tx.clone(),
             );
             self.checkers.insert(
-                id,
+                serial,
                 Checker {
                     _handle: handle,
                     generation,
@@ -121,12 +122,18 @@ impl Daemon {
     }
 
     fn on_health(&mut self, ev: health::Event<CheckKey>) {
-        let (id, generation) = ev.key;
-        // A backend id is reused as soon as it is free: a result of the
-        // checker it had before says nothing about the backend it has now.
-        if self.checkers.get(&id).map(|c| c.generation) != Some(generation) {
+        let (serial, generation) = ev.key;
+        // A result of a checker since replaced (new target or settings)
+        // says nothing about the backend as it is now.
+        if self.checkers.get(&serial).map(|c| c.generation) != Some(generation) {
             return;
         }
+        // By the backend's id as it is now: ids are reused as soon as they
+        // are free, so the id is looked up at every result, never kept.
+        let Some((vi, bi)) = self.lb.find_serial(serial) else {
+            return;
+        };
+        let id = self.lb.vips()[vi].backends[bi].id;
         self.lb.record_check(id, ev.outcome);
         if let Some(t) = ev.transition {
             // A passing check has just made the kernel resolve the backend's

@@ -188,6 +188,12 @@ impl<M: Maps> Lb<M> {
         let info = self.vip_info(vp.id, cfg, w.ring_base);
         let key = w.spec.key();
         write_empty_table(&mut self.maps, w.ring_base, cfg.table_size)?;
+        let backends = vp
+            .backends
+            .iter()
+            .zip(&w.spec.backends)
+            .map(|(b, spec)| Backend::new(b.id, self.serials.next(), spec))
+            .collect();
         let mut v = Vip {
             name: vp.name.clone(),
             id: vp.id,
@@ -196,12 +202,7 @@ impl<M: Maps> Lb<M> {
             cfg: cfg.clone(),
             table: vec![NO_BACKEND; cfg.table_size as usize],
             table_current: false,
-            backends: vp
-                .backends
-                .iter()
-                .zip(&w.spec.backends)
-                .map(|(b, spec)| Backend::new(b.id, spec))
-                .collect(),
+            backends,
         };
         for b in &v.backends {
             self.maps.set_backend(b.id, b.info(v.id))?;
@@ -269,7 +270,7 @@ impl<M: Maps> Lb<M> {
                     b
                 }
                 BackendChange::Added => {
-                    let b = Backend::new(bp.id, spec);
+                    let b = Backend::new(bp.id, self.serials.next(), spec);
                     written = self.maps.set_backend(b.id, b.info(v.id));
                     if written.is_err() {
                         // Not added: no entry, so not in the books either.

@@ -34,7 +34,7 @@ pub use self::{
     apply::ApplyReport,
     maps::Maps,
     plan::Plan,
-    state::{Backend, BackendSpec, Vip, VipSpec},
+    state::{Backend, BackendSerial, BackendSpec, Vip, VipSpec},
 };
 pub use crate::api::{
     BackendChange, BackendState, BackendStatus, FlowEntry, LookupResult, MacSource, PlanReport,
@@ -77,6 +77,7 @@ pub struct Lb<M: Maps = Dataplane> {
     /// Bumped by every change, so a plan is applied only to the state it
     /// was made against.
     generation: u64,
+    serials: state::Serials,
 }
 
 impl<M: Maps> Lb<M> {
@@ -105,6 +106,7 @@ impl<M: Maps> Lb<M> {
             hash_seed: cfg.hash_seed,
             vips: Vec::new(),
             generation: 0,
+            serials: state::Serials::default(),
         };
         lb.adopt(cfg)?;
         Ok(lb)
@@ -137,7 +139,7 @@ impl<M: Maps> Lb<M> {
                     let addr =
                         SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port));
                     let bspec = spec.backends.iter().find(|s| s.addr() == addr)?;
-                    let mut be = Backend::new(id, bspec);
+                    let mut be = Backend::new(id, self.serials.next(), bspec);
                     // The MAC in use stays in use until the neighbour table
                     // says otherwise (a configured one wins, as always).
                     if be.mac.is_none() && b.mac != [0; 6] {
@@ -253,6 +255,16 @@ impl<M: Maps> Lb<M> {
             v.backends
                 .iter()
                 .position(|b| b.id == id)
+                .map(|bi| (vi, bi))
+        })
+    }
+
+    /// Position of the backend with this serial: (VIP index, backend index).
+    pub fn find_serial(&self, serial: BackendSerial) -> Option<(usize, usize)> {
+        self.vips.iter().enumerate().find_map(|(vi, v)| {
+            v.backends
+                .iter()
+                .position(|b| b.serial == serial)
                 .map(|bi| (vi, bi))
         })
     }

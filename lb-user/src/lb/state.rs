@@ -12,9 +12,36 @@ use crate::{
     health::{Outcome, State},
 };
 
+/// A backend's identity for as long as the daemon runs. Its `id` (its index
+/// in the data path's maps) is reused as soon as it is free, so within one
+/// change a backend may take the id of another that left; the serial is
+/// never reused, so what is keyed by it (its checker, and the checker's
+/// results) cannot pass to another backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendSerial(u64);
+
+impl std::fmt::Display for BackendSerial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Hands out serials: one source per `Lb`.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Serials(u64);
+
+impl Serials {
+    pub(super) fn next(&mut self) -> BackendSerial {
+        self.0 += 1;
+        BackendSerial(self.0)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Backend {
     pub id: u32,
+    /// Never shared with another backend, unlike `id`.
+    pub serial: BackendSerial,
     pub addr: SocketAddrV4,
     /// Weight in effect (config, or a live `backend weight` change).
     pub weight: u32,
@@ -32,10 +59,11 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub(super) fn new(id: u32, spec: &BackendSpec) -> Self {
+    pub(super) fn new(id: u32, serial: BackendSerial, spec: &BackendSpec) -> Self {
         let cfg = &spec.cfg;
         Self {
             id,
+            serial,
             addr: SocketAddrV4::new(cfg.address, cfg.port),
             weight: cfg.weight,
             drained: spec.drained,

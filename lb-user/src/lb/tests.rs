@@ -526,3 +526,40 @@ fn adoption_rebuilds_a_table_that_names_a_backend_gone_from_the_file() {
     assert!(lb.vips()[0].table.iter().all(|&s| s != gone));
     assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
 }
+
+/// A backend moved to another VIP takes back its old id (the lowest free
+/// one), but it is another backend: a new serial, so nothing keyed by the
+/// old one's (its checker) passes to it.
+#[test]
+fn a_backend_that_takes_a_freed_id_gets_a_new_serial() {
+    let before = config(&[
+        ("web", 80, 251, &[(10, 1), (11, 1)]),
+        ("api", 81, 251, &[(12, 1)]),
+    ]);
+    let mut lb = started(&before);
+    let serial_of = |lb: &Lb<FakeMaps>, vip: &str, octet: u8| {
+        let v = &lb.vips()[lb.vip_index(vip).unwrap()];
+        v.backends
+            .iter()
+            .find(|b| b.addr == addr(octet))
+            .unwrap()
+            .serial
+    };
+    let (moved_id, moved_serial) = (id_of(&lb, "web", 11), serial_of(&lb, "web", 11));
+    let kept = serial_of(&lb, "web", 10);
+    let after = config(&[
+        ("web", 80, 251, &[(10, 1)]),
+        ("api", 81, 251, &[(12, 1), (11, 1)]),
+    ]);
+    lb.apply_config(&after).unwrap();
+    assert_eq!(id_of(&lb, "api", 11), moved_id, "the freed id is reused");
+    assert_ne!(serial_of(&lb, "api", 11), moved_serial);
+    assert_eq!(lb.find_serial(moved_serial), None);
+    assert_eq!(
+        serial_of(&lb, "web", 10),
+        kept,
+        "a kept backend keeps its serial"
+    );
+    let (vi, bi) = lb.find_serial(serial_of(&lb, "api", 11)).unwrap();
+    assert_eq!(lb.vips()[vi].backends[bi].health, None, "not checked yet");
+}
