@@ -18,7 +18,7 @@ use tokio::{
 use crate::{
     api::{
         AttachState, BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply,
-        ReloadReply, StatusReply,
+        ReloadReply, StatusReply, VipStatus,
     },
     config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
     control::{self, Envelope, Reply, Request},
@@ -40,7 +40,7 @@ pub struct RunOptions {
 /// One running checker, and what it was started with (to know when a reload
 /// must restart it).
 struct Checker {
-    _handle: CheckerHandle,
+    handle: CheckerHandle,
     /// Tells this checker's events from those a replaced checker of the same
     /// backend left queued.
     generation: u64,
@@ -88,31 +88,34 @@ impl Daemon {
             for b in &v.backends {
                 let port = b.health_cfg.port.unwrap_or(b.addr.port());
                 let target = SocketAddr::V4(SocketAddrV4::new(*b.addr.ip(), port));
-                wanted.insert(b.serial, (target, b.health_cfg.clone(), b.health));
+                let label = format!("{}: backend {}", v.name, b.addr);
+                wanted.insert(b.serial, (target, b.health_cfg.clone(), b.health, label));
             }
         }
         self.checkers.retain(|serial, c| {
             wanted
                 .get(serial)
-                .is_some_and(|(t, cfg, _)| *t == c.target && *cfg == c.cfg)
+                .is_some_and(|(t, cfg, ..)| *t == c.target && *cfg == c.cfg)
         });
-        for (serial, (target, cfg, state)) in wanted {
+        for (serial, (target, cfg, state, label)) in wanted {
             if self.checkers.contains_key(&serial) {
                 continue;
             }
             self.checker_generation += 1;
             let generation = self.checker_generation;
-            let handle = health::spawn(
+            let handle = health::spawn_with(
                 (serial, generation),
+                label,
                 target,
                 spec(&cfg),
                 state,
                 self.health_tx.clone(),
+                health::real_probe(),
             );
             self.checkers.insert(
                 serial,
                 Checker {
-                    _handle: handle,
+                    handle,
                     generation,
                     target,
                     cfg,
@@ -221,7 +224,7 @@ impl Daemon {
                 pin_path: self.cfg.pin_path.clone(),
                 uptime_s: self.started.elapsed().as_secs(),
                 passed: self.passed()?,
-                vips: self.lb.status()?,
+                vips: self.vip_status()?,
             }),
             Request::Lookup { client, vip } => {
                 let client = ipv4_client(client)?;
@@ -290,8 +293,25 @@ impl Daemon {
             .collect())
     }
 
+    /// The VIPs' status, with what only the daemon knows: its checkers'.
+    fn vip_status(&self) -> anyhow::Result<Vec<VipStatus>> {
+        let mut vips = self.lb.status()?;
+        for v in &mut vips {
+            let running = self.lb.vips().iter().find(|lv| lv.name == v.name);
+            for b in &mut v.backends {
+                let serial = running
+                    .and_then(|lv| lv.backends.iter().find(|lb| lb.id == b.id))
+                    .map(|lb| lb.serial);
+                if let Some(c) = serial.and_then(|s| self.checkers.get(&s)) {
+                    b.checker_restarts = c.handle.restarts();
+                }
+            }
+        }
+        Ok(vips)
+    }
+
     fn metrics(&self) -> String {
-        let vips = self.lb.status().unwrap_or_default();
+        let vips = self.vip_status().unwrap_or_default();
         let counts = self.lb.maps().global_stats().unwrap_or_default();
         let global: Vec<(&str, u64)> = lb_common::global_counter::NAMES
             .iter()

@@ -202,6 +202,7 @@ mod tests {
                 clients: 0,
                 counters: Default::default(),
                 from_config: true,
+                checker_restarts: 0,
             }],
         }
     }
