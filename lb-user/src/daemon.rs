@@ -103,6 +103,8 @@ impl Daemon {
             }
             self.checker_generation += 1;
             let generation = self.checker_generation;
+            // A VIP warming up waits for this checker's first result from now.
+            self.lb.checker_started(serial, Instant::now());
             let handle = health::spawn_with(
                 (serial, generation),
                 label,
@@ -148,6 +150,13 @@ impl Daemon {
             if let Err(e) = self.lb.set_health(id, t.to, &t.reason) {
                 error!("cannot apply a health change of backend id {id}: {e}");
             }
+        }
+    }
+
+    /// A backend's first result was due: VIPs that waited for it serve.
+    fn warm_up_tick(&mut self) {
+        if let Err(e) = self.lb.warm_up_tick(Instant::now()) {
+            error!("cannot write the table of a VIP that finished warming up: {e}");
         }
     }
 
@@ -523,6 +532,7 @@ async fn serve(
             }
             Some(reply) = met_rx.recv() => { let _ = reply.send(d.metrics()); }
             _ = neigh_tick.tick() => d.refresh_macs(),
+            () = sleep_until(d.lb.warm_up_deadline()) => d.warm_up_tick(),
             _ = sighup.recv() => {
                 if let Err(e) = d.reload() {
                     error!("reload failed: {e:#}");
@@ -531,6 +541,14 @@ async fn serve(
             _ = sigterm.recv() => return Ok(d),
             _ = sigint.recv() => return Ok(d),
         }
+    }
+}
+
+/// Sleeps until `at`; for ever if `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

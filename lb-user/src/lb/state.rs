@@ -1,7 +1,7 @@
 //! What the daemon knows of each VIP and backend, beyond what the maps say:
 //! configuration, health, where a MAC came from; and the ring pool's layout.
 
-use std::net::SocketAddrV4;
+use std::{net::SocketAddrV4, time::Instant};
 
 use lb_common::{BackendInfo, RING_POOL_SIZE, VipInfo, VipKey, backend_flags};
 
@@ -56,6 +56,9 @@ pub struct Backend {
     pub reason: String,
     /// Whether the backend came from the config file (false: added live).
     pub from_config: bool,
+    /// While its VIP warms up: by when its first check result is due (it
+    /// counts as down if none has come by then).
+    pub first_result_by: Option<Instant>,
 }
 
 impl Backend {
@@ -78,6 +81,7 @@ impl Backend {
             last_check: None,
             reason: "not checked yet".into(),
             from_config: spec.from_config,
+            first_result_by: None,
         }
     }
 
@@ -139,6 +143,10 @@ pub struct Vip {
     /// or no longer alive, and must be rebuilt once).
     pub table_current: bool,
     pub backends: Vec<Backend>,
+    /// `Some(since)` while the VIP waits for its backends' first check
+    /// results: its table stays empty until then, so that no client is
+    /// pinned from a partial view of its backends.
+    pub warming_up: Option<Instant>,
 }
 
 impl Vip {
