@@ -169,9 +169,33 @@ fn assert_all_serving(
         .flat_map(|v| &v.backends)
         .filter(|b| b.state != BackendState::Up || b.slots == 0)
         .count();
+    let waited = t0.elapsed();
+    // Figures first, for a failing run too: what the clients saw.
+    let mut failures = Vec::new();
+    let mut idle = Vec::new();
+    let mut figures = Vec::new();
+    for v in &vips {
+        let answered = sweep_port(topo, &[seen, new].concat(), v.port);
+        let failed = answered.iter().filter(|a| a.is_none()).count();
+        figures.push(format!("VIP {} {failed}/{} failed", v.name, answered.len()));
+        if failed > 0 {
+            failures.push(format!("VIP {}: {answered:?}", v.name));
+        }
+        let answered = &answered[seen.len()..];
+        for b in &v.backends {
+            let i = (0..16)
+                .find(|&i| backend_addr(i) == *b.address.ip())
+                .unwrap();
+            if !answered.contains(&Some(i)) {
+                idle.push(format!("VIP {}: backend {}", v.name, b.address));
+            }
+        }
+    }
     println!(
-        "{what}: {stuck} backends not up with slots after {} ms",
-        t0.elapsed().as_millis()
+        "{what}: {stuck} backends not up with slots after {} ms; requests: {}; backends that took no new client: {}",
+        waited.as_millis(),
+        figures.join(", "),
+        idle.len()
     );
     assert!(
         up,
@@ -179,28 +203,8 @@ fn assert_all_serving(
         describe(&vips),
         d.log_text()
     );
-    for v in &vips {
-        let answered = sweep_port(topo, &[seen, new].concat(), v.port);
-        let failed = answered.iter().filter(|a| a.is_none()).count();
-        println!(
-            "{what}: VIP {}: {failed}/{} requests failed",
-            v.name,
-            answered.len()
-        );
-        assert_eq!(failed, 0, "{what}: VIP {}: {answered:?}", v.name);
-        let answered = &answered[seen.len()..];
-        for b in &v.backends {
-            let i = (0..16)
-                .find(|&i| backend_addr(i) == *b.address.ip())
-                .unwrap();
-            assert!(
-                answered.contains(&Some(i)),
-                "{what}: VIP {}: backend {} took no client: {answered:?}",
-                v.name,
-                b.address
-            );
-        }
-    }
+    assert!(failures.is_empty(), "{what}: failed requests: {failures:?}");
+    assert!(idle.is_empty(), "{what}: took no new client: {idle:?}");
 }
 
 fn reload(d: &Daemon, text: &str) {

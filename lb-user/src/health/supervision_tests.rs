@@ -164,3 +164,24 @@ fn first_results_are_due_within_the_spread_plus_the_timeout() {
         Duration::MAX
     );
 }
+
+/// The value of the report, with a real probe: the old checker panicked
+/// when it scheduled its second probe, before sending its first result.
+#[tokio::test]
+async fn the_reported_interval_does_not_kill_a_checker() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let interval = Duration::from_secs(500_000_000_000 * 31_557_600);
+    let (tx, mut rx) = mpsc::channel(16);
+    let handle = spawn(
+        (),
+        addr,
+        spec(interval, Duration::from_millis(500)),
+        None,
+        tx,
+    );
+    let first = next_event(&mut rx).await;
+    assert_eq!(first.state, Some(State::Up), "{first:?}");
+    assert_eq!(handle.restarts(), 0);
+    drop(listener);
+}
