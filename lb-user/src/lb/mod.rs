@@ -341,7 +341,9 @@ impl<M: Maps> Lb<M> {
         self.vips
             .iter()
             .filter(|v| v.warming_up.is_some())
-            .flat_map(|v| v.backends.iter().filter_map(|b| b.first_result_by))
+            .flat_map(|v| v.backends.iter())
+            .filter(|b| b.health.is_none())
+            .filter_map(|b| b.first_result_by)
             .min()
     }
 
@@ -359,26 +361,18 @@ impl<M: Maps> Lb<M> {
     /// is known (a backend whose first result was due by `now` counts as
     /// down): its table is written once, from the whole set.
     fn serve_if_warm(&mut self, vi: usize, now: Instant) -> Result<Option<RebuildReport>> {
-        let v = &mut self.vips[vi];
-        let Some(since) = v.warming_up else {
+        let Some(since) = self.vips[vi].warming_up else {
             return Ok(None);
         };
-        if v.backends
-            .iter()
-            .any(|b| b.health.is_none() && b.first_result_by.is_some_and(|t| t > now))
-        {
-            return Ok(None);
-        }
-        self.generation += 1;
         let name = self.vips[vi].name.clone();
         for bi in 0..self.vips[vi].backends.len() {
             let b = &mut self.vips[vi].backends[bi];
-            if b.health.is_none() {
-                let waited = since.elapsed();
+            if b.health.is_none() && b.first_result_by.is_some_and(|t| t <= now) {
+                self.generation += 1;
                 b.health = Some(State::Down);
                 b.reason = format!(
                     "no first check result within {} of the VIP's start: counted as down until one comes",
-                    fmt_duration(waited)
+                    fmt_duration(Duration::from_millis(since.elapsed().as_millis() as u64))
                 );
                 warn!("{name}: backend {}: {}", b.addr, b.reason);
                 b.first_result_by = None;
@@ -386,6 +380,10 @@ impl<M: Maps> Lb<M> {
             }
         }
         let v = &mut self.vips[vi];
+        if v.backends.iter().any(|b| b.health.is_none()) {
+            return Ok(None);
+        }
+        self.generation += 1;
         v.warming_up = None;
         let report = rebuild(&mut self.maps, v)?;
         let up = v.backends.iter().filter(|b| b.alive()).count();

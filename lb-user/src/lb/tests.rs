@@ -685,3 +685,33 @@ fn a_vip_added_by_reload_waits_while_the_others_serve() {
     assert!(lb.vips()[api].warming_up.is_none());
     assert_eq!(filled(&lb, api), 7);
 }
+
+#[test]
+fn an_overdue_backend_counts_as_down_while_the_vip_waits_for_another() {
+    // 192.0.2.11 may take a minute for its first result, 192.0.2.10 half
+    // a second: once .10 is overdue it is down, and the next deadline is
+    // .11's (the daemon must not wake for .10 again and again).
+    let cfg = Config::parse(
+        "interface = \"lo\"\n\
+         [[vip]]\nname = \"web\"\naddress = \"198.51.100.10\"\nport = 80\ntable_size = 251\n\
+         [[vip.backend]]\naddress = \"192.0.2.10\"\nport = 80\nmac = \"02:00:00:00:00:0a\"\n\
+         [[vip.backend]]\naddress = \"192.0.2.11\"\nport = 80\nmac = \"02:00:00:00:00:0b\"\n\
+         [vip.backend.health]\ninterval = \"2m\"\ntimeout = \"1m\"\n",
+    )
+    .unwrap();
+    let mut lb = Lb::start(FakeMaps::default(), &cfg).unwrap();
+    let first = lb.warm_up_deadline().unwrap();
+    lb.warm_up_tick(first).unwrap();
+    let v = &lb.vips()[0];
+    assert_eq!(v.backends[0].health, Some(State::Down));
+    assert!(v.warming_up.is_some(), "still waiting for .11");
+    let next = lb.warm_up_deadline().unwrap();
+    assert!(
+        next > first + std::time::Duration::from_secs(50),
+        "{next:?}"
+    );
+    lb.warm_up_tick(next).unwrap();
+    assert!(lb.vips()[0].warming_up.is_none());
+    assert_eq!(lb.warm_up_deadline(), None);
+    assert_eq!(filled(&lb, 0), 0, "nobody up: an empty table");
+}
