@@ -205,6 +205,13 @@ fn assert_all_serving(
     );
     assert!(failures.is_empty(), "{what}: failed requests: {failures:?}");
     assert!(idle.is_empty(), "{what}: took no new client: {idle:?}");
+    // Every checker is alive and has never died.
+    let status = d.call(&Request::Status).unwrap();
+    for v in status["vips"].as_array().unwrap() {
+        for b in v["backends"].as_array().unwrap() {
+            assert_eq!(b["checker_restarts"], 0, "{what}: {b}");
+        }
+    }
 }
 
 fn reload(d: &Daemon, text: &str) {
