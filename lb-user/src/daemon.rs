@@ -19,14 +19,14 @@ use tokio::{
 use crate::{
     api::{
         AttachState, BackendAdded, BackendChanged, BackendRemoved, DEFAULT_FLOWS_LIMIT,
-        LocalErrors, LookupReply, ReloadReply, StatusReply,
+        LocalErrors, LookupReply, ReloadReply, StatusReply, VipStatus,
     },
     census::{Census, Counts, FlowsJob},
     config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
     health::{self, CheckSpec, CheckerHandle, Probe, State},
-    lb::Lb,
+    lb::{BackendSerial, Lb},
     metrics, neigh, netdev,
 };
 
@@ -42,16 +42,17 @@ pub struct RunOptions {
 /// One running checker, and what it was started with (to know when a reload
 /// must restart it).
 struct Checker {
-    _handle: CheckerHandle,
+    handle: CheckerHandle,
     /// Tells this checker's events from those a replaced checker of the same
-    /// backend id left queued.
+    /// backend left queued.
     generation: u64,
     target: SocketAddr,
     cfg: HealthConfig,
 }
 
-/// What a checker's events are keyed by: backend id and checker generation.
-type CheckKey = (u32, u64);
+/// What a checker's events are keyed by: the backend's serial (never reused,
+/// unlike its id) and the checker's generation.
+type CheckKey = (BackendSerial, u64);
 
 fn spec(cfg: &HealthConfig) -> CheckSpec {
     CheckSpec {
@@ -82,7 +83,7 @@ struct Daemon {
     opts: RunOptions,
     attached: Attached,
     started: Instant,
-    checkers: HashMap<u32, Checker>,
+    checkers: HashMap<BackendSerial, Checker>,
     checker_generation: u64,
     health_tx: mpsc::Sender<health::Event<CheckKey>>,
     /// Walks the affinity table for status, metrics and flows, off the
@@ -148,31 +149,36 @@ impl Daemon {
             for b in &v.backends {
                 let port = b.health_cfg.port.unwrap_or(b.addr.port());
                 let target = SocketAddr::V4(SocketAddrV4::new(*b.addr.ip(), port));
-                wanted.insert(b.id, (target, b.health_cfg.clone(), b.health));
+                let label = format!("{}: backend {}", v.name, b.addr);
+                wanted.insert(b.serial, (target, b.health_cfg.clone(), b.health, label));
             }
         }
-        self.checkers.retain(|id, c| {
+        self.checkers.retain(|serial, c| {
             wanted
-                .get(id)
-                .is_some_and(|(t, cfg, _)| *t == c.target && *cfg == c.cfg)
+                .get(serial)
+                .is_some_and(|(t, cfg, ..)| *t == c.target && *cfg == c.cfg)
         });
-        for (id, (target, cfg, state)) in wanted {
-            if self.checkers.contains_key(&id) {
+        for (serial, (target, cfg, state, label)) in wanted {
+            if self.checkers.contains_key(&serial) {
                 continue;
             }
             self.checker_generation += 1;
             let generation = self.checker_generation;
-            let handle = health::spawn(
-                (id, generation),
+            // A VIP warming up waits for this checker's first result from now.
+            self.lb.checker_started(serial, Instant::now());
+            let handle = health::spawn_with(
+                (serial, generation),
+                label,
                 target,
                 spec(&cfg),
                 state,
                 self.health_tx.clone(),
+                health::real_probe(),
             );
             self.checkers.insert(
-                id,
+                serial,
                 Checker {
-                    _handle: handle,
+                    handle,
                     generation,
                     target,
                     cfg,
@@ -182,14 +188,20 @@ impl Daemon {
     }
 
     fn on_health(&mut self, ev: health::Event<CheckKey>) {
-        let (id, generation) = ev.key;
-        // A backend id is reused as soon as it is free: a result of the
-        // checker it had before says nothing about the backend it has now.
-        if self.checkers.get(&id).map(|c| c.generation) != Some(generation) {
+        let (serial, generation) = ev.key;
+        // A result of a checker since replaced (new target or settings)
+        // says nothing about the backend as it is now.
+        if self.checkers.get(&serial).map(|c| c.generation) != Some(generation) {
             return;
         }
+        // By the backend's id as it is now: ids are reused as soon as they
+        // are free, so the id is looked up at every result, never kept.
+        let Some((vi, bi)) = self.lb.find_serial(serial) else {
+            return;
+        };
+        let id = self.lb.vips()[vi].backends[bi].id;
         if ev.outcome.is_local_error() {
-            let target = self.checkers[&id].target;
+            let target = self.checkers[&serial].target;
             self.local_checks.record(target, &ev.outcome.detail);
             return;
         }
@@ -204,6 +216,13 @@ impl Daemon {
             if let Err(e) = self.lb.set_health(id, t.to, &t.reason) {
                 error!("cannot apply a health change of backend id {id}: {e}");
             }
+        }
+    }
+
+    /// A backend's first result was due: VIPs that waited for it serve.
+    fn warm_up_tick(&mut self) {
+        if let Err(e) = self.lb.warm_up_tick(Instant::now()) {
+            error!("cannot write the table of a VIP that finished warming up: {e}");
         }
     }
 
@@ -310,7 +329,7 @@ impl Daemon {
                     uptime_s: self.started.elapsed().as_secs(),
                     passed: self.passed()?,
                     clients_counted: counts.as_deref().map(Counts::report),
-                    vips: self.lb.status(clients_of(counts.as_deref()))?,
+                    vips: self.vip_status(counts.as_deref())?,
                     local_errors: self.local_errors(),
                 })
             }
@@ -380,12 +399,26 @@ impl Daemon {
             .collect())
     }
 
+    /// The VIPs' status, with what only the daemon knows: its checkers'.
+    fn vip_status(&self, counts: Option<&Counts>) -> anyhow::Result<Vec<VipStatus>> {
+        let mut vips = self.lb.status(clients_of(counts))?;
+        for v in &mut vips {
+            let running = self.lb.vips().iter().find(|lv| lv.name == v.name);
+            for b in &mut v.backends {
+                let serial = running
+                    .and_then(|lv| lv.backends.iter().find(|lb| lb.id == b.id))
+                    .map(|lb| lb.serial);
+                if let Some(c) = serial.and_then(|s| self.checkers.get(&s)) {
+                    b.checker_restarts = c.handle.restarts();
+                }
+            }
+        }
+        Ok(vips)
+    }
+
     fn metrics(&self) -> String {
         let clients = self.census.counts();
-        let vips = self
-            .lb
-            .status(clients_of(clients.as_deref()))
-            .unwrap_or_default();
+        let vips = self.vip_status(clients.as_deref()).unwrap_or_default();
         let counts = self.lb.maps().global_stats().unwrap_or_default();
         let global: Vec<(&str, u64)> = lb_common::global_counter::NAMES
             .iter()
@@ -617,6 +650,7 @@ async fn serve(
             Some((req, reply)) = ctl_rx.recv() => d.handle(req, reply),
             Some(reply) = met_rx.recv() => { let _ = reply.send(d.metrics()); }
             _ = neigh_tick.tick() => d.refresh_macs(),
+            () = sleep_until(d.lb.warm_up_deadline()) => d.warm_up_tick(),
             _ = sighup.recv() => {
                 if let Err(e) = d.reload() {
                     error!("reload failed: {e:#}");
@@ -625,6 +659,14 @@ async fn serve(
             _ = sigterm.recv() => return Ok(d),
             _ = sigint.recv() => return Ok(d),
         }
+    }
+}
+
+/// Sleeps until `at`; for ever if `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

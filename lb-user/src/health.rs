@@ -10,7 +10,12 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use log::error;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -194,13 +199,21 @@ pub struct Event<K> {
 #[derive(Debug)]
 #[must_use = "dropping the handle stops the checker at once"]
 pub struct CheckerHandle {
+    /// The supervisor, which owns the checker proper.
     task: JoinHandle<()>,
+    restarts: Arc<AtomicU64>,
 }
 
 impl CheckerHandle {
     /// True once the task has stopped: aborted, or its receiver closed.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+
+    /// How many times the checker died (panicked or ended) and was started
+    /// again.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 }
 
@@ -210,9 +223,23 @@ impl Drop for CheckerHandle {
     }
 }
 
-/// Spawns the checker task of one backend; it runs until the returned handle
-/// is dropped or the receiver is closed. A full channel makes the checker wait
-/// rather than drop results, so a transition is never lost.
+/// A future that can be sent to a task.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How a checker probes its target once: [`real_probe`] but in tests, which
+/// give one that can fail in ways a real target cannot make it fail.
+pub type ProbeFn = Arc<dyn Fn(SocketAddr, &Probe, Duration) -> BoxFuture<Outcome> + Send + Sync>;
+
+/// [`probe_once`], as a checker calls it.
+pub fn real_probe() -> ProbeFn {
+    Arc::new(|target, probe, timeout| {
+        let probe = probe.clone();
+        Box::pin(async move { probe_once(target, &probe, timeout).await })
+    })
+}
+
+/// Spawns the checker task of one backend, named by its target in logs;
+/// see [`spawn_with`].
 pub fn spawn<K: Clone + Send + 'static>(
     key: K,
     target: SocketAddr,
@@ -220,8 +247,129 @@ pub fn spawn<K: Clone + Send + 'static>(
     initial: Option<State>,
     tx: mpsc::Sender<Event<K>>,
 ) -> CheckerHandle {
+    spawn_with(
+        key,
+        target.to_string(),
+        target,
+        spec,
+        initial,
+        tx,
+        real_probe(),
+    )
+}
+
+/// Spawns the checker task of one backend (`label` names it in logs); it
+/// runs until the returned handle is dropped or the receiver is closed. A
+/// full channel makes the checker wait rather than drop results, so a
+/// transition is never lost. A checker that panics or ends is logged,
+/// counted ([`CheckerHandle::restarts`]) and started again after a short
+/// backoff, from the state it had reached: a backend is never left
+/// unwatched, nor flapped by the restart.
+pub fn spawn_with<K: Clone + Send + 'static>(
+    key: K,
+    label: String,
+    target: SocketAddr,
+    spec: CheckSpec,
+    initial: Option<State>,
+    tx: mpsc::Sender<Event<K>>,
+    probe: ProbeFn,
+) -> CheckerHandle {
+    let restarts = Arc::new(AtomicU64::new(0));
+    let checker = Checker {
+        key,
+        target,
+        spec,
+        state: Arc::new(Mutex::new(initial)),
+        tx,
+        probe,
+    };
     CheckerHandle {
-        task: tokio::spawn(run(key, target, spec, initial, tx)),
+        task: tokio::spawn(supervise(checker, label, restarts.clone())),
+        restarts,
+    }
+}
+
+/// The first wait before restarting a dead checker; doubled at each death
+/// in a row, up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A checker that ran this long before it died starts again from
+/// `MIN_BACKOFF`: its death is not part of a crash loop.
+const STABLE_RUN: Duration = Duration::from_secs(30);
+
+/// What a checker needs, kept by its supervisor to start it again.
+struct Checker<K> {
+    key: K,
+    target: SocketAddr,
+    spec: CheckSpec,
+    /// The state reached so far, which a restarted checker starts from.
+    state: Arc<Mutex<Option<State>>>,
+    tx: mpsc::Sender<Event<K>>,
+    probe: ProbeFn,
+}
+
+/// Aborts the task when dropped: when the supervisor is aborted, so is
+/// the checker it runs.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn supervise<K: Clone + Send + 'static>(
+    c: Checker<K>,
+    label: String,
+    restarts: Arc<AtomicU64>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let initial = *c.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut task = AbortOnDrop(tokio::spawn(run(
+            c.key.clone(),
+            c.target,
+            c.spec.clone(),
+            initial,
+            c.tx.clone(),
+            c.probe.clone(),
+            c.state.clone(),
+        )));
+        let ended = (&mut task.0).await;
+        if c.tx.is_closed() {
+            // The daemon let go of its checkers: this is how they stop.
+            return;
+        }
+        let why = match ended {
+            Ok(()) => "ended".to_owned(),
+            Err(e) if e.is_panic() => format!("panicked ({})", panic_message(e.into_panic())),
+            Err(_) => "was cancelled".to_owned(),
+        };
+        let n = restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        if started.elapsed() >= STABLE_RUN {
+            backoff = MIN_BACKOFF;
+        }
+        error!(
+            "health checker of {label} {why}; restarting it in {} ({n} restarts so far); \
+             this is a bug in stickylb, please report it",
+            fmt_duration(backoff)
+        );
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = c.tx.closed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "no message".to_owned(),
+        },
     }
 }
 
@@ -231,9 +379,11 @@ async fn run<K: Clone>(
     spec: CheckSpec,
     initial: Option<State>,
     tx: mpsc::Sender<Event<K>>,
+    probe: ProbeFn,
+    reached: Arc<Mutex<Option<State>>>,
 ) {
     let mut hysteresis = Hysteresis::new(spec.rise, spec.fall, initial, spec.probe.kind());
-    let mut next = Instant::now() + first_delay(spec.interval);
+    let mut next = later(Instant::now(), first_delay(spec.interval));
     loop {
         // Waiting on `closed()` too: a daemon that drops its receiver should not
         // have to wait up to an interval (or a timeout) for its checkers to go.
@@ -244,9 +394,9 @@ async fn run<K: Clone>(
         let started = Instant::now();
         // Scheduled from the start of the probe so that the cadence does not drift
         // by the latency; a probe that overruns only delays the next, never overlaps it.
-        next = started + jittered(spec.interval);
+        next = later(started, jittered(spec.interval));
         let outcome = tokio::select! {
-            outcome = probe_once(target, &spec.probe, spec.timeout) => outcome,
+            outcome = probe(target, &spec.probe, spec.timeout) => outcome,
             () = tx.closed() => return,
         };
         // A local error says nothing about the backend: it neither feeds
@@ -265,20 +415,42 @@ async fn run<K: Clone>(
         if tx.send(event).await.is_err() {
             return;
         }
+        *reached.lock().unwrap_or_else(PoisonError::into_inner) = hysteresis.state();
     }
+}
+
+/// `at + d`, or as far ahead as the timer goes: validation bounds every
+/// interval, but no value may make a checker panic.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).unwrap_or_else(far_future)
+}
+
+/// About 30 years ahead: what tokio itself uses for a sleep without end.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// Spreads the first probes of many backends over up to 100ms: soon enough that
 /// a fresh daemon learns every state quickly, spread enough that they do not
 /// all connect at the same instant.
 fn first_delay(interval: Duration) -> Duration {
-    let cap = interval.min(Duration::from_millis(100));
-    cap.mul_f64(fastrand::f64())
+    FIRST_PROBE_SPREAD.min(interval).mul_f64(fastrand::f64())
 }
 
-/// `interval` ± 10%, so that checkers started together drift apart.
+/// The most a first probe waits (see `first_delay`).
+pub const FIRST_PROBE_SPREAD: Duration = Duration::from_millis(100);
+
+/// By when a new checker's first result is in: its first probe starts
+/// within `first_delay` and ends within `timeout`.
+pub fn first_result_within(interval: Duration, timeout: Duration) -> Duration {
+    FIRST_PROBE_SPREAD.min(interval).saturating_add(timeout)
+}
+
+/// `interval` ± 10%, so that checkers started together drift apart (the
+/// interval itself if that is not a duration: never a panic).
 fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(0.9 + 0.2 * fastrand::f64())
+    Duration::try_from_secs_f64(interval.as_secs_f64() * (0.9 + 0.2 * fastrand::f64()))
+        .unwrap_or(interval)
 }
 
 /// Probes `target` once; never takes (much) longer than `timeout`.
@@ -416,5 +588,7 @@ mod udp;
 
 use failure::{Failure, io_failure};
 
+#[cfg(test)]
+mod supervision_tests;
 #[cfg(test)]
 mod tests;

@@ -70,6 +70,13 @@ pub fn render(
     );
     family(
         &mut out,
+        "checker_restarts_total",
+        "counter",
+        "Times the backend's health checker died and was started again.",
+        per_backend(|b| b.checker_restarts as f64),
+    );
+    family(
+        &mut out,
         "passed_frames_total",
         "counter",
         "Frames left to the kernel, by reason.",
@@ -354,6 +361,7 @@ mod tests {
                 new_clients: 23,
             },
             from_config: true,
+            checker_restarts: 0,
         };
         let vip = VipStatus {
             name: "web".into(),
@@ -424,6 +432,9 @@ mod tests {
                 "# HELP stickylb_backend_check_latency_seconds Duration of the last health check.",
                 "# TYPE stickylb_backend_check_latency_seconds gauge",
                 "stickylb_backend_check_latency_seconds{vip=\"web\",backend=\"10.0.0.11:80\"} 0.0025",
+                "# HELP stickylb_checker_restarts_total Times the backend's health checker died and was started again.",
+                "# TYPE stickylb_checker_restarts_total counter",
+                "stickylb_checker_restarts_total{vip=\"web\",backend=\"10.0.0.11:80\"} 0",
                 "# HELP stickylb_passed_frames_total Frames left to the kernel, by reason.",
                 "# TYPE stickylb_passed_frames_total counter",
                 "stickylb_passed_frames_total{reason=\"pass_not_ipv4\"} 31",
@@ -463,6 +474,7 @@ mod tests {
                 clients: 0,
                 counters: Default::default(),
                 from_config: true,
+                checker_restarts: 0,
             })
             .collect();
         let v = VipStatus {

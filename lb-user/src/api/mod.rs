@@ -268,6 +268,9 @@ pub struct BackendStatus {
     pub counters: BackendStats,
     /// From the config file (not added with `backend add`).
     pub from_config: bool,
+    /// Times its health checker died (a bug) and was started again.
+    #[serde(default)]
+    pub checker_restarts: u64,
 }
 
 /// Reply to [`Request::Lookup`]: one row per VIP looked at.

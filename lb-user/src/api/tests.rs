@@ -35,6 +35,7 @@ fn backend(state: BackendState) -> BackendStatus {
             new_clients: 12,
         },
         from_config: true,
+        checker_restarts: 0,
     }
 }
 

@@ -241,6 +241,7 @@ mod tests {
                 clients: 0,
                 counters: Default::default(),
                 from_config: true,
+                checker_restarts: 0,
             }],
         }
     }

@@ -16,6 +16,8 @@ use super::{
 use crate::fmt::{fmt_duration, fmt_mac};
 
 #[cfg(test)]
+mod duration_tests;
+#[cfg(test)]
 mod probe_tests;
 #[cfg(test)]
 mod tests;
@@ -285,15 +287,9 @@ fn validate_vip(
                 fmt_duration(Duration::from_nanos(AFFINITY_REFRESH_NS)),
             ),
         );
-    } else if vip.affinity_timeout.as_nanos() > u128::from(u64::MAX) {
-        out.push(
-            format!("{label} affinity_timeout"),
-            format!(
-                "{} is too long: the data path counts it in 64-bit nanoseconds \
-                 (at most about 584 years)",
-                fmt_duration(vip.affinity_timeout)
-            ),
-        );
+    } else if let Some(message) = too_long(vip.affinity_timeout, min_timeout, MAX_AFFINITY_TIMEOUT)
+    {
+        out.push(format!("{label} affinity_timeout"), message);
     }
     if vip.backends.is_empty() {
         out.push(label, "no backends: add at least one [[vip.backend]] table");
@@ -393,7 +389,7 @@ fn validate_backend(
 /// Messages carry the offending values, so that the same inherited problem
 /// compares equal at every level and is reported once, where it was set.
 fn health_problems(h: &HealthConfig) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
+    let mut out = health_duration_bounds(h);
     if h.interval < MIN_HEALTH_INTERVAL {
         out.push((
             "health.interval",
@@ -516,6 +512,31 @@ fn probe_problems(h: &HealthConfig) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The longest health interval: a backend checked less often than this is
+/// not watched. Also what keeps every instant a checker computes (start +
+/// interval) representable.
+const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest health timeout: a fresh VIP waits up to its backends'
+/// timeout for their first results before it serves.
+const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest affinity timeout, one year: far beyond any session, and far
+/// below what the data path's 64-bit nanoseconds hold.
+const MAX_AFFINITY_TIMEOUT: Duration = Duration::from_secs(31_557_600);
+
+/// Upper bounds of the health durations (their lower bounds come with the
+/// other rules of `health_problems`). Every duration of the file has one,
+/// so no value can overflow the arithmetic that uses it.
+fn health_duration_bounds(h: &HealthConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(m) = too_long(h.interval, MIN_HEALTH_INTERVAL, MAX_HEALTH_INTERVAL) {
+        out.push(("health.interval", m));
+    }
+    if let Some(m) = too_long(h.timeout, Duration::from_millis(1), MAX_HEALTH_TIMEOUT) {
+        out.push(("health.timeout", format!("{m} and at most the interval")));
+    }
+    out
+}
+
 impl Config {
     /// What is allowed but probably wrong about the health checks: a UDP
     /// VIP whose backends are checked by TCP or HTTP only, so a dead UDP
@@ -549,4 +570,16 @@ impl Config {
         }
         out.0
     }
+}
+
+/// The message for `d` above `max`, naming the allowed range.
+fn too_long(d: Duration, min: Duration, max: Duration) -> Option<String> {
+    (d > max).then(|| {
+        format!(
+            "{} is too long: must be from {} to {}",
+            fmt_duration(d),
+            fmt_duration(min),
+            fmt_duration(max)
+        )
+    })
 }

@@ -1,6 +1,8 @@
 //! Carrying out a `Plan` on the maps, in the order that keeps clients where
 //! they are.
 
+use std::time::{Duration, Instant};
+
 use lb_common::{NO_BACKEND, VipInfo, VipKey};
 use log::info;
 use serde::Serialize;
@@ -15,6 +17,7 @@ use super::{
 use crate::{
     api::{BackendChange, BackendReport, MacSource, PlanReport, VipReport},
     config::VipConfig,
+    health,
 };
 
 /// What applying a plan did to each VIP's table.
@@ -61,7 +64,10 @@ impl<M: Maps> Lb<M> {
             // Keep what was not reached in the books: its maps are as they were.
             self.vips.extend(old.into_iter().flatten());
         }
-        result
+        let report = result?;
+        // A VIP warming up may have lost the last backend it waited for.
+        self.warm_up_tick(Instant::now())?;
+        Ok(report)
     }
 
     fn apply_to(
@@ -188,6 +194,19 @@ impl<M: Maps> Lb<M> {
         let info = self.vip_info(vp.id, cfg, w.ring_base);
         let key = w.spec.key();
         write_empty_table(&mut self.maps, w.ring_base, cfg.table_size)?;
+        // Not serving until every backend's health is known: its table is
+        // then written once, from the whole set.
+        let now = Instant::now();
+        let backends = vp
+            .backends
+            .iter()
+            .zip(&w.spec.backends)
+            .map(|(b, spec)| {
+                let mut b = Backend::new(b.id, self.serials.next(), spec);
+                b.first_result_by = Some(first_result_due(&b, now));
+                b
+            })
+            .collect();
         let mut v = Vip {
             name: vp.name.clone(),
             id: vp.id,
@@ -196,12 +215,8 @@ impl<M: Maps> Lb<M> {
             cfg: cfg.clone(),
             table: vec![NO_BACKEND; cfg.table_size as usize],
             table_current: false,
-            backends: vp
-                .backends
-                .iter()
-                .zip(&w.spec.backends)
-                .map(|(b, spec)| Backend::new(b.id, spec))
-                .collect(),
+            backends,
+            warming_up: Some(now),
         };
         for b in &v.backends {
             self.maps.set_backend(b.id, b.info(v.id))?;
@@ -269,7 +284,10 @@ impl<M: Maps> Lb<M> {
                     b
                 }
                 BackendChange::Added => {
-                    let b = Backend::new(bp.id, spec);
+                    let mut b = Backend::new(bp.id, self.serials.next(), spec);
+                    if v.warming_up.is_some() {
+                        b.first_result_by = Some(first_result_due(&b, Instant::now()));
+                    }
                     written = self.maps.set_backend(b.id, b.info(v.id));
                     if written.is_err() {
                         // Not added: no entry, so not in the books either.
@@ -331,6 +349,17 @@ impl<M: Maps> Lb<M> {
         }
         Ok(r)
     }
+}
+
+/// How long after its checker starts a result may take to reach the books
+/// (the channel, a busy event loop): beyond the probe's own bound.
+const FIRST_RESULT_SLACK: Duration = Duration::from_millis(200);
+
+/// By when a new backend's first check result is due, counted from `now`.
+pub(super) fn first_result_due(b: &Backend, now: Instant) -> Instant {
+    let within = health::first_result_within(b.health_cfg.interval, b.health_cfg.timeout)
+        .saturating_add(FIRST_RESULT_SLACK);
+    now.checked_add(within).unwrap_or(now)
 }
 
 /// Brings a kept backend to `spec`; health and the learned MAC stay.

@@ -35,13 +35,13 @@ pub use self::{
     maps::Maps,
     plan::Plan,
     query::{FlowsCollector, FlowsQuery},
-    state::{Backend, BackendSpec, Vip, VipSpec},
+    state::{Backend, BackendSerial, BackendSpec, Vip, VipSpec},
 };
 pub use crate::api::{
     BackendChange, BackendState, BackendStatus, FlowEntry, LookupResult, MacSource, PlanReport,
     RebuildReport, VipChange, VipStatus,
 };
-use crate::fmt::fmt_mac;
+use crate::fmt::{fmt_duration, fmt_mac};
 use crate::{
     config::{self, BackendConfig, Config},
     dataplane::{Dataplane, DataplaneError},
@@ -78,6 +78,7 @@ pub struct Lb<M: Maps = Dataplane> {
     /// Bumped by every change, so a plan is applied only to the state it
     /// was made against.
     generation: u64,
+    serials: state::Serials,
 }
 
 impl<M: Maps> Lb<M> {
@@ -106,6 +107,7 @@ impl<M: Maps> Lb<M> {
             hash_seed: cfg.hash_seed,
             vips: Vec::new(),
             generation: 0,
+            serials: state::Serials::default(),
         };
         lb.adopt(cfg)?;
         Ok(lb)
@@ -138,7 +140,7 @@ impl<M: Maps> Lb<M> {
                     let addr =
                         SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port));
                     let bspec = spec.backends.iter().find(|s| s.addr() == addr)?;
-                    let mut be = Backend::new(id, bspec);
+                    let mut be = Backend::new(id, self.serials.next(), bspec);
                     // The MAC in use stays in use until the neighbour table
                     // says otherwise (a configured one wins, as always).
                     if be.mac.is_none() && b.mac != [0; 6] {
@@ -170,6 +172,8 @@ impl<M: Maps> Lb<M> {
                 table,
                 table_current: false,
                 backends,
+                // Adopted: it was serving, and keeps serving.
+                warming_up: None,
             });
         }
         // Adopted backend ids that were not adopted above (their VIP or they
@@ -258,6 +262,16 @@ impl<M: Maps> Lb<M> {
         })
     }
 
+    /// Position of the backend with this serial: (VIP index, backend index).
+    pub fn find_serial(&self, serial: BackendSerial) -> Option<(usize, usize)> {
+        self.vips.iter().enumerate().find_map(|(vi, v)| {
+            v.backends
+                .iter()
+                .position(|b| b.serial == serial)
+                .map(|bi| (vi, bi))
+        })
+    }
+
     /// Rebuilds VIP `vi`'s Maglev table and writes the slots that changed.
     pub fn rebuild(&mut self, vi: usize) -> Result<RebuildReport> {
         rebuild(&mut self.maps, &mut self.vips[vi])
@@ -290,9 +304,15 @@ impl<M: Maps> Lb<M> {
         b.reason = reason.to_owned();
         let addr = b.addr;
         let name = self.vips[vi].name.clone();
+        self.vips[vi].backends[bi].first_result_by = None;
         self.write_backend(vi, bi)?;
         let report = self.rebuild(vi)?;
         let now_alive = self.vips[vi].backends[bi].alive();
+        if self.vips[vi].warming_up.is_some() {
+            info!("{name}: backend {addr} {state}: {reason}");
+            let served = self.serve_if_warm(vi, Instant::now())?;
+            return Ok(Some(served.unwrap_or_default()));
+        }
         if was_alive != now_alive || state == State::Down {
             info!(
                 "{name}: backend {addr} {state}: {reason} ({} slots rewritten in {} us)",
@@ -302,6 +322,79 @@ impl<M: Maps> Lb<M> {
         } else {
             info!("{name}: backend {addr} {state}: {reason}");
         }
+        Ok(Some(report))
+    }
+
+    /// The checker of backend `serial` starts at `now`: if its VIP waits
+    /// for its first result, the result is due from `now` on.
+    pub fn checker_started(&mut self, serial: BackendSerial, now: Instant) {
+        if let Some((vi, bi)) = self.find_serial(serial) {
+            let b = &mut self.vips[vi].backends[bi];
+            if b.first_result_by.is_some() {
+                b.first_result_by = Some(apply::first_result_due(b, now));
+            }
+        }
+    }
+
+    /// When the next backend's first result is due, of all VIPs warming up:
+    /// the daemon calls `warm_up_tick` then.
+    pub fn warm_up_deadline(&self) -> Option<Instant> {
+        self.vips
+            .iter()
+            .filter(|v| v.warming_up.is_some())
+            .flat_map(|v| v.backends.iter())
+            .filter(|b| b.health.is_none())
+            .filter_map(|b| b.first_result_by)
+            .min()
+    }
+
+    /// Counts as down every backend of a VIP warming up whose first result
+    /// was due by `now` and has not come, and starts serving the VIPs whose
+    /// backends are all known then.
+    pub fn warm_up_tick(&mut self, now: Instant) -> Result<()> {
+        for vi in 0..self.vips.len() {
+            self.serve_if_warm(vi, now)?;
+        }
+        Ok(())
+    }
+
+    /// Starts VIP `vi` serving once it warms up and every backend's health
+    /// is known (a backend whose first result was due by `now` counts as
+    /// down): its table is written once, from the whole set.
+    fn serve_if_warm(&mut self, vi: usize, now: Instant) -> Result<Option<RebuildReport>> {
+        let Some(since) = self.vips[vi].warming_up else {
+            return Ok(None);
+        };
+        let name = self.vips[vi].name.clone();
+        for bi in 0..self.vips[vi].backends.len() {
+            let b = &mut self.vips[vi].backends[bi];
+            if b.health.is_none() && b.first_result_by.is_some_and(|t| t <= now) {
+                self.generation += 1;
+                b.health = Some(State::Down);
+                b.reason = format!(
+                    "no first check result within {} of the VIP's start: counted as down until one comes",
+                    fmt_duration(Duration::from_millis(since.elapsed().as_millis() as u64))
+                );
+                warn!("{name}: backend {}: {}", b.addr, b.reason);
+                b.first_result_by = None;
+                self.write_backend(vi, bi)?;
+            }
+        }
+        let v = &mut self.vips[vi];
+        if v.backends.iter().any(|b| b.health.is_none()) {
+            return Ok(None);
+        }
+        self.generation += 1;
+        v.warming_up = None;
+        let report = rebuild(&mut self.maps, v)?;
+        let up = v.backends.iter().filter(|b| b.alive()).count();
+        info!(
+            "VIP {} serving: {up} of {} backends up, after {} ms waiting for their first checks ({} slots written)",
+            v.name,
+            v.backends.len(),
+            since.elapsed().as_millis(),
+            report.slots_written
+        );
         Ok(Some(report))
     }
 
@@ -474,8 +567,13 @@ fn write_empty_table<M: Maps>(maps: &mut M, base: u32, size: u32) -> Result<()> 
     Ok(())
 }
 
-/// Rebuilds `v`'s Maglev table and writes the slots that changed.
+/// Rebuilds `v`'s Maglev table and writes the slots that changed; nothing
+/// while it warms up (its table stays empty until `serve_if_warm` writes it
+/// whole).
 fn rebuild<M: Maps>(maps: &mut M, v: &mut Vip) -> Result<RebuildReport> {
+    if v.warming_up.is_some() {
+        return Ok(RebuildReport::default());
+    }
     let t0 = Instant::now();
     let identities: Vec<String> = v.backends.iter().map(|b| b.addr.to_string()).collect();
     let members: Vec<maglev::Member<'_>> = v

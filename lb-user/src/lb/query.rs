@@ -186,6 +186,8 @@ impl<M: Maps> Lb<M> {
                     clients,
                     counters: s,
                     from_config: b.from_config,
+                    // The daemon, which owns the checkers, fills it in.
+                    checker_restarts: 0,
                 });
             }
             out.push(VipStatus {

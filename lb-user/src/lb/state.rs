@@ -1,7 +1,7 @@
 //! What the daemon knows of each VIP and backend, beyond what the maps say:
 //! configuration, health, where a MAC came from; and the ring pool's layout.
 
-use std::net::SocketAddrV4;
+use std::{net::SocketAddrV4, time::Instant};
 
 use lb_common::{BackendInfo, RING_POOL_SIZE, VipInfo, VipKey, backend_flags};
 
@@ -12,9 +12,36 @@ use crate::{
     health::{Outcome, State},
 };
 
+/// A backend's identity for as long as the daemon runs. Its `id` (its index
+/// in the data path's maps) is reused as soon as it is free, so within one
+/// change a backend may take the id of another that left; the serial is
+/// never reused, so what is keyed by it (its checker, and the checker's
+/// results) cannot pass to another backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendSerial(u64);
+
+impl std::fmt::Display for BackendSerial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Hands out serials: one source per `Lb`.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Serials(u64);
+
+impl Serials {
+    pub(super) fn next(&mut self) -> BackendSerial {
+        self.0 += 1;
+        BackendSerial(self.0)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Backend {
     pub id: u32,
+    /// Never shared with another backend, unlike `id`.
+    pub serial: BackendSerial,
     pub addr: SocketAddrV4,
     /// Weight in effect (config, or a live `backend weight` change).
     pub weight: u32,
@@ -29,13 +56,17 @@ pub struct Backend {
     pub reason: String,
     /// Whether the backend came from the config file (false: added live).
     pub from_config: bool,
+    /// While its VIP warms up: by when its first check result is due (it
+    /// counts as down if none has come by then).
+    pub first_result_by: Option<Instant>,
 }
 
 impl Backend {
-    pub(super) fn new(id: u32, spec: &BackendSpec) -> Self {
+    pub(super) fn new(id: u32, serial: BackendSerial, spec: &BackendSpec) -> Self {
         let cfg = &spec.cfg;
         Self {
             id,
+            serial,
             addr: SocketAddrV4::new(cfg.address, cfg.port),
             weight: cfg.weight,
             drained: spec.drained,
@@ -50,6 +81,7 @@ impl Backend {
             last_check: None,
             reason: "not checked yet".into(),
             from_config: spec.from_config,
+            first_result_by: None,
         }
     }
 
@@ -111,6 +143,10 @@ pub struct Vip {
     /// or no longer alive, and must be rebuilt once).
     pub table_current: bool,
     pub backends: Vec<Backend>,
+    /// `Some(since)` while the VIP waits for its backends' first check
+    /// results: its table stays empty until then, so that no client is
+    /// pinned from a partial view of its backends.
+    pub warming_up: Option<Instant>,
 }
 
 impl Vip {

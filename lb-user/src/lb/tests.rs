@@ -526,3 +526,192 @@ fn adoption_rebuilds_a_table_that_names_a_backend_gone_from_the_file() {
     assert!(lb.vips()[0].table.iter().all(|&s| s != gone));
     assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
 }
+
+/// A backend moved to another VIP takes back its old id (the lowest free
+/// one), but it is another backend: a new serial, so nothing keyed by the
+/// old one's (its checker) passes to it.
+#[test]
+fn a_backend_that_takes_a_freed_id_gets_a_new_serial() {
+    let before = config(&[
+        ("web", 80, 251, &[(10, 1), (11, 1)]),
+        ("api", 81, 251, &[(12, 1)]),
+    ]);
+    let mut lb = started(&before);
+    let serial_of = |lb: &Lb<FakeMaps>, vip: &str, octet: u8| {
+        let v = &lb.vips()[lb.vip_index(vip).unwrap()];
+        v.backends
+            .iter()
+            .find(|b| b.addr == addr(octet))
+            .unwrap()
+            .serial
+    };
+    let (moved_id, moved_serial) = (id_of(&lb, "web", 11), serial_of(&lb, "web", 11));
+    let kept = serial_of(&lb, "web", 10);
+    let after = config(&[
+        ("web", 80, 251, &[(10, 1)]),
+        ("api", 81, 251, &[(12, 1), (11, 1)]),
+    ]);
+    lb.apply_config(&after).unwrap();
+    assert_eq!(id_of(&lb, "api", 11), moved_id, "the freed id is reused");
+    assert_ne!(serial_of(&lb, "api", 11), moved_serial);
+    assert_eq!(lb.find_serial(moved_serial), None);
+    assert_eq!(
+        serial_of(&lb, "web", 10),
+        kept,
+        "a kept backend keeps its serial"
+    );
+    let (vi, bi) = lb.find_serial(serial_of(&lb, "api", 11)).unwrap();
+    assert_eq!(lb.vips()[vi].backends[bi].health, None, "not checked yet");
+}
+
+/// Slots of VIP `vi`'s ring that name a backend.
+fn filled(lb: &Lb<FakeMaps>, vi: usize) -> usize {
+    ring_of(lb, vi).iter().filter(|&&s| s != NO_BACKEND).count()
+}
+
+/// The ring writes in `log` that name a backend.
+fn ring_writes(log: &[Op]) -> usize {
+    log.iter()
+        .filter(|op| matches!(op, Op::WriteRing { slots, .. } if slots.iter().any(|&(_, v)| v != NO_BACKEND)))
+        .count()
+}
+
+#[test]
+fn a_fresh_vip_writes_its_table_once_every_backend_is_known() {
+    let cfg = web(&[(10, 1), (11, 1), (12, 1)]);
+    let mut lb = Lb::start(FakeMaps::default(), &cfg).unwrap();
+    assert!(lb.vips()[0].warming_up.is_some());
+    assert!(lb.warm_up_deadline().is_some());
+    lb.maps_mut().take_log();
+    // Two of three known: the table stays empty, whatever they say.
+    lb.set_health(id_of(&lb, "web", 10), State::Up, "test")
+        .unwrap();
+    lb.set_health(id_of(&lb, "web", 11), State::Down, "test")
+        .unwrap();
+    assert_eq!(filled(&lb, 0), 0);
+    assert_eq!(ring_writes(&lb.maps_mut().take_log()), 0);
+    // The third: the whole table, once, from all three.
+    lb.set_health(id_of(&lb, "web", 12), State::Up, "test")
+        .unwrap();
+    assert!(lb.vips()[0].warming_up.is_none());
+    assert_eq!(lb.warm_up_deadline(), None);
+    assert_eq!(ring_writes(&lb.maps_mut().take_log()), 1);
+    assert_eq!(ring_of(&lb, 0), lb.vips()[0].table);
+    let up = [id_of(&lb, "web", 10), id_of(&lb, "web", 12)];
+    assert!(
+        ring_of(&lb, 0).iter().all(|s| up.contains(s)),
+        "the two that are up"
+    );
+    // Later changes are applied at once, as always.
+    lb.set_health(id_of(&lb, "web", 11), State::Up, "test")
+        .unwrap();
+    assert_eq!(ring_writes(&lb.maps_mut().take_log()), 1);
+}
+
+#[test]
+fn a_backend_without_a_first_result_by_its_deadline_counts_as_down() {
+    let cfg = web(&[(10, 1), (11, 1)]);
+    let mut lb = Lb::start(FakeMaps::default(), &cfg).unwrap();
+    lb.set_health(id_of(&lb, "web", 10), State::Up, "test")
+        .unwrap();
+    let due = lb.warm_up_deadline().unwrap();
+    // Default health: 1s interval, 500ms timeout: the first result of
+    // a fresh checker is due within 100ms + 500ms (+ slack).
+    let left = due - std::time::Instant::now();
+    assert!(left <= std::time::Duration::from_millis(800), "{left:?}");
+    lb.warm_up_tick(due - std::time::Duration::from_millis(1))
+        .unwrap();
+    assert_eq!(filled(&lb, 0), 0, "not before the deadline");
+    lb.warm_up_tick(due).unwrap();
+    let v = &lb.vips()[0];
+    assert!(v.warming_up.is_none());
+    let late = v.backends.iter().find(|b| b.addr == addr(11)).unwrap();
+    assert_eq!(late.health, Some(State::Down));
+    assert!(
+        late.reason.contains("no first check result"),
+        "{}",
+        late.reason
+    );
+    let first = id_of(&lb, "web", 10);
+    assert!(ring_of(&lb, 0).iter().all(|&s| s == first));
+    // Its first result when it comes is applied like any other.
+    lb.set_health(id_of(&lb, "web", 11), State::Up, "test")
+        .unwrap();
+    assert!(ring_of(&lb, 0).contains(&id_of(&lb, "web", 11)));
+}
+
+#[test]
+fn the_deadline_counts_from_the_checker_start() {
+    let mut lb = Lb::start(FakeMaps::default(), &web(&[(10, 1)])).unwrap();
+    let serial = lb.vips()[0].backends[0].serial;
+    let later = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    lb.checker_started(serial, later);
+    assert!(lb.warm_up_deadline().unwrap() > later);
+}
+
+#[test]
+fn an_adopted_vip_serves_without_waiting() {
+    let cfg = web(&[(10, 1), (11, 1)]);
+    let mut pinned = started(&cfg).into_maps();
+    pinned.take_log();
+    let lb = Lb::start(pinned, &cfg).unwrap();
+    assert!(lb.vips()[0].warming_up.is_none());
+    assert_eq!(lb.warm_up_deadline(), None);
+    assert_eq!(filled(&lb, 0), 251);
+}
+
+#[test]
+fn a_vip_added_by_reload_waits_while_the_others_serve() {
+    let mut lb = started(&web(&[(10, 1)]));
+    lb.apply_config(&config(&[
+        ("web", 80, 251, &[(10, 1)]),
+        ("api", 81, 7, &[(20, 1), (21, 1)]),
+    ]))
+    .unwrap();
+    let api = lb.vip_index("api").unwrap();
+    assert!(lb.vips()[api].warming_up.is_some());
+    assert!(lb.vips()[lb.vip_index("web").unwrap()].warming_up.is_none());
+    lb.set_health(id_of(&lb, "api", 20), State::Up, "test")
+        .unwrap();
+    assert_eq!(filled(&lb, api), 0);
+    // A backend added live while it waits is waited for too.
+    lb.add_backend("api", addr(22), 1, Some([2, 0, 0, 0, 0, 22]))
+        .unwrap();
+    lb.set_health(id_of(&lb, "api", 21), State::Up, "test")
+        .unwrap();
+    assert_eq!(filled(&lb, api), 0);
+    // Removing the last one it waits for lets it serve.
+    lb.remove_backend(api, addr(22)).unwrap();
+    assert!(lb.vips()[api].warming_up.is_none());
+    assert_eq!(filled(&lb, api), 7);
+}
+
+#[test]
+fn an_overdue_backend_counts_as_down_while_the_vip_waits_for_another() {
+    // 192.0.2.11 may take a minute for its first result, 192.0.2.10 half
+    // a second: once .10 is overdue it is down, and the next deadline is
+    // .11's (the daemon must not wake for .10 again and again).
+    let cfg = Config::parse(
+        "interface = \"lo\"\n\
+         [[vip]]\nname = \"web\"\naddress = \"198.51.100.10\"\nport = 80\ntable_size = 251\n\
+         [[vip.backend]]\naddress = \"192.0.2.10\"\nport = 80\nmac = \"02:00:00:00:00:0a\"\n\
+         [[vip.backend]]\naddress = \"192.0.2.11\"\nport = 80\nmac = \"02:00:00:00:00:0b\"\n\
+         [vip.backend.health]\ninterval = \"2m\"\ntimeout = \"1m\"\n",
+    )
+    .unwrap();
+    let mut lb = Lb::start(FakeMaps::default(), &cfg).unwrap();
+    let first = lb.warm_up_deadline().unwrap();
+    lb.warm_up_tick(first).unwrap();
+    let v = &lb.vips()[0];
+    assert_eq!(v.backends[0].health, Some(State::Down));
+    assert!(v.warming_up.is_some(), "still waiting for .11");
+    let next = lb.warm_up_deadline().unwrap();
+    assert!(
+        next > first + std::time::Duration::from_secs(50),
+        "{next:?}"
+    );
+    lb.warm_up_tick(next).unwrap();
+    assert!(lb.vips()[0].warming_up.is_none());
+    assert_eq!(lb.warm_up_deadline(), None);
+    assert_eq!(filled(&lb, 0), 0, "nobody up: an empty table");
+}

@@ -6,7 +6,8 @@
 //! keeps a visit counter per `sid` cookie, in this process's memory by
 //! default: a client moved to another backend loses its session, which is
 //! what stickiness is there to prevent. With `--redis` the counters live in
-//! Redis instead and survive a move.
+//! Redis instead and survive a move. `/delay/MS` answers 200 after MS
+//! milliseconds (at most 10 s): a health check that is slow to pass.
 //!
 //! With `--udp` it also answers UDP datagrams on each address given, with
 //! its name and the datagram (`backend-1 ping`): a UDP service for UDP VIPs.
@@ -42,6 +43,8 @@ const MAX_DISCARDED_BODY: u64 = 64 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const SID_MAX_LEN: usize = 128;
+/// `/delay/MS` sleeps at most this long, so a typo cannot hold a thread for ever.
+const MAX_DELAY_MS: u64 = 10_000;
 
 fn main() -> ExitCode {
     let args = match parse_args(env::args_os().skip(1)) {
@@ -650,6 +653,15 @@ fn route(req: &Request, config: &Config) -> Response {
     match req.path() {
         "/" => Response::text(200, &format!("{}\n", config.name)),
         "/healthz" => Response::text(200, "ok\n"),
+        // A health endpoint that answers late, for tests of what a load
+        // balancer does while a check is still in flight.
+        p if p.starts_with("/delay/") => match p["/delay/".len()..].parse::<u64>() {
+            Ok(ms) if ms <= MAX_DELAY_MS => {
+                thread::sleep(Duration::from_millis(ms));
+                Response::text(200, "ok\n")
+            }
+            _ => Response::text(404, "not found\n"),
+        },
         // HEAD counts a visit too: its Content-Length has to be GET's.
         "/session" => session(req, config),
         _ => Response::text(404, "not found\n"),
