@@ -70,7 +70,18 @@ impl Config {
                 _ => {}
             }
         }
+        self.check_socket_folder(&mut out);
         out.0
+    }
+
+    /// The daemon refuses a socket folder others could replace the socket
+    /// in (see `control::bind`); `check` says so first.
+    fn check_socket_folder(&self, out: &mut Problems) {
+        if let Some(parent) = self.control_socket.parent().filter(|p| p.is_dir())
+            && let Some(why) = crate::control::unsafe_socket_dir(parent)
+        {
+            out.push("control_socket", why);
+        }
     }
 }
 
@@ -124,6 +135,32 @@ mod tests {
                 p[0].contains(&format!("exists and is not a socket ({kind})")),
                 "{p:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_socket_folder_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new("env-sockdir");
+        let mut c = parse(MINIMAL);
+        c.interface = "lo".into();
+        c.control_socket = dir.0.join("s.sock");
+        for (mode, refused) in [
+            (0o755, false),
+            (0o775, true),
+            (0o777, true),
+            (0o1777, false),
+        ] {
+            std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode)).unwrap();
+            let p = c.check_environment();
+            assert_eq!(p.len(), usize::from(refused), "mode {mode:o}: {p:?}");
+            if refused {
+                assert!(
+                    p[0].message.contains("writable by others")
+                        && p[0].message.contains("chmod go-w"),
+                    "{p:?}"
+                );
+            }
         }
     }
 }
