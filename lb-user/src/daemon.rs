@@ -20,7 +20,10 @@ use crate::{
         AttachState, BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply,
         ReloadReply, StatusReply,
     },
-    config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
+    config::{
+        BackendConfig, CheckKind, Config, HealthConfig, XdpModeSetting, backend_machine_problems,
+        parse_mac,
+    },
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
     health::{self, CheckSpec, CheckerHandle, Probe, State},
@@ -162,7 +165,11 @@ impl Daemon {
     /// reverting live CLI changes (the file is the source of truth). An
     /// invalid file changes nothing; global fields need a restart.
     fn reload(&mut self) -> anyhow::Result<ReloadReply> {
-        let new = Config::load(&self.opts.config_path)?;
+        // The same checks as at start and `stickylb check`: a file that
+        // names a missing interface or a backend that is this host changes
+        // nothing.
+        let new = Config::load_for_this_machine(&self.opts.config_path)?;
+        log_warnings("reload", &new);
         let needs_restart: Vec<String> = self
             .cfg
             .restart_only_changes(&new)
@@ -237,6 +244,7 @@ impl Daemon {
                     .map(|m| parse_mac(&m))
                     .transpose()
                     .map_err(anyhow::Error::msg)?;
+                self.refuse_on_this_machine(backend, mac)?;
                 let added = self.lb.add_backend(&vip, backend, weight, mac);
                 // Whatever got applied: checkers follow the books.
                 self.sync_checkers();
@@ -273,6 +281,28 @@ impl Daemon {
         })
     }
 
+    /// What `check` refuses about a backend on this machine (it is this
+    /// host, or its MAC is ours or the router's), refused for a live add too.
+    fn refuse_on_this_machine(
+        &self,
+        backend: SocketAddrV4,
+        mac: Option<[u8; 6]>,
+    ) -> anyhow::Result<()> {
+        let b = BackendConfig {
+            address: *backend.ip(),
+            port: backend.port(),
+            weight: 0,
+            mac,
+            health: HealthConfig::default(),
+        };
+        let problems = backend_machine_problems(&b, &self.cfg.interface);
+        if !problems.is_empty() {
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            bail!("{}", all.join("; "));
+        }
+        Ok(())
+    }
+
     /// Frames left to the kernel, by counter name.
     fn passed(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let counts = self.lb.maps().global_stats()?;
@@ -292,6 +322,13 @@ impl Daemon {
             .zip(counts)
             .collect();
         metrics::render(&vips, &global)
+    }
+}
+
+/// What `check` would warn about `cfg`, in the log.
+fn log_warnings(when: &str, cfg: &Config) {
+    for w in cfg.warnings().into_iter().chain(cfg.environment_warnings()) {
+        warn!("{when}: {w}");
     }
 }
 
@@ -372,6 +409,7 @@ pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
+    log_warnings("start", &cfg);
     // Sockets first: a second daemon on the same socket stops here, before
     // it touches the maps.
     let listener = control::bind(&cfg.control_socket)?;

@@ -16,7 +16,7 @@ use clap::{CommandFactory as _, Parser as _};
 
 use self::args::{Cli, Command, Query};
 use crate::{
-    config::{Config, DEFAULT_CONTROL_SOCKET},
+    config::{Config, ConfigError, DEFAULT_CONTROL_SOCKET, Problem},
     control::{self, Reply},
     daemon::{self, RunOptions},
 };
@@ -33,15 +33,23 @@ pub fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if cli.json {
-                let text =
-                    serde_json::to_string_pretty(&Reply::err(format!("{e:#}"))).unwrap_or_default();
-                let _ = writeln!(out, "{text}");
+                let _ = writeln!(out, "{}", json_error(&e));
             } else {
                 eprintln!("stickylb: {e:#}");
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// `{"ok": false, "error": ...}`, as the daemon's replies; an invalid
+/// config's problems also one by one, as `problems: [{path, message}]`.
+fn json_error(e: &anyhow::Error) -> String {
+    let mut v = serde_json::to_value(Reply::err(format!("{e:#}"))).unwrap_or_default();
+    if let Some(ConfigError::Invalid(problems)) = e.downcast_ref::<ConfigError>() {
+        v["problems"] = serde_json::to_value(problems).unwrap_or_default();
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -82,13 +90,38 @@ fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
 fn check(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = config_path(cli)?;
     let cfg = Config::load_for_this_machine(path)?;
+    let warnings: Vec<Problem> = cfg
+        .warnings()
+        .into_iter()
+        .chain(cfg.environment_warnings())
+        .collect();
     let backends: usize = cfg.vips.iter().map(|v| v.backends.len()).sum();
+    if cli.json {
+        let report = serde_json::json!({
+            "config": path,
+            "vips": cfg.vips.len(),
+            "backends": backends,
+            "interface": cfg.interface,
+            "warnings": warnings,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    // On stderr, as problems are: stdout keeps its one line.
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     writeln!(
         out,
-        "{}: OK ({} VIPs, {backends} backends, interface {})",
+        "{}: OK ({} VIPs, {backends} backends, interface {}){}",
         path.display(),
         cfg.vips.len(),
-        cfg.interface
+        cfg.interface,
+        match warnings.len() {
+            0 => String::new(),
+            1 => ", 1 warning".to_owned(),
+            n => format!(", {n} warnings"),
+        }
     )?;
     Ok(())
 }

@@ -202,7 +202,7 @@ impl Config {
 
 /// Empty names cannot be quoted usefully, so they are named by position
 /// (1-based, as a person counts them in the file).
-fn vip_label(index: usize, name: &str) -> String {
+pub(super) fn vip_label(index: usize, name: &str) -> String {
     if name.is_empty() {
         format!("vip #{}", index + 1)
     } else {
