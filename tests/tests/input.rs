@@ -12,7 +12,7 @@ use std::{
 
 use lb_user::control::{self, Request};
 use stickylb_tests::{
-    daemon::PinGuard,
+    daemon::{Daemon, PinGuard},
     netns::{ChildGuard, Topology, TopologyOptions, wait_for},
 };
 
@@ -192,4 +192,228 @@ fn control_socket_is_never_connectable_by_others() {
         "the socket folder is writable by others (mode {dir_mode:o}): anyone could put \
          their own socket in its place"
     );
+}
+
+const ROUTER: &str = "10.77.0.254";
+const ROUTER_MAC: &str = "02:aa:00:00:00:fe";
+const FAST_HEALTH: &str =
+    "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 2";
+
+/// The MAC of `iface` in `ns`, as `ip` reports it (sysfs would show the
+/// root namespace's interfaces).
+fn mac_of(ns: &stickylb_tests::netns::Netns, iface: &str) -> String {
+    let text = ns.ip(&["-o", "link", "show", iface]).unwrap();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "link/ether").unwrap();
+    words.next().unwrap().to_owned()
+}
+
+/// `stickylb check -c FILE` in the LB namespace, with `config` in FILE.
+fn check_in_lb(topo: &Topology, config: &str, args: &[&str]) -> (i32, String, String) {
+    let path = topo.tmp.join("check.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = topo
+        .lb
+        .command(STICKYLB)
+        .args(args)
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn backends_that_are_this_host_or_its_router_are_refused() {
+    let topo = topology(1);
+    // A router on the link, its MAC resolved, as a default gateway is.
+    topo.lb
+        .ip(&["route", "add", "default", "via", ROUTER, "dev", "eth0"])
+        .unwrap();
+    topo.lb
+        .ip(&[
+            "neigh",
+            "replace",
+            ROUTER,
+            "lladdr",
+            ROUTER_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    let lb_mac = mac_of(&topo.lb, "eth0");
+    let pin = PinGuard(topo.daemon_pin());
+    let good = topo.config(&pin.0, FAST_HEALTH, "");
+    let backend = "address = \"10.77.0.10\"\nport = 80\n";
+    let with_backend = |b: &str| good.replace(backend, b);
+    let cases = [
+        (
+            with_backend("address = \"10.77.0.1\"\nport = 80\n"),
+            "backend 10.77.0.1:80 address: 10.77.0.1 is an address of this host (on eth0)",
+        ),
+        (
+            with_backend("address = \"127.0.0.1\"\nport = 80\n"),
+            "backend 127.0.0.1:80 address: 127.0.0.1 is a loopback address",
+        ),
+        (
+            with_backend(&format!("address = \"{ROUTER}\"\nport = 80\n")),
+            "is this host's default gateway",
+        ),
+        (
+            with_backend(&format!("{backend}mac = \"{lb_mac}\"\n")),
+            "is the MAC of eth0, this host's own interface",
+        ),
+        (
+            with_backend(&format!("{backend}mac = \"{ROUTER_MAC}\"\n")),
+            "is the MAC of the router (10.77.0.254",
+        ),
+    ];
+    let mut refused = 0;
+    for (config, want) in &cases {
+        let (code, _, err) = check_in_lb(&topo, config, &[]);
+        eprintln!("check: exit {code}: {}", err.trim());
+        if code == 1
+            && err.contains(want)
+            && (err.contains("give ") || err.contains("leave mac out"))
+        {
+            refused += 1;
+        }
+    }
+    eprintln!(
+        "check refused {refused} of {} misconfigured backends",
+        cases.len()
+    );
+    assert_eq!(refused, cases.len());
+
+    // `run` refuses what `check` refuses, before it attaches.
+    let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &cases[0].0, &[]);
+    match &mut d {
+        Ok(_) => panic!("the daemon started with a backend that is itself"),
+        Err(e) => assert!(e.contains(cases[0].1), "{e}"),
+    }
+    drop(d);
+
+    // A VIP the interface does not hold: a warning with the fix, not a refusal.
+    let unheld = good.replace("10.77.100.1", "10.77.200.1");
+    let (code, out, err) = check_in_lb(&topo, &unheld, &[]);
+    eprintln!("check of an unheld VIP: exit {code}: {}", err.trim());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 warning"), "{out}");
+    assert!(
+        err.contains("10.77.200.1 is not an address of eth0")
+            && err.contains("ip addr add 10.77.200.1/32 dev eth0"),
+        "{err}"
+    );
+    let (code, out, err) = check_in_lb(&topo, &unheld, &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["warnings"][0]["path"], "vip \"web\" address",
+        "{report}"
+    );
+
+    // The same rules for a running daemon: reloads and live adds.
+    let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &good, &[]).unwrap();
+    assert!(
+        d.wait_backends(Duration::from_secs(5), |s, _| s
+            == lb_user::api::BackendState::Up),
+        "{}",
+        d.log_text()
+    );
+    // What a reload could change (not the check's latency).
+    let shape = |d: &Daemon| -> Vec<(String, u32, usize, Option<String>)> {
+        d.vips()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.backends.iter())
+            .map(|b| (b.address.to_string(), b.weight, b.slots, b.mac.clone()))
+            .collect()
+    };
+    let before = shape(&d);
+    let mut reloads_refused = 0;
+    let bad_reloads = [
+        (
+            good.replace("interface = \"eth0\"", "interface = \"nosuchnic0\""),
+            "no network interface named \"nosuchnic0\"",
+        ),
+        (cases[0].0.clone(), cases[0].1),
+        (cases[4].0.clone(), cases[4].1),
+    ];
+    for (config, want) in &bad_reloads {
+        std::fs::write(&d.config, config).unwrap();
+        let (code, out, err) = d.cli(&["reload"]);
+        eprintln!("reload: exit {code}: {}{}", out.trim(), err.trim());
+        if code == 1 && err.contains(want) {
+            reloads_refused += 1;
+        }
+        assert_eq!(shape(&d), before, "a refused reload changed the state");
+    }
+    eprintln!(
+        "reload refused {reloads_refused} of {} files check rejects",
+        bad_reloads.len()
+    );
+    assert_eq!(reloads_refused, bad_reloads.len());
+
+    let bad_adds = [
+        (vec!["127.0.0.1:80"], "127.0.0.1 is a loopback address"),
+        (vec!["10.77.0.1:80"], "10.77.0.1 is an address of this host"),
+        (vec!["10.77.0.254:80"], "is this host's default gateway"),
+        (
+            vec!["10.77.0.10:81", "--mac", ROUTER_MAC],
+            "is the MAC of the router",
+        ),
+        (
+            vec!["10.77.0.10:81", "--mac", lb_mac.as_str()],
+            "is the MAC of eth0",
+        ),
+    ];
+    let mut adds_refused = 0;
+    for (args, want) in &bad_adds {
+        let mut cli = vec!["backend", "add", "--vip", "web"];
+        cli.extend(args);
+        let (code, _, err) = d.cli(&cli);
+        eprintln!(
+            "backend add {}: exit {code}: {}",
+            args.join(" "),
+            err.trim()
+        );
+        if code == 1 && err.contains(want) {
+            adds_refused += 1;
+        }
+    }
+    eprintln!(
+        "live add refused {adds_refused} of {} misconfigured backends",
+        bad_adds.len()
+    );
+    let after = shape(&d);
+    assert_eq!(adds_refused, bad_adds.len(), "{after:?}");
+    assert_eq!(after, before);
+    // A good backend is still taken.
+    let (code, _, err) = d.cli(&["backend", "add", "--vip", "web", "10.77.0.10:8080"]);
+    assert_eq!(code, 0, "{err}");
+
+    // All weights 0 is allowed, and said in the log.
+    std::fs::write(
+        &d.config,
+        good.replace(backend, &format!("{backend}weight = 0\n")),
+    )
+    .unwrap();
+    let (code, _, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        wait_for(Duration::from_secs(2), || d
+            .log_text()
+            .contains("every backend has weight 0")),
+        "{}",
+        d.log_text()
+    );
+    d.stop().unwrap();
 }
