@@ -498,6 +498,10 @@ impl Daemon {
             ),
             mode => info!("attached to {} in {mode}", self.cfg.interface),
         }
+        // Adopted or new, in whatever mode: ask the interface as it is now.
+        if let Some(w) = Dataplane::xdp_tx_warning(&self.cfg.interface) {
+            warn!("{w}");
+        }
         if link.existed && attached != Attached::Adopted {
             warn!("a pinned link existed but was not adopted");
         }

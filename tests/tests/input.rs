@@ -417,3 +417,37 @@ fn backends_that_are_this_host_or_its_router_are_refused() {
     );
     d.stop().unwrap();
 }
+
+#[test]
+fn driver_mode_on_a_veth_whose_peer_has_no_xdp_is_warned_about() {
+    let topo = topology(1);
+    let pin = PinGuard(topo.daemon_pin());
+    let config = topo
+        .config(&pin.0, FAST_HEALTH, "")
+        .replace("xdp_mode = \"driver\"", "xdp_mode = \"auto\"");
+    let warning = "has no XDP program: every frame the program forwards (XDP_TX) is dropped";
+    // The harness gives the LB's bridge port an XDP program: no warning.
+    let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
+    d.stop().unwrap();
+    let with_peer = d.log_text();
+    assert!(!with_peer.contains(warning), "{with_peer}");
+    std::fs::remove_file(&d.log).unwrap();
+
+    // Without it, forwarded frames are dropped: say so, with the fix.
+    lb_user::dataplane::Dataplane::detach_pinned(
+        &topo.peer_pin.join(lb_user::dataplane::LINK_PIN_NAME),
+    )
+    .unwrap();
+    d.restart(&topo, &[]).unwrap();
+    let log = d.log_text();
+    d.stop().unwrap();
+    let line = log.lines().find(|l| l.contains(warning));
+    eprintln!("veth peer without XDP: {line:?}");
+    let line = line.unwrap_or_else(|| panic!("no warning in:\n{log}"));
+    assert!(
+        line.contains("WARN")
+            && line.contains("eth0 is a veth")
+            && line.contains("xdp_mode = \"skb\""),
+        "{line}"
+    );
+}
