@@ -70,12 +70,83 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             clap_complete::generate(*shell, &mut Cli::command(), "stickylb", &mut text);
             Ok(out.write_all(&text)?)
         }
-        Command::Man => Ok(clap_mangen::Man::new(Cli::command()).render(out)?),
+        Command::Man { dir, command } => man(cli, dir.as_deref(), command, out),
     }
 }
 
+/// The command tree the man pages describe: clap's `help` subcommand has
+/// no page of its own (every page has the help it would print).
+fn man_tree() -> clap::Command {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    cmd
+}
+
+/// Subcommands have no version of their own: every page's footer names
+/// stickylb's.
+fn man_page(cmd: &clap::Command) -> clap_mangen::Man {
+    clap_mangen::Man::new(cmd.clone()).source(format!("stickylb {}", env!("CARGO_PKG_VERSION")))
+}
+
+fn man(
+    cli: &Cli,
+    dir: Option<&Path>,
+    command: &[String],
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let tree = man_tree();
+    let Some(dir) = dir else {
+        let mut page = &tree;
+        for name in command {
+            page = page.find_subcommand(name).with_context(|| {
+                format!(
+                    "no command `{}`; `stickylb --help` lists them",
+                    command.join(" ")
+                )
+            })?;
+        }
+        return Ok(man_page(page).render(out)?);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut written = Vec::new();
+    write_pages(&tree, dir, &mut written)?;
+    if cli.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&written)?)?;
+    } else {
+        writeln!(
+            out,
+            "wrote {} man pages to {}:",
+            written.len(),
+            dir.display()
+        )?;
+        for p in &written {
+            writeln!(out, "  {}", p.display())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `cmd`'s page and those of its subcommands, each named as the
+/// pages that list it refer to it (stickylb-backend-add.1).
+fn write_pages(cmd: &clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let page = man_page(cmd);
+    let path = dir.join(page.get_filename());
+    let mut text = Vec::new();
+    page.render(&mut text)?;
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    written.push(path);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_pages(sub, dir, written)?;
+    }
+    Ok(())
+}
+
 fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Milliseconds: a failover or a reload happens within a second, and the
+    // order of its steps is what a reader of the log needs.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let opts = RunOptions {
         config_path: config_path(cli)?.to_owned(),
         fresh,
