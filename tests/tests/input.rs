@@ -6,7 +6,7 @@
 use std::{
     os::unix::process::CommandExt as _,
     path::Path,
-    process::Stdio,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -449,5 +449,207 @@ fn driver_mode_on_a_veth_whose_peer_has_no_xdp_is_warned_about() {
             && line.contains("eth0 is a veth")
             && line.contains("xdp_mode = \"skb\""),
         "{line}"
+    );
+}
+
+/// Runs the CLI with stdout (and with `merged`, stderr too) on a pipe whose
+/// reader has gone, as `stickylb status 2>&1 | head -0` would: every write
+/// fails with EPIPE. Exit code and what went to stderr when not merged.
+fn with_closed_stdout(d: &Daemon, args: &[&str], merged: bool) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = Command::new(&d.bin);
+    cmd.arg("--socket")
+        .arg(&d.socket)
+        .arg("-c")
+        .arg(&d.config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().unwrap());
+    if merged {
+        cmd.stderr(writer);
+    } else {
+        drop(writer);
+        cmd.stderr(Stdio::piped());
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn operator_surface_pipes_json_man_pages_and_logs() {
+    let topo = topology(1);
+    let pin = PinGuard(topo.daemon_pin());
+    let config = topo.config(&pin.0, FAST_HEALTH, "");
+    let d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
+    assert!(
+        d.wait_backends(Duration::from_secs(5), |s, _| s
+            == lb_user::api::BackendState::Up),
+        "{}",
+        d.log_text()
+    );
+
+    // `… | head -1`: no broken-pipe message, no panic, whatever the output.
+    let man_dir = topo.tmp.join("man");
+    let man_dir_s = man_dir.display().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["backends"],
+        vec!["flows"],
+        vec!["lookup", "10.77.1.1"],
+        vec!["--json", "status"],
+        vec!["backend", "weight", "--vip", "web", "10.77.0.10:80", "2"],
+        vec!["reload"],
+        vec!["man"],
+        vec!["man", "--dir", &man_dir_s],
+        vec!["completions", "bash"],
+        vec!["--help"],
+    ];
+    let mut clean = 0;
+    for args in &commands {
+        let (code, err) = with_closed_stdout(&d, args, false);
+        let (merged_code, _) = with_closed_stdout(&d, args, true);
+        if (code, err.as_str(), merged_code) == (0, "", 0) {
+            clean += 1;
+        } else {
+            eprintln!("{args:?} | head -0: exit {code} (merged: {merged_code}), stderr {err:?}");
+        }
+    }
+    // Errors still say what went wrong (exit 1), and a closed stderr is no
+    // panic (exit 101): `stickylb --socket /nowhere status 2>&1 | head -0`.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(STICKYLB)
+        .args(["--socket", "/nonexistent/ctl.sock", "status"])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    eprintln!(
+        "closed pipe: {clean} of {} outputs clean; an error into a closed pipe exits {:?}",
+        commands.len(),
+        out.code()
+    );
+    assert_eq!(clean, commands.len());
+    assert_eq!(out.code(), Some(1));
+
+    // Under --json every answer is JSON: argument errors too, and check's.
+    let cli = |args: &[&str]| {
+        let out = Command::new(STICKYLB)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&["--json", "lookup", "300.1.1.1"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?} {err:?}"));
+    assert_eq!((code, &v["ok"]), (2, &serde_json::json!(false)), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid value '300.1.1.1'")
+    );
+    let (code, out, _) = cli(&["--json", "backend"]);
+    assert_eq!(code, 2);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+        "{out}"
+    );
+    let config_s = d.config.display().to_string();
+    let (code, out, err) = cli(&["--json", "check", "-c", &config_s]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("check --json is not JSON ({e}): {out:?}"));
+    assert_eq!(
+        (v["vips"].as_u64(), v["backends"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert!(v["warnings"].is_array(), "{v}");
+    let bad = topo.tmp.join("bad.toml");
+    std::fs::write(&bad, config.replace("port = 80\n", "port = 0\n")).unwrap();
+    let (code, out, _) = cli(&["--json", "check", "-c", &bad.display().to_string()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(code, 1);
+    assert!(v["problems"][0]["path"].is_string(), "{v}");
+
+    // `stickylb man --dir`: a page for every command, and every page a page
+    // names exists.
+    let pages: Vec<String> = std::fs::read_dir(&man_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut named = std::collections::BTreeSet::new();
+    for p in &pages {
+        let text = std::fs::read_to_string(man_dir.join(p)).unwrap();
+        assert!(text.contains(".TH "), "{p} is no man page");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("stickylb\\-") {
+            rest = &rest[i..];
+            let end = rest.find("(1)").unwrap_or(0);
+            if end > 0 && !rest[..end].contains(char::is_whitespace) {
+                named.insert(format!("{}.1", rest[..end].replace("\\-", "-")));
+            }
+            rest = &rest[1..];
+        }
+    }
+    let missing: Vec<&String> = named.iter().filter(|n| !pages.contains(n)).collect();
+    eprintln!(
+        "man --dir: {} pages, {} named by others, missing {missing:?}",
+        pages.len(),
+        named.len()
+    );
+    assert!(missing.is_empty());
+    for c in [
+        "stickylb",
+        "run",
+        "check",
+        "status",
+        "backends",
+        "lookup",
+        "flows",
+        "backend",
+        "backend-add",
+        "backend-remove",
+        "backend-weight",
+        "backend-drain",
+        "backend-undrain",
+        "reload",
+        "completions",
+        "man",
+    ] {
+        let page = if c == "stickylb" {
+            "stickylb.1".to_owned()
+        } else {
+            format!("stickylb-{c}.1")
+        };
+        assert!(pages.contains(&page), "no {page} in {pages:?}");
+    }
+    assert!(!pages.iter().any(|p| p.contains("help")), "{pages:?}");
+
+    // RUST_LOG is documented, and the log tells milliseconds.
+    let (_, help, _) = cli(&["run", "--help"]);
+    assert!(
+        help.contains("RUST_LOG") && help.contains("lb_user::daemon"),
+        "{help}"
+    );
+    let log = d.log_text();
+    let first = log.lines().next().unwrap_or_default();
+    eprintln!("log line: {first}");
+    let stamp = first.split_whitespace().next().unwrap_or_default();
+    // [2026-01-31T12:00:00.123Z
+    assert!(
+        stamp.len() == 25 && stamp.as_bytes()[20] == b'.' && stamp.ends_with('Z'),
+        "no millisecond timestamp: {first}"
     );
 }

@@ -23,7 +23,10 @@ use crate::{
 
 /// Entry point of the `stickylb` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(&e),
+    };
     let mut out = std::io::stdout();
     let done = run(&cli, &mut out).and_then(|()| Ok(out.flush()?));
     match done {
@@ -35,11 +38,44 @@ pub fn main() -> ExitCode {
             if cli.json {
                 let _ = writeln!(out, "{}", json_error(&e));
             } else {
-                eprintln!("stickylb: {e:#}");
+                to_stderr(&format!("stickylb: {e:#}"));
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// A line for the operator on stderr. Not eprintln!, which panics when
+/// stderr is a pipe whose reader has gone (`stickylb check 2>&1 | head -1`).
+fn to_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A command line clap refuses: as clap prints it, or under --json as JSON
+/// on stdout. Help and version are printed as asked, whatever --json says.
+fn argument_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let asked_for_json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if shown || !asked_for_json {
+        // clap ignores a failed write, so a closed pipe is no panic here.
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    let mut text = e.to_string().trim().to_owned();
+    if let Some(rest) = text.strip_prefix("error: ") {
+        text = rest.to_owned();
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // What clap would print is the help alone.
+        text = format!("incomplete command: a subcommand or argument is missing\n\n{text}");
+    }
+    let reply = serde_json::to_string_pretty(&Reply::err(text)).unwrap_or_default();
+    let _ = writeln!(std::io::stdout(), "{reply}");
+    ExitCode::from(2)
 }
 
 /// `{"ok": false, "error": ...}`, as the daemon's replies; an invalid
@@ -180,7 +216,7 @@ fn check(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     // On stderr, as problems are: stdout keeps its one line.
     for w in &warnings {
-        eprintln!("warning: {w}");
+        to_stderr(&format!("warning: {w}"));
     }
     writeln!(
         out,
@@ -244,5 +280,42 @@ fn control_socket_of(path: &Path) -> anyhow::Result<PathBuf> {
             "config {}: control_socket must be a string (a path); give --socket",
             path.display()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_dir_has_a_page_for_every_command() {
+        fn names(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
+            let name = if prefix.is_empty() {
+                cmd.get_name().to_owned()
+            } else {
+                format!("{prefix}-{}", cmd.get_name())
+            };
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    names(sub, &name, out);
+                }
+            }
+            out.push(format!("{name}.1"));
+        }
+        let mut want = Vec::new();
+        names(&Cli::command(), "", &mut want);
+        let dir = std::env::temp_dir().join(format!("stickylb-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut written = Vec::new();
+        write_pages(&man_tree(), &dir, &mut written).unwrap();
+        let mut got: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(want.contains(&"stickylb-backend-add.1".to_owned()));
     }
 }
