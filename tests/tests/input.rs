@@ -95,7 +95,7 @@ fn spawn_intruder(socket: &Path, stop: &Path) -> (libc::pid_t, std::fs::File) {
                     }
                     libc::close(s);
                 }
-                if tries % 64 == 0 {
+                if tries.is_multiple_of(64) {
                     libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
                     if libc::access(stop.as_ptr(), libc::F_OK) == 0
                         || libc::getppid() != parent
