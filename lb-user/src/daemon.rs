@@ -22,7 +22,7 @@ use crate::{
     },
     config::{
         BackendConfig, CheckKind, Config, HealthConfig, XdpModeSetting, backend_machine_problems,
-        parse_mac,
+        backend_problems, parse_mac,
     },
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
@@ -244,7 +244,7 @@ impl Daemon {
                     .map(|m| parse_mac(&m))
                     .transpose()
                     .map_err(anyhow::Error::msg)?;
-                self.refuse_on_this_machine(backend, mac)?;
+                self.refuse_on_this_machine(&vip, backend, weight, mac)?;
                 let added = self.lb.add_backend(&vip, backend, weight, mac);
                 // Whatever got applied: checkers follow the books.
                 self.sync_checkers();
@@ -282,20 +282,28 @@ impl Daemon {
     }
 
     /// What `check` refuses about a backend on this machine (it is this
-    /// host, or its MAC is ours or the router's), refused for a live add too.
+    /// host, or its MAC is ours or the router's), refused for a live add
+    /// too, after the file's rules, in the order `check` reports them.
     fn refuse_on_this_machine(
         &self,
+        vip: &str,
         backend: SocketAddrV4,
+        weight: u32,
         mac: Option<[u8; 6]>,
     ) -> anyhow::Result<()> {
+        // An unknown VIP is for add_backend to report.
+        let Some(v) = self.lb.vips().iter().find(|v| v.name == vip) else {
+            return Ok(());
+        };
         let b = BackendConfig {
             address: *backend.ip(),
             port: backend.port(),
-            weight: 0,
+            weight,
             mac,
-            health: HealthConfig::default(),
+            health: v.cfg.health.clone(),
         };
-        let problems = backend_machine_problems(&b, &self.cfg.interface);
+        let mut problems = backend_problems(&b, &v.cfg);
+        problems.extend(backend_machine_problems(&b, &v.cfg, &self.cfg.interface));
         if !problems.is_empty() {
             let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
             bail!("{}", all.join("; "));

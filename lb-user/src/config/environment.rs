@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use super::{
-    BackendConfig, Config, Problem, Problems,
+    BackendConfig, Config, Problem, Problems, VipConfig,
     validate::{MAX_INTERFACE_LEN, is_valid_interface_name, vip_label},
 };
 use crate::{fmt::fmt_mac, neigh, netdev};
@@ -130,7 +130,7 @@ impl Config {
                     b.address,
                     b.port
                 );
-                m.backend_problems(b, &label, out);
+                m.backend_problems(b, vip, &label, out);
             }
         }
     }
@@ -139,10 +139,14 @@ impl Config {
 /// What `check` would say about `b` on this machine, with `interface` the
 /// LB's: the same rules for a backend added at run time as for one in the
 /// file.
-pub fn backend_machine_problems(b: &BackendConfig, interface: &str) -> Vec<Problem> {
+pub fn backend_machine_problems(
+    b: &BackendConfig,
+    vip: &VipConfig,
+    interface: &str,
+) -> Vec<Problem> {
     let mut out = Problems::default();
     let label = format!("backend {}:{}", b.address, b.port);
-    Machine::read(interface).backend_problems(b, &label, &mut out);
+    Machine::read(interface).backend_problems(b, vip, &label, &mut out);
     out.0
 }
 
@@ -194,8 +198,17 @@ impl Machine {
         })
     }
 
-    fn backend_problems(&self, b: &BackendConfig, label: &str, out: &mut Problems) {
-        if let Some(why) = self.address_problem(b.address) {
+    fn backend_problems(
+        &self,
+        b: &BackendConfig,
+        vip: &VipConfig,
+        label: &str,
+        out: &mut Problems,
+    ) {
+        // The VIP's own address is refused by `validate` already.
+        if b.address != vip.address
+            && let Some(why) = self.address_problem(b.address)
+        {
             out.push(format!("{label} address"), why);
         }
         let Some(mac) = b.mac else { return };
