@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::{
-        fs::{FileTypeExt as _, PermissionsExt as _},
+        fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
         net::UnixStream,
     },
     path::Path,
@@ -61,9 +61,22 @@ pub type Envelope = (Request, oneshot::Sender<Reply>);
 
 /// Binds the control socket (mode 0600: root only). Refuses if another
 /// daemon answers on it; removes a stale socket file otherwise.
+///
+/// The socket is created under umask 0177, so it is root-only from the
+/// moment it exists: a chmod after bind(2) would leave a window in which,
+/// under a lax umask, anyone can connect and keep the connection. Folders it
+/// creates are 0755 whatever the umask, and a folder others may write to is
+/// refused: they could replace the socket with their own.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("create {}", dir.display()))?;
+        if let Some(why) = unsafe_socket_dir(dir) {
+            bail!("control socket {}: {why}", path.display());
+        }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         // Only a socket is ours to replace: a file or folder at that path
@@ -83,10 +96,47 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("remove stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("bind control socket {}", path.display()))?;
+    let listener = {
+        let _umask = Umask::set(0o177);
+        UnixListener::bind(path)
+    }
+    .with_context(|| format!("bind control socket {}", path.display()))?;
+    // Already 0600; said again in case the file system ignores the umask.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Why a socket in `dir` could be replaced by someone else: a folder that
+/// group or others may write to, without the sticky bit that keeps them
+/// from removing or renaming what they do not own (/tmp has it).
+pub fn unsafe_socket_dir(dir: &Path) -> Option<String> {
+    let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+    (mode & 0o022 != 0 && mode & 0o1000 == 0).then(|| {
+        format!(
+            "its folder {} is writable by others (mode {:o}), who could replace the socket \
+             with their own; run chmod go-w {0} or choose a root-only folder",
+            dir.display(),
+            mode & 0o7777
+        )
+    })
+}
+
+/// The process umask for as long as this lives. The umask is process-wide:
+/// hold it only around the one call that creates a file.
+struct Umask(libc::mode_t);
+
+impl Umask {
+    fn set(mask: libc::mode_t) -> Self {
+        // SAFETY: umask(2) cannot fail.
+        Self(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::umask(self.0) };
+    }
 }
 
 /// Longest request line accepted, in bytes.

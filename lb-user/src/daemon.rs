@@ -22,7 +22,10 @@ use crate::{
         LocalErrors, LookupReply, ReloadReply, StatusReply, VipStatus,
     },
     census::{Census, Counts, FlowsJob},
-    config::{CheckKind, Config, HealthConfig, XdpModeSetting, parse_mac},
+    config::{
+        BackendConfig, CheckKind, Config, HealthConfig, XdpModeSetting, backend_machine_problems,
+        backend_problems, parse_mac,
+    },
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
     health::{self, CheckSpec, CheckerHandle, Probe, State},
@@ -126,18 +129,6 @@ impl LocalCheckErrors {
         );
         self.unlogged = 0;
     }
-}
-
-/// Logs what is allowed but probably wrong in `cfg`'s health checks; the
-/// warnings, for a reply.
-fn warn_about_health(cfg: &Config) -> Vec<String> {
-    cfg.health_warnings()
-        .iter()
-        .map(|w| {
-            warn!("{w}");
-            w.to_string()
-        })
-        .collect()
 }
 
 impl Daemon {
@@ -247,8 +238,11 @@ impl Daemon {
     /// reverting live CLI changes (the file is the source of truth). An
     /// invalid file changes nothing; global fields need a restart.
     fn reload(&mut self) -> anyhow::Result<ReloadReply> {
-        let new = Config::load(&self.opts.config_path)?;
-        let warnings = warn_about_health(&new);
+        // The same checks as at start and `stickylb check`: a file that
+        // names a missing interface or a backend that is this host changes
+        // nothing.
+        let new = Config::load_for_this_machine(&self.opts.config_path)?;
+        let warnings = log_warnings("reload", &new);
         let needs_restart: Vec<String> = self
             .cfg
             .restart_only_changes(&new)
@@ -353,6 +347,7 @@ impl Daemon {
                     .map(|m| parse_mac(&m))
                     .transpose()
                     .map_err(anyhow::Error::msg)?;
+                self.refuse_on_this_machine(&vip, backend, weight, mac)?;
                 let added = self.lb.add_backend(&vip, backend, weight, mac);
                 // Whatever got applied: checkers follow the books.
                 self.sync_checkers();
@@ -387,6 +382,36 @@ impl Daemon {
             }
             Request::Reload => Reply::ok(self.reload()?),
         })
+    }
+
+    /// What `check` refuses about a backend on this machine (it is this
+    /// host, or its MAC is ours or the router's), refused for a live add
+    /// too, after the file's rules, in the order `check` reports them.
+    fn refuse_on_this_machine(
+        &self,
+        vip: &str,
+        backend: SocketAddrV4,
+        weight: u32,
+        mac: Option<[u8; 6]>,
+    ) -> anyhow::Result<()> {
+        // An unknown VIP is for add_backend to report.
+        let Some(v) = self.lb.vips().iter().find(|v| v.name == vip) else {
+            return Ok(());
+        };
+        let b = BackendConfig {
+            address: *backend.ip(),
+            port: backend.port(),
+            weight,
+            mac,
+            health: v.cfg.health.clone(),
+        };
+        let mut problems = backend_problems(&b, &v.cfg);
+        problems.extend(backend_machine_problems(&b, &v.cfg, &self.cfg.interface));
+        if !problems.is_empty() {
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            bail!("{}", all.join("; "));
+        }
+        Ok(())
     }
 
     /// Frames left to the kernel, by counter name.
@@ -445,6 +470,20 @@ impl Daemon {
 /// the first walk.
 fn clients_of(counts: Option<&Counts>) -> impl Fn(u32, u32) -> usize {
     move |vip, backend| counts.map_or(0, |c| c.clients(vip, backend))
+}
+
+/// What `check` would warn about `cfg`, in the log.
+/// Logs what is allowed but probably wrong in `cfg`; the warnings, for a
+/// reply.
+fn log_warnings(when: &str, cfg: &Config) -> Vec<String> {
+    cfg.warnings()
+        .into_iter()
+        .chain(cfg.environment_warnings())
+        .map(|w| {
+            warn!("{when}: {w}");
+            w.to_string()
+        })
+        .collect()
 }
 
 /// The load balancer is IPv4-only for now, while the control API already
@@ -525,7 +564,7 @@ pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::limits::raise_nofile();
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
-    warn_about_health(&cfg);
+    log_warnings("start", &cfg);
     // Sockets first: a second daemon on the same socket stops here, before
     // it touches the maps.
     let listener = control::bind(&cfg.control_socket)?;
@@ -616,6 +655,10 @@ impl Daemon {
                 self.cfg.pin_path.display()
             ),
             mode => info!("attached to {} in {mode}", self.cfg.interface),
+        }
+        // Adopted or new, in whatever mode: ask the interface as it is now.
+        if let Some(w) = Dataplane::xdp_tx_warning(&self.cfg.interface) {
+            warn!("{w}");
         }
         if link.existed && attached != Attached::Adopted {
             warn!("a pinned link existed but was not adopted");

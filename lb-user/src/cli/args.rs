@@ -16,7 +16,10 @@ use crate::api::Request;
     long_about = "Sticky L4 load balancer. An XDP program pins every client, by IP address, to one \
 backend (an affinity table backed by a Maglev table) and forwards by L2 direct server return. \
 `stickylb run` loads it and keeps it in step with the config and the backends' health; the \
-other commands talk to the running daemon over its control socket."
+other commands talk to the running daemon over its control socket.",
+    after_long_help = "Environment:\n  STICKYLB_CONFIG, STICKYLB_SOCKET: as -c and --socket.\n  \
+RUST_LOG: what `stickylb run` logs (default: info); see `stickylb run --help`.\n\n\
+Man pages: `stickylb man COMMAND... | man -l -`, or `stickylb man --dir DIR` for all."
 )]
 pub struct Cli {
     /// Control socket of the daemon to talk to. Default: the config's
@@ -33,10 +36,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How the daemon logs and how to choose what: in `run --help` and its
+/// man page.
+const LOGGING_HELP: &str = "\
+Logging:
+  The daemon logs to stderr, one line per event: the time (UTC, to the millisecond),
+  the level, the module and the message, e.g.
+    [2026-01-31T12:00:00.123Z INFO  lb_user::lb] web: backend 10.0.0.11:80 up: ...
+
+  RUST_LOG chooses what is logged (default: info). Levels, from fewest lines to most:
+  error, warn, info, debug, trace. A level can be set per module, after a comma:
+    RUST_LOG=warn                        problems only
+    RUST_LOG=warn,lb_user::lb=info       problems, and backends going up and down
+    RUST_LOG=debug,aya=info              all of stickylb's detail, less of the BPF library's
+  Modules: lb_user::daemon (start, reload, signals, warnings about the config),
+  lb_user::lb (backends up and down, live changes, what a reload applied),
+  lb_user::dataplane (loading, attaching), lb_user::control and lb_user::metrics
+  (their sockets), aya (the BPF library).";
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Load and attach the program and run the daemon until SIGINT/SIGTERM.
     /// State pinned by an earlier run is adopted: no client moves.
+    #[command(after_long_help = LOGGING_HELP)]
     Run {
         /// Replace pinned state from an earlier run instead of adopting it
         /// (clears every affinity entry and counter).
@@ -55,8 +77,19 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print a man page (roff), or write one for every command with --dir.
+    #[command(
+        after_help = "Examples:\n  stickylb man | man -l -\n  stickylb man backend add | man -l -\n  \
+                      stickylb man --dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write stickylb.1 and a page for every subcommand (stickylb-run.1,
+        /// stickylb-backend-add.1, ...) into this folder instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
+        /// The command whose page to print, e.g. `backend add`; default: stickylb's.
+        command: Vec<String>,
+    },
 }
 
 /// The commands answered by the running daemon.

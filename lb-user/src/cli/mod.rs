@@ -16,14 +16,17 @@ use clap::{CommandFactory as _, Parser as _};
 
 use self::args::{Cli, Command, Query};
 use crate::{
-    config::{Config, DEFAULT_CONTROL_SOCKET},
+    config::{Config, ConfigError, DEFAULT_CONTROL_SOCKET, Problem},
     control::{self, Reply},
     daemon::{self, RunOptions},
 };
 
 /// Entry point of the `stickylb` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(&e),
+    };
     let mut out = std::io::stdout();
     let done = run(&cli, &mut out).and_then(|()| Ok(out.flush()?));
     match done {
@@ -33,15 +36,56 @@ pub fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if cli.json {
-                let text =
-                    serde_json::to_string_pretty(&Reply::err(format!("{e:#}"))).unwrap_or_default();
-                let _ = writeln!(out, "{text}");
+                let _ = writeln!(out, "{}", json_error(&e));
             } else {
-                eprintln!("stickylb: {e:#}");
+                to_stderr(&format!("stickylb: {e:#}"));
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// A line for the operator on stderr. Not eprintln!, which panics when
+/// stderr is a pipe whose reader has gone (`stickylb check 2>&1 | head -1`).
+fn to_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A command line clap refuses: as clap prints it, or under --json as JSON
+/// on stdout. Help and version are printed as asked, whatever --json says.
+fn argument_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let asked_for_json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if shown || !asked_for_json {
+        // clap ignores a failed write, so a closed pipe is no panic here.
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    let mut text = e.to_string().trim().to_owned();
+    if let Some(rest) = text.strip_prefix("error: ") {
+        text = rest.to_owned();
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // What clap would print is the help alone.
+        text = format!("incomplete command: a subcommand or argument is missing\n\n{text}");
+    }
+    let reply = serde_json::to_string_pretty(&Reply::err(text)).unwrap_or_default();
+    let _ = writeln!(std::io::stdout(), "{reply}");
+    ExitCode::from(2)
+}
+
+/// `{"ok": false, "error": ...}`, as the daemon's replies; an invalid
+/// config's problems also one by one, as `problems: [{path, message}]`.
+fn json_error(e: &anyhow::Error) -> String {
+    let mut v = serde_json::to_value(Reply::err(format!("{e:#}"))).unwrap_or_default();
+    if let Some(ConfigError::Invalid(problems)) = e.downcast_ref::<ConfigError>() {
+        v["problems"] = serde_json::to_value(problems).unwrap_or_default();
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -62,12 +106,83 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             clap_complete::generate(*shell, &mut Cli::command(), "stickylb", &mut text);
             Ok(out.write_all(&text)?)
         }
-        Command::Man => Ok(clap_mangen::Man::new(Cli::command()).render(out)?),
+        Command::Man { dir, command } => man(cli, dir.as_deref(), command, out),
     }
 }
 
+/// The command tree the man pages describe: clap's `help` subcommand has
+/// no page of its own (every page has the help it would print).
+fn man_tree() -> clap::Command {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    cmd
+}
+
+/// Subcommands have no version of their own: every page's footer names
+/// stickylb's.
+fn man_page(cmd: &clap::Command) -> clap_mangen::Man {
+    clap_mangen::Man::new(cmd.clone()).source(format!("stickylb {}", env!("CARGO_PKG_VERSION")))
+}
+
+fn man(
+    cli: &Cli,
+    dir: Option<&Path>,
+    command: &[String],
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let tree = man_tree();
+    let Some(dir) = dir else {
+        let mut page = &tree;
+        for name in command {
+            page = page.find_subcommand(name).with_context(|| {
+                format!(
+                    "no command `{}`; `stickylb --help` lists them",
+                    command.join(" ")
+                )
+            })?;
+        }
+        return Ok(man_page(page).render(out)?);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut written = Vec::new();
+    write_pages(&tree, dir, &mut written)?;
+    if cli.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&written)?)?;
+    } else {
+        writeln!(
+            out,
+            "wrote {} man pages to {}:",
+            written.len(),
+            dir.display()
+        )?;
+        for p in &written {
+            writeln!(out, "  {}", p.display())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `cmd`'s page and those of its subcommands, each named as the
+/// pages that list it refer to it (stickylb-backend-add.1).
+fn write_pages(cmd: &clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let page = man_page(cmd);
+    let path = dir.join(page.get_filename());
+    let mut text = Vec::new();
+    page.render(&mut text)?;
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    written.push(path);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_pages(sub, dir, written)?;
+    }
+    Ok(())
+}
+
 fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Milliseconds: a failover or a reload happens within a second, and the
+    // order of its steps is what a reader of the log needs.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let opts = RunOptions {
         config_path: config_path(cli)?.to_owned(),
         fresh,
@@ -82,16 +197,38 @@ fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
 fn check(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = config_path(cli)?;
     let cfg = Config::load_for_this_machine(path)?;
-    for w in cfg.health_warnings() {
-        eprintln!("warning: {w}");
-    }
+    let warnings: Vec<Problem> = cfg
+        .warnings()
+        .into_iter()
+        .chain(cfg.environment_warnings())
+        .collect();
     let backends: usize = cfg.vips.iter().map(|v| v.backends.len()).sum();
+    if cli.json {
+        let report = serde_json::json!({
+            "config": path,
+            "vips": cfg.vips.len(),
+            "backends": backends,
+            "interface": cfg.interface,
+            "warnings": warnings,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    // On stderr, as problems are: stdout keeps its one line.
+    for w in &warnings {
+        to_stderr(&format!("warning: {w}"));
+    }
     writeln!(
         out,
-        "{}: OK ({} VIPs, {backends} backends, interface {})",
+        "{}: OK ({} VIPs, {backends} backends, interface {}){}",
         path.display(),
         cfg.vips.len(),
-        cfg.interface
+        cfg.interface,
+        match warnings.len() {
+            0 => String::new(),
+            1 => ", 1 warning".to_owned(),
+            n => format!(", {n} warnings"),
+        }
     )?;
     Ok(())
 }
@@ -143,5 +280,42 @@ fn control_socket_of(path: &Path) -> anyhow::Result<PathBuf> {
             "config {}: control_socket must be a string (a path); give --socket",
             path.display()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_dir_has_a_page_for_every_command() {
+        fn names(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
+            let name = if prefix.is_empty() {
+                cmd.get_name().to_owned()
+            } else {
+                format!("{prefix}-{}", cmd.get_name())
+            };
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    names(sub, &name, out);
+                }
+            }
+            out.push(format!("{name}.1"));
+        }
+        let mut want = Vec::new();
+        names(&Cli::command(), "", &mut want);
+        let dir = std::env::temp_dir().join(format!("stickylb-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut written = Vec::new();
+        write_pages(&man_tree(), &dir, &mut written).unwrap();
+        let mut got: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(want.contains(&"stickylb-backend-add.1".to_owned()));
     }
 }

@@ -1,12 +1,12 @@
 //! What `validate` cannot know: whether this machine can run the file.
 
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
 
 use super::{
-    Config, Problem, Problems,
-    validate::{MAX_INTERFACE_LEN, is_valid_interface_name},
+    BackendConfig, Config, Problem, Problems, VipConfig,
+    validate::{MAX_INTERFACE_LEN, is_valid_interface_name, vip_label},
 };
-use crate::netdev;
+use crate::{fmt::fmt_mac, neigh, netdev};
 
 impl Config {
     /// Checks against the machine this runs on: what `validate` cannot know.
@@ -70,7 +70,176 @@ impl Config {
                 _ => {}
             }
         }
+        self.check_socket_folder(&mut out);
+        self.check_backends_on_this_machine(&mut out);
         out.0
+    }
+
+    /// The daemon refuses a socket folder others could replace the socket
+    /// in (see `control::bind`); `check` says so first.
+    fn check_socket_folder(&self, out: &mut Problems) {
+        if let Some(parent) = self.control_socket.parent().filter(|p| p.is_dir())
+            && let Some(why) = crate::control::unsafe_socket_dir(parent)
+        {
+            out.push("control_socket", why);
+        }
+    }
+
+    /// What is allowed on this machine but probably not meant: `check`
+    /// prints these, `run` and a reload log them.
+    pub fn environment_warnings(&self) -> Vec<Problem> {
+        let mut out = Problems::default();
+        self.warn_vips_not_held(&Machine::read(&self.interface), &mut out);
+        out.0
+    }
+
+    /// A VIP reaches the program either because the interface holds it (the
+    /// host answers ARP for it) or because a router sends it here (a routed
+    /// VIP); only the first can be seen from here.
+    fn warn_vips_not_held(&self, m: &Machine, out: &mut Problems) {
+        if netdev::ifindex(&self.interface).is_none() {
+            return;
+        }
+        for (i, vip) in self.vips.iter().enumerate() {
+            if !m.addrs.holds(&self.interface, vip.address) {
+                out.push(
+                    format!("{} address", vip_label(i, &vip.name)),
+                    format!(
+                        "{addr} is not an address of {iface}, so this host answers no ARP \
+                         for it and clients on the link cannot reach the VIP: add it with \
+                         `ip addr add {addr}/32 dev {iface}`. This is fine if a router \
+                         sends the VIP's traffic to this host (a routed VIP: a static \
+                         route, BGP or ECMP)",
+                        addr = vip.address,
+                        iface = self.interface
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Backends that are this host or its router: traffic sent to them is
+    /// lost or loops, and nothing in the file alone shows it.
+    fn check_backends_on_this_machine(&self, out: &mut Problems) {
+        let m = Machine::read(&self.interface);
+        for (i, vip) in self.vips.iter().enumerate() {
+            for b in &vip.backends {
+                let label = format!(
+                    "{} backend {}:{}",
+                    vip_label(i, &vip.name),
+                    b.address,
+                    b.port
+                );
+                m.backend_problems(b, vip, &label, out);
+            }
+        }
+    }
+}
+
+/// What `check` would say about `b` on this machine, with `interface` the
+/// LB's: the same rules for a backend added at run time as for one in the
+/// file.
+pub fn backend_machine_problems(
+    b: &BackendConfig,
+    vip: &VipConfig,
+    interface: &str,
+) -> Vec<Problem> {
+    let mut out = Problems::default();
+    let label = format!("backend {}:{}", b.address, b.port);
+    Machine::read(interface).backend_problems(b, vip, &label, &mut out);
+    out.0
+}
+
+/// This host's addresses and its routers, as the kernel knows them in the
+/// daemon's network namespace.
+struct Machine {
+    interface: String,
+    addrs: netdev::Addresses,
+    gateways: Vec<Ipv4Addr>,
+    /// The gateways' MACs on `interface` (those resolved so far).
+    router_macs: Vec<(Ipv4Addr, [u8; 6])>,
+}
+
+impl Machine {
+    fn read(interface: &str) -> Self {
+        let gateways = neigh::default_gateways();
+        let neighbours = neigh::read(interface);
+        let router_macs = gateways
+            .iter()
+            .filter_map(|g| neighbours.get(g).map(|mac| (*g, *mac)))
+            .collect();
+        Self {
+            interface: interface.to_owned(),
+            addrs: netdev::addresses(),
+            gateways,
+            router_macs,
+        }
+    }
+
+    fn address_problem(&self, address: Ipv4Addr) -> Option<String> {
+        // A loopback address is refused by `validate` already, and every
+        // host holds one.
+        if address.is_loopback() {
+            return None;
+        }
+        if let Some((iface, _)) = self.addrs.ipv4.iter().find(|(_, a)| *a == address) {
+            return Some(format!(
+                "{address} is an address of this host (on {iface}): the load balancer \
+                 would send the VIP's traffic to itself, where it is lost; give the address \
+                 of another machine that serves the VIP"
+            ));
+        }
+        self.gateways.contains(&address).then(|| {
+            format!(
+                "{address} is this host's default gateway: the router would send the VIP's \
+                 frames straight back here, and they would loop; give the address of a \
+                 machine that serves the VIP"
+            )
+        })
+    }
+
+    fn backend_problems(
+        &self,
+        b: &BackendConfig,
+        vip: &VipConfig,
+        label: &str,
+        out: &mut Problems,
+    ) {
+        // The VIP's own address is refused by `validate` already.
+        if b.address != vip.address
+            && let Some(why) = self.address_problem(b.address)
+        {
+            out.push(format!("{label} address"), why);
+        }
+        let Some(mac) = b.mac else { return };
+        if let Some((iface, _)) = self.addrs.macs.iter().find(|(_, m)| **m == mac) {
+            out.push(
+                format!("{label} mac"),
+                format!(
+                    "{} is the MAC of {iface}, this host's own interface{}: frames would \
+                     come back to the load balancer instead of reaching the backend; give \
+                     the backend's MAC, or leave mac out to resolve it from the neighbour \
+                     table",
+                    fmt_mac(&mac),
+                    if *iface == self.interface {
+                        " (the one the program is attached to)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        } else if let Some((gw, _)) = self.router_macs.iter().find(|(_, m)| *m == mac) {
+            out.push(
+                format!("{label} mac"),
+                format!(
+                    "{} is the MAC of the router ({gw}, this host's default gateway): it \
+                     would send the VIP's frames back here, and they would loop between \
+                     the two; give the backend's MAC, or leave mac out to resolve it from \
+                     the neighbour table",
+                    fmt_mac(&mac)
+                ),
+            );
+        }
     }
 }
 
@@ -124,6 +293,32 @@ mod tests {
                 p[0].contains(&format!("exists and is not a socket ({kind})")),
                 "{p:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_socket_folder_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new("env-sockdir");
+        let mut c = parse(MINIMAL);
+        c.interface = "lo".into();
+        c.control_socket = dir.0.join("s.sock");
+        for (mode, refused) in [
+            (0o755, false),
+            (0o775, true),
+            (0o777, true),
+            (0o1777, false),
+        ] {
+            std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode)).unwrap();
+            let p = c.check_environment();
+            assert_eq!(p.len(), usize::from(refused), "mode {mode:o}: {p:?}");
+            if refused {
+                assert!(
+                    p[0].message.contains("writable by others")
+                        && p[0].message.contains("chmod go-w"),
+                    "{p:?}"
+                );
+            }
         }
     }
 }

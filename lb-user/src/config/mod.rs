@@ -22,6 +22,7 @@ mod restart;
 mod testutil;
 mod validate;
 
+pub use environment::backend_machine_problems;
 pub use raw::parse_mac;
 pub use validate::backend_problems;
 
@@ -185,7 +186,7 @@ pub enum CheckKind {
 }
 
 /// One thing wrong with a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// Where, e.g. `vip "web" backend 10.0.0.12:80 weight`.
     pub path: String,

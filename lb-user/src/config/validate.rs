@@ -71,6 +71,31 @@ impl Config {
         out.0
     }
 
+    /// What is allowed but almost certainly not meant: `check` prints these,
+    /// `run` and a reload log them. Touches nothing outside `self`.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut out = Problems::default();
+        self.warn_unweighted_vips(&mut out);
+        let mut out = out.0;
+        out.extend(self.health_warnings());
+        out
+    }
+
+    /// A VIP whose backends all have weight 0 has an empty Maglev table: a
+    /// new client has nowhere to go and its frames are dropped.
+    fn warn_unweighted_vips(&self, out: &mut Problems) {
+        for (i, vip) in self.vips.iter().enumerate() {
+            if !vip.backends.is_empty() && vip.backends.iter().all(|b| b.weight == 0) {
+                out.push(
+                    vip_label(i, &vip.name),
+                    "every backend has weight 0, so the VIP takes no new client (their \
+                     frames are dropped; only clients already pinned are served): give at \
+                     least one backend a weight above 0",
+                );
+            }
+        }
+    }
+
     fn validate_globals(&self, out: &mut Problems) {
         let iface = &self.interface;
         if iface.is_empty() {
@@ -183,7 +208,7 @@ impl Config {
 
 /// Empty names cannot be quoted usefully, so they are named by position
 /// (1-based, as a person counts them in the file).
-fn vip_label(index: usize, name: &str) -> String {
+pub(super) fn vip_label(index: usize, name: &str) -> String {
     if name.is_empty() {
         format!("vip #{}", index + 1)
     } else {
@@ -347,6 +372,15 @@ fn validate_backend(
         out.push(
             format!("{label} address"),
             format!("{} is not a unicast address", b.address),
+        );
+    } else if b.address.is_loopback() {
+        out.push(
+            format!("{label} address"),
+            format!(
+                "{} is a loopback address: frames sent to it never reach a backend (this \
+                 host drops them); give the backend's own address on the interface's network",
+                b.address
+            ),
         );
     }
     if b.port == 0 {

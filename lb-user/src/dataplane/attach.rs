@@ -100,6 +100,28 @@ impl Dataplane {
         Ok(true)
     }
 
+    /// What to tell the operator when frames the program sends back out of
+    /// `iface` will be dropped: on a veth in driver mode, XDP_TX hands them
+    /// to the peer's XDP receive path, which drops them unless the peer has
+    /// an XDP program of its own. `None` when nothing is wrong (or the
+    /// kernel cannot tell).
+    pub fn xdp_tx_warning(iface: &str) -> Option<String> {
+        let index = crate::netdev::ifindex(iface)?;
+        match super::veth::veth_peer_without_xdp(index) {
+            Ok(Some(peer)) => Some(format!(
+                "{iface} is a veth running XDP in driver mode, and its peer {peer} has no XDP \
+                 program: every frame the program forwards (XDP_TX) is dropped by the kernel. \
+                 Set xdp_mode = \"skb\" and restart, or attach an XDP program to the peer in \
+                 driver mode (one that returns XDP_PASS is enough)"
+            )),
+            Ok(None) => None,
+            Err(e) => {
+                log::debug!("cannot tell whether {iface} is a veth with an XDP peer: {e}");
+                None
+            }
+        }
+    }
+
     /// The interface index the XDP link pinned at `link_pin` is attached to;
     /// 0 when its interface is gone (the link is then defunct).
     pub fn pinned_link_ifindex(link_pin: &Path) -> std::io::Result<u32> {

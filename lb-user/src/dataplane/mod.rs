@@ -14,6 +14,7 @@ mod load;
 mod ring;
 mod shape;
 mod sys;
+mod veth;
 
 use std::path::PathBuf;
 

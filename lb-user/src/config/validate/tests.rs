@@ -476,3 +476,55 @@ port = 0
     );
     assert_eq!(shown.lines().count(), 10, "{shown}");
 }
+
+#[test]
+fn backend_not_loopback_unspecified_multicast_or_broadcast() {
+    for (addr, needle) in [
+        ("127.0.0.1", "is a loopback address"),
+        ("127.9.9.9", "is a loopback address"),
+        ("0.0.0.0", "is not a unicast address"),
+        ("224.0.0.5", "is not a unicast address"),
+        ("255.255.255.255", "is not a unicast address"),
+    ] {
+        let text = MINIMAL.replace("10.0.0.11", addr);
+        assert_only_problem(
+            &text,
+            &format!("vip \"web\" backend {addr}:80 address"),
+            needle,
+        );
+    }
+}
+
+#[test]
+fn a_live_backend_meets_the_same_address_rules() {
+    let c = parse(MINIMAL);
+    let mut b = c.vips[0].backends[0].clone();
+    b.address = Ipv4Addr::LOCALHOST;
+    let p = backend_problems(&b, &c.vips[0]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].to_string()
+            .starts_with("backend 127.0.0.1:80 address: 127.0.0.1 is a loopback address"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_vip_whose_weights_are_all_0_is_warned_about() {
+    let two = format!(
+        "{}\n[[vip.backend]]\naddress = \"10.0.0.12\"\nport = 80\nweight = 0\n",
+        doc("", "", "weight = 0")
+    );
+    let c = parse(&two);
+    let w: Vec<String> = c.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("vip \"web\": every backend has weight 0")
+            && w[0].contains("give at least one backend a weight above 0"),
+        "{w:?}"
+    );
+    // One backend with a weight is enough; so is the default weight.
+    let c = parse(&two.replacen("weight = 0", "weight = 3", 1));
+    assert_eq!(c.warnings(), vec![]);
+    assert_eq!(parse(MINIMAL).warnings(), vec![]);
+}

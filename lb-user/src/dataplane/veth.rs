@@ -1,0 +1,202 @@
+//! What a veth's peer needs for XDP_TX to work: a frame the program sends
+//! back out of a veth in driver mode is handed to the peer's XDP receive
+//! path, and is dropped when the peer has no XDP program. Asked of the
+//! kernel with one rtnetlink RTM_GETLINK per interface (the peer may be in
+//! another namespace: IFLA_TARGET_NETNSID reaches it).
+
+use std::io;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_EXT_MASK: u16 = 29;
+const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_XDP: u16 = 43;
+const IFLA_TARGET_NETNSID: u16 = 46;
+const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+const XDP_ATTACHED_DRV: u8 = 1;
+const XDP_ATTACHED_MULTI: u8 = 4;
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// What rtnetlink says about one interface.
+#[derive(Debug, Default, PartialEq)]
+struct Link {
+    kind: Option<String>,
+    /// The other end of a veth (its index in `peer_netnsid`'s namespace).
+    peer: Option<u32>,
+    /// The namespace of `peer`, as this namespace numbers it; `None`: ours.
+    peer_netnsid: Option<i32>,
+    /// A driver-mode (native) XDP program is attached.
+    driver_xdp: bool,
+}
+
+/// Whether frames the program sends back out of `ifindex` are lost: `Some(the
+/// peer's name or index)` when `ifindex` is a veth with a driver-mode XDP
+/// program and its peer has none; `None` otherwise.
+pub fn veth_peer_without_xdp(ifindex: u32) -> io::Result<Option<String>> {
+    let ours = get_link(ifindex, None)?;
+    let (Some("veth"), Some(peer), true) = (ours.kind.as_deref(), ours.peer, ours.driver_xdp)
+    else {
+        return Ok(None);
+    };
+    let theirs = get_link(peer, ours.peer_netnsid)?;
+    if theirs.driver_xdp {
+        return Ok(None);
+    }
+    Ok(Some(match ours.peer_netnsid {
+        None => crate::netdev::ifname(peer),
+        Some(_) => format!("(interface #{peer} in another network namespace)"),
+    }))
+}
+
+fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(buf.len().next_multiple_of(4), 0);
+}
+
+fn get_link(ifindex: u32, netnsid: Option<i32>) -> io::Result<Link> {
+    let mut req = Vec::with_capacity(64);
+    req.extend_from_slice(&[0; 16]); // nlmsghdr, filled in below
+    // ifinfomsg: family, pad, type, index, flags, change.
+    req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    req.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    req.extend_from_slice(&[0; 8]);
+    attr(
+        &mut req,
+        IFLA_EXT_MASK,
+        &RTEXT_FILTER_SKIP_STATS.to_ne_bytes(),
+    );
+    if let Some(id) = netnsid {
+        attr(&mut req, IFLA_TARGET_NETNSID, &id.to_ne_bytes());
+    }
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+
+    // SAFETY: plain socket(2); the descriptor is owned by `fd` below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh descriptor nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: req is valid for its length; the kernel is the default
+    // destination of a netlink socket.
+    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    // SAFETY: buf is valid for writes of its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    parse_reply(&buf[..n as usize])
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Netlink attributes: (type, payload).
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(u16_at(b, 0)?);
+        let kind = u16_at(b, 2)? & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let payload = &b[4..len];
+        b = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+        Some((kind, payload))
+    })
+}
+
+fn parse_reply(b: &[u8]) -> io::Result<Link> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "short rtnetlink reply");
+    let len = u32_at(b, 0).ok_or_else(bad)? as usize;
+    let kind = u16_at(b, 4).ok_or_else(bad)?;
+    let msg = b.get(16..len).ok_or_else(bad)?;
+    if kind == NLMSG_ERROR {
+        let errno = u32_at(msg, 0).ok_or_else(bad)? as i32;
+        return Err(io::Error::from_raw_os_error(-errno));
+    }
+    if kind != RTM_NEWLINK {
+        return Err(bad());
+    }
+    let mut link = Link::default();
+    for (t, p) in attrs(msg.get(16..).ok_or_else(bad)?) {
+        match t {
+            IFLA_LINK => link.peer = u32_at(p, 0),
+            IFLA_LINK_NETNSID => link.peer_netnsid = u32_at(p, 0).map(|v| v as i32),
+            IFLA_LINKINFO => {
+                for (t, p) in attrs(p) {
+                    if t == IFLA_INFO_KIND {
+                        let name = p.split(|c| *c == 0).next().unwrap_or_default();
+                        link.kind = Some(String::from_utf8_lossy(name).into_owned());
+                    }
+                }
+            }
+            IFLA_XDP => {
+                let mut attached = 0;
+                let mut drv_prog = 0;
+                for (t, p) in attrs(p) {
+                    match t {
+                        IFLA_XDP_ATTACHED => attached = p.first().copied().unwrap_or(0),
+                        IFLA_XDP_DRV_PROG_ID => drv_prog = u32_at(p, 0).unwrap_or(0),
+                        _ => {}
+                    }
+                }
+                link.driver_xdp = attached == XDP_ATTACHED_DRV
+                    || (attached == XDP_ATTACHED_MULTI && drv_prog != 0);
+            }
+            _ => {}
+        }
+    }
+    // A negative id: the peer is in our own namespace.
+    if link.peer_netnsid.is_some_and(|id| id < 0) {
+        link.peer_netnsid = None;
+    }
+    Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_no_veth() {
+        let lo = crate::netdev::ifindex("lo").unwrap();
+        let link = get_link(lo, None).unwrap();
+        assert_eq!((link.peer, link.driver_xdp), (None, false), "{link:?}");
+        assert_eq!(veth_peer_without_xdp(lo).unwrap(), None);
+    }
+
+    #[test]
+    fn a_missing_interface_is_an_error() {
+        let e = get_link(u32::MAX >> 1, None).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "{e}");
+    }
+}
