@@ -686,8 +686,9 @@ impl KeptTopology {
         k
     }
 
-    /// Stops the processes (SIGTERM first, so a daemon detaches and
-    /// unpins), then removes pins, namespaces and the scratch folder.
+    /// Stops the processes (SIGTERM first, so they exit cleanly; a daemon
+    /// then leaves its program pinned), then removes pins (detaching their
+    /// programs), namespaces and the scratch folder.
     pub fn remove(&self) {
         for &p in &self.pids {
             // SAFETY: kill(2) on a pid we started.

@@ -417,7 +417,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         res.measure(&topo, &pids, Target::Stickylb, &plan)?;
         // The others with no XDP program on the LB's eth0: the proxies'
         // frames would otherwise also pass through stickylb's program.
-        daemon.stop()?;
+        daemon.unload(&topo)?;
         pids.daemon = None;
         thread::sleep(Duration::from_millis(200));
         let link = topo.lb.ip(&["link", "show", "eth0"])?;
