@@ -19,8 +19,10 @@ backend (an affinity table backed by a Maglev table) and forwards by L2 direct s
 other commands talk to the running daemon over its control socket."
 )]
 pub struct Cli {
-    /// Control socket of the daemon to talk to. Default: the config's
-    /// `control_socket` when -c is given, else /run/stickylb/stickylb.sock.
+    /// Control socket of the daemon to talk to. Default: that of the running
+    /// daemon started with -c FILE (whatever FILE says now), else FILE's
+    /// `control_socket`; without -c, the only running daemon's, else
+    /// /run/stickylb/stickylb.sock.
     #[arg(long, global = true, env = "STICKYLB_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Config file (for `run`, `check`; other commands read its control_socket).
