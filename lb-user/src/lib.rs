@@ -15,7 +15,7 @@ pub mod lb;
 mod metrics;
 mod neigh;
 mod netdev;
-mod runtime;
+pub mod runtime;
 pub mod util;
 
 /// The compiled XDP program, embedded at build time by build.rs.

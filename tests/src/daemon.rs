@@ -16,18 +16,21 @@ use lb_user::{
     api::{BackendState, StatusReply, VipStatus},
     control::{self, Request},
     dataplane::{Dataplane, LINK_PIN_NAME},
+    runtime::{RECORD_DIR, Record},
 };
 
 use crate::netns::{ChildGuard, Result, Topology, wait_for};
 
 /// Removes a pin folder (detaching its XDP link) on drop, so a test that
-/// fails with the daemon killed leaves nothing pinned.
+/// fails with the daemon killed leaves nothing pinned; and the runtime
+/// record a daemon killed on it left.
 pub struct PinGuard(pub PathBuf);
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
         let _ = Dataplane::detach_pinned(&self.0.join(LINK_PIN_NAME));
         let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_file(Record::path_in(Path::new(RECORD_DIR), &self.0));
     }
 }
 

@@ -108,7 +108,7 @@ fn second_run(topo: &Topology, config_text: &str, args: &[&str], tag: &str) -> S
 
 #[test]
 fn a_second_daemon_on_the_same_pins_is_refused() {
-    let (topo, pin, config, d) = running(60);
+    let (topo, pin, config, mut d) = running(60);
     let clients = topo.clients.clone();
     let before = sweep(&topo, &clients);
     assert_eq!(answered(&before), clients.len(), "{}", d.log_text());
@@ -178,6 +178,16 @@ fn a_second_daemon_on_the_same_pins_is_refused() {
     // nothing of their own making.
     assert!(topo.control_socket().exists());
     assert!(!topo.tmp.join("second.sock").exists());
+
+    // The kernel drops a killed daemon's lock: kill -9 never blocks the next.
+    d.kill9();
+    d.restart(&topo, &[]).unwrap();
+    assert!(d.log_text().contains("adopted the running data path"));
+    assert_eq!(
+        sweep(&topo, &clients),
+        before,
+        "clients after kill -9 and start"
+    );
 }
 
 #[test]
