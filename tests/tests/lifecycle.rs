@@ -268,45 +268,46 @@ fn sigterm_and_start_under_load_loses_no_client() {
 #[test]
 fn the_cli_reaches_the_daemon_whatever_the_file_says() {
     let (topo, pin, config, mut d) = running(20);
-    let status_ok = |d: &Daemon, what: &str| {
-        let (code, out, err) = d.cli_by_config(&topo, &["status"]);
+    // Each command's exit code, stdout and stderr, shown in one line.
+    let run = |d: &Daemon, cmd: &str, what: &str| {
+        let (code, out, err) = d.cli_by_config(&topo, &[cmd]);
+        let shown = if code == 0 { &out } else { &err };
         println!(
-            "stickylb -c FILE status, {what}: exit {code}{}",
-            if code == 0 {
-                String::new()
-            } else {
-                format!(": {}", err.trim())
-            }
+            "stickylb -c FILE {cmd}, {what}: exit {code}: {}",
+            shown.lines().next().unwrap_or("")
         );
-        assert_eq!(code, 0, "{what}: {out}{err}");
-        assert!(out.contains("VIP web"), "{out}");
+        (code, out, err)
     };
-    status_ok(&d, "file as started");
+    let (code, out, err) = run(&d, "status", "file as started");
+    assert_eq!(code, 0, "{out}{err}");
 
     // control_socket changed in the file: a restart-only field, so the
-    // daemon still listens on the old one.
+    // daemon still listens on the old one. Then a syntax error in the file.
     let moved = config.replace(
         &topo.control_socket().display().to_string(),
         &topo.tmp.join("elsewhere.sock").display().to_string(),
     );
     assert_ne!(moved, config);
     fs::write(&d.config, &moved).unwrap();
-    status_ok(&d, "control_socket changed in the file");
-    let (code, out, err) = d.cli_by_config(&topo, &["reload"]);
-    println!("stickylb -c FILE reload, control_socket changed: exit {code}: {out}{err}");
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("control_socket"), "{out}");
-
-    // A syntax error in the file: the CLI still reaches the daemon, and a
-    // reload reports the file's error.
+    let moved_status = run(&d, "status", "control_socket changed in the file");
+    let moved_reload = run(&d, "reload", "control_socket changed in the file");
     fs::write(&d.config, config.replace("[[vip]]", "[[vip]")).unwrap();
-    status_ok(&d, "syntax error in the file");
-    let (code, out, err) = d.cli_by_config(&topo, &["reload"]);
-    println!(
-        "stickylb -c FILE reload, syntax error: exit {code}: {}",
-        err.trim()
-    );
-    assert_eq!(code, 1, "{out}{err}");
+    let broken_status = run(&d, "status", "syntax error in the file");
+    let broken_reload = run(&d, "reload", "syntax error in the file");
+
+    for (what, (code, out, err)) in [
+        ("control_socket changed", &moved_status),
+        ("syntax error", &broken_status),
+    ] {
+        assert_eq!(*code, 0, "status, {what}: {out}{err}");
+        assert!(out.contains("VIP web"), "status, {what}: {out}");
+    }
+    let (code, out, err) = &moved_reload;
+    assert_eq!(*code, 0, "{out}{err}");
+    assert!(out.contains("control_socket"), "{out}");
+    // The daemon was reached, and refused the file saying why.
+    let (code, out, err) = &broken_reload;
+    assert_eq!(*code, 1, "{out}{err}");
     assert!(
         err.contains("cannot parse config") && err.contains("line"),
         "{err}"

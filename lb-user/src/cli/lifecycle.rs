@@ -200,7 +200,9 @@ pub(super) fn unload(
             maps.join(", ")
         )?;
     }
-    writeln!(out, "removed the pin folder {}", pin_path.display())?;
+    if gone.folder {
+        writeln!(out, "removed the pin folder {}", pin_path.display())?;
+    }
     let _ = std::fs::remove_file(Record::path_in(Path::new(runtime::RECORD_DIR), &pin_path));
     remove_stale_sockets(&sockets, out)?;
     if gone.detached_from.is_some() {
@@ -230,4 +232,53 @@ fn remove_stale_sockets(sockets: &[PathBuf], out: &mut dyn Write) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::super::args::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("stickylb").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn keep_is_still_accepted_but_no_longer_shown() {
+        assert!(matches!(
+            parse(&["run", "--keep"]).command,
+            Command::Run { keep: true, .. }
+        ));
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("--keep"), "{help}");
+        assert!(help.contains("--fresh"), "{help}");
+    }
+
+    #[test]
+    fn stop_and_unload_parse() {
+        assert!(matches!(parse(&["stop"]).command, Command::Stop));
+        match parse(&[
+            "-c",
+            "/etc/stickylb.toml",
+            "unload",
+            "--pin-path",
+            "/sys/fs/bpf/x",
+        ])
+        .command
+        {
+            Command::Unload { pin_path } => {
+                assert_eq!(
+                    pin_path.as_deref(),
+                    Some(std::path::Path::new("/sys/fs/bpf/x"))
+                )
+            }
+            _ => panic!("not unload"),
+        }
+    }
 }
