@@ -158,7 +158,9 @@ pub(super) fn unload(
                 Some(p) => p.to_owned(),
                 None => from_file("pin_path")?.unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
             };
-            (pin, vec![socket(cli)?])
+            // A file too broken to name its socket still has its pins
+            // unloaded (with --pin-path).
+            (pin, socket(cli).into_iter().collect())
         }
     };
     if !pin_path.exists() {
