@@ -31,6 +31,7 @@ use crate::{
     health::{self, CheckSpec, CheckerHandle, Probe, State},
     lb::{BackendSerial, Lb},
     metrics, neigh, netdev,
+    runtime::{self, PinLock, Record},
 };
 
 #[derive(Clone, Debug)]
@@ -38,8 +39,6 @@ pub struct RunOptions {
     pub config_path: PathBuf,
     /// Replace pinned state from an earlier run instead of adopting it.
     pub fresh: bool,
-    /// Leave the program attached and the maps pinned on exit.
-    pub keep: bool,
 }
 
 /// One running checker, and what it was started with (to know when a reload
@@ -548,25 +547,60 @@ fn check_pinned_link(link_pin: &Path, interface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes everything pinned by an earlier run: the link (detaching the
-/// program) and the maps.
-pub fn unpin_all(pin_path: &Path) -> anyhow::Result<()> {
-    if Dataplane::detach_pinned(&pin_path.join(LINK_PIN_NAME))? {
-        info!("detached the XDP program pinned at {}", pin_path.display());
+/// What `unpin_all` removed.
+#[derive(Debug, Default)]
+pub struct Unpinned {
+    /// The XDP link was pinned and is gone, so the program is detached:
+    /// from this interface index (0: its interface had gone already).
+    pub detached_from: Option<u32>,
+    /// The maps unpinned, by name.
+    pub maps: Vec<String>,
+    /// Whether the pin folder itself was removed.
+    pub folder: bool,
+}
+
+/// Removes everything pinned under `pin_path`: the link (detaching the
+/// program) and the maps; the folder too unless `keep_folder` (the caller
+/// holds the lock on it and goes on using it).
+pub fn unpin_all(pin_path: &Path, keep_folder: bool) -> anyhow::Result<Unpinned> {
+    let mut out = Unpinned::default();
+    let link = pin_path.join(LINK_PIN_NAME);
+    if link.exists() {
+        let ifindex = Dataplane::pinned_link_ifindex(&link).unwrap_or(0);
+        if Dataplane::detach_pinned(&link)? {
+            info!("detached the XDP program pinned at {}", pin_path.display());
+            out.detached_from = Some(ifindex);
+        }
     }
-    if pin_path.exists() {
-        std::fs::remove_dir_all(pin_path)
-            .with_context(|| format!("remove {}", pin_path.display()))?;
+    if !pin_path.exists() {
+        return Ok(out);
     }
-    Ok(())
+    let entries =
+        std::fs::read_dir(pin_path).with_context(|| format!("read {}", pin_path.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("read {}", pin_path.display()))?;
+        std::fs::remove_file(entry.path())
+            .with_context(|| format!("unpin {}", entry.path().display()))?;
+        out.maps
+            .push(entry.file_name().to_string_lossy().into_owned());
+    }
+    out.maps.sort();
+    if !keep_folder {
+        std::fs::remove_dir(pin_path).with_context(|| format!("remove {}", pin_path.display()))?;
+        out.folder = true;
+    }
+    Ok(out)
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::limits::raise_nofile();
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
     log_warnings("start", &cfg);
-    // Sockets first: a second daemon on the same socket stops here, before
-    // it touches the maps.
+    // The lock first: a second daemon on the same pins stops here, whatever
+    // its socket and metrics settings, before it touches a map, a pin or
+    // the first daemon's socket (and before --fresh unpins anything).
+    ensure_bpffs(&cfg.pin_path)?;
+    let lock = PinLock::acquire(&cfg.pin_path)?;
     let listener = control::bind(&cfg.control_socket)?;
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some(metrics::bind(addr).await?),
@@ -591,8 +625,38 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     d.attach(&pinned_link)?;
     d.refresh_macs();
     d.sync_checkers();
-    let d = serve(d, listener, metrics_listener, health_rx).await?;
-    shut_down(d)
+    let record = publish_record(&d);
+    let (d, signal) = serve(d, listener, metrics_listener, health_rx).await?;
+    shut_down(d, signal);
+    drop(record);
+    drop(lock);
+    Ok(())
+}
+
+/// Leaves the runtime record by which the CLI finds this daemon whatever
+/// its config file says later. Without it the CLI falls back to the file's
+/// control_socket, so a failure is worth a warning, not a refusal to run.
+fn publish_record(d: &Daemon) -> Option<runtime::RecordGuard> {
+    let record = Record {
+        pid: std::process::id(),
+        config: std::fs::canonicalize(&d.opts.config_path)
+            .unwrap_or_else(|_| d.opts.config_path.clone()),
+        control_socket: d.cfg.control_socket.clone(),
+        pin_path: d.cfg.pin_path.clone(),
+        interface: d.cfg.interface.clone(),
+    };
+    let dir = Path::new(runtime::RECORD_DIR);
+    record
+        .publish(dir)
+        .inspect_err(|e| {
+            warn!(
+                "cannot write the runtime record in {} ({e}): `stickylb -c FILE` then finds \
+                 this daemon only while FILE's control_socket is {}",
+                dir.display(),
+                d.cfg.control_socket.display()
+            )
+        })
+        .ok()
 }
 
 /// Loads the program with the maps pinned under `pin_path` (adopting those
@@ -600,9 +664,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// link was pinned there already.
 fn load_data_path(cfg: &Config, fresh: bool) -> anyhow::Result<(Dataplane, PinnedLinkPath)> {
     if fresh {
-        unpin_all(&cfg.pin_path)?;
+        let gone = unpin_all(&cfg.pin_path, true)?;
+        if !gone.maps.is_empty() {
+            info!(
+                "--fresh: removed the state pinned at {} ({})",
+                cfg.pin_path.display(),
+                gone.maps.join(", ")
+            );
+        }
     }
-    ensure_bpffs(&cfg.pin_path)?;
     let path = cfg.pin_path.join(LINK_PIN_NAME);
     check_pinned_link(&path, &cfg.interface)?;
     let existed = path.exists();
@@ -668,13 +738,13 @@ impl Daemon {
 }
 
 /// The event loop: health events, control requests, metrics scrapes, the
-/// neighbour table, signals. Returns on SIGTERM or SIGINT.
+/// neighbour table, signals. Returns on SIGTERM or SIGINT, with its name.
 async fn serve(
     mut d: Daemon,
     listener: tokio::net::UnixListener,
     metrics_listener: Option<tokio::net::TcpListener>,
     mut health_rx: mpsc::Receiver<health::Event<CheckKey>>,
-) -> anyhow::Result<Daemon> {
+) -> anyhow::Result<(Daemon, &'static str)> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Envelope>(64);
     tokio::spawn(control::serve(listener, ctl_tx));
     let (met_tx, mut met_rx) = mpsc::channel::<oneshot::Sender<String>>(16);
@@ -699,8 +769,8 @@ async fn serve(
                     error!("reload failed: {e:#}");
                 }
             }
-            _ = sigterm.recv() => return Ok(d),
-            _ = sigint.recv() => return Ok(d),
+            _ = sigterm.recv() => return Ok((d, "SIGTERM")),
+            _ = sigint.recv() => return Ok((d, "SIGINT")),
         }
     }
 }
@@ -713,19 +783,16 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Leaves the program forwarding with `--keep`; else detaches and unpins.
-fn shut_down(d: Daemon) -> anyhow::Result<()> {
+/// Exits leaving the data path as it is: the program keeps forwarding and
+/// every client keeps its backend, with the state pinned for the next
+/// daemon to adopt (a restart is SIGTERM then start). Taking it down is
+/// `stickylb unload`'s job, never a signal's.
+fn shut_down(d: Daemon, signal: &str) {
     let _ = std::fs::remove_file(&d.cfg.control_socket);
-    if d.opts.keep {
-        info!(
-            "exiting; the program keeps forwarding (--keep), state pinned at {}",
-            d.cfg.pin_path.display()
-        );
-    } else {
-        let pin = d.cfg.pin_path.clone();
-        drop(d);
-        unpin_all(&pin)?;
-        info!("exiting; detached and unpinned");
-    }
-    Ok(())
+    info!(
+        "exiting on {signal}; the XDP program keeps forwarding on {} with its state pinned at {}: \
+         a new `stickylb run` adopts it (no client moves), `stickylb unload` takes it down",
+        d.cfg.interface,
+        d.cfg.pin_path.display()
+    );
 }

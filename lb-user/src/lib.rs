@@ -18,6 +18,7 @@ mod limits;
 mod metrics;
 mod neigh;
 mod netdev;
+pub mod runtime;
 pub mod util;
 
 /// The compiled XDP program, embedded at build time by build.rs.

@@ -1,5 +1,9 @@
 //! The stickylb daemon as a test runs it: a real process in the load
 //! balancer's namespace, killed and its pinned state removed on drop.
+//!
+//! SIGTERM (`stop`) ends the daemon and leaves the program forwarding with
+//! its state pinned, as it does for an operator; `unload` takes the data
+//! path down. A `PinGuard` removes whatever a test leaves pinned.
 
 use std::{
     fs,
@@ -13,18 +17,21 @@ use lb_user::{
     api::{BackendState, StatusReply, VipStatus},
     control::{self, Request},
     dataplane::{Dataplane, LINK_PIN_NAME},
+    runtime::{RECORD_DIR, Record},
 };
 
 use crate::netns::{ChildGuard, Result, Topology, wait_for};
 
 /// Removes a pin folder (detaching its XDP link) on drop, so a test that
-/// fails with the daemon killed leaves nothing pinned.
+/// fails with the daemon killed leaves nothing pinned; and the runtime
+/// record a daemon killed on it left.
 pub struct PinGuard(pub PathBuf);
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
         let _ = Dataplane::detach_pinned(&self.0.join(LINK_PIN_NAME));
         let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_file(Record::path_in(Path::new(RECORD_DIR), &self.0));
     }
 }
 
@@ -185,21 +192,69 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM and wait for a clean exit.
+    /// The running daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// SIGTERM and wait for a clean exit (the program keeps forwarding, the
+    /// state stays pinned).
     pub fn stop(&mut self) -> Result<()> {
+        if let Some(c) = &self.child {
+            c.signal(libc::SIGTERM);
+        }
+        self.wait_exit("SIGTERM")
+    }
+
+    /// Waits for the daemon to exit by itself (after `stickylb stop` or
+    /// `unload`, or a signal) and checks it exited cleanly.
+    pub fn wait_exit(&mut self, after: &str) -> Result<()> {
         let Some(mut c) = self.child.take() else {
             return Ok(());
         };
-        c.signal(libc::SIGTERM);
         if !wait_for(Duration::from_secs(10), || c.exited().is_some()) {
-            return Err("daemon did not exit on SIGTERM".into());
+            return Err(format!("daemon did not exit after {after}"));
         }
         match c.exited() {
             Some(s) if s.success() => Ok(()),
             other => Err(format!(
-                "daemon exited with {other:?}; log:\n{}",
+                "daemon exited with {other:?} after {after}; log:\n{}",
                 self.log_text()
             )),
         }
+    }
+
+    /// The CLI as an operator runs it, finding the daemon through the
+    /// config file (`stickylb -c FILE <args>`, no --socket), in the LB
+    /// namespace (so interface names resolve as the daemon sees them).
+    pub fn cli_by_config(&self, topo: &Topology, args: &[&str]) -> (i32, String, String) {
+        let out = topo
+            .lb
+            .command(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `stickylb unload -c FILE`: stops the daemon if it runs, detaches the
+    /// program and removes the pins; what it printed.
+    pub fn unload(&mut self, topo: &Topology) -> Result<String> {
+        let (code, out, err) = self.cli_by_config(topo, &["unload"]);
+        if code != 0 {
+            return Err(format!(
+                "stickylb unload failed ({code}): {out}{err}\nlog:\n{}",
+                self.log_text()
+            ));
+        }
+        self.wait_exit("stickylb unload")?;
+        Ok(out)
     }
 }

@@ -361,14 +361,22 @@ pub struct TopologyPaths {
     pub daemon_pin: PathBuf,
     /// Scratch folder: logs, configs, the control socket.
     pub tmp: PathBuf,
+    /// The runtime record of the daemon on `daemon_pin` (a clean exit
+    /// removes it, a kill -9 leaves it).
+    pub daemon_record: PathBuf,
 }
 
 impl TopologyPaths {
     pub fn of(id: &str) -> Self {
         let bpf = Path::new("/sys/fs/bpf");
+        let daemon_pin = bpf.join(id);
         Self {
             peer_pin: bpf.join(format!("{id}-peer")),
-            daemon_pin: bpf.join(id),
+            daemon_record: lb_user::runtime::Record::path_in(
+                Path::new(lb_user::runtime::RECORD_DIR),
+                &daemon_pin,
+            ),
+            daemon_pin,
             tmp: std::env::temp_dir().join(id),
         }
     }
@@ -393,8 +401,9 @@ impl Topology {
             peer_pin,
             daemon_pin,
             tmp,
+            daemon_record,
         } = TopologyPaths::of(&id);
-        let reaper = Reaper::spawn(&id, &[&peer_pin, &daemon_pin, &tmp])?;
+        let reaper = Reaper::spawn(&id, &[&peer_pin, &daemon_pin, &tmp, &daemon_record])?;
         let bridge = Netns::new(&format!("{id}-br"))?;
         let client = Netns::new(&format!("{id}-cl"))?;
         let lb = Netns::new(&format!("{id}-lb"))?;
@@ -686,8 +695,9 @@ impl KeptTopology {
         k
     }
 
-    /// Stops the processes (SIGTERM first, so a daemon detaches and
-    /// unpins), then removes pins, namespaces and the scratch folder.
+    /// Stops the processes (SIGTERM first, so they exit cleanly; a daemon
+    /// then leaves its program pinned), then removes pins (detaching their
+    /// programs), namespaces and the scratch folder.
     pub fn remove(&self) {
         for &p in &self.pids {
             // SAFETY: kill(2) on a pid we started.

@@ -31,10 +31,11 @@ impl Leftovers {
             peer_pin,
             daemon_pin,
             tmp,
+            daemon_record,
         } = TopologyPaths::of(id);
         Self {
             id: id.into(),
-            paths: vec![daemon_pin, peer_pin, tmp],
+            paths: vec![daemon_pin, peer_pin, tmp, daemon_record],
         }
     }
 
@@ -81,7 +82,8 @@ fn held_network_is_removed_when_its_owner_dies(signal: i32, name: &str) {
     assert_eq!(
         paths.len(),
         left.paths.len(),
-        "daemon pins, peer pins and scratch folder should exist: {paths:?}"
+        "daemon pins, peer pins, scratch folder and the daemon's runtime record should exist: \
+         {paths:?}"
     );
     // The daemon, the backends' servers: what must not outlive the network.
     let pids: Vec<u32> = namespaces
@@ -120,8 +122,8 @@ fn held_network_is_removed_when_its_owner_dies(signal: i32, name: &str) {
         n.is_empty() && p.is_empty() && alive(&pids).is_empty()
     });
     println!(
-        "cleanup after {name}: {} namespaces, {} processes in them, {} pinned/scratch folders of \
-         {id} removed {} ms after its owner died",
+        "cleanup after {name}: {} namespaces, {} processes in them, {} pinned/scratch \
+         folders and records of {id} removed {} ms after its owner died",
         namespaces.len(),
         pids.len(),
         paths.len(),

@@ -262,8 +262,8 @@ fn daemon_failover_restart_reload_and_cli() {
         .unwrap();
     assert!(packets > 0.0, "{text}");
 
-    // A clean stop detaches and unpins.
-    d.stop().unwrap();
+    // Taking it down is explicit: `stickylb unload` detaches and unpins.
+    d.unload(&topo).unwrap();
     assert!(!pin.0.exists(), "pins left behind");
     let link = topo.lb.ip(&["link", "show", "eth0"]).unwrap();
     assert!(!link.contains("xdp"), "XDP still attached: {link}");

@@ -22,8 +22,10 @@ RUST_LOG: what `stickylb run` logs (default: info); see `stickylb run --help`.\n
 Man pages: `stickylb man COMMAND... | man -l -`, or `stickylb man --dir DIR` for all."
 )]
 pub struct Cli {
-    /// Control socket of the daemon to talk to. Default: the config's
-    /// `control_socket` when -c is given, else /run/stickylb/stickylb.sock.
+    /// Control socket of the daemon to talk to. Default: that of the running
+    /// daemon started with -c FILE (whatever FILE says now), else FILE's
+    /// `control_socket`; without -c, the only running daemon's, else
+    /// /run/stickylb/stickylb.sock.
     #[arg(long, global = true, env = "STICKYLB_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Config file (for `run`, `check`; other commands read its control_socket).
@@ -56,17 +58,33 @@ Logging:
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Load and attach the program and run the daemon until SIGINT/SIGTERM.
-    /// State pinned by an earlier run is adopted: no client moves.
+    /// Load and attach the program and run the daemon until SIGINT/SIGTERM,
+    /// which leave the program forwarding with its state pinned. State
+    /// pinned by an earlier run is adopted: no client moves. One daemon per
+    /// pin_path: a second one is refused.
     #[command(after_long_help = LOGGING_HELP)]
     Run {
         /// Replace pinned state from an earlier run instead of adopting it
         /// (clears every affinity entry and counter).
         #[arg(long)]
         fresh: bool,
-        /// On exit, leave the program forwarding and the maps pinned.
-        #[arg(long)]
+        /// No effect, kept so that scripts still run: leaving the program
+        /// forwarding on exit is the default (`stickylb unload` takes it down).
+        #[arg(long, hide = true)]
         keep: bool,
+    },
+    /// Stop the running daemon. The XDP program keeps forwarding and the
+    /// state stays pinned: a new `stickylb run` adopts it and no client
+    /// moves (SIGTERM does the same).
+    Stop,
+    /// Take the data path down: stop the daemon if one runs, detach the XDP
+    /// program, unpin the maps, remove the control socket. Every VIP's
+    /// clients lose service. Also cleans up after a daemon that is gone.
+    Unload {
+        /// The pin folder to unload when no daemon answers. Default: the
+        /// config's pin_path when -c is given, else /sys/fs/bpf/stickylb.
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
     },
     /// Validate the config without touching the kernel; lists every problem.
     Check,

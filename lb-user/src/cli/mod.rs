@@ -3,6 +3,7 @@
 //! same binary under another name.
 
 mod args;
+mod lifecycle;
 mod print;
 
 use std::{
@@ -98,6 +99,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match &cli.command {
         Command::Run { fresh, keep } => run_daemon(cli, *fresh, *keep),
+        Command::Stop => lifecycle::stop(cli, out),
+        Command::Unload { pin_path } => lifecycle::unload(cli, pin_path.as_deref(), out),
         Command::Check => check(cli, out),
         Command::Query(q) => query(cli, q, out),
         Command::Completions { shell } => {
@@ -183,10 +186,15 @@ fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
+    if keep {
+        log::info!(
+            "--keep has no effect any more: on SIGTERM/SIGINT the program always keeps \
+             forwarding with its state pinned; `stickylb unload` takes it down"
+        );
+    }
     let opts = RunOptions {
         config_path: config_path(cli)?.to_owned(),
         fresh,
-        keep,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -236,7 +244,13 @@ fn check(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
 /// Asks the daemon and prints its answer: as it came with --json, else in
 /// words.
 fn query(cli: &Cli, q: &Query, out: &mut dyn Write) -> anyhow::Result<()> {
-    let result = control::call(&socket(cli)?, &q.request())?;
+    let result = control::call(&socket(cli)?, &q.request());
+    let result = match (q, &cli.config) {
+        (Query::Reload, Some(c)) => {
+            result.with_context(|| format!("the daemon did not reload {}", c.display()))?
+        }
+        _ => result?,
+    };
     if cli.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&result)?)?;
         return Ok(());
@@ -250,9 +264,16 @@ fn config_path(cli: &Cli) -> anyhow::Result<&Path> {
         .context("no config file: pass -c FILE (or set STICKYLB_CONFIG)")
 }
 
+/// The control socket of the daemon to talk to: `--socket`; else that of
+/// the running daemon started with `-c FILE` (its runtime record: right
+/// whatever the file says now); else the file's `control_socket`; without
+/// `-c`, the only running daemon's, else the default.
 fn socket(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(s) = &cli.socket {
         return Ok(s.clone());
+    }
+    if let Some(r) = lifecycle::running_daemon_record(cli) {
+        return Ok(r.control_socket);
     }
     if let Some(c) = &cli.config {
         return control_socket_of(c);
@@ -263,23 +284,39 @@ fn socket(cli: &Cli) -> anyhow::Result<PathBuf> {
 /// The file's `control_socket` (or the default), without validating the
 /// rest: a file being edited must not keep the CLI from the running daemon.
 fn control_socket_of(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(file_field(path, "control_socket")?.unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()))
+}
+
+/// A path-valued top-level field of the config file, read leniently (the
+/// rest of the file may be anything).
+fn file_field(path: &Path, field: &str) -> anyhow::Result<Option<PathBuf>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         anyhow::anyhow!(
-            "config {} is not valid TOML ({}), so its control_socket is unknown; \
-             give --socket",
+            "config {} is not valid TOML ({}), so its {field} is unknown, and no running \
+             daemon was started with it; give {}",
             path.display(),
-            e.message()
+            e.message(),
+            hint(field)
         )
     })?;
-    match table.get("control_socket") {
-        None => Ok(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
-        Some(toml::Value::String(s)) => Ok(PathBuf::from(s)),
+    match table.get(field) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(PathBuf::from(s))),
         Some(_) => anyhow::bail!(
-            "config {}: control_socket must be a string (a path); give --socket",
-            path.display()
+            "config {}: {field} must be a string (a path); give {}",
+            path.display(),
+            hint(field)
         ),
+    }
+}
+
+/// The option that stands in for a config field the CLI cannot read.
+fn hint(field: &str) -> &'static str {
+    match field {
+        "pin_path" => "--pin-path",
+        _ => "--socket",
     }
 }
 

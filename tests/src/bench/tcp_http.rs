@@ -417,7 +417,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         res.measure(&topo, &pids, Target::Stickylb, &plan)?;
         // The others with no XDP program on the LB's eth0: the proxies'
         // frames would otherwise also pass through stickylb's program.
-        daemon.stop()?;
+        daemon.unload(&topo)?;
         pids.daemon = None;
         thread::sleep(Duration::from_millis(200));
         let link = topo.lb.ip(&["link", "show", "eth0"])?;
@@ -1029,7 +1029,7 @@ XDP on the LB's eth0, DSR, TCP health checks every 1 s, a second VIP on port {IP
 iperf3); **HAProxy 2.6** (`mode tcp`, \
 `balance source`, `hash-type consistent`, {workers} threads, health checks every 1 s) on {HAPROXY_ADDR}; **nginx stream** \
 (`hash $remote_addr consistent`, {workers} workers) on {NGINX_ADDR}. The proxies listen on their own /32 on the LB's eth0 \
-and connect to the backends; stickylb's daemon is stopped (XDP detached) while direct and the proxies are measured, so \
+and connect to the backends; stickylb's daemon is unloaded (`stickylb unload`: XDP detached) while direct and the proxies are measured, so \
 their frames do not pass through its program. The ceiling is one backend; the load balancers spread over \
 {BACKENDS}, which on {cores} shared cores adds no CPU but does add parallelism (more listening sockets and workers), so a \
 ratio above 1× here is possible, not an error.\n\n\

@@ -478,10 +478,13 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
             id = kept.id
         );
     } else {
-        d.stop()?;
+        // SIGTERM would leave the program forwarding: taking the data path
+        // down is `stickylb unload`'s job.
+        let removed = d.unload(&topo)?;
+        print!("{}", indent(&removed));
         drop(topo);
         drop(pin);
-        println!("   daemon stopped (program detached, maps unpinned), namespaces deleted.");
+        println!("   daemon stopped and unloaded, namespaces deleted.");
     }
     Ok(())
 }
