@@ -138,7 +138,7 @@ impl Lb {
         for v in vips {
             let info = VipInfo {
                 vip_id: v.id,
-                flags: 0,
+                udp_pin_budget: 0,
                 ring_base: 0,
                 ring_size: DEFAULT_TABLE_SIZE,
                 hash_seed: DEFAULT_HASH_SEED,
