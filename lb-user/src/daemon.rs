@@ -460,10 +460,46 @@ impl Daemon {
             ),
             mode => info!("attached to {} in {mode}", self.cfg.interface),
         }
+        self.warn_hidden_vlan_tags(attached);
         if link.existed && attached != Attached::Adopted {
             warn!("a pinned link existed but was not adopted");
         }
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// In driver mode a VLAN tag carried outside the frame is invisible to
+    /// the program, and `XDP_TX` sends the frame without it (into the
+    /// native VLAN): say so, since nothing else would. In skb mode the tag
+    /// stays with the frame, and a tag in the frame is passed (`pass_vlan`).
+    fn warn_hidden_vlan_tags(&self, attached: Attached) {
+        let driver = match AttachState::from(attached) {
+            AttachState::Driver => true,
+            AttachState::Skb => false,
+            AttachState::Adopted => self.cfg.xdp_mode != XdpModeSetting::Skb,
+        };
+        if !driver {
+            return;
+        }
+        let iface = &self.cfg.interface;
+        match crate::netdev::hidden_vlan_tags(iface) {
+            Ok(Some(why)) => warn!(
+                "{iface}: in driver mode the XDP program cannot see a VLAN tag the kernel carries \
+                 outside the frame ({why}): a tagged frame to a VIP would be forwarded without \
+                 its tag, into the native VLAN. If tagged traffic can reach {iface}, attach \
+                 stickylb to the VLAN's own interface instead, or turn the offload off \
+                 (`ethtool -K {iface} rxvlan off`; for a veth, `txvlan off` on its peer) so that \
+                 tags stay in the frame, where the program sees them and passes the frame to \
+                 the kernel (counted as pass_vlan)"
+            ),
+            Ok(None) => {}
+            Err(e) => warn!(
+                "{iface}: cannot read its VLAN offload setting ({e}): if tagged traffic can reach \
+                 it with rx-vlan-offload on, tagged frames to a VIP are forwarded without their \
+                 tag in driver mode"
+            ),
+        }
     }
 }
 

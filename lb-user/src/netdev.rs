@@ -28,6 +28,71 @@ pub fn ifname(index: u32) -> String {
         .into_owned()
 }
 
+/// Why a VLAN tag could reach `name` outside the frame, where an XDP
+/// program in driver mode cannot see it (and `XDP_TX` drops it): the NIC's
+/// `rx-vlan-offload` is on, or the interface is a veth (whose peer hands
+/// over the tag it kept in metadata, whatever this side's offloads).
+/// `None`: tags stay in the frame. Errors are the ethtool ioctl's.
+pub fn hidden_vlan_tags(name: &str) -> std::io::Result<Option<&'static str>> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x03;
+    const ETHTOOL_GFLAGS: u32 = 0x25;
+    const ETH_FLAG_RXVLAN: u32 = 1 << 8;
+    /// `struct ethtool_drvinfo` up to the driver name (the kernel writes the
+    /// whole struct, 196 bytes).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct Value {
+        cmd: u32,
+        data: u32,
+    }
+    fn ioctl<T>(name: &str, data: &mut T) -> std::io::Result<()> {
+        // SAFETY: a zeroed ifreq is valid.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        if name.len() >= ifr.ifr_name.len() || name.contains('\0') {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        }
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = (data as *mut T).cast();
+        // SAFETY: plain socket for the ioctl, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: ifr names the interface and points at `data`, a struct of
+        // the layout the command writes.
+        let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        if r < 0 { Err(err) } else { Ok(()) }
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    ioctl(name, &mut info)?;
+    if info.driver.starts_with(b"veth\0") {
+        return Ok(Some(
+            "it is a veth, whose peer can hand it tags in metadata",
+        ));
+    }
+    let mut flags = Value {
+        cmd: ETHTOOL_GFLAGS,
+        data: 0,
+    };
+    ioctl(name, &mut flags)?;
+    Ok((flags.data & ETH_FLAG_RXVLAN != 0).then_some("its rx-vlan-offload is on"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +101,12 @@ mod tests {
     fn loopback_is_found_both_ways() {
         let lo = ifindex("lo").expect("every network namespace has lo");
         assert_eq!(ifname(lo), "lo");
+    }
+
+    #[test]
+    fn loopback_hides_no_vlan_tags_and_a_missing_interface_is_an_error() {
+        assert_eq!(hidden_vlan_tags("lo").unwrap(), None);
+        assert!(hidden_vlan_tags("nosuchnic0").is_err());
     }
 
     #[test]
