@@ -46,9 +46,12 @@ pub mod map_names {
     pub const GLOBAL_STATS: &str = "SLB_GLOBAL";
     /// Per-CPU `PinBudget`, indexed by VIP id.
     pub const PIN_BUDGET: &str = "SLB_PIN_BUDGET";
+    /// One `OwnMac` (index 0): the MAC of the interface the program is
+    /// attached to, the source MAC of every forwarded frame.
+    pub const OWN_MAC: &str = "SLB_OWN_MAC";
 
     /// Every map the XDP program defines.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         VIPS,
         BACKENDS,
         RING,
@@ -57,6 +60,7 @@ pub mod map_names {
         BACKEND_STATS,
         GLOBAL_STATS,
         PIN_BUDGET,
+        OWN_MAC,
     ];
 }
 
@@ -68,8 +72,8 @@ pub mod map_shapes {
     use core::mem::size_of;
 
     use crate::{
-        AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS, PinBudget,
-        RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter, map_names,
+        AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS, OwnMac,
+        PinBudget, RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter, map_names,
     };
 
     /// `BPF_MAP_TYPE_*` numbers (uapi/linux/bpf.h).
@@ -113,7 +117,7 @@ pub mod map_shapes {
     }
 
     /// Every map, in `map_names::ALL` order.
-    pub const ALL: [MapShape; 8] = [
+    pub const ALL: [MapShape; 9] = [
         shape(
             map_names::VIPS,
             kind::HASH,
@@ -176,6 +180,14 @@ pub mod map_shapes {
             4,
             size_of::<PinBudget>(),
             Some(MAX_VIPS),
+            0,
+        ),
+        shape(
+            map_names::OWN_MAC,
+            kind::ARRAY,
+            4,
+            size_of::<OwnMac>(),
+            Some(1),
             0,
         ),
     ];
@@ -298,8 +310,9 @@ pub mod global_counter {
         PASS_SHORT_L4 = "pass_short_l4",
         /// Well-formed TCP/UDP, but not to a VIP.
         PASS_NOT_VIP = "pass_not_vip",
-        /// A VIP frame whose destination MAC is multicast/broadcast: the source
-        /// MAC of a forwarded frame is taken from it, so it is left to the stack.
+        /// A VIP frame whose destination MAC is multicast/broadcast: it was not
+        /// sent to this host (and when `SLB_OWN_MAC` is unset, the source MAC
+        /// of a forwarded frame is taken from it), so it is left to the stack.
         PASS_MULTICAST_DST = "pass_multicast_dst",
         /// VLAN-tagged in the frame (802.1Q or 802.1ad ethertype): never
         /// forwarded, since a backend on another VLAN, or none, would get it.
@@ -326,7 +339,7 @@ mod tests {
 
     #[test]
     fn every_map_has_its_shape_in_order() {
-        let names: [&str; 8] = core::array::from_fn(|i| map_shapes::ALL[i].name);
+        let names: [&str; 9] = core::array::from_fn(|i| map_shapes::ALL[i].name);
         assert_eq!(names, map_names::ALL);
     }
 

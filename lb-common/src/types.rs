@@ -194,6 +194,30 @@ pub struct PinBudget {
     pub _pad: u32,
 }
 
+/// Value of `SLB_OWN_MAC` (its one entry): the MAC of the interface the
+/// program is attached to, written by the daemon when it attaches or adopts.
+/// All zero: not known (a program loaded without a daemon, such as in
+/// BPF_PROG_TEST_RUN); a forwarded frame then takes its source MAC from the
+/// destination MAC it arrived with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct OwnMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl OwnMac {
+    pub const fn new(mac: [u8; 6]) -> Self {
+        Self { mac, _pad: [0; 2] }
+    }
+
+    /// The MAC, if one was written.
+    #[inline(always)]
+    pub fn get(&self) -> Option<[u8; 6]> {
+        (self.mac != [0; 6]).then_some(self.mac)
+    }
+}
+
 /// The shared families of `VipStats`' reasons.
 pub mod vip_families {
     use crate::counters::Family;
@@ -326,6 +350,7 @@ const _: () = {
     assert!(size_of::<AffinityValue>() == 24);
     assert!(size_of::<VipStats>() == 96);
     assert!(size_of::<PinBudget>() == 16);
+    assert!(size_of::<OwnMac>() == 8);
     assert!(size_of::<BackendStats>() == 24);
 };
 
@@ -343,6 +368,7 @@ mod pod {
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for PinBudget {}
+    unsafe impl aya::Pod for OwnMac {}
 }
 
 #[cfg(test)]

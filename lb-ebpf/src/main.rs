@@ -25,7 +25,9 @@ use lb_common::{
     AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode,
     PIN_BUDGET_WINDOW_NS, VipInfo, VipStats, global_counter, proto, select,
 };
-use maps::{AFFINITY, BACKEND_STATS, BACKENDS, PIN_BUDGET, RING, VIP_STATS, VIPS, count_global};
+use maps::{
+    AFFINITY, BACKEND_STATS, BACKENDS, OWN_MAC, PIN_BUDGET, RING, VIP_STATS, VIPS, count_global,
+};
 use parse::{Flow, parse};
 
 #[xdp]
@@ -88,11 +90,16 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
 
     match mode {
         // L2 DSR: the frame goes out unchanged but for its MACs; the backend
-        // owns the VIP on loopback and answers the client directly. The
-        // frame came to our MAC, so its destination MAC is the source to
-        // send from.
+        // owns the VIP on loopback and answers the client directly. It is
+        // sent from our interface's MAC, not from the one it arrived with:
+        // in promiscuous mode that can be another host's, whose MAC the
+        // switch would then learn on our port. Without a daemon to write
+        // ours, the destination MAC stands in (the frame came to us).
         ForwardingMode::Dsr => {
-            eth.src_addr = eth.dst_addr;
+            eth.src_addr = match OWN_MAC.get(0).and_then(|m| m.get()) {
+                Some(mac) => mac,
+                None => eth.dst_addr,
+            };
             eth.dst_addr = backend.mac;
         }
     }

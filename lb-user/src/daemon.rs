@@ -439,6 +439,7 @@ impl Daemon {
             XdpModeSetting::Driver => (AttachMode::Driver, None),
             XdpModeSetting::Skb => (AttachMode::Skb, None),
         };
+        self.write_own_mac();
         let (attached, refused) =
             self.lb
                 .maps_mut()
@@ -499,6 +500,40 @@ impl Daemon {
                  it with rx-vlan-offload on, tagged frames to a VIP are forwarded without their \
                  tag in driver mode"
             ),
+        }
+    }
+}
+
+impl Daemon {
+    /// Tells the program the interface's MAC, the source of the frames it
+    /// forwards (before it is attached, so that it never sends one from the
+    /// MAC it arrived with, which in promiscuous mode can be another host's).
+    /// Written at every start: the pinned map may hold an earlier MAC.
+    fn write_own_mac(&mut self) {
+        let iface = &self.cfg.interface;
+        let mac = match netdev::mac(iface) {
+            Ok(Some(mac)) => Some(mac),
+            Ok(None) => {
+                warn!(
+                    "{iface} has no Ethernet MAC address: forwarded frames keep the destination \
+                     MAC they arrived with as their source"
+                );
+                None
+            }
+            Err(e) => {
+                warn!(
+                    "cannot read the MAC address of {iface} ({e}): forwarded frames keep the \
+                     destination MAC they arrived with as their source; restart stickylb once \
+                     {iface} can be read"
+                );
+                None
+            }
+        };
+        if let Err(e) = self.lb.maps_mut().set_own_mac(mac) {
+            warn!(
+                "cannot write the MAC of {iface} into the data path ({e}): forwarded frames may \
+                 go out with a stale or borrowed source MAC; restart stickylb with --fresh"
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! What the XDP program refuses to do, through BPF_PROG_TEST_RUN on the real
 //! object: pin a client on a frame anyone can spoof (a bare SYN, UDP past the
 //! VIP's budget), forward a frame back to the MAC it came from, forward a
-//! VLAN-tagged frame. Needs root; CI runs it as root.
+//! VLAN-tagged frame; and the source MAC it forwards from. Needs root; CI
+//! runs it as root.
 //!
 //! Counters are looked up by name through the counter tables, so that a
 //! missing counter is a failure that names it.
@@ -238,6 +239,76 @@ fn a_frame_is_never_forwarded_to_the_mac_it_came_from() {
     assert_eq!(rig.run(&frame::tcp_data(c, 40000)).0, XDP_DROP);
     let d = rig.counters().since(&before);
     assert_eq!((vip_counter(&d, "drop_loop"), d.vip.affinity_hits), (1, 0));
+}
+
+#[test]
+fn a_forwarded_frame_leaves_from_the_lb_mac_and_forwards_again_unchanged() {
+    // Neither LB_MAC (the test frames' destination) nor a backend's.
+    const OWN: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x42];
+    const OTHER_HOST: [u8; 6] = [0x02, 0x0e, 0, 0, 0, 0x07];
+    let mut rig = Rig::new(3);
+    assert_eq!(rig.dp.own_mac().unwrap(), None, "unset on load");
+    rig.dp.set_own_mac(Some(OWN)).unwrap();
+    assert_eq!(rig.dp.own_mac().unwrap(), Some(OWN));
+
+    // Sent to us, or (promiscuous mode) to another host: from our MAC.
+    let c = client(5);
+    let want = rig.predict(c).unwrap();
+    let mut stray = frame::tcp_data(c, 40000);
+    stray[..6].copy_from_slice(&OTHER_HOST);
+    for f in [frame::tcp_data(c, 40000), stray] {
+        let (action, out) = rig.run(&f);
+        println!(
+            "own MAC set, frame to {:02x?}: action {action} (3 tx), out src {:02x?}",
+            &f[..6],
+            &out[6..12]
+        );
+        let mut expect = frame::forwarded(&f, want);
+        expect[6..12].copy_from_slice(&OWN);
+        assert_eq!((action, out), (XDP_TX, expect));
+    }
+
+    // The frame it forwarded, run again: forwarded the same (it is not
+    // from the backend's MAC), iteration after iteration.
+    let (_, once) = rig.run(&frame::tcp_data(c, 40000));
+    assert_eq!(rig.run(&once), (XDP_TX, once.clone()));
+    const REPEAT: u32 = 64;
+    let before = rig.counters();
+    let (action, _) = rig
+        .dp
+        .test_run_repeat(&frame::tcp_data(c, 40000), REPEAT)
+        .unwrap();
+    let d = rig.counters().since(&before);
+    println!(
+        "own MAC set, repeat {REPEAT}: action {action}, packets {}, drop_loop {}",
+        d.vip.packets,
+        vip_counter(&d, "drop_loop")
+    );
+    assert_eq!(action, XDP_TX);
+    assert_eq!(vip_counter(&d, "drop_loop"), 0);
+    assert_eq!(
+        (d.vip.packets, d.vip.affinity_hits),
+        (REPEAT.into(), REPEAT.into())
+    );
+
+    // Unset (no daemon): the old destination MAC is the source, as before,
+    // and a repeat then reaches the backend's MAC as source and drops.
+    rig.dp.set_own_mac(None).unwrap();
+    let f = frame::tcp_data(c, 40000);
+    assert_eq!(rig.run(&f), (XDP_TX, frame::forwarded(&f, want)));
+    let before = rig.counters();
+    let (action, _) = rig.dp.test_run_repeat(&f, REPEAT).unwrap();
+    let d = rig.counters().since(&before);
+    println!(
+        "own MAC unset, repeat {REPEAT}: action {action} (1 drop), packets {}, drop_loop {}",
+        d.vip.packets,
+        vip_counter(&d, "drop_loop")
+    );
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(
+        (d.vip.packets, vip_counter(&d, "drop_loop")),
+        (2, u64::from(REPEAT) - 2)
+    );
 }
 
 /// `f` with a VLAN tag (`tpid`, VLAN 10) inserted after the MACs.

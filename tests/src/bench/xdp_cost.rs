@@ -6,10 +6,8 @@
 //! Two methods, never mixed in one ratio:
 //! - *repeat*: one BPF_PROG_TEST_RUN with `repeat` iterations on one frame;
 //!   the kernel reports the mean time per iteration. Right for paths the
-//!   frame does not leave on the second iteration: the references and
-//!   stickylb's non-VIP pass. Not stickylb's forwarding paths: the frame it
-//!   rewrote has the backend's MAC as source, which the program then drops
-//!   as a loop, so those are timed per call on copies of one frame.
+//!   frame does not leave on the second iteration (affinity hit, non-VIP
+//!   pass; the MAC rewrite is idempotent).
 //! - *per call*: many BPF_PROG_TEST_RUN calls with repeat = 1, each on a
 //!   different pre-built frame; the mean of the kernel's per-call times. The
 //!   only honest way to time a packet that changes the state it depends on
@@ -126,6 +124,12 @@ impl Lb {
             pin_dir: None,
         })
         .map_err(err("load stickylb"))?;
+        // As the daemon would: in every bench the load balancer's interface
+        // has LB_MAC. It is also what keeps a frame the repeat method runs
+        // again forwardable: its source stays LB_MAC, never the backend's
+        // (which the program would drop as a loop).
+        dp.set_own_mac(Some(LB_MAC))
+            .map_err(err("set the LB's MAC"))?;
         let identities: Vec<String> = (0..macs.len() as u32).map(backend_identity).collect();
         let vip_id = vips.first().map_or(0, |v| v.id);
         for (id, mac) in (0..).zip(macs) {
@@ -401,23 +405,6 @@ fn per_call(
     Ok(row)
 }
 
-/// Per-call method on copies of one frame. The repeat method cannot time
-/// stickylb's forwarding paths: the kernel re-runs the program on the frame
-/// it rewrote, whose source MAC is the backend's from the second iteration
-/// on, and the program drops a frame it would send back to the MAC it came
-/// from (`drop_loop`).
-fn per_call_same(
-    k: &Knobs,
-    key: &'static str,
-    path: &str,
-    frame: &[u8],
-    run: &mut RunFn<'_>,
-) -> Result<Row, String> {
-    let warm = vec![frame.to_vec(); k.calls / 10];
-    let runs = vec![vec![frame.to_vec(); k.calls]; k.runs];
-    per_call(key, path, &warm, &runs, XDP_TX, run)
-}
-
 fn frames_of(clients: impl Iterator<Item = u32>, port: u16) -> Vec<Vec<u8>> {
     clients
         .map(|i| udp64(ROUTER_MAC, LB_MAC, client_addr(i), VIP, port))
@@ -546,12 +533,17 @@ fn measure(k: &Knobs) -> Result<(Vec<Row>, Value), String> {
     rows.push(r);
 
     let s0 = lb.stats(0)?;
-    let mut r = per_call_same(
+    let mut r = repeated(
         k,
         "hit_1",
         "stickylb: affinity hit, 1 client in table",
         &hot_frame,
+        XDP_TX,
         &mut lb_run(&mut lb),
+        Some(Floor {
+            frame: &hot_frame,
+            run: &mut ref_run(&mut fwd),
+        }),
     )?;
     confirm(&mut r, &lb.stats(0)?.since(&s0), "affinity hits", |d| {
         d.affinity_hits
@@ -562,12 +554,17 @@ fn measure(k: &Knobs) -> Result<(Vec<Row>, Value), String> {
     // packet takes the Maglev pick and rewrites the entry.
     let s1 = lb.stats(1)?;
     let repick_frame = udp64(ROUTER_MAC, LB_MAC, hot, VIP, REPICK_PORT);
-    let mut r = per_call_same(
+    let mut r = repeated(
         k,
         "repick",
         "stickylb: re-pick every packet (VIP timeout 0)",
         &repick_frame,
+        XDP_TX,
         &mut lb_run(&mut lb),
+        Some(Floor {
+            frame: &hot_frame,
+            run: &mut ref_run(&mut fwd),
+        }),
     )?;
     let d = lb.stats(1)?.since(&s1);
     // The very first packet of this client on this VIP is a new client.
@@ -641,12 +638,17 @@ fn measure(k: &Knobs) -> Result<(Vec<Row>, Value), String> {
         );
         let s0 = lb.stats(0)?;
         let frame = udp64(ROUTER_MAC, LB_MAC, client_addr(n / 2), VIP, VIP_PORT);
-        let mut r = per_call_same(
+        let mut r = repeated(
             k,
             if n == 1_000 { "hit_1k" } else { "hit_big" },
             &format!("stickylb: affinity hit, {label} clients in table, same client"),
             &frame,
+            XDP_TX,
             &mut lb_run(&mut lb),
+            Some(Floor {
+                frame: &hot_frame,
+                run: &mut ref_run(&mut fwd),
+            }),
         )?;
         confirm(&mut r, &lb.stats(0)?.since(&s0), "affinity hits", |d| {
             d.affinity_hits
@@ -819,7 +821,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         .find(|r| r.key == "hit_1")
         .ok_or("no row hit_1")?;
     let hit = hit_row.ns();
-    let f = floor(hit_row.method)?;
+    let f = floor(Method::Repeat)?;
     let hit_ratio = hit_row.paired_ratio().unwrap_or(hit / f);
     let new = find("new_client_call")?;
     let fc = floor(Method::PerCall)?;
@@ -827,8 +829,8 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let big = find("hit_big_call")?;
     let headlines = vec![
         format!(
-            "XDP cost: stickylb affinity hit {} ns per call = {:.2}× the floor forwarder timed the \
-             same way (the floor's own median: {} ns)",
+            "XDP cost: stickylb affinity hit {} ns/packet = {:.2}× the floor forwarder (median of \
+             the ratios to a floor run just before each stickylb run; the floor's own median: {} ns)",
             plot::fmt_num(hit),
             hit_ratio,
             plot::fmt_num(f)
@@ -861,12 +863,10 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          *Repeat*: one frame, `repeat` = {rep} iterations in the kernel, median of {runs} runs of \
          the kernel's mean ns per iteration (whole ns). Each stickylb run follows a run of the \
          floor forwarder, and its ratio is the median of the run-by-run ratios, so a burst of \
-         other load on this shared machine slows both sides of a ratio alike. Used for the \
-         references and stickylb's pass only: from the second iteration on, a frame stickylb \
-         forwarded has the backend's MAC as its source, and the program drops a frame it would \
-         send back to the MAC it came from, so its forwarding paths are timed per call, on \
-         copies of one frame (*same client*: its entry stays in cache whatever the size of the \
-         table). *Re-pick every packet* uses a second VIP whose affinity timeout is 0: the client's \
+         other load on this shared machine slows both sides of a ratio alike. Right for a hit and for a pass: the MAC \
+         rewrite is idempotent, so every iteration takes the same path. The same client is hit \
+         on every iteration, so its entry stays in cache whatever the size of the table. \
+         *Re-pick every packet* uses a second VIP whose affinity timeout is 0: the client's \
          entry is found but stale, so each packet takes the Maglev pick and rewrites its entry \
          (the work of a new client, with the entry's key already in the map).\n\n\
          *Per call*: {calls} BPF_PROG_TEST_RUN calls with repeat 1 per run, each on a different \
