@@ -22,7 +22,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
-    AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode,
+    AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode, OwnMac,
     PIN_BUDGET_WINDOW_NS, VipInfo, VipStats, global_counter, proto, select,
 };
 use maps::{
@@ -96,10 +96,10 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
         // switch would then learn on our port. Without a daemon to write
         // ours, the destination MAC stands in (the frame came to us).
         ForwardingMode::Dsr => {
-            eth.src_addr = match OWN_MAC.get(0).and_then(|m| m.get()) {
-                Some(mac) => mac,
-                None => eth.dst_addr,
-            };
+            match OWN_MAC.get(0).and_then(OwnMac::get) {
+                Some(mac) => eth.src_addr = mac,
+                None => eth.src_addr = eth.dst_addr,
+            }
             eth.dst_addr = backend.mac;
         }
     }
