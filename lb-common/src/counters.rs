@@ -165,7 +165,7 @@ mod tests {
     fn each_entry_reads_its_own_field() {
         // Every field set to a distinct value: each accessor must return its
         // field's, and `since`/`add` must treat every field.
-        let vip: VipStats = bytemuck::cast(core::array::from_fn::<u64, 9, _>(|i| 10 + i as u64));
+        let vip: VipStats = bytemuck::cast(core::array::from_fn::<u64, 12, _>(|i| 10 + i as u64));
         for (i, c) in VipStats::COUNTERS.iter().enumerate() {
             assert_eq!((c.get)(&vip), 10 + i as u64, "{}", c.name);
         }
@@ -215,11 +215,14 @@ mod tests {
             probed: 7,
             drop_no_backend: 8,
             drop_fragment: 9,
+            drop_loop: 10,
+            not_pinned_syn: 11,
+            not_pinned_udp_budget: 12,
         };
         assert_eq!(
             v.status_line().to_string(),
             "packets 1  bytes 2  new clients 3  affinity hits 4  re-picked: expired 5 dead 6  \
-             probed 7  dropped: no backend 8 fragment 9"
+             probed 7  dropped: no backend 8 fragment 9 loop 10  not pinned: syn 11 udp budget 12"
         );
         let b = BackendStats {
             packets: 1,

@@ -44,9 +44,14 @@ pub mod map_names {
     /// Per-CPU `u64` counters for traffic that is not a VIP's, indexed by
     /// `global_counter::*`.
     pub const GLOBAL_STATS: &str = "SLB_GLOBAL";
+    /// Per-CPU `PinBudget`, indexed by VIP id.
+    pub const PIN_BUDGET: &str = "SLB_PIN_BUDGET";
+    /// One `OwnMac` (index 0): the MAC of the interface the program is
+    /// attached to, the source MAC of every forwarded frame.
+    pub const OWN_MAC: &str = "SLB_OWN_MAC";
 
     /// Every map the XDP program defines.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 9] = [
         VIPS,
         BACKENDS,
         RING,
@@ -54,6 +59,8 @@ pub mod map_names {
         VIP_STATS,
         BACKEND_STATS,
         GLOBAL_STATS,
+        PIN_BUDGET,
+        OWN_MAC,
     ];
 }
 
@@ -65,8 +72,8 @@ pub mod map_shapes {
     use core::mem::size_of;
 
     use crate::{
-        AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS,
-        RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter, map_names,
+        AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS, OwnMac,
+        PinBudget, RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter, map_names,
     };
 
     /// `BPF_MAP_TYPE_*` numbers (uapi/linux/bpf.h).
@@ -110,7 +117,7 @@ pub mod map_shapes {
     }
 
     /// Every map, in `map_names::ALL` order.
-    pub const ALL: [MapShape; 7] = [
+    pub const ALL: [MapShape; 9] = [
         shape(
             map_names::VIPS,
             kind::HASH,
@@ -167,6 +174,22 @@ pub mod map_shapes {
             Some(global_counter::COUNT),
             0,
         ),
+        shape(
+            map_names::PIN_BUDGET,
+            kind::PERCPU_ARRAY,
+            4,
+            size_of::<PinBudget>(),
+            Some(MAX_VIPS),
+            0,
+        ),
+        shape(
+            map_names::OWN_MAC,
+            kind::ARRAY,
+            4,
+            size_of::<OwnMac>(),
+            Some(1),
+            0,
+        ),
     ];
 }
 
@@ -199,6 +222,31 @@ pub const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
 pub const MAX_PROBES: u32 = 8;
 /// Ring slot value meaning "no backend".
 pub const NO_BACKEND: u32 = u32::MAX;
+/// The window of `VipInfo::udp_pin_budget`.
+pub const PIN_BUDGET_WINDOW_NS: u64 = 1_000_000_000;
+/// Fewest new UDP pins per CPU per window `udp_pin_budget` gives a VIP, so a
+/// VIP with a very long timeout still pins its clients at a modest rate.
+pub const MIN_UDP_PIN_BUDGET: u32 = 16;
+
+/// The `VipInfo::udp_pin_budget` the daemon writes: new UDP pins per CPU per
+/// second such that, with every CPU spending its whole budget on spoofed
+/// sources for a whole affinity timeout, the flood's entries fill at most
+/// half of an affinity table of `capacity` entries, and so cannot evict the
+/// clients of the other half before they time out. Never below
+/// `MIN_UDP_PIN_BUDGET`; never 0 (which means unbounded).
+pub const fn udp_pin_budget(capacity: u32, timeout_ns: u64, cpus: u32) -> u32 {
+    let windows = timeout_ns.div_ceil(PIN_BUDGET_WINDOW_NS);
+    let windows = if windows == 0 { 1 } else { windows };
+    let cpus = if cpus == 0 { 1 } else { cpus as u64 };
+    let budget = capacity as u64 / 2 / cpus / windows;
+    if budget < MIN_UDP_PIN_BUDGET as u64 {
+        MIN_UDP_PIN_BUDGET
+    } else if budget > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        budget as u32
+    }
+}
 
 /// `BackendInfo::flags` bits.
 pub mod backend_flags {
@@ -250,7 +298,7 @@ pub mod global_counter {
     indexed_counters! {
         /// Frame too short for an Ethernet header.
         PASS_SHORT_ETH = "pass_short_eth",
-        /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...).
+        /// Not IPv4 (ARP, IPv6, ...).
         PASS_NOT_IPV4 = "pass_not_ipv4",
         /// IPv4 header truncated or invalid (version, IHL).
         PASS_BAD_IPV4 = "pass_bad_ipv4",
@@ -262,9 +310,13 @@ pub mod global_counter {
         PASS_SHORT_L4 = "pass_short_l4",
         /// Well-formed TCP/UDP, but not to a VIP.
         PASS_NOT_VIP = "pass_not_vip",
-        /// A VIP frame whose destination MAC is multicast/broadcast: the source
-        /// MAC of a forwarded frame is taken from it, so it is left to the stack.
+        /// A VIP frame whose destination MAC is multicast/broadcast: it was not
+        /// sent to this host (and when `SLB_OWN_MAC` is unset, the source MAC
+        /// of a forwarded frame is taken from it), so it is left to the stack.
         PASS_MULTICAST_DST = "pass_multicast_dst",
+        /// VLAN-tagged in the frame (802.1Q or 802.1ad ethertype): never
+        /// forwarded, since a backend on another VLAN, or none, would get it.
+        PASS_VLAN = "pass_vlan",
     }
 }
 
@@ -277,17 +329,33 @@ mod tests {
         // The indices are the pinned map's layout: a counter of an earlier
         // run must keep its slot.
         use super::global_counter::*;
-        assert_eq!(COUNT, 8);
+        assert_eq!(COUNT, 9);
         assert_eq!(
-            (PASS_SHORT_ETH, PASS_NOT_VIP, PASS_MULTICAST_DST),
-            (0, 6, 7)
+            (PASS_SHORT_ETH, PASS_NOT_VIP, PASS_MULTICAST_DST, PASS_VLAN),
+            (0, 6, 7, 8)
         );
         assert_eq!(NAMES[PASS_NOT_VIP as usize], "pass_not_vip");
     }
 
     #[test]
     fn every_map_has_its_shape_in_order() {
-        let names: [&str; 7] = core::array::from_fn(|i| map_shapes::ALL[i].name);
+        let names: [&str; 9] = core::array::from_fn(|i| map_shapes::ALL[i].name);
         assert_eq!(names, map_names::ALL);
+    }
+
+    #[test]
+    fn udp_pin_budget_leaves_half_the_table_to_real_clients() {
+        use super::{MIN_UDP_PIN_BUDGET, udp_pin_budget};
+        const S: u64 = 1_000_000_000;
+        // The defaults: 1M entries, 300 s, 2 CPUs.
+        let b = udp_pin_budget(1 << 20, 300 * S, 2);
+        assert_eq!(b, 873);
+        assert!(u64::from(b) * 2 * 300 <= (1 << 20) / 2);
+        // A timeout that is not whole seconds rounds up (fewer pins).
+        assert_eq!(udp_pin_budget(1 << 20, 300 * S - 1, 2), 873);
+        // Timeout 0 (never sticky) counts as one window; 0 CPUs as one.
+        assert_eq!(udp_pin_budget(1 << 20, 0, 0), 1 << 19);
+        // Never below the floor, never 0 (unbounded).
+        assert_eq!(udp_pin_budget(1024, 86_400 * S, 64), MIN_UDP_PIN_BUDGET);
     }
 }

@@ -53,8 +53,13 @@ impl VipKey {
 pub struct VipInfo {
     /// Index into `SLB_VIP_STATS`, and part of every affinity key.
     pub vip_id: u32,
-    /// Reserved for per-VIP behaviour bits; zero today.
-    pub flags: u32,
+    /// New UDP clients the XDP program may pin per CPU per
+    /// `PIN_BUDGET_WINDOW_NS`; past it, a new UDP client's frames are
+    /// forwarded by the Maglev table without an entry. Bounds how fast a
+    /// flood of spoofed sources can turn the affinity table over. 0: no
+    /// bound (what this field, once reserved flags, holds in entries
+    /// written before it existed). See `udp_pin_budget`.
+    pub udp_pin_budget: u32,
     /// First slot of this VIP's Maglev table in `SLB_RING`.
     pub ring_base: u32,
     /// Number of slots in the table (a prime). Zero means "no table": every
@@ -177,6 +182,49 @@ impl AffinityValue {
     }
 }
 
+/// Value of `SLB_PIN_BUDGET` (per CPU, by VIP id): the new UDP pins made in
+/// the current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PinBudget {
+    /// When the window began (`bpf_ktime_get_coarse_ns()`).
+    pub window_start_ns: u64,
+    /// Pins made since then.
+    pub used: u32,
+    pub _pad: u32,
+}
+
+/// Value of `SLB_OWN_MAC` (its one entry): the MAC of the interface the
+/// program is attached to, written by the daemon when it attaches or adopts.
+/// All zero: not known (a program loaded without a daemon, such as in
+/// BPF_PROG_TEST_RUN); a forwarded frame then takes its source MAC from the
+/// destination MAC it arrived with.
+///
+/// Aligned to 8 (as the kernel stores every map value) so that the program
+/// reads it in one load.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct OwnMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl OwnMac {
+    pub const fn new(mac: [u8; 6]) -> Self {
+        Self { mac, _pad: [0; 2] }
+    }
+
+    /// The MAC, if one was written. Taken from one 8-byte load and handed
+    /// back by value: a copy of the bytes compiles, in the XDP program, to a
+    /// call of a byte-by-byte `memmove` (the map value might alias the frame).
+    #[inline(always)]
+    pub fn get(&self) -> Option<[u8; 6]> {
+        let bits = u64::from_le_bytes(bytemuck::cast(*self)) & 0xffff_ffff_ffff;
+        let b = bits.to_le_bytes();
+        (bits != 0).then_some([b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+}
+
 /// The shared families of `VipStats`' reasons.
 pub mod vip_families {
     use crate::counters::Family;
@@ -188,6 +236,10 @@ pub mod vip_families {
     pub const DROPS: Family = Family {
         name: "vip_drops_total",
         help: "Frames dropped, by reason.",
+    };
+    pub const NOT_PINNED: Family = Family {
+        name: "vip_not_pinned_total",
+        help: "Frames of clients without an entry, forwarded by the Maglev table without pinning the client, by reason.",
     };
 }
 
@@ -248,6 +300,26 @@ counter_struct! {
             help: "Frames dropped: first fragment of a fragmented datagram.",
             metrics: [Reason(&vip_families::DROPS, "fragment")],
         }
+        /// A backend configured with the MAC of the router the frames come
+        /// from would bounce every frame between the two.
+        drop_loop {
+            label: "dropped: loop",
+            help: "Frames dropped: the backend's MAC is the frame's source MAC, so forwarding would send it back where it came from.",
+            metrics: [Reason(&vip_families::DROPS, "loop")],
+        }
+        /// Also the SYNs of clients whose entry is expired or names a dead
+        /// backend: the entry is replaced on the handshake's next packet.
+        /// A spoofed source never sends one, so it never takes an entry.
+        not_pinned_syn {
+            label: "not pinned: syn",
+            help: "TCP SYNs (no ACK) of clients without a usable entry: forwarded by the Maglev table, the client pinned by its next packet.",
+            metrics: [Reason(&vip_families::NOT_PINNED, "syn")],
+        }
+        not_pinned_udp_budget {
+            label: "not pinned: udp budget",
+            help: "UDP frames of new clients forwarded by the Maglev table without pinning: the VIP's budget of new UDP pins on this CPU was spent.",
+            metrics: [Reason(&vip_families::NOT_PINNED, "udp_budget")],
+        }
     }
 }
 
@@ -283,7 +355,9 @@ const _: () = {
     assert!(size_of::<BackendInfo>() == 16);
     assert!(size_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityValue>() == 24);
-    assert!(size_of::<VipStats>() == 72);
+    assert!(size_of::<VipStats>() == 96);
+    assert!(size_of::<PinBudget>() == 16);
+    assert!(size_of::<OwnMac>() == 8);
     assert!(size_of::<BackendStats>() == 24);
 };
 
@@ -300,6 +374,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for PinBudget {}
+    unsafe impl aya::Pod for OwnMac {}
 }
 
 #[cfg(test)]
@@ -326,6 +402,23 @@ mod tests {
             "idle for exactly the timeout has expired"
         );
         assert!(!e.is_live(5_000, 0), "timeout 0: never sticky");
+    }
+
+    #[test]
+    fn own_mac_is_its_bytes_in_order_and_zero_is_none() {
+        let mac = [0x02, 0x1b, 0x33, 0x44, 0x55, 0xfe];
+        assert_eq!(OwnMac::new(mac).get(), Some(mac));
+        assert_eq!(
+            OwnMac::new([0, 0, 0, 0, 0, 1]).get(),
+            Some([0, 0, 0, 0, 0, 1])
+        );
+        assert_eq!(OwnMac::default().get(), None);
+        // The padding is not part of the MAC.
+        let pad_only = OwnMac {
+            mac: [0; 6],
+            _pad: [0xff; 2],
+        };
+        assert_eq!(pad_only.get(), None);
     }
 
     #[test]

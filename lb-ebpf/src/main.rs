@@ -6,6 +6,12 @@
 //! for a new client → forward by the VIP's `ForwardingMode` (DSR: rewrite
 //! the MACs) → `XDP_TX`. Anything that is not a VIP's TCP/UDP traffic is
 //! passed to the kernel untouched.
+//!
+//! A client is pinned (given an affinity entry) only by a frame that a
+//! spoofed source cannot cheaply send in bulk: a TCP client by the first
+//! segment after its SYN, a UDP client within the VIP's per-CPU budget of
+//! new pins. Until then its frames follow the Maglev table, which is where
+//! its entry would send them.
 #![no_std]
 #![no_main]
 
@@ -16,10 +22,12 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
-    AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode, VipInfo,
-    VipStats, global_counter, select,
+    AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode, OwnMac,
+    PIN_BUDGET_WINDOW_NS, VipInfo, VipStats, global_counter, proto, select,
 };
-use maps::{AFFINITY, BACKEND_STATS, BACKENDS, RING, VIP_STATS, VIPS, count_global};
+use maps::{
+    AFFINITY, BACKEND_STATS, BACKENDS, OWN_MAC, PIN_BUDGET, RING, VIP_STATS, VIPS, count_global,
+};
 use parse::{Flow, parse};
 
 #[xdp]
@@ -76,18 +84,22 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
         vip_id: vip.vip_id,
         client: flow.client,
     };
-    let Some((backend_id, backend)) = pick_backend(vip, &key, stats) else {
-        stats.drop_no_backend += 1;
+    let Some((backend_id, backend)) = pick_backend(vip, &key, flow, &eth.src_addr, stats) else {
         return xdp_action::XDP_DROP;
     };
 
     match mode {
         // L2 DSR: the frame goes out unchanged but for its MACs; the backend
-        // owns the VIP on loopback and answers the client directly. The
-        // frame came to our MAC, so its destination MAC is the source to
-        // send from.
+        // owns the VIP on loopback and answers the client directly. It is
+        // sent from our interface's MAC, not from the one it arrived with:
+        // in promiscuous mode that can be another host's, whose MAC the
+        // switch would then learn on our port. Without a daemon to write
+        // ours, the destination MAC stands in (the frame came to us).
         ForwardingMode::Dsr => {
-            eth.src_addr = eth.dst_addr;
+            match OWN_MAC.get(0).and_then(OwnMac::get) {
+                Some(mac) => eth.src_addr = mac,
+                None => eth.src_addr = eth.dst_addr,
+            }
             eth.dst_addr = backend.mac;
         }
     }
@@ -105,11 +117,15 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
 }
 
 /// The client's backend: its affinity entry if live and the backend alive,
-/// else a fresh pick from the VIP's Maglev table (which becomes the entry).
+/// else a fresh pick from the VIP's Maglev table (which becomes the entry,
+/// if the frame may pin the client). `None`: the frame is dropped, and
+/// counted here.
 #[inline(always)]
 fn pick_backend(
     vip: &VipInfo,
     key: &AffinityKey,
+    flow: &Flow,
+    src_mac: &[u8; 6],
     stats: &mut VipStats,
 ) -> Option<(u32, BackendInfo)> {
     // The coarse clock (CLOCK_MONOTONIC at tick resolution) is a plain read,
@@ -133,6 +149,10 @@ fn pick_backend(
             // another VIP's backend.
             && u32::from(backend.vip_id) == vip.vip_id
         {
+            if backend.mac == *src_mac {
+                stats.drop_loop += 1;
+                return None;
+            }
             // Refresh coarsely: a write per packet would bounce the entry's
             // cache line between CPUs for every busy client.
             if entry.idle_ns(now) > AFFINITY_REFRESH_NS {
@@ -143,7 +163,28 @@ fn pick_backend(
         }
     }
 
-    let (backend_id, backend) = maglev_pick(vip, key.client, stats)?;
+    let Some((backend_id, backend)) = maglev_pick(vip, key.client, stats) else {
+        stats.drop_no_backend += 1;
+        return None;
+    };
+    // Before pinning: a client must not be pinned by a frame that is not
+    // forwarded.
+    if backend.mac == *src_mac {
+        stats.drop_loop += 1;
+        return None;
+    }
+    if flow.bare_syn {
+        // Anyone can send a SYN from any address, and a flood of them
+        // would otherwise evict real clients from the LRU table. The SYN
+        // goes where the entry would send it; the handshake's next
+        // segment, which a spoofed source never sends, pins the client.
+        stats.not_pinned_syn += 1;
+        return Some((backend_id, backend));
+    }
+    if !known && flow.vip.proto == proto::UDP && !take_udp_pin(vip, now) {
+        stats.not_pinned_udp_budget += 1;
+        return Some((backend_id, backend));
+    }
     let entry = AffinityValue {
         backend_id,
         _pad: 0,
@@ -164,6 +205,29 @@ fn pick_backend(
         unsafe { (*b).new_clients += 1 };
     }
     Some((backend_id, backend))
+}
+
+/// Takes one of this CPU's new UDP pins of the VIP's current window; false
+/// if they are spent. A VIP with a budget of 0 is unbounded.
+#[inline(always)]
+fn take_udp_pin(vip: &VipInfo, now: u64) -> bool {
+    if vip.udp_pin_budget == 0 {
+        return true;
+    }
+    let Some(b) = PIN_BUDGET.get_ptr_mut(vip.vip_id) else {
+        return false;
+    };
+    // SAFETY: per-CPU value; nothing else writes it while we run here.
+    let b = unsafe { &mut *b };
+    if now.saturating_sub(b.window_start_ns) >= PIN_BUDGET_WINDOW_NS {
+        b.window_start_ns = now;
+        b.used = 0;
+    }
+    if b.used >= vip.udp_pin_budget {
+        return false;
+    }
+    b.used += 1;
+    true
 }
 
 /// The backend of the client's Maglev slot (see `lb_common::select`).

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendInfo, BackendStats, DEFAULT_AFFINITY_CAPACITY, MAX_BACKENDS,
-    MAX_VIPS, RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter,
+    MAX_VIPS, OwnMac, PinBudget, RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter,
 };
 
 /// Which (address, port, protocol) are VIPs, and how each is balanced.
@@ -44,6 +44,15 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 /// Per-CPU counters of frames passed to the stack, by `global_counter` index.
 #[map(name = "SLB_GLOBAL")]
 pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global_counter::COUNT, 0);
+
+/// Per-CPU new UDP pins of the current window, per VIP id (see
+/// `VipInfo::udp_pin_budget`). Per CPU, so that counting needs no atomics.
+#[map(name = "SLB_PIN_BUDGET")]
+pub static PIN_BUDGET: PerCpuArray<PinBudget> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// The MAC of the interface we are attached to (the daemon writes it).
+#[map(name = "SLB_OWN_MAC")]
+pub static OWN_MAC: Array<OwnMac> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count_global(index: u32) {

@@ -7,6 +7,12 @@ use lb_common::{VipKey, global_counter, proto};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 const ETH_P_IPV4: u16 = 0x0800;
+/// 802.1Q (C-tag) and 802.1ad (S-tag) tag protocol ids.
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
@@ -17,6 +23,9 @@ pub struct Flow {
     pub client: [u8; 4],
     /// First fragment of a fragmented datagram (MF set, offset 0).
     pub first_fragment: bool,
+    /// A TCP SYN without ACK: the first segment of a handshake, which
+    /// anyone can send from any source address.
+    pub bare_syn: bool,
 }
 
 #[inline(always)]
@@ -33,8 +42,13 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 pub fn parse(ctx: &XdpContext) -> Result<Flow, u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(global_counter::PASS_SHORT_ETH)?;
     // SAFETY: ptr_at checked the header lies inside the frame.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IPV4 {
-        return Err(global_counter::PASS_NOT_IPV4);
+    match u16::from_be(unsafe { (*eth).ether_type }) {
+        ETH_P_IPV4 => {}
+        // Counted apart from other protocols: a tagged frame is never
+        // forwarded, since the MAC rewrite would send it out untagged or
+        // into a VLAN the backend is not in (see docs/architecture.md).
+        ETH_P_8021Q | ETH_P_8021AD => return Err(global_counter::PASS_VLAN),
+        _ => return Err(global_counter::PASS_NOT_IPV4),
     }
     let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(global_counter::PASS_BAD_IPV4)?;
     // SAFETY: as above.
@@ -49,16 +63,20 @@ pub fn parse(ctx: &XdpContext) -> Result<Flow, u32> {
     }
     // IP options are skipped, not refused: DSR leaves the IP header alone.
     let l4 = EthHdr::LEN + ihl;
-    let dport = match ip.proto {
+    let (dport, bare_syn) = match ip.proto {
         proto::TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, l4).ok_or(global_counter::PASS_SHORT_L4)?;
+            // SAFETY: checked by ptr_at; the flags byte lies inside the
+            // 20-byte header.
+            let flags = unsafe { *tcp.cast::<u8>().add(TCP_FLAGS_OFFSET) };
             // SAFETY: checked by ptr_at.
-            unsafe { (*tcp).dest }
+            let dport = unsafe { (*tcp).dest };
+            (dport, flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
         }
         proto::UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, l4).ok_or(global_counter::PASS_SHORT_L4)?;
             // SAFETY: checked by ptr_at.
-            unsafe { (*udp).dst }
+            (unsafe { (*udp).dst }, false)
         }
         _ => return Err(global_counter::PASS_NOT_TCP_UDP),
     };
@@ -72,5 +90,6 @@ pub fn parse(ctx: &XdpContext) -> Result<Flow, u32> {
         },
         client: ip.src_addr,
         first_fragment: frags & IP_MF != 0,
+        bare_syn,
     })
 }

@@ -705,6 +705,7 @@ impl Daemon {
             XdpModeSetting::Driver => (AttachMode::Driver, None),
             XdpModeSetting::Skb => (AttachMode::Skb, None),
         };
+        self.write_own_mac();
         let (attached, refused) =
             self.lb
                 .maps_mut()
@@ -730,10 +731,80 @@ impl Daemon {
         if let Some(w) = Dataplane::xdp_tx_warning(&self.cfg.interface) {
             warn!("{w}");
         }
+        self.warn_hidden_vlan_tags(attached);
         if link.existed && attached != Attached::Adopted {
             warn!("a pinned link existed but was not adopted");
         }
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// In driver mode a VLAN tag carried outside the frame is invisible to
+    /// the program, and `XDP_TX` sends the frame without it (into the
+    /// native VLAN): say so, since nothing else would. In skb mode the tag
+    /// stays with the frame, and a tag in the frame is passed (`pass_vlan`).
+    fn warn_hidden_vlan_tags(&self, attached: Attached) {
+        let driver = match AttachState::from(attached) {
+            AttachState::Driver => true,
+            AttachState::Skb => false,
+            AttachState::Adopted => self.cfg.xdp_mode != XdpModeSetting::Skb,
+        };
+        if !driver {
+            return;
+        }
+        let iface = &self.cfg.interface;
+        match crate::netdev::hidden_vlan_tags(iface) {
+            Ok(Some(why)) => warn!(
+                "{iface}: in driver mode the XDP program cannot see a VLAN tag the kernel carries \
+                 outside the frame ({why}): a tagged frame to a VIP would be forwarded without \
+                 its tag, into the native VLAN. If tagged traffic can reach {iface}, attach \
+                 stickylb to the VLAN's own interface instead, or turn the offload off \
+                 (`ethtool -K {iface} rxvlan off`; for a veth, `txvlan off` on its peer) so that \
+                 tags stay in the frame, where the program sees them and passes the frame to \
+                 the kernel (counted as pass_vlan)"
+            ),
+            Ok(None) => {}
+            Err(e) => warn!(
+                "{iface}: cannot read its VLAN offload setting ({e}): if tagged traffic can reach \
+                 it with rx-vlan-offload on, tagged frames to a VIP are forwarded without their \
+                 tag in driver mode"
+            ),
+        }
+    }
+}
+
+impl Daemon {
+    /// Tells the program the interface's MAC, the source of the frames it
+    /// forwards (before it is attached, so that it never sends one from the
+    /// MAC it arrived with, which in promiscuous mode can be another host's).
+    /// Written at every start: the pinned map may hold an earlier MAC.
+    fn write_own_mac(&mut self) {
+        let iface = &self.cfg.interface;
+        let mac = match netdev::mac(iface) {
+            Ok(Some(mac)) => Some(mac),
+            Ok(None) => {
+                warn!(
+                    "{iface} has no Ethernet MAC address: forwarded frames keep the destination \
+                     MAC they arrived with as their source"
+                );
+                None
+            }
+            Err(e) => {
+                warn!(
+                    "cannot read the MAC address of {iface} ({e}): forwarded frames keep the \
+                     destination MAC they arrived with as their source; restart stickylb once \
+                     {iface} can be read"
+                );
+                None
+            }
+        };
+        if let Err(e) = self.lb.maps_mut().set_own_mac(mac) {
+            warn!(
+                "cannot write the MAC of {iface} into the data path ({e}): forwarded frames may \
+                 go out with a stale or borrowed source MAC; restart stickylb with --fresh"
+            );
+        }
     }
 }
 

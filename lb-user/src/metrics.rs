@@ -293,6 +293,7 @@ mod tests {
                 repick_dead: base + 3,
                 drop_no_backend: base + 4,
                 drop_fragment: base + 5,
+                drop_loop: base + 6,
                 ..VipStats::default()
             },
             backends: Vec::new(),
@@ -313,8 +314,10 @@ mod tests {
                 "stickylb_vip_affinity_misses_total{vip=\"dns\",reason=\"backend_dead\"} 13",
                 "stickylb_vip_drops_total{vip=\"web\",reason=\"no_backend\"} 4",
                 "stickylb_vip_drops_total{vip=\"web\",reason=\"fragment\"} 5",
+                "stickylb_vip_drops_total{vip=\"web\",reason=\"loop\"} 6",
                 "stickylb_vip_drops_total{vip=\"dns\",reason=\"no_backend\"} 14",
                 "stickylb_vip_drops_total{vip=\"dns\",reason=\"fragment\"} 15",
+                "stickylb_vip_drops_total{vip=\"dns\",reason=\"loop\"} 16",
             ]
         );
     }
@@ -381,6 +384,9 @@ mod tests {
                 probed: 7,
                 drop_no_backend: 8,
                 drop_fragment: 9,
+                drop_loop: 10,
+                not_pinned_syn: 11,
+                not_pinned_udp_budget: 12,
             },
             backends: vec![backend],
         };
@@ -414,6 +420,11 @@ mod tests {
                 "# TYPE stickylb_vip_drops_total counter",
                 "stickylb_vip_drops_total{vip=\"web\",reason=\"no_backend\"} 8",
                 "stickylb_vip_drops_total{vip=\"web\",reason=\"fragment\"} 9",
+                "stickylb_vip_drops_total{vip=\"web\",reason=\"loop\"} 10",
+                "# HELP stickylb_vip_not_pinned_total Frames of clients without an entry, forwarded by the Maglev table without pinning the client, by reason.",
+                "# TYPE stickylb_vip_not_pinned_total counter",
+                "stickylb_vip_not_pinned_total{vip=\"web\",reason=\"syn\"} 11",
+                "stickylb_vip_not_pinned_total{vip=\"web\",reason=\"udp_budget\"} 12",
                 "# HELP stickylb_backend_up 1 if the backend is alive in the data path.",
                 "# TYPE stickylb_backend_up gauge",
                 "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.11:80\"} 1",

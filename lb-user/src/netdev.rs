@@ -94,6 +94,110 @@ pub fn addresses() -> Addresses {
     out
 }
 
+/// Why a VLAN tag could reach `name` outside the frame, where an XDP
+/// program in driver mode cannot see it (and `XDP_TX` drops it): the NIC's
+/// `rx-vlan-offload` is on, or the interface is a veth (whose peer hands
+/// over the tag it kept in metadata, whatever this side's offloads).
+/// `None`: tags stay in the frame. Errors are the ethtool ioctl's.
+pub fn hidden_vlan_tags(name: &str) -> std::io::Result<Option<&'static str>> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x03;
+    const ETHTOOL_GFLAGS: u32 = 0x25;
+    const ETH_FLAG_RXVLAN: u32 = 1 << 8;
+    /// `struct ethtool_drvinfo` up to the driver name (the kernel writes the
+    /// whole struct, 196 bytes).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct Value {
+        cmd: u32,
+        data: u32,
+    }
+    fn ioctl<T>(name: &str, data: &mut T) -> std::io::Result<()> {
+        // SAFETY: the command reads and writes `data`, a struct of its layout.
+        unsafe {
+            ifreq_ioctl(name, SIOCETHTOOL, |ifr| {
+                ifr.ifr_ifru.ifru_data = (data as *mut T).cast()
+            })
+        }
+        .map(drop)
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // Not every device has a driver to name (loopback has none).
+    match ioctl(name, &mut info) {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+        r => r?,
+    }
+    if info.driver.starts_with(b"veth\0") {
+        return Ok(Some(
+            "it is a veth, whose peer can hand it tags in metadata",
+        ));
+    }
+    let mut flags = Value {
+        cmd: ETHTOOL_GFLAGS,
+        data: 0,
+    };
+    ioctl(name, &mut flags)?;
+    Ok((flags.data & ETH_FLAG_RXVLAN != 0).then_some("its rx-vlan-offload is on"))
+}
+
+/// The MAC address of interface `name`; `None` if it has none (not an
+/// Ethernet device, or all zero, like loopback's).
+pub fn mac(name: &str) -> std::io::Result<Option<[u8; 6]>> {
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    const ARPHRD_ETHER: libc::sa_family_t = 1;
+    // SAFETY: SIOCGIFHWADDR writes only the ifreq's hardware address.
+    let ifr = unsafe { ifreq_ioctl(name, SIOCGIFHWADDR, |_| {})? };
+    // SAFETY: the kernel filled the union's hwaddr member.
+    let addr = unsafe { ifr.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(addr.sa_data) {
+        *m = b as u8;
+    }
+    Ok((addr.sa_family == ARPHRD_ETHER && mac != [0; 6]).then_some(mac))
+}
+
+/// Runs interface ioctl `request` on an `ifreq` naming `name`, after `fill`
+/// has set the rest; the `ifreq` as the kernel left it.
+///
+/// # Safety
+/// What `fill` leaves in the `ifreq` must be what `request` expects (a
+/// pointer in it must point at memory of the layout the request writes).
+unsafe fn ifreq_ioctl(
+    name: &str,
+    request: libc::c_ulong,
+    fill: impl FnOnce(&mut libc::ifreq),
+) -> std::io::Result<libc::ifreq> {
+    // SAFETY: a zeroed ifreq is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= ifr.ifr_name.len() || name.contains('\0') {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    fill(&mut ifr);
+    // SAFETY: plain socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifr names the interface and holds what the caller vouched for.
+    let r = unsafe { libc::ioctl(fd, request as _, &mut ifr) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    if r < 0 { Err(err) } else { Ok(ifr) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +213,18 @@ mod tests {
         let a = addresses();
         assert!(a.holds("lo", Ipv4Addr::LOCALHOST), "{a:?}");
         assert!(!a.holds("lo", Ipv4Addr::new(192, 0, 2, 254)));
+    }
+
+    #[test]
+    fn loopback_hides_no_vlan_tags_and_a_missing_interface_is_an_error() {
+        assert_eq!(hidden_vlan_tags("lo").unwrap(), None);
+        assert!(hidden_vlan_tags("nosuchnic0").is_err());
+    }
+
+    #[test]
+    fn loopback_has_no_mac_and_a_missing_interface_is_an_error() {
+        assert_eq!(mac("lo").unwrap(), None);
+        assert!(mac("nosuchnic0").is_err());
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Rig {
         .expect("load the XDP object");
         let vip = VipInfo {
             vip_id: 3,
-            flags: 0,
+            udp_pin_budget: 0,
             ring_base: 2 * TABLE_SIZE,
             ring_size: TABLE_SIZE,
             hash_seed: lb_common::DEFAULT_HASH_SEED,

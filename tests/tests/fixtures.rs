@@ -55,6 +55,9 @@ enum Via {
     RepickDead,
     RepickExpired,
     NewClientProbed,
+    /// A bare SYN of a client without a usable entry: forwarded by the
+    /// table, nothing pinned.
+    SynNotPinned,
 }
 
 fn forwarded(rig: &Rig, frame: Vec<u8>, backend: u32, via: Via) -> Expect {
@@ -74,21 +77,30 @@ fn forwarded(rig: &Rig, frame: Vec<u8>, backend: u32, via: Via) -> Expect {
         }
         Via::RepickDead => c.vip.repick_dead = 1,
         Via::RepickExpired => c.vip.repick_expired = 1,
+        Via::SynNotPinned => c.vip.not_pinned_syn = 1,
     }
-    if !matches!(via, Via::Hit) {
+    if !matches!(via, Via::Hit | Via::SynNotPinned) {
         c.backends[backend as usize].new_clients = 1;
     }
     let client: [u8; 4] = frame[26..30].try_into().unwrap();
     let key = rig.affinity_key(client);
+    let after: AfterCheck = if matches!(via, Via::SynNotPinned) {
+        Box::new(move |rig| match rig.dp.affinity(&key).unwrap() {
+            None => Ok(()),
+            Some(v) => Err(format!("a bare SYN pinned the client: {v:?}")),
+        })
+    } else {
+        Box::new(move |rig| match rig.dp.affinity(&key).unwrap() {
+            Some(v) if v.backend_id == backend => Ok(()),
+            other => Err(format!("affinity entry {other:?}, want backend {backend}")),
+        })
+    };
     Expect {
         output: frame::forwarded(&frame, backend),
         frame,
         action: XDP_TX,
         counters: c,
-        after: Some(Box::new(move |rig| match rig.dp.affinity(&key).unwrap() {
-            Some(v) if v.backend_id == backend => Ok(()),
-            other => Err(format!("affinity entry {other:?}, want backend {backend}")),
-        })),
+        after: Some(after),
     }
 }
 
@@ -116,9 +128,10 @@ fn dropped(rig: &Rig, frame: Vec<u8>, set: fn(&mut VipStats)) -> Expect {
     }
 }
 
-/// Sends a SYN from `c` so that it gets an affinity entry; its backend.
+/// Sends a data segment from `c` so that it gets an affinity entry (a bare
+/// SYN would not pin it); its backend.
 fn pin(rig: &mut Rig, c: [u8; 4]) -> u32 {
-    let (action, _) = rig.run(&frame::to_vip(c, 39999));
+    let (action, _) = rig.run(&frame::tcp_data(c, 39999));
     assert_eq!(action, XDP_TX, "pinning {c:?}");
     rig.dp
         .affinity(&rig.affinity_key(c))
@@ -140,11 +153,20 @@ fn entry(backend_id: u32, last_seen_ns: u64) -> AffinityValue {
 // refuses such input (EINVAL), and no driver hands one to XDP either.
 const CASES: &[Case] = &[
     Case {
-        name: "SYN from a new client goes to its Maglev backend, only the MACs rewritten",
+        name: "SYN from a new client goes to its Maglev backend, only the MACs rewritten, \
+               not pinned",
         prepare: |rig| {
             let c = client(1);
             let b = rig.predict(c).unwrap();
-            forwarded(rig, frame::to_vip(c, 40000), b, Via::NewClient)
+            forwarded(rig, frame::to_vip(c, 40000), b, Via::SynNotPinned)
+        },
+    },
+    Case {
+        name: "data segment from a new client goes to its Maglev backend and pins it",
+        prepare: |rig| {
+            let c = client(30);
+            let b = rig.predict(c).unwrap();
+            forwarded(rig, frame::tcp_data(c, 40000), b, Via::NewClient)
         },
     },
     Case {
@@ -188,7 +210,7 @@ const CASES: &[Case] = &[
             rig.rebuild();
             let now = rig.predict(c).unwrap();
             assert_ne!(now, b);
-            forwarded(rig, frame::to_vip(c, 40003), now, Via::RepickDead)
+            forwarded(rig, frame::tcp_data(c, 40003), now, Via::RepickDead)
         },
     },
     Case {
@@ -207,7 +229,7 @@ const CASES: &[Case] = &[
                 .unwrap();
             let now = rig.predict(c).unwrap();
             assert_ne!(now, b);
-            forwarded(rig, frame::to_vip(c, 40005), now, Via::RepickDead)
+            forwarded(rig, frame::tcp_data(c, 40005), now, Via::RepickDead)
         },
     },
     Case {
@@ -218,7 +240,7 @@ const CASES: &[Case] = &[
             rig.set_alive(home, false);
             let now = rig.predict(c).unwrap();
             assert_ne!(now, home);
-            forwarded(rig, frame::to_vip(c, 40004), now, Via::NewClientProbed)
+            forwarded(rig, frame::tcp_data(c, 40004), now, Via::NewClientProbed)
         },
     },
     Case {
@@ -231,7 +253,7 @@ const CASES: &[Case] = &[
             rig.dp
                 .set_affinity(rig.affinity_key(c), entry(other, stale))
                 .unwrap();
-            forwarded(rig, frame::to_vip(c, 40005), home, Via::RepickExpired)
+            forwarded(rig, frame::tcp_data(c, 40005), home, Via::RepickExpired)
         },
     },
     Case {
@@ -273,7 +295,7 @@ const CASES: &[Case] = &[
             let b = rig.predict(c).unwrap();
             let f = frame::tcp_with_ip(c, |ip| ip.options = [1u8, 1, 1, 0].into());
             assert_eq!(f[14], 0x46, "IHL 6");
-            forwarded(rig, f, b, Via::NewClient)
+            forwarded(rig, f, b, Via::SynNotPinned)
         },
     },
     Case {
@@ -512,7 +534,7 @@ fn thousand_clients_land_where_user_space_predicts() {
     for i in 0..1000 {
         let c = client(i);
         let want = rig.predict(c).unwrap();
-        let f = frame::to_vip(c, 40000 + i as u16);
+        let f = frame::tcp_data(c, 40000 + i as u16);
         let (action, out) = rig.run(&f);
         assert_eq!(action, XDP_TX, "client {c:?}");
         assert_eq!(out, frame::forwarded(&f, want), "client {c:?}");

@@ -71,6 +71,9 @@ fn status() -> StatusReply {
                 probed: 7,
                 drop_no_backend: 8,
                 drop_fragment: 9,
+                drop_loop: 10,
+                not_pinned_syn: 11,
+                not_pinned_udp_budget: 12,
             },
             backends: vec![
                 backend(BackendState::Up),

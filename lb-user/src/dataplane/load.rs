@@ -61,6 +61,7 @@ impl Dataplane {
             vip_stats: take_map!(ebpf, map_names::VIP_STATS),
             backend_stats: take_map!(ebpf, map_names::BACKEND_STATS),
             global_stats: take_map!(ebpf, map_names::GLOBAL_STATS),
+            own_mac: take_map!(ebpf, map_names::OWN_MAC),
             ebpf,
         })
     }

@@ -23,8 +23,8 @@ use aya::{
     programs::{ProgramError, links::LinkError},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, BackendInfo, BackendStats, PROGRAM_NAME, RING_POOL_SIZE, VipInfo,
-    VipKey, VipStats, global_counter, map_names,
+    AffinityKey, AffinityValue, BackendInfo, BackendStats, OwnMac, PROGRAM_NAME, RING_POOL_SIZE,
+    VipInfo, VipKey, VipStats, global_counter, map_names,
 };
 use thiserror::Error;
 
@@ -169,6 +169,7 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     global_stats: PerCpuArray<MapData, u64>,
+    own_mac: Array<MapData, OwnMac>,
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -287,6 +288,23 @@ impl Dataplane {
         self.backends
             .set(id, info, 0)
             .map_err(map_err(map_names::BACKENDS, "set"))
+    }
+
+    /// Tells the program the MAC of the interface it runs on, the source MAC
+    /// of the frames it forwards; `None` (or all zero): forwarded frames keep
+    /// the destination MAC they arrived with as their source.
+    pub fn set_own_mac(&mut self, mac: Option<[u8; 6]>) -> Result<()> {
+        self.own_mac
+            .set(0, OwnMac::new(mac.unwrap_or_default()), 0)
+            .map_err(map_err(map_names::OWN_MAC, "set"))
+    }
+
+    /// The MAC `set_own_mac` wrote, if any.
+    pub fn own_mac(&self) -> Result<Option<[u8; 6]>> {
+        self.own_mac
+            .get(&0, 0)
+            .map(|m| m.get())
+            .map_err(map_err(map_names::OWN_MAC, "get"))
     }
 
     pub fn backend(&self, id: u32) -> Result<BackendInfo> {

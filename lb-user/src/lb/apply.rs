@@ -139,7 +139,14 @@ impl<M: Maps> Lb<M> {
     fn vip_info(&self, id: u32, cfg: &VipConfig, base: u32) -> VipInfo {
         VipInfo {
             vip_id: id,
-            flags: 0,
+            udp_pin_budget: match cfg.protocol {
+                crate::config::Protocol::Udp => lb_common::udp_pin_budget(
+                    self.udp_pin_budget.affinity_capacity,
+                    cfg.affinity_timeout.as_nanos() as u64,
+                    self.udp_pin_budget.cpus,
+                ),
+                crate::config::Protocol::Tcp => 0,
+            },
             ring_base: base,
             ring_size: cfg.table_size,
             hash_seed: self.hash_seed,

@@ -71,9 +71,20 @@ pub enum LbError {
 pub type Result<T, E = LbError> = std::result::Result<T, E>;
 
 /// The running state and the maps it is kept equal to.
+/// What a UDP VIP's budget of new pins derives from
+/// (`lb_common::udp_pin_budget`).
+#[derive(Clone, Copy, Debug)]
+struct UdpPinBudget {
+    affinity_capacity: u32,
+    cpus: u32,
+}
+
 pub struct Lb<M: Maps = Dataplane> {
     maps: M,
     hash_seed: u32,
+    /// `udp_pin_budget` of every UDP VIP (a restart-only setting, like the
+    /// affinity capacity it derives from).
+    udp_pin_budget: UdpPinBudget,
     vips: Vec<Vip>,
     /// Bumped by every change, so a plan is applied only to the state it
     /// was made against.
@@ -105,6 +116,10 @@ impl<M: Maps> Lb<M> {
         let mut lb = Self {
             maps,
             hash_seed: cfg.hash_seed,
+            udp_pin_budget: UdpPinBudget {
+                affinity_capacity: cfg.affinity_capacity,
+                cpus: aya::util::nr_cpus().map_or(1, |n| n as u32),
+            },
             vips: Vec::new(),
             generation: 0,
             serials: state::Serials::default(),

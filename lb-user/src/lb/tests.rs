@@ -715,3 +715,25 @@ fn an_overdue_backend_counts_as_down_while_the_vip_waits_for_another() {
     assert_eq!(lb.warm_up_deadline(), None);
     assert_eq!(filled(&lb, 0), 0, "nobody up: an empty table");
 }
+
+#[test]
+fn udp_vips_get_a_pin_budget_from_capacity_timeout_and_cpus_tcp_none() {
+    let text = "interface = \"lo\"\naffinity_capacity = 4096\n\
+                \n[[vip]]\nname = \"dns\"\naddress = \"198.51.100.10\"\nport = 53\n\
+                protocol = \"udp\"\naffinity_timeout = \"10s\"\ntable_size = 251\n\
+                \n[[vip.backend]]\naddress = \"192.0.2.1\"\nport = 53\nmac = \"02:00:00:00:00:01\"\n\
+                \n[[vip]]\nname = \"web\"\naddress = \"198.51.100.10\"\nport = 80\ntable_size = 251\n\
+                \n[[vip.backend]]\naddress = \"192.0.2.2\"\nport = 80\nmac = \"02:00:00:00:00:02\"\n";
+    let lb = started(&Config::parse(text).expect("valid config"));
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
+    let info = |name: &str| lb.vips()[lb.vip_index(name).unwrap()].info;
+    assert_eq!(
+        info("dns").udp_pin_budget,
+        lb_common::udp_pin_budget(4096, 10_000_000_000, cpus)
+    );
+    assert_ne!(info("dns").udp_pin_budget, 0);
+    assert_eq!(info("web").udp_pin_budget, 0, "TCP: unbounded");
+    // What the maps hold is what the books say.
+    let maps = super::Maps::vips(lb.maps()).unwrap();
+    assert!(maps.iter().any(|(_, i)| *i == info("dns")));
+}

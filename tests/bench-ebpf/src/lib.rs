@@ -1,5 +1,6 @@
 //! The benchmark's reference XDP programs are this package's binaries
-//! (`floor-pass`, `floor-fwd`, `sink`, `gen`; stickylb-tests' build script
+//! (`floor-pass`, `floor-fwd`, `sink`, `gen`, and the VLAN test's TC helper
+//! `vlan-tag`; stickylb-tests' build script
 //! builds them for the BPF target). This library holds the names and types
 //! they share with the benchmark code that loads them, so it builds for both
 //! the BPF target and the host; the `user` feature adds what only user space
@@ -22,7 +23,13 @@ pub mod program_names {
     /// Traffic generator for live-frames mode: rewrites MACs and the source
     /// address, `XDP_TX`.
     pub const GEN: &str = "traffic_gen";
+    /// Test helper (TC egress, not XDP): tags IPv4 frames with
+    /// `TEST_VLAN_ID` in the socket buffer's metadata.
+    pub const VLAN_TAG: &str = "vlan_tag";
 }
+
+/// The VLAN the `vlan_tag` program tags frames with.
+pub const TEST_VLAN_ID: u16 = 10;
 
 /// Map names (at most 15 bytes, as the kernel keeps).
 pub mod map_names {

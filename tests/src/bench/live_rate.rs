@@ -36,8 +36,12 @@ use crate::{
     netns::{Netns, Reaper, wait_for},
 };
 
-/// MAC of the generator's (and sink's) interface g0: the backend's MAC.
+/// MAC of the generator's (and sink's) interface g0.
 const GEN_MAC: [u8; 6] = [0x02, 0x67, 0x65, 0x6e, 0x00, 0x01];
+/// The backend's MAC: not g0's, since the program drops a frame it would
+/// send back to the MAC it came from. XDP_TX on l0 delivers every frame to
+/// g0 whatever its destination MAC, where the sink counts it.
+const BACKEND_MAC: [u8; 6] = [0x02, 0x67, 0x65, 0x6e, 0x00, 0x02];
 /// Frames per batch of the live-frames run (the kernel's default, NAPI's 64).
 const BATCH: u32 = 64;
 
@@ -199,7 +203,7 @@ fn attach(wire: &Wire, subject: Subject, k: &Knobs) -> Result<Forwarder, String>
                 timeout_ns: DEFAULT_AFFINITY_TIMEOUT_NS,
             };
             // One backend: the sink's interface, alive.
-            let lb = Lb::load(k.capacity, &[GEN_MAC], &[vip])?;
+            let lb = Lb::load(k.capacity, &[BACKEND_MAC], &[vip])?;
             wire.lb.enter(move || {
                 let mut lb = lb;
                 lb.dp
@@ -483,8 +487,9 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         "Two network namespaces joined by one veth pair, g0 (generator side) and l0 (load \
          balancer side), IPv6 off so that nothing else crosses the wire. The program under test \
          is attached to l0 in driver mode: stickylb's real program loaded through `Dataplane` \
-         (no pins, affinity capacity {cap}) with one UDP VIP and one alive backend whose MAC is \
-         g0's, its Maglev table built with `lb_common::maglev`; or the floor forwarder \
+         (no pins, affinity capacity {cap}) with one UDP VIP and one alive backend on g0's side \
+         (with a MAC of its own, not g0's: the program drops a frame it would send back to the MAC \
+         it came from), its Maglev table built with `lb_common::maglev`; or the floor forwarder \
          (tests/bench-ebpf's `floor-fwd`: parse Ethernet + IPv4, swap MACs). Both answer with XDP_TX, \
          which sends a frame back out of the interface it came in on, so the forwarded frames \
          return to g0: the backend necessarily sits on l0's peer, and there a sink XDP program \

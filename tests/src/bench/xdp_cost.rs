@@ -124,6 +124,12 @@ impl Lb {
             pin_dir: None,
         })
         .map_err(err("load stickylb"))?;
+        // As the daemon would: in every bench the load balancer's interface
+        // has LB_MAC. It is also what keeps a frame the repeat method runs
+        // again forwardable: its source stays LB_MAC, never the backend's
+        // (which the program would drop as a loop).
+        dp.set_own_mac(Some(LB_MAC))
+            .map_err(err("set the LB's MAC"))?;
         let identities: Vec<String> = (0..macs.len() as u32).map(backend_identity).collect();
         let vip_id = vips.first().map_or(0, |v| v.id);
         for (id, mac) in (0..).zip(macs) {
@@ -138,7 +144,7 @@ impl Lb {
         for v in vips {
             let info = VipInfo {
                 vip_id: v.id,
-                flags: 0,
+                udp_pin_budget: 0,
                 ring_base: 0,
                 ring_size: DEFAULT_TABLE_SIZE,
                 hash_seed: DEFAULT_HASH_SEED,
