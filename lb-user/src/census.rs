@@ -16,7 +16,7 @@ use std::{
     ops::ControlFlow,
     sync::{
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -56,6 +56,9 @@ pub struct Counts {
     pub at: Instant,
     /// How long it took.
     pub took: Duration,
+    /// The id epoch when the walk began (see `Lb::id_epoch`): counts keyed
+    /// by ids are the old backends' once an id is freed and reused.
+    pub epoch: u64,
 }
 
 impl Counts {
@@ -94,6 +97,8 @@ struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     stop: AtomicBool,
+    /// The Lb's id epoch.
+    epoch: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -114,11 +119,13 @@ impl Shared {
 
 impl Census {
     /// Starts the thread; its first walk begins at once.
-    pub fn start(reader: TableReader) -> anyhow::Result<Self> {
+    /// `epoch`: the Lb's id epoch (`Lb::id_epoch`).
+    pub fn start(reader: TableReader, epoch: Arc<AtomicU64>) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            epoch,
         });
         let theirs = shared.clone();
         let thread = thread::Builder::new()
@@ -131,13 +138,15 @@ impl Census {
         })
     }
 
-    /// The last counts (None until the first walk ends), and a request for
-    /// fresh ones. Never waits for a walk.
+    /// The last counts (None until the first walk ends, or while the last
+    /// one began before an id was freed), and a request for fresh ones.
+    /// Never waits for a walk.
     pub fn counts(&self) -> Option<Arc<Counts>> {
         let mut st = self.shared.lock();
         st.wanted = true;
         self.shared.wake.notify_one();
-        st.latest.clone()
+        let epoch = self.shared.epoch.load(Ordering::Relaxed);
+        current(st.latest.as_ref(), epoch).cloned()
     }
 
     /// Queues a `flows` request; the census thread sends its reply.
@@ -169,6 +178,12 @@ impl Drop for Census {
             let _ = t.join();
         }
     }
+}
+
+/// `latest` if it was counted in `epoch`: counts of an earlier epoch may
+/// give a freed id's clients to the backend that took the id since.
+fn current(latest: Option<&Arc<Counts>>, epoch: u64) -> Option<&Arc<Counts>> {
+    latest.filter(|c| c.epoch == epoch)
 }
 
 enum Work {
@@ -223,11 +238,11 @@ fn walker(shared: &Shared, reader: &TableReader) {
         };
         match work {
             Work::Flows(job) => {
-                let reply = flows(reader, &job.query, &shared.stop);
+                let reply = flows(reader, &job.query, &shared.stop, &shared.epoch);
                 let _ = job.reply.send(reply);
             }
             Work::Count => {
-                match count(reader, &shared.stop) {
+                match count(reader, &shared.stop, &shared.epoch) {
                     Ok(Some(counts)) => {
                         if failing {
                             info!("counting clients in the affinity table works again");
@@ -290,8 +305,13 @@ fn paced_walk(
 }
 
 /// One count; None if stopped on the way.
-fn count(reader: &TableReader, stop: &AtomicBool) -> Result<Option<Counts>, DataplaneError> {
+fn count(
+    reader: &TableReader,
+    stop: &AtomicBool,
+    epoch: &AtomicU64,
+) -> Result<Option<Counts>, DataplaneError> {
     let t0 = Instant::now();
+    let epoch = epoch.load(Ordering::Relaxed);
     // The timeouts the data path applies, read from its map.
     let timeouts = reader
         .vips()?
@@ -307,6 +327,7 @@ fn count(reader: &TableReader, stop: &AtomicBool) -> Result<Option<Counts>, Data
         entries: tally.entries,
         at: Instant::now(),
         took: t0.elapsed(),
+        epoch,
     }))
 }
 
@@ -360,13 +381,29 @@ impl Tally {
     }
 }
 
-fn flows(reader: &TableReader, query: &FlowsQuery, stop: &AtomicBool) -> Reply {
+fn flows(reader: &TableReader, query: &FlowsQuery, stop: &AtomicBool, epoch: &AtomicU64) -> Reply {
+    // Made while it waited in the queue, or during the walk: an id it names
+    // may belong to another backend since.
+    let stale = || {
+        (epoch.load(Ordering::Relaxed) != query.epoch).then(|| {
+            Reply::err(
+                "the backends changed (a reload or live change freed backend ids) while this \
+                 flows request waited; run it again",
+            )
+        })
+    };
+    if let Some(r) = stale() {
+        return r;
+    }
     let mut found = query.collect(monotonic_ns());
     let walked = paced_walk(reader, stop, |keys, values| {
         for (k, e) in keys.iter().zip(values) {
             found.add(k, e);
         }
     });
+    if let Some(r) = stale() {
+        return r;
+    }
     match walked {
         Ok(true) => Reply::ok(found.finish()),
         Ok(false) => Reply::err("the daemon is shutting down"),
@@ -399,6 +436,20 @@ mod tests {
                 last_seen_ns,
             },
         )
+    }
+
+    #[test]
+    fn counts_from_before_an_id_was_freed_are_not_reported() {
+        let counts = Arc::new(Counts {
+            clients: HashMap::from([((1, 7), 5)]),
+            entries: 5,
+            at: Instant::now(),
+            took: Duration::ZERO,
+            epoch: 3,
+        });
+        assert!(current(Some(&counts), 3).is_some());
+        // Id 7 may be another backend's since: its 5 clients are not.
+        assert!(current(Some(&counts), 4).is_none());
     }
 
     #[test]

@@ -50,6 +50,8 @@ struct Checker {
     generation: u64,
     target: SocketAddr,
     cfg: HealthConfig,
+    /// Its supervisor's restarts as last seen by a warm-up tick.
+    restarts_seen: u64,
 }
 
 /// What a checker's events are keyed by: the backend's serial (never reused,
@@ -172,6 +174,7 @@ impl Daemon {
                     generation,
                     target,
                     cfg,
+                    restarts_seen: 0,
                 },
             );
         }
@@ -193,6 +196,9 @@ impl Daemon {
         if ev.outcome.is_local_error() {
             let target = self.checkers[&serial].target;
             self.local_checks.record(target, &ev.outcome.detail);
+            // Not the backend's failure: a VIP warming up waits for it longer.
+            self.lb
+                .checks_blocked(serial, Instant::now(), &ev.outcome.detail);
             return;
         }
         self.lb.record_check(id, ev.outcome);
@@ -211,6 +217,16 @@ impl Daemon {
 
     /// A backend's first result was due: VIPs that waited for it serve.
     fn warm_up_tick(&mut self) {
+        // A checker restarted since the last tick had its first probe cut
+        // short: its backend's result is due from the new checker.
+        let now = Instant::now();
+        for (serial, c) in &mut self.checkers {
+            let restarts = c.handle.restarts();
+            if restarts != c.restarts_seen {
+                c.restarts_seen = restarts;
+                self.lb.checker_restarted(*serial, now);
+            }
+        }
         if let Err(e) = self.lb.warm_up_tick(Instant::now()) {
             error!("cannot write the table of a VIP that finished warming up: {e}");
         }
@@ -239,8 +255,9 @@ impl Daemon {
     fn reload(&mut self) -> anyhow::Result<ReloadReply> {
         // The same checks as at start and `stickylb check`: a file that
         // names a missing interface or a backend that is this host changes
-        // nothing.
-        let new = Config::load_for_this_machine(&self.opts.config_path)?;
+        // nothing. They look at the running interface: a new one is only
+        // staged for the next restart (and reported so below).
+        let new = Config::load_for_reload(&self.opts.config_path, &self.cfg.interface)?;
         let warnings = log_warnings("reload", &new);
         let needs_restart: Vec<String> = self
             .cfg
@@ -608,7 +625,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let (dp, pinned_link) = load_data_path(&cfg, opts.fresh)?;
     let lb = Lb::start(dp, &cfg)?;
-    let census = Census::start(lb.maps().table_reader()?)?;
+    let census = Census::start(lb.maps().table_reader()?, lb.id_epoch())?;
     let (health_tx, health_rx) = mpsc::channel(1024);
     let mut d = Daemon {
         lb,
@@ -834,7 +851,17 @@ async fn serve(
             Some((req, reply)) = ctl_rx.recv() => d.handle(req, reply),
             Some(reply) = met_rx.recv() => { let _ = reply.send(d.metrics()); }
             _ = neigh_tick.tick() => d.refresh_macs(),
-            () = sleep_until(d.lb.warm_up_deadline()) => d.warm_up_tick(),
+            () = sleep_until(d.lb.warm_up_deadline()) => {
+                // select! picks among ready arms at random, and after a stall
+                // (a long map write, a loaded machine) the deadline may be
+                // ready together with the result it waited for: take in
+                // every result queued by now before counting anyone down.
+                tokio::task::yield_now().await;
+                while let Ok(ev) = health_rx.try_recv() {
+                    d.on_health(ev);
+                }
+                d.warm_up_tick();
+            }
             _ = sighup.recv() => {
                 if let Err(e) = d.reload() {
                     error!("reload failed: {e:#}");

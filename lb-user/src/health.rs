@@ -292,7 +292,7 @@ pub fn spawn_with<K: Clone + Send + 'static>(
 /// The first wait before restarting a dead checker; doubled at each death
 /// in a row, up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A checker that ran this long before it died starts again from
 /// `MIN_BACKOFF`: its death is not part of a crash loop.
 const STABLE_RUN: Duration = Duration::from_secs(30);

@@ -287,6 +287,7 @@ mod tests {
             table_size: 7,
             affinity_timeout_s: 300.0,
             alive_backends: 0,
+            warming: false,
             counters: VipStats {
                 new_clients: base + 1,
                 repick_expired: base + 2,
@@ -374,6 +375,7 @@ mod tests {
             table_size: 7,
             affinity_timeout_s: 300.0,
             alive_backends: 1,
+            warming: false,
             counters: VipStats {
                 packets: 1,
                 bytes: 2,
@@ -496,6 +498,7 @@ mod tests {
             table_size: 7,
             affinity_timeout_s: 300.0,
             alive_backends: 2,
+            warming: false,
             counters: VipStats::default(),
             backends,
         };

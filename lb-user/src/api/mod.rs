@@ -240,6 +240,10 @@ pub struct VipStatus {
     pub table_size: u32,
     pub affinity_timeout_s: f64,
     pub alive_backends: usize,
+    /// Waiting for every backend's first check result: its table is empty
+    /// until then (false from a daemon that predates warm-up: serving).
+    #[serde(default)]
+    pub warming: bool,
     #[serde(flatten)]
     pub counters: VipStats,
     pub backends: Vec<BackendStatus>,

@@ -61,6 +61,7 @@ fn status() -> StatusReply {
             table_size: 1021,
             affinity_timeout_s: 300.0,
             alive_backends: 1,
+            warming: false,
             counters: VipStats {
                 packets: 1,
                 bytes: 2,

@@ -89,7 +89,7 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
         writeln!(out)?;
         writeln!(
             out,
-            "VIP {} {}:{}/{}  table {}  affinity timeout {}s  {}/{} backends alive",
+            "VIP {} {}:{}/{}  table {}  affinity timeout {}s  {}/{} backends alive{}",
             v.name,
             v.address,
             v.port,
@@ -97,7 +97,12 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
             v.table_size,
             v.affinity_timeout_s,
             v.alive_backends,
-            v.backends.len()
+            v.backends.len(),
+            if v.warming {
+                "  WARMING UP: not serving until every backend's first check is in"
+            } else {
+                ""
+            }
         )?;
         writeln!(out, "  {}", v.counters.status_line())?;
         backend_table(out, v)?;
@@ -225,6 +230,7 @@ mod tests {
             table_size: 7,
             affinity_timeout_s: 300.0,
             alive_backends: 1,
+            warming: false,
             counters: Default::default(),
             backends: vec![BackendStatus {
                 id: 0,
@@ -279,6 +285,38 @@ mod tests {
             text.starts_with("VIP web 192.0.2.10:80/tcp\n  BACKEND"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn status_says_when_a_vip_is_warming_up() {
+        let mut v = vip();
+        v.warming = true;
+        let mut out = Vec::new();
+        let s = StatusReply {
+            pid: 42,
+            interface: "eth0".into(),
+            attached: crate::api::AttachState::Adopted,
+            config: "/etc/stickylb.toml".into(),
+            pin_path: "/sys/fs/bpf/stickylb".into(),
+            uptime_s: 9,
+            passed: Default::default(),
+            clients_counted: None,
+            vips: vec![v],
+            local_errors: Default::default(),
+        };
+        reply(&mut out, &Query::Status, serde_json::to_value(&s).unwrap()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines().nth(2).unwrap().ends_with(
+                "1/1 backends alive  WARMING UP: not serving until every backend's first check is in"
+            ),
+            "{text}"
+        );
+        // A daemon that predates the field: serving.
+        let mut json = serde_json::to_value(vip()).unwrap();
+        json.as_object_mut().unwrap().remove("warming");
+        let old: VipStatus = serde_json::from_value(json).unwrap();
+        assert!(!old.warming);
     }
 
     #[test]

@@ -297,6 +297,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_checks_the_machine_against_the_running_interface() {
+        let dir = TempDir::new("reload");
+        let file = dir.0.join("lb.toml");
+        let text = MINIMAL.replace("\"eth0\"", "\"nosuchnic0\"");
+        let text = format!(
+            "control_socket = \"{}\"\n{text}",
+            dir.0.join("s.sock").display()
+        );
+        std::fs::write(&file, text).unwrap();
+        // At start the file's interface is the one that must exist.
+        assert!(crate::config::Config::load_for_this_machine(&file).is_err());
+        // On a reload it only changes at the next restart: the checks look
+        // at the running interface, and the file's name is kept to report.
+        let c = crate::config::Config::load_for_reload(&file, "lo").unwrap();
+        assert_eq!(c.interface, "nosuchnic0");
+        assert!(crate::config::Config::load_for_reload(&file, "nosuchnic1").is_err());
+    }
+
+    #[test]
     fn a_socket_folder_others_can_write_is_refused() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = TempDir::new("env-sockdir");

@@ -226,13 +226,37 @@ impl Config {
         Self::parse_checking(&read(path)?, true)
     }
 
+    /// `load_for_this_machine` for a reload of a daemon running on
+    /// `running_interface`: `interface` only changes on a restart, so the
+    /// machine's checks look at the running one (a changed name is the
+    /// caller's to report as needing a restart; the file keeps it).
+    pub fn load_for_reload(path: &Path, running_interface: &str) -> Result<Config, ConfigError> {
+        Self::parse_checking_on(&read(path)?, true, Some(running_interface))
+    }
+
     fn parse_checking(text: &str, environment: bool) -> Result<Config, ConfigError> {
+        Self::parse_checking_on(text, environment, None)
+    }
+
+    /// `interface`: the one the machine's checks look at, if not the file's.
+    fn parse_checking_on(
+        text: &str,
+        environment: bool,
+        interface: Option<&str>,
+    ) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text)
             .map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_owned()))?;
         let config = raw.resolve();
         let mut problems = config.validate();
         if environment {
-            problems.extend(config.check_environment());
+            match interface {
+                Some(running) if running != config.interface => {
+                    let mut on_running = config.clone();
+                    on_running.interface = running.to_owned();
+                    problems.extend(on_running.check_environment());
+                }
+                _ => problems.extend(config.check_environment()),
+            }
         }
         if problems.is_empty() {
             Ok(config)

@@ -1,10 +1,13 @@
 //! Carrying out a `Plan` on the maps, in the order that keeps clients where
 //! they are.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use lb_common::{NO_BACKEND, VipInfo, VipKey};
-use log::info;
+use log::{error, info};
 use serde::Serialize;
 
 use super::{
@@ -59,15 +62,26 @@ impl<M: Maps> Lb<M> {
             .into_iter()
             .map(Some)
             .collect();
+        let frees_ids = !report.removed.is_empty()
+            || report.vips.iter().any(|v| !v.removed_backends.is_empty());
         let result = self.apply_to(&report, &work, &removed_keys, &mut old);
         if result.is_err() {
             // Keep what was not reached in the books: its maps are as they were.
             self.vips.extend(old.into_iter().flatten());
         }
-        let report = result?;
-        // A VIP warming up may have lost the last backend it waited for.
-        self.warm_up_tick(Instant::now())?;
-        Ok(report)
+        if frees_ids {
+            // Only now, once the freed ids' entries are purged: counts and
+            // queries made before name the old backends by these ids.
+            self.id_epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        // A VIP warming up may have lost the last backend it waited for,
+        // whether or not the rest got applied. A table it cannot write then
+        // is not this plan's failure (the plan is applied): like any failed
+        // rebuild, the VIP's next change writes its table whole.
+        if let Err(e) = self.warm_up_tick(Instant::now()) {
+            error!("cannot write the table of a VIP that finished warming up: {e}");
+        }
+        result
     }
 
     fn apply_to(
@@ -359,14 +373,52 @@ impl<M: Maps> Lb<M> {
 }
 
 /// How long after its checker starts a result may take to reach the books
-/// (the channel, a busy event loop): beyond the probe's own bound.
-const FIRST_RESULT_SLACK: Duration = Duration::from_millis(200);
+/// (the channel, an event loop held up by a long map write or a loaded
+/// machine), beyond the probe's own bound.
+const FIRST_RESULT_SLACK: Duration = Duration::from_secs(1);
 
 /// By when a new backend's first check result is due, counted from `now`.
+/// A backstop, not an expectation: the probe is bounded by its timeout
+/// already, so a result that has not come by twice that (plus the first
+/// probe's spread and `FIRST_RESULT_SLACK`) is not coming.
 pub(super) fn first_result_due(b: &Backend, now: Instant) -> Instant {
-    let within = health::first_result_within(b.health_cfg.interval, b.health_cfg.timeout)
-        .saturating_add(FIRST_RESULT_SLACK);
-    now.checked_add(within).unwrap_or(now)
+    now.checked_add(first_result_backstop(b)).unwrap_or(now)
+}
+
+fn first_result_backstop(b: &Backend) -> Duration {
+    let timeout = b.health_cfg.timeout;
+    health::first_result_within(b.health_cfg.interval, timeout)
+        .saturating_add(timeout)
+        .saturating_add(FIRST_RESULT_SLACK)
+}
+
+/// How long past its first deadline local errors (this host's, not the
+/// backend's) may keep a backend's first result from coming before it is
+/// counted as down all the same: its VIP must serve at some point.
+pub(super) const BLOCKED_WARM_UP_CAP: Duration = Duration::from_secs(30);
+
+/// The new deadline of a backend whose check could not run at `now`, or
+/// whose checker had to be restarted: `push` further, up to
+/// `BLOCKED_WARM_UP_CAP` past `since` (its VIP's start of warm-up) plus
+/// its backstop, never earlier than it was.
+pub(super) fn postponed_result_due(
+    b: &Backend,
+    since: Instant,
+    now: Instant,
+    push: Duration,
+) -> Option<Instant> {
+    let current = b.first_result_by?;
+    let cap = since
+        .checked_add(first_result_backstop(b).saturating_add(BLOCKED_WARM_UP_CAP))
+        .unwrap_or(current);
+    let pushed = current.max(now).checked_add(push).unwrap_or(cap);
+    Some(pushed.min(cap).max(current))
+}
+
+/// How much later a first result may come after its checker restarts: the
+/// supervisor's longest wait, then a new checker's backstop.
+pub(super) fn restart_push(b: &Backend) -> Duration {
+    health::MAX_BACKOFF.saturating_add(first_result_backstop(b))
 }
 
 /// Brings a kept backend to `spec`; health and the learned MAC stay.

@@ -23,6 +23,10 @@ mod tests;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddrV4},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -90,6 +94,10 @@ pub struct Lb<M: Maps = Dataplane> {
     /// was made against.
     generation: u64,
     serials: state::Serials,
+    /// Bumped whenever ids are freed (and so may be reused): client counts
+    /// and `flows` queries keyed by id are only good for the epoch they
+    /// were made in. Shared with the census thread.
+    id_epoch: Arc<AtomicU64>,
 }
 
 impl<M: Maps> Lb<M> {
@@ -123,6 +131,7 @@ impl<M: Maps> Lb<M> {
             vips: Vec::new(),
             generation: 0,
             serials: state::Serials::default(),
+            id_epoch: Arc::default(),
         };
         lb.adopt(cfg)?;
         Ok(lb)
@@ -178,6 +187,24 @@ impl<M: Maps> Lb<M> {
             let mut settings = spec.cfg;
             settings.table_size = info.ring_size;
             settings.affinity_timeout = Duration::from_nanos(info.affinity_timeout_ns);
+            // A VIP the previous run was still warming up (its table all
+            // empty, some backend's health not known yet) goes on warming
+            // up: rebuilt now, its table would come from a partial set.
+            let mut backends: Vec<Backend> = backends;
+            let now = Instant::now();
+            let warming_up = (table.iter().all(|&s| s == NO_BACKEND)
+                && backends.iter().any(|b| b.health.is_none()))
+            .then(|| {
+                for b in backends.iter_mut().filter(|b| b.health.is_none()) {
+                    b.first_result_by = Some(apply::first_result_due(b, now));
+                }
+                info!(
+                    "VIP {}: the previous run had not started serving it; waiting for every \
+                     backend's first check before it does",
+                    vcfg.name
+                );
+                now
+            });
             self.vips.push(Vip {
                 name: vcfg.name.clone(),
                 id: info.vip_id,
@@ -187,8 +214,8 @@ impl<M: Maps> Lb<M> {
                 table,
                 table_current: false,
                 backends,
-                // Adopted: it was serving, and keeps serving.
-                warming_up: None,
+                // Adopted while serving: it keeps serving.
+                warming_up,
             });
         }
         // Adopted backend ids that were not adopted above (their VIP or they
@@ -240,6 +267,15 @@ impl<M: Maps> Lb<M> {
 
     pub fn into_maps(self) -> M {
         self.maps
+    }
+
+    /// The id epoch, shared: see `id_epoch`.
+    pub fn id_epoch(&self) -> Arc<AtomicU64> {
+        self.id_epoch.clone()
+    }
+
+    fn current_id_epoch(&self) -> u64 {
+        self.id_epoch.load(Ordering::Relaxed)
     }
 
     fn used_backend_ids(&self) -> BTreeSet<u32> {
@@ -320,6 +356,7 @@ impl<M: Maps> Lb<M> {
         let addr = b.addr;
         let name = self.vips[vi].name.clone();
         self.vips[vi].backends[bi].first_result_by = None;
+        self.vips[vi].backends[bi].checks_blocked = None;
         self.write_backend(vi, bi)?;
         let report = self.rebuild(vi)?;
         let now_alive = self.vips[vi].backends[bi].alive();
@@ -349,6 +386,42 @@ impl<M: Maps> Lb<M> {
                 b.first_result_by = Some(apply::first_result_due(b, now));
             }
         }
+    }
+
+    /// The check of backend `serial` could not run at `now` for a reason of
+    /// this host's (`detail`): if its VIP waits for its first result, it
+    /// waits one interval longer (up to a cap), rather than counting the
+    /// backend down for the daemon's own problem.
+    pub fn checks_blocked(&mut self, serial: BackendSerial, now: Instant, detail: &str) {
+        if let Some(b) = self.postpone_first_result(serial, now, |b| b.health_cfg.interval) {
+            b.checks_blocked = Some(detail.to_owned());
+        }
+    }
+
+    /// The checker of backend `serial` died and was (or is about to be)
+    /// started again by its supervisor, seen at `now`: if its VIP waits for
+    /// its first result, it waits for the new checker's (up to a cap).
+    pub fn checker_restarted(&mut self, serial: BackendSerial, now: Instant) {
+        self.postpone_first_result(serial, now, apply::restart_push);
+    }
+
+    /// Pushes the first-result deadline of backend `serial` by `push` of
+    /// it, if its VIP waits for that result; the backend if so.
+    fn postpone_first_result(
+        &mut self,
+        serial: BackendSerial,
+        now: Instant,
+        push: impl Fn(&Backend) -> Duration,
+    ) -> Option<&mut Backend> {
+        let (vi, bi) = self.find_serial(serial)?;
+        let since = self.vips[vi].warming_up?;
+        let b = &mut self.vips[vi].backends[bi];
+        if b.health.is_some() {
+            return None;
+        }
+        let due = apply::postponed_result_due(b, since, now, push(b))?;
+        b.first_result_by = Some(due);
+        Some(b)
     }
 
     /// When the next backend's first result is due, of all VIPs warming up:
@@ -381,19 +454,41 @@ impl<M: Maps> Lb<M> {
             return Ok(None);
         };
         let name = self.vips[vi].name.clone();
-        for bi in 0..self.vips[vi].backends.len() {
-            let b = &mut self.vips[vi].backends[bi];
+        // Every overdue backend is counted down in the books first, so that
+        // a failed write cannot leave one overdue (its deadline past, the
+        // daemon woken for it again and again); then each is written.
+        let mut overdue = Vec::new();
+        for (bi, b) in self.vips[vi].backends.iter_mut().enumerate() {
             if b.health.is_none() && b.first_result_by.is_some_and(|t| t <= now) {
-                self.generation += 1;
                 b.health = Some(State::Down);
-                b.reason = format!(
-                    "no first check result within {} of the VIP's start: counted as down until one comes",
-                    fmt_duration(Duration::from_millis(since.elapsed().as_millis() as u64))
-                );
+                let waited =
+                    fmt_duration(Duration::from_millis(since.elapsed().as_millis() as u64));
+                b.reason = match b.checks_blocked.take() {
+                    Some(e) => format!(
+                        "checks cannot run: {e} (for {waited} since the VIP's start; this \
+                         host's problem, not the backend's): counted as down until one runs"
+                    ),
+                    None => format!(
+                        "no first check result within {waited} of the VIP's start: counted as \
+                         down until one comes"
+                    ),
+                };
                 warn!("{name}: backend {}: {}", b.addr, b.reason);
                 b.first_result_by = None;
-                self.write_backend(vi, bi)?;
+                overdue.push(bi);
             }
+        }
+        if !overdue.is_empty() {
+            self.generation += 1;
+        }
+        let mut failed = None;
+        for bi in overdue {
+            if let Err(e) = self.write_backend(vi, bi) {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         let v = &mut self.vips[vi];
         if v.backends.iter().any(|b| b.health.is_none()) {

@@ -136,6 +136,7 @@ impl<M: Maps> Lb<M> {
             vips,
             backend,
             limit,
+            epoch: self.current_id_epoch(),
         })
     }
 
@@ -198,6 +199,7 @@ impl<M: Maps> Lb<M> {
                 table_size: v.info.ring_size,
                 affinity_timeout_s: Duration::from_nanos(v.info.affinity_timeout_ns).as_secs_f64(),
                 alive_backends: v.backends.iter().filter(|b| b.alive()).count(),
+                warming: v.warming_up.is_some(),
                 counters: stats,
                 backends,
             });
@@ -225,6 +227,9 @@ pub struct FlowsQuery {
     vips: Vec<FlowsVip>,
     backend: Option<SocketAddrV4>,
     limit: usize,
+    /// The id epoch it was made in: it names backends by id, so it holds
+    /// only while no id is freed (see `Lb::id_epoch`).
+    pub epoch: u64,
 }
 
 impl FlowsQuery {

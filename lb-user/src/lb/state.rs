@@ -59,6 +59,9 @@ pub struct Backend {
     /// While its VIP warms up: by when its first check result is due (it
     /// counts as down if none has come by then).
     pub first_result_by: Option<Instant>,
+    /// While its VIP warms up: why its checks could not run (a local error
+    /// of this host's), so that counting it down says so.
+    pub checks_blocked: Option<String>,
 }
 
 impl Backend {
@@ -82,6 +85,7 @@ impl Backend {
             reason: "not checked yet".into(),
             from_config: spec.from_config,
             first_result_by: None,
+            checks_blocked: None,
         }
     }
 

@@ -616,9 +616,15 @@ fn a_backend_without_a_first_result_by_its_deadline_counts_as_down() {
         .unwrap();
     let due = lb.warm_up_deadline().unwrap();
     // Default health: 1s interval, 500ms timeout: the first result of
-    // a fresh checker is due within 100ms + 500ms (+ slack).
+    // a fresh checker is due within 100ms + 500ms; the deadline is a
+    // backstop beyond that (twice the timeout, plus a second of slack for
+    // a busy event loop), not a tight expectation.
     let left = due - std::time::Instant::now();
-    assert!(left <= std::time::Duration::from_millis(800), "{left:?}");
+    assert!(
+        left > std::time::Duration::from_millis(1900)
+            && left <= std::time::Duration::from_millis(2100),
+        "{left:?}"
+    );
     lb.warm_up_tick(due - std::time::Duration::from_millis(1))
         .unwrap();
     assert_eq!(filled(&lb, 0), 0, "not before the deadline");
@@ -736,4 +742,178 @@ fn udp_vips_get_a_pin_budget_from_capacity_timeout_and_cpus_tcp_none() {
     // What the maps hold is what the books say.
     let maps = super::Maps::vips(lb.maps()).unwrap();
     assert!(maps.iter().any(|(_, i)| *i == info("dns")));
+}
+
+#[test]
+fn a_restart_while_a_vip_warms_up_goes_on_warming_up() {
+    let cfg = web(&[(10, 1), (11, 1)]);
+    let mut first = Lb::start(FakeMaps::default(), &cfg).unwrap();
+    first
+        .set_health(id_of(&first, "web", 10), State::Up, "test")
+        .unwrap();
+    assert_eq!(filled(&first, 0), 0, "still waiting for .11");
+    // The next daemon finds .10 alive, .11 not, and an empty table: it must
+    // not write the table from .10 alone.
+    let lb = Lb::start(first.into_maps(), &cfg).unwrap();
+    let v = &lb.vips()[0];
+    assert!(v.warming_up.is_some(), "adopted as serving");
+    assert_eq!(filled(&lb, 0), 0, "{:?}", ring_of(&lb, 0));
+    assert!(lb.warm_up_deadline().is_some());
+    let mut lb = lb;
+    lb.set_health(id_of(&lb, "web", 11), State::Up, "test")
+        .unwrap();
+    assert!(lb.vips()[0].warming_up.is_none());
+    let both = [id_of(&lb, "web", 10), id_of(&lb, "web", 11)];
+    assert!(both.iter().all(|id| ring_of(&lb, 0).contains(id)));
+}
+
+#[test]
+fn a_local_error_postpones_the_first_result_up_to_a_cap() {
+    let cfg = web(&[(10, 1), (11, 1)]);
+    let mut lb = Lb::start(FakeMaps::default(), &cfg).unwrap();
+    lb.set_health(id_of(&lb, "web", 10), State::Up, "test")
+        .unwrap();
+    let serial = serial_of(&lb, "web", 11);
+    let due = lb.warm_up_deadline().unwrap();
+    lb.checks_blocked(serial, due - std::time::Duration::from_millis(1), "EMFILE");
+    let pushed = lb.warm_up_deadline().unwrap();
+    assert!(
+        pushed >= due + std::time::Duration::from_secs(1),
+        "one interval later"
+    );
+    lb.warm_up_tick(due).unwrap();
+    assert!(
+        lb.vips()[0].warming_up.is_some(),
+        "not counted down for EMFILE"
+    );
+    // Errors without end: the VIP serves all the same, within the cap.
+    let mut at = pushed;
+    for _ in 0..100 {
+        lb.checks_blocked(serial, at, "EMFILE");
+        at = lb.warm_up_deadline().unwrap();
+    }
+    let cap = due + super::apply::BLOCKED_WARM_UP_CAP;
+    assert!(
+        at <= cap + std::time::Duration::from_millis(50),
+        "{:?}",
+        at - due
+    );
+    lb.warm_up_tick(at).unwrap();
+    let v = &lb.vips()[0];
+    assert!(v.warming_up.is_none());
+    let b = v.backends.iter().find(|b| b.addr == addr(11)).unwrap();
+    assert_eq!(b.health, Some(State::Down));
+    assert!(
+        b.reason.contains("checks cannot run: EMFILE"),
+        "{}",
+        b.reason
+    );
+}
+
+#[test]
+fn a_checker_restart_postpones_the_first_result() {
+    let mut lb = Lb::start(FakeMaps::default(), &web(&[(10, 1)])).unwrap();
+    let due = lb.warm_up_deadline().unwrap();
+    lb.checker_restarted(lb.vips()[0].backends[0].serial, due);
+    let later = lb.warm_up_deadline().unwrap();
+    assert!(
+        later >= due + crate::health::MAX_BACKOFF,
+        "{:?}",
+        later - due
+    );
+    lb.warm_up_tick(due).unwrap();
+    assert!(lb.vips()[0].warming_up.is_some());
+}
+
+#[test]
+fn overdue_backends_are_all_counted_down_when_a_write_fails() {
+    let cfg = web(&[(10, 1), (11, 1), (12, 1)]);
+    let mut lb = Lb::start(FakeMaps::default(), &cfg).unwrap();
+    let due = lb.warm_up_deadline().unwrap();
+    lb.maps_mut().writes_before_failure = Some(0);
+    let _ = lb.warm_up_tick(due);
+    let v = &lb.vips()[0];
+    assert!(
+        v.backends.iter().all(|b| b.health == Some(State::Down)),
+        "{:?}",
+        v.backends.iter().map(|b| b.health).collect::<Vec<_>>()
+    );
+    // No deadline left in the past for the daemon to wake for again and again.
+    assert_eq!(lb.warm_up_deadline(), None);
+}
+
+/// A VIP "api" warming up, .20 up and .21 not known yet, and the config
+/// without .21, on maps that accept `writes` more writes.
+fn warming_api_losing_its_last_unknown(writes: Option<usize>) -> (Lb<FakeMaps>, Config) {
+    let both = config(&[
+        ("web", 80, 251, &[(10, 1)]),
+        ("api", 81, 7, &[(20, 1), (21, 1)]),
+    ]);
+    let mut lb = started(&web(&[(10, 1)]));
+    lb.apply_config(&both).unwrap();
+    lb.set_health(id_of(&lb, "api", 20), State::Up, "test")
+        .unwrap();
+    lb.maps_mut().writes_before_failure = writes;
+    (
+        lb,
+        config(&[("web", 80, 251, &[(10, 1)]), ("api", 81, 7, &[(20, 1)])]),
+    )
+}
+
+#[test]
+fn a_plan_applied_whole_is_not_failed_by_the_warm_up_that_follows() {
+    // How many writes the removal itself takes.
+    let (mut lb, without) = warming_api_losing_its_last_unknown(Some(1000));
+    let plan = lb.plan_config(&without, Vec::new()).unwrap();
+    lb.apply(plan).unwrap();
+    let api = lb.vip_index("api").unwrap();
+    assert!(
+        lb.vips()[api].warming_up.is_none(),
+        "serving once .21 is gone"
+    );
+    // The table, written whole after the plan, is one ring write.
+    let removal = 1000 - lb.maps().writes_before_failure.unwrap() - 1;
+    // Again, with room for the removal only: the table write after it fails.
+    let (mut lb, without) = warming_api_losing_its_last_unknown(Some(removal));
+    let plan = lb.plan_config(&without, Vec::new()).unwrap();
+    lb.apply(plan)
+        .expect("the plan was applied whole; only the table write after it failed");
+    let api = lb.vip_index("api").unwrap();
+    assert_eq!(lb.vips()[api].backends.len(), 1);
+}
+
+fn serial_of(lb: &Lb<FakeMaps>, vip: &str, octet: u8) -> super::BackendSerial {
+    let v = &lb.vips()[lb.vip_index(vip).unwrap()];
+    v.backends
+        .iter()
+        .find(|b| b.addr == addr(octet))
+        .unwrap()
+        .serial
+}
+
+#[test]
+fn freeing_an_id_starts_a_new_id_epoch() {
+    let mut lb = started(&web(&[(10, 1), (11, 1)]));
+    let epoch = lb.id_epoch();
+    let e0 = epoch.load(std::sync::atomic::Ordering::Relaxed);
+    lb.set_weight("web", addr(10), 2).unwrap();
+    lb.add_backend("web", addr(12), 1, Some([2, 0, 0, 0, 0, 12]))
+        .unwrap();
+    assert_eq!(
+        epoch.load(std::sync::atomic::Ordering::Relaxed),
+        e0,
+        "no id freed"
+    );
+    assert_eq!(lb.flows_query(None, None, 10).unwrap().epoch, e0);
+    lb.remove_backend(0, addr(11)).unwrap();
+    let e1 = epoch.load(std::sync::atomic::Ordering::Relaxed);
+    assert_ne!(e1, e0, "an id freed: counts keyed by it are stale");
+    assert_eq!(lb.flows_query(None, None, 10).unwrap().epoch, e1);
+    // A move to another VIP frees the id too.
+    lb.apply_config(&config(&[
+        ("web", 80, 251, &[(10, 1)]),
+        ("api", 81, 7, &[(11, 1)]),
+    ]))
+    .unwrap();
+    assert_ne!(epoch.load(std::sync::atomic::Ordering::Relaxed), e1);
 }
