@@ -250,17 +250,22 @@ fn udp_check_takes_a_dead_udp_service_down() {
 
 // ---------------------------------------------------------------- exec
 
-/// Processes whose command line holds `needle`.
-fn processes_with(needle: &str) -> usize {
+/// Processes whose arguments are exactly `argv`. Compared argument by
+/// argument: every check's `/bin/sh -c <script>` holds the text of the
+/// command it may start, and must not count as one.
+fn processes_running(argv: &[&str]) -> usize {
     let Ok(dir) = fs::read_dir("/proc") else {
         return 0;
     };
     dir.flatten()
         .filter(|e| {
             fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c)
-                    .replace('\0', " ")
-                    .contains(needle)
+                let args: Vec<&[u8]> = c
+                    .strip_suffix(b"\0")
+                    .unwrap_or(&c)
+                    .split(|&b| b == 0)
+                    .collect();
+                args.len() == argv.len() && args.iter().zip(argv).all(|(a, w)| *a == w.as_bytes())
             })
         })
         .count()
@@ -360,7 +365,7 @@ fn exec_check_follows_the_command() {
         "{:?}",
         backend(&d, 1)
     );
-    let left = processes_with("sleep 7.25");
+    let left = processes_running(&["sleep", "7.25"]);
     assert_eq!(left, 0, "{left} timed-out checks still run");
 
     let log = d.log_text();
