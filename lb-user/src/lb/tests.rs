@@ -917,3 +917,33 @@ fn freeing_an_id_starts_a_new_id_epoch() {
     .unwrap();
     assert_ne!(epoch.load(std::sync::atomic::Ordering::Relaxed), e1);
 }
+
+#[test]
+fn a_failed_plan_still_lets_a_warming_vip_serve_once_its_last_unknown_is_gone() {
+    // "api" waits for .21 only (.20 is down, so its table stays empty and
+    // serving it writes nothing). The plan removes .21 and adds a backend
+    // to "web", whose write fails: "api" must serve all the same.
+    let setup = |writes: Option<usize>, web: &[(u8, u32)]| {
+        let (mut lb, _) = warming_api_losing_its_last_unknown(None);
+        lb.set_health(id_of(&lb, "api", 20), State::Down, "test")
+            .unwrap();
+        lb.maps_mut().writes_before_failure = writes;
+        let plan = lb
+            .plan_config(
+                &config(&[("web", 80, 251, web), ("api", 81, 7, &[(20, 1)])]),
+                Vec::new(),
+            )
+            .unwrap();
+        (lb, plan)
+    };
+    // The writes the removal of .21 takes.
+    let (mut lb, plan) = setup(Some(1000), &[(10, 1)]);
+    lb.apply(plan).unwrap();
+    let removal = 1000 - lb.maps().writes_before_failure.unwrap();
+    let (mut lb, plan) = setup(Some(removal), &[(10, 1), (11, 1)]);
+    assert!(lb.apply(plan).is_err(), "the write to web fails");
+    let api = lb.vip_index("api").unwrap();
+    assert_eq!(lb.vips()[api].backends.len(), 1, ".21 removed");
+    assert!(lb.vips()[api].warming_up.is_none(), "api serves");
+    assert_eq!(lb.warm_up_deadline(), None);
+}
