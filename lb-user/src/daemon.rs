@@ -258,7 +258,10 @@ impl Daemon {
         // nothing. They look at the running interface: a new one is only
         // staged for the next restart (and reported so below).
         let new = Config::load_for_reload(&self.opts.config_path, &self.cfg.interface)?;
-        let warnings = log_warnings("reload", &new);
+        // Warned about as it runs now: on the running interface.
+        let mut running = new.clone();
+        running.interface.clone_from(&self.cfg.interface);
+        let warnings = log_warnings("reload", &running);
         let needs_restart: Vec<String> = self
             .cfg
             .restart_only_changes(&new)

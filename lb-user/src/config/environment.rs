@@ -300,19 +300,37 @@ mod tests {
     fn a_reload_checks_the_machine_against_the_running_interface() {
         let dir = TempDir::new("reload");
         let file = dir.0.join("lb.toml");
+        // The file moves to lo (staged for the next restart); the daemon
+        // runs on an interface this machine does not have (it has gone):
+        // the old code checked the file's interface, and for the wrong one.
+        let text = MINIMAL.replace("\"eth0\"", "\"lo\"");
+        let text = format!(
+            "control_socket = \"{}\"\n{text}",
+            dir.0.join("s.sock").display()
+        );
+        std::fs::write(&file, text).unwrap();
+        let c = crate::config::Config::load_for_reload(&file, "lo").unwrap();
+        assert_eq!(c.interface, "lo");
+        let err = crate::config::Config::load_for_reload(&file, "nosuchnic1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"nosuchnic1\""),
+            "checked on the running one: {err}"
+        );
+        // A new name that is no interface here is refused: the next start
+        // would refuse the file.
         let text = MINIMAL.replace("\"eth0\"", "\"nosuchnic0\"");
         let text = format!(
             "control_socket = \"{}\"\n{text}",
             dir.0.join("s.sock").display()
         );
         std::fs::write(&file, text).unwrap();
-        // At start the file's interface is the one that must exist.
         assert!(crate::config::Config::load_for_this_machine(&file).is_err());
-        // On a reload it only changes at the next restart: the checks look
-        // at the running interface, and the file's name is kept to report.
-        let c = crate::config::Config::load_for_reload(&file, "lo").unwrap();
-        assert_eq!(c.interface, "nosuchnic0");
-        assert!(crate::config::Config::load_for_reload(&file, "nosuchnic1").is_err());
+        let err = crate::config::Config::load_for_reload(&file, "lo")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"nosuchnic0\""), "{err}");
     }
 
     #[test]

@@ -229,7 +229,9 @@ impl Config {
     /// `load_for_this_machine` for a reload of a daemon running on
     /// `running_interface`: `interface` only changes on a restart, so the
     /// machine's checks look at the running one (a changed name is the
-    /// caller's to report as needing a restart; the file keeps it).
+    /// caller's to report as needing a restart; the file keeps it). A new
+    /// name must still be an interface of this machine: the next start
+    /// would refuse the file otherwise.
     pub fn load_for_reload(path: &Path, running_interface: &str) -> Result<Config, ConfigError> {
         Self::parse_checking_on(&read(path)?, true, Some(running_interface))
     }
@@ -251,6 +253,12 @@ impl Config {
         if environment {
             match interface {
                 Some(running) if running != config.interface => {
+                    problems.extend(
+                        config
+                            .check_environment()
+                            .into_iter()
+                            .filter(|p| p.path == "interface"),
+                    );
                     let mut on_running = config.clone();
                     on_running.interface = running.to_owned();
                     problems.extend(on_running.check_environment());
