@@ -575,24 +575,43 @@ pub fn unpin_all(pin_path: &Path, keep_folder: bool) -> anyhow::Result<Unpinned>
     if !pin_path.exists() {
         return Ok(out);
     }
-    let entries =
-        std::fs::read_dir(pin_path).with_context(|| format!("read {}", pin_path.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("read {}", pin_path.display()))?;
-        std::fs::remove_file(entry.path())
-            .with_context(|| format!("unpin {}", entry.path().display()))?;
-        out.maps
-            .push(entry.file_name().to_string_lossy().into_owned());
+    // Only stickylb's own names: the folder may hold other software's pins
+    // (a pin_path of /sys/fs/bpf itself), which are not ours to remove.
+    for name in lb_common::map_names::ALL {
+        let path = pin_path.join(name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            std::fs::remove_file(&path).with_context(|| format!("unpin {}", path.display()))?;
+            out.maps.push(name.to_owned());
+        }
     }
     out.maps.sort();
-    if !keep_folder {
+    let others: Vec<String> = std::fs::read_dir(pin_path)
+        .with_context(|| format!("read {}", pin_path.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !others.is_empty() {
+        warn!(
+            "{} holds pins that are not stickylb's ({}): left as they are",
+            pin_path.display(),
+            others.join(", ")
+        );
+    } else if !keep_folder {
         std::fs::remove_dir(pin_path).with_context(|| format!("remove {}", pin_path.display()))?;
         out.folder = true;
     }
     Ok(out)
 }
 
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+/// What a daemon that has exited still holds: its pin lock, to be dropped
+/// only after the tokio runtime (and with it every listener its tasks hold),
+/// so that once the lock is free a new daemon can bind the same addresses.
+#[derive(Debug)]
+pub struct Exited {
+    _lock: PinLock,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     crate::limits::raise_nofile();
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
     log_warnings("start", &cfg);
@@ -629,8 +648,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (d, signal) = serve(d, listener, metrics_listener, health_rx).await?;
     shut_down(d, signal);
     drop(record);
-    drop(lock);
-    Ok(())
+    Ok(Exited { _lock: lock })
 }
 
 /// Leaves the runtime record by which the CLI finds this daemon whatever
@@ -640,6 +658,7 @@ fn publish_record(d: &Daemon) -> Option<runtime::RecordGuard> {
     let record = Record {
         pid: std::process::id(),
         config: std::fs::canonicalize(&d.opts.config_path)
+            .or_else(|_| std::path::absolute(&d.opts.config_path))
             .unwrap_or_else(|_| d.opts.config_path.clone()),
         control_socket: d.cfg.control_socket.clone(),
         pin_path: d.cfg.pin_path.clone(),
@@ -866,4 +885,28 @@ fn shut_down(d: Daemon, signal: &str) {
         d.cfg.interface,
         d.cfg.pin_path.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpin_all_removes_only_stickylbs_own_pins() {
+        let dir = std::env::temp_dir().join(format!("stickylb-unpin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(lb_common::map_names::AFFINITY), "").unwrap();
+        std::fs::write(dir.join("cilium_calls"), "").unwrap();
+        let gone = unpin_all(&dir, false).unwrap();
+        assert_eq!(gone.maps, vec![lb_common::map_names::AFFINITY.to_owned()]);
+        assert!(
+            dir.join("cilium_calls").exists(),
+            "another's pin was removed"
+        );
+        assert!(!gone.folder);
+        std::fs::remove_file(dir.join("cilium_calls")).unwrap();
+        assert!(unpin_all(&dir, false).unwrap().folder);
+        assert!(!dir.exists());
+    }
 }
