@@ -618,9 +618,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     // The lock first: a second daemon on the same pins stops here, whatever
     // its socket and metrics settings, before it touches a map, a pin or
     // the first daemon's socket (and before --fresh unpins anything).
+    // Before anything slow (loading, adopting, attaching take seconds): a
+    // SIGHUP or SIGTERM meanwhile must not kill the daemon by its default
+    // action, half-way through taking over the data path.
+    let signals = Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        hup: signal(SignalKind::hangup())?,
+    };
     ensure_bpffs(&cfg.pin_path)?;
     let lock = PinLock::acquire(&cfg.pin_path)?;
     let listener = control::bind(&cfg.control_socket)?;
+    let _socket = SocketFile(cfg.control_socket.clone());
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
@@ -645,10 +654,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     d.refresh_macs();
     d.sync_checkers();
     let record = publish_record(&d);
-    let (d, signal) = serve(d, listener, metrics_listener, health_rx).await?;
+    let (d, signal) = serve(d, listener, metrics_listener, health_rx, signals).await?;
     shut_down(d, signal);
     drop(record);
     Ok(Exited { _lock: lock })
+}
+
+/// The signals the daemon handles, taken over at the start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// Removes the control socket file however `run` ends (an error after the
+/// bind included), so no dead socket is left for the CLI to find.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Leaves the runtime record by which the CLI finds this daemon whatever
@@ -834,6 +860,7 @@ async fn serve(
     listener: tokio::net::UnixListener,
     metrics_listener: Option<tokio::net::TcpListener>,
     mut health_rx: mpsc::Receiver<health::Event<CheckKey>>,
+    signals: Signals,
 ) -> anyhow::Result<(Daemon, &'static str)> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Envelope>(64);
     tokio::spawn(control::serve(listener, ctl_tx));
@@ -842,9 +869,11 @@ async fn serve(
         info!("metrics on http://{}/metrics", l.local_addr()?);
         tokio::spawn(metrics::serve(l, met_tx));
     }
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let Signals {
+        term: mut sigterm,
+        int: mut sigint,
+        hup: mut sighup,
+    } = signals;
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(1));
     info!("control socket {}", d.cfg.control_socket.display());
     loop {
