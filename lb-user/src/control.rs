@@ -210,7 +210,7 @@ pub async fn serve(listener: UnixListener, to_main: mpsc::Sender<Envelope>) {
 /// Sends one request to the daemon and returns its result, or its error as
 /// an error.
 pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
+    let stream = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::PermissionDenied => "the control socket is root-only: run as root",
             _ => "is the daemon running? start it with `stickylb run -c FILE`",
@@ -221,13 +221,34 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
         )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(stream, socket, req)
+}
+
+/// One request and its reply on a connected stream. A daemon that closes
+/// the connection at once (at its connection cap, or shutting down) is a
+/// failure, said with the socket: the request was not carried out.
+fn exchange(
+    mut stream: UnixStream,
+    socket: &Path,
+    req: &Request,
+) -> anyhow::Result<serde_json::Value> {
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    stream.write_all(line.as_bytes())?;
+    let closed = || {
+        format!(
+            "the stickylb daemon at {} closed the connection (at its connection limit, or \
+             shutting down): nothing was done; try again",
+            socket.display()
+        )
+    };
+    stream.write_all(line.as_bytes()).with_context(closed)?;
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)
-        .context("reading the daemon's reply")?;
+        .with_context(|| format!("reading the daemon's reply on {}", socket.display()))?;
+    if answer.is_empty() {
+        bail!("{}", closed());
+    }
     let reply: Reply =
         serde_json::from_str(&answer).with_context(|| format!("malformed reply {answer:?}"))?;
     if reply.ok {
@@ -240,6 +261,14 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_daemon_closing_on_us_is_an_error_naming_the_socket() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let e = exchange(ours, Path::new("/run/x.sock"), &Request::Status).unwrap_err();
+        assert!(format!("{e:#}").contains("/run/x.sock"), "{e:#}");
+    }
 
     #[test]
     fn requests_round_trip_as_json() {

@@ -595,33 +595,61 @@ pub fn unpin_all(pin_path: &Path, keep_folder: bool) -> anyhow::Result<Unpinned>
     if !pin_path.exists() {
         return Ok(out);
     }
-    let entries =
-        std::fs::read_dir(pin_path).with_context(|| format!("read {}", pin_path.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("read {}", pin_path.display()))?;
-        std::fs::remove_file(entry.path())
-            .with_context(|| format!("unpin {}", entry.path().display()))?;
-        out.maps
-            .push(entry.file_name().to_string_lossy().into_owned());
+    // Only stickylb's own names: the folder may hold other software's pins
+    // (a pin_path of /sys/fs/bpf itself), which are not ours to remove.
+    for name in lb_common::map_names::ALL {
+        let path = pin_path.join(name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            std::fs::remove_file(&path).with_context(|| format!("unpin {}", path.display()))?;
+            out.maps.push(name.to_owned());
+        }
     }
     out.maps.sort();
-    if !keep_folder {
+    let others: Vec<String> = std::fs::read_dir(pin_path)
+        .with_context(|| format!("read {}", pin_path.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !others.is_empty() {
+        warn!(
+            "{} holds pins that are not stickylb's ({}): left as they are",
+            pin_path.display(),
+            others.join(", ")
+        );
+    } else if !keep_folder {
         std::fs::remove_dir(pin_path).with_context(|| format!("remove {}", pin_path.display()))?;
         out.folder = true;
     }
     Ok(out)
 }
 
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+/// What a daemon that has exited still holds: its pin lock, to be dropped
+/// only after the tokio runtime (and with it every listener its tasks hold),
+/// so that once the lock is free a new daemon can bind the same addresses.
+#[derive(Debug)]
+pub struct Exited {
+    _lock: PinLock,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     crate::limits::raise_nofile();
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
     log_warnings("start", &cfg);
     // The lock first: a second daemon on the same pins stops here, whatever
     // its socket and metrics settings, before it touches a map, a pin or
     // the first daemon's socket (and before --fresh unpins anything).
+    // Before anything slow (loading, adopting, attaching take seconds): a
+    // SIGHUP or SIGTERM meanwhile must not kill the daemon by its default
+    // action, half-way through taking over the data path.
+    let signals = Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        hup: signal(SignalKind::hangup())?,
+    };
     ensure_bpffs(&cfg.pin_path)?;
     let lock = PinLock::acquire(&cfg.pin_path)?;
     let listener = control::bind(&cfg.control_socket)?;
+    let _socket = SocketFile(cfg.control_socket.clone());
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
@@ -646,11 +674,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     d.refresh_macs();
     d.sync_checkers();
     let record = publish_record(&d);
-    let (d, signal) = serve(d, listener, metrics_listener, health_rx).await?;
+    let (d, signal) = serve(d, listener, metrics_listener, health_rx, signals).await?;
     shut_down(d, signal);
     drop(record);
-    drop(lock);
-    Ok(())
+    Ok(Exited { _lock: lock })
+}
+
+/// The signals the daemon handles, taken over at the start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// Removes the control socket file however `run` ends (an error after the
+/// bind included), so no dead socket is left for the CLI to find.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Leaves the runtime record by which the CLI finds this daemon whatever
@@ -660,6 +704,7 @@ fn publish_record(d: &Daemon) -> Option<runtime::RecordGuard> {
     let record = Record {
         pid: std::process::id(),
         config: std::fs::canonicalize(&d.opts.config_path)
+            .or_else(|_| std::path::absolute(&d.opts.config_path))
             .unwrap_or_else(|_| d.opts.config_path.clone()),
         control_socket: d.cfg.control_socket.clone(),
         pin_path: d.cfg.pin_path.clone(),
@@ -835,6 +880,7 @@ async fn serve(
     listener: tokio::net::UnixListener,
     metrics_listener: Option<tokio::net::TcpListener>,
     mut health_rx: mpsc::Receiver<health::Event<CheckKey>>,
+    signals: Signals,
 ) -> anyhow::Result<(Daemon, &'static str)> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Envelope>(64);
     tokio::spawn(control::serve(listener, ctl_tx));
@@ -843,9 +889,11 @@ async fn serve(
         info!("metrics on http://{}/metrics", l.local_addr()?);
         tokio::spawn(metrics::serve(l, met_tx));
     }
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let Signals {
+        term: mut sigterm,
+        int: mut sigint,
+        hup: mut sighup,
+    } = signals;
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(1));
     info!("control socket {}", d.cfg.control_socket.display());
     loop {
@@ -896,4 +944,28 @@ fn shut_down(d: Daemon, signal: &str) {
         d.cfg.interface,
         d.cfg.pin_path.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpin_all_removes_only_stickylbs_own_pins() {
+        let dir = std::env::temp_dir().join(format!("stickylb-unpin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(lb_common::map_names::AFFINITY), "").unwrap();
+        std::fs::write(dir.join("cilium_calls"), "").unwrap();
+        let gone = unpin_all(&dir, false).unwrap();
+        assert_eq!(gone.maps, vec![lb_common::map_names::AFFINITY.to_owned()]);
+        assert!(
+            dir.join("cilium_calls").exists(),
+            "another's pin was removed"
+        );
+        assert!(!gone.folder);
+        std::fs::remove_file(dir.join("cilium_calls")).unwrap();
+        assert!(unpin_all(&dir, false).unwrap().folder);
+        assert!(!dir.exists());
+    }
 }

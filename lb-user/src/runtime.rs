@@ -15,7 +15,13 @@
 use std::{
     fs::File,
     io,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    io::Write as _,
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{
+            DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+        },
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -29,10 +35,11 @@ pub const RECORD_DIR: &str = "/run/stickylb/daemons";
 #[derive(Debug, Error)]
 pub enum LockError {
     #[error(
-        "pin_path {} is in use by another stickylb daemon ({}): only one daemon may run on a \
-         pin_path, and this one has changed nothing. To replace it, stop it first \
-         (`stickylb stop`: its program keeps forwarding, and this daemon then adopts it); \
-         to run a second load balancer, give it its own pin_path",
+        "pin_path {} is in use by another stickylb process ({}): a daemon, or a `stickylb \
+         unload` taking its pins down. Only one may hold a pin_path, and this one has changed \
+         nothing. To replace a daemon, stop it first (`stickylb stop`: its program keeps \
+         forwarding, and this daemon then adopts it); to run a second load balancer, give it \
+         its own pin_path",
         path.display(),
         describe_holder(*pid, holder.as_deref())
     )]
@@ -172,8 +179,21 @@ impl Record {
         dir.join(format!("{name}.json"))
     }
 
+    /// The record at `path`, if it can be trusted: root's CLI signals the
+    /// pid it names and talks to the socket it names, so a record (or a
+    /// records folder) that someone else could have written is ignored.
     fn read(path: &Path) -> Option<Self> {
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+        let file = File::open(path).ok()?;
+        if !trusted(&file.metadata().ok()?) || !path.parent().is_some_and(trusted_dir) {
+            return None;
+        }
+        serde_json::from_reader(io::BufReader::new(file)).ok()
+    }
+
+    /// The record of the daemon that holds the lock on `pin_path` now.
+    pub fn of_pin_path(dir: &Path, pin_path: &Path) -> Option<Self> {
+        let pid = holder(pin_path)?;
+        Self::read(&Self::path_in(dir, pin_path)).filter(|r| r.pid == pid)
     }
 
     /// Whether the daemon that wrote this still runs: its pid holds the
@@ -185,7 +205,14 @@ impl Record {
     /// Writes the record into `dir` (removing records of daemons that are
     /// gone); it is removed again when the guard drops.
     pub fn publish(&self, dir: &Path) -> io::Result<RecordGuard> {
-        std::fs::create_dir_all(dir)?;
+        // Modes set explicitly: under a lax umask the folder or the file
+        // would otherwise be writable by anyone, who could then point root's
+        // CLI at their own socket or pid.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         for (path, r) in Self::all_in(dir) {
             if !r.is_live() {
                 let _ = std::fs::remove_file(path);
@@ -193,7 +220,15 @@ impl Record {
         }
         let path = Self::path_in(dir, &self.pin_path);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        drop(file);
         std::fs::rename(&tmp, &path)?;
         Ok(RecordGuard { path })
     }
@@ -219,11 +254,26 @@ impl Record {
             .collect()
     }
 
-    /// The running daemon started with the config file `config`.
+    /// The running daemon started with the config file `config`. A file
+    /// that has since moved or gone is matched by its absolute path, as the
+    /// daemon recorded it when it could not canonicalize it either.
     pub fn find_by_config(dir: &Path, config: &Path) -> Option<Self> {
-        let config = std::fs::canonicalize(config).ok()?;
+        let config = std::fs::canonicalize(config)
+            .or_else(|_| std::path::absolute(config))
+            .ok()?;
         Self::live_in(dir).into_iter().find(|r| r.config == config)
     }
+}
+
+/// Written by root or by us, and by nobody else.
+fn trusted(meta: &std::fs::Metadata) -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    (meta.uid() == 0 || meta.uid() == euid) && meta.mode() & 0o022 == 0
+}
+
+fn trusted_dir(dir: &Path) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| trusted(&m))
 }
 
 /// Removes a published record on drop (a clean exit).
@@ -334,6 +384,82 @@ mod tests {
         let _g = other.publish(&records).unwrap();
         assert!(!Record::path_in(&records, &pin).exists());
         drop(guard);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn records_are_not_writable_by_others_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = scratch("modes");
+        let records = dir.join("daemons");
+        let r = Record {
+            pid: std::process::id(),
+            config: dir.join("stickylb.toml"),
+            control_socket: dir.join("ctl.sock"),
+            pin_path: dir.join("pins"),
+            interface: "eth0".into(),
+        };
+        // SAFETY: umask(2) cannot fail. Process-wide: restored at once.
+        let old = unsafe { libc::umask(0) };
+        let guard = r.publish(&records);
+        unsafe { libc::umask(old) };
+        let _guard = guard.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&records), 0o755);
+        assert_eq!(mode(&Record::path_in(&records, &r.pin_path)), 0o644);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_others_could_write_is_ignored() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = scratch("forged");
+        let pin = dir.join("pins");
+        std::fs::create_dir(&pin).unwrap();
+        let records = dir.join("daemons");
+        let r = Record {
+            pid: std::process::id(),
+            config: dir.join("stickylb.toml"),
+            control_socket: dir.join("evil.sock"),
+            pin_path: pin.clone(),
+            interface: "eth0".into(),
+        };
+        let _guard = r.publish(&records).unwrap();
+        let _lock = PinLock::acquire(&pin).unwrap();
+        assert_eq!(Record::live_in(&records), vec![r.clone()]);
+        let file = Record::path_in(&records, &pin);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(
+            Record::live_in(&records).is_empty(),
+            "a 0666 record was read"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&records, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            Record::live_in(&records).is_empty(),
+            "a record in a 0777 folder was read"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_moved_config_file_still_finds_its_daemon() {
+        let dir = scratch("moved");
+        let pin = dir.join("pins");
+        std::fs::create_dir(&pin).unwrap();
+        let records = dir.join("daemons");
+        // The daemon could not canonicalize it either: the file is gone.
+        let config = dir.join("gone.toml");
+        let r = Record {
+            pid: std::process::id(),
+            config: config.clone(),
+            control_socket: dir.join("ctl.sock"),
+            pin_path: pin.clone(),
+            interface: "eth0".into(),
+        };
+        let _guard = r.publish(&records).unwrap();
+        let _lock = PinLock::acquire(&pin).unwrap();
+        assert_eq!(Record::find_by_config(&records, &config), Some(r));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

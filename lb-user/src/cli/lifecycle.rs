@@ -37,11 +37,14 @@ pub(super) fn running_daemon_record(cli: &Cli) -> Option<Record> {
 }
 
 /// A running daemon, as found.
+#[derive(Debug)]
 struct Running {
     pid: u32,
     pin_path: PathBuf,
     interface: String,
-    socket: PathBuf,
+    /// Its control socket, when known (a daemon found by its pin lock
+    /// alone, having written no record, has none to say).
+    socket: Option<PathBuf>,
 }
 
 /// The running daemon `cli` means, or why none answers.
@@ -53,26 +56,126 @@ fn find_running(cli: &Cli) -> Result<Running, anyhow::Error> {
             pid: r.pid,
             pin_path: r.pin_path,
             interface: r.interface,
-            socket: r.control_socket,
+            socket: Some(r.control_socket),
         });
     }
     let socket = socket(cli)?;
     let status: StatusReply = serde_json::from_value(control::call(&socket, &Request::Status)?)
         .context("the daemon's status reply")?;
+    if let Some(c) = &cli.config {
+        check_same_daemon(c, &socket, &status)?;
+    }
     Ok(Running {
         pid: status.pid,
         pin_path: status.pin_path,
         interface: status.interface,
-        socket,
+        socket: Some(socket),
     })
+}
+
+/// The daemon answering on `socket` must be the one `-c config` means (it
+/// reads that file, and uses its pin_path) before it is stopped: the file's
+/// control_socket may now name another daemon's socket.
+fn check_same_daemon(config: &Path, socket: &Path, status: &StatusReply) -> anyhow::Result<()> {
+    let want = std::fs::canonicalize(config)
+        .or_else(|_| std::path::absolute(config))
+        .unwrap_or_else(|_| config.to_owned());
+    if status.config != want {
+        bail!(
+            "the daemon answering on {} (pid {}) was started with {}, not {}: not stopping it. Give the right -c FILE, or --socket for the daemon you mean",
+            socket.display(),
+            status.pid,
+            status.config.display(),
+            config.display()
+        );
+    }
+    if let Ok(pin) = file_field(config, "pin_path") {
+        let pin = pin.unwrap_or_else(|| DEFAULT_PIN_PATH.into());
+        if !same_path(&pin, &status.pin_path) {
+            bail!(
+                "the daemon answering on {} (pid {}) uses pin_path {}, but {} says {}: not stopping it. Give --socket for the daemon you mean",
+                socket.display(),
+                status.pid,
+                status.pin_path.display(),
+                config.display(),
+                pin.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The daemon holding the lock on `pin_path`, found through that lock and
+/// its record only (never through a socket, which may be another daemon's).
+fn on_pin_path(pin_path: &Path) -> anyhow::Result<Option<Running>> {
+    let Some(pid) = runtime::holder(pin_path) else {
+        return Ok(None);
+    };
+    let Some(r) = Record::of_pin_path(Path::new(runtime::RECORD_DIR), pin_path) else {
+        // A daemon whose record could not be written (it said so in its
+        // log) is still the lock's holder: only stickylb takes that lock.
+        return Ok(Some(Running {
+            pid,
+            pin_path: pin_path.to_owned(),
+            interface: "its interface".to_owned(),
+            socket: None,
+        }));
+    };
+    if !same_path(&r.pin_path, pin_path) {
+        bail!(
+            "the daemon holding the lock on {} (pid {}) says its pin_path is {}: not stopping it",
+            pin_path.display(),
+            r.pid,
+            r.pin_path.display()
+        );
+    }
+    Ok(Some(Running {
+        pid: r.pid,
+        pin_path: pin_path.to_owned(),
+        interface: r.interface,
+        socket: Some(r.control_socket),
+    }))
+}
+
+/// The same file: by device and inode when both exist, else by name.
+fn same_path(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
+    }
+}
+
+/// How `terminate` ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Signalled, and it has exited.
+    Stopped,
+    /// It had exited already: nothing was signalled.
+    Gone,
 }
 
 /// Sends SIGTERM and waits until the daemon has let go of its pin folder
 /// (it has then exited: the kernel drops the lock as the process ends).
-fn terminate(d: &Running) -> anyhow::Result<()> {
+/// Only the holder of that lock is signalled: a pid from a socket's reply
+/// may be anything (pid 1, from a socket someone else put there).
+fn terminate(d: &Running) -> anyhow::Result<Ended> {
+    match runtime::holder(&d.pin_path) {
+        None => return Ok(Ended::Gone),
+        Some(p) if p != d.pid => bail!(
+            "pid {} is not the stickylb daemon on {} (pid {p} holds its lock): not signalling it. If the control socket is not that daemon's, give --socket or -c FILE",
+            d.pid,
+            d.pin_path.display()
+        ),
+        Some(_) => {}
+    }
     // SAFETY: kill(2) has no memory-safety preconditions.
     if unsafe { libc::kill(d.pid as i32, libc::SIGTERM) } != 0 {
         let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            // It exited between the lookup and the signal.
+            return Ok(Ended::Gone);
+        }
         bail!(
             "cannot signal the stickylb daemon (pid {}): {e}{}",
             d.pid,
@@ -96,13 +199,20 @@ fn terminate(d: &Running) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
+    Ok(Ended::Stopped)
 }
 
 /// `stickylb stop`: the daemon exits, the data path stays.
 pub(super) fn stop(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let d = find_running(cli).context("no daemon to stop")?;
-    terminate(&d)?;
+    if terminate(&d)? == Ended::Gone {
+        writeln!(
+            out,
+            "the daemon (pid {}) had already exited; nothing was signalled",
+            d.pid
+        )?;
+        return Ok(());
+    }
     writeln!(
         out,
         "stopped the daemon (pid {}); the XDP program keeps forwarding on {} with its state \
@@ -123,8 +233,14 @@ pub(super) fn unload(
     pin_path: Option<&Path>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let running = match find_running(cli) {
-        Ok(d) => Some(d),
+    let found = match pin_path {
+        // That pin path's daemon only: the socket the CLI would ask may be
+        // another daemon's (the production one, when P is a stale folder).
+        Some(p) => Ok(on_pin_path(p)?),
+        None => find_running(cli).map(Some),
+    };
+    let running = match found {
+        Ok(d) => d,
         // A daemon that answers nobody (gone, or never started): what it
         // left is still unloaded, from the pin path below.
         Err(e) if cli.socket.is_none() => {
@@ -135,16 +251,23 @@ pub(super) fn unload(
     };
     let (pin_path, sockets) = match &running {
         Some(d) => {
-            terminate(d)?;
-            writeln!(out, "stopped the daemon (pid {})", d.pid)?;
-            if !d.socket.exists() {
+            match terminate(d)? {
+                Ended::Stopped => writeln!(out, "stopped the daemon (pid {})", d.pid)?,
+                Ended::Gone => writeln!(out, "the daemon (pid {}) had already exited", d.pid)?,
+            }
+            if let Some(s) = &d.socket
+                && !s.exists()
+            {
                 writeln!(
                     out,
                     "the daemon removed its control socket {} on exit",
-                    d.socket.display()
+                    s.display()
                 )?;
             }
-            (d.pin_path.clone(), vec![d.socket.clone()])
+            (
+                d.pin_path.clone(),
+                d.socket.iter().cloned().collect::<Vec<_>>(),
+            )
         }
         None => {
             let from_file = |field| {
@@ -160,7 +283,7 @@ pub(super) fn unload(
             };
             // A file too broken to name its socket still has its pins
             // unloaded (with --pin-path).
-            (pin, socket(cli).into_iter().collect())
+            (pin, socket(cli).into_iter().collect::<Vec<_>>())
         }
     };
     if !pin_path.exists() {
@@ -220,7 +343,9 @@ pub(super) fn unload(
 fn log_unreachable(e: &anyhow::Error) {
     // stderr, not `out`: it says why no daemon was stopped, and `out`
     // says what was removed.
-    eprintln!("stickylb: no running daemon found ({e:#}); unloading what is pinned");
+    super::to_stderr(&format!(
+        "stickylb: no running daemon found ({e:#}); unloading what is pinned"
+    ));
 }
 
 /// Removes control sockets nobody answers on (a daemon killed with -9
@@ -282,5 +407,39 @@ mod tests {
             }
             _ => panic!("not unload"),
         }
+    }
+
+    #[test]
+    fn only_the_pin_locks_holder_is_signalled() {
+        use super::{Ended, Running, terminate};
+        let dir = std::env::temp_dir().join(format!("stickylb-term-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // What a fake socket's status reply could name.
+        let d = Running {
+            pid: child.id(),
+            pin_path: dir.clone(),
+            interface: "eth0".into(),
+            socket: None,
+        };
+        // Nobody holds the lock: nothing to signal.
+        assert_eq!(terminate(&d).unwrap(), Ended::Gone);
+        // Another process (this one) holds it: refused.
+        let lock = crate::runtime::PinLock::acquire(&dir).unwrap();
+        let e = terminate(&d).unwrap_err().to_string();
+        assert!(e.contains("not signalling"), "{e}");
+        drop(lock);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pid named by the reply was signalled"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -28,7 +28,7 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return argument_error(&e),
     };
-    let mut out = std::io::stdout();
+    let mut out = Stdout(std::io::stdout());
     let done = run(&cli, &mut out).and_then(|()| Ok(out.flush()?));
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,7 +48,7 @@ pub fn main() -> ExitCode {
 
 /// A line for the operator on stderr. Not eprintln!, which panics when
 /// stderr is a pipe whose reader has gone (`stickylb check 2>&1 | head -1`).
-fn to_stderr(line: &str) {
+pub(super) fn to_stderr(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
@@ -89,10 +89,40 @@ fn json_error(e: &anyhow::Error) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
+/// Our own stdout, whose closed pipe is marked as such: an EPIPE from
+/// anywhere else (the control socket of a daemon that closed on us) is a
+/// failure to report.
+struct Stdout(std::io::Stdout);
+
+/// The marker an EPIPE on our own stdout carries.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+struct StdoutClosed;
+
+fn mark_own(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, StdoutClosed)
+    } else {
+        e
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(mark_own)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(mark_own)
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::BrokenPipe
+                && io.get_ref().is_some_and(|i| i.is::<StdoutClosed>())
+        })
     })
 }
 
@@ -199,7 +229,13 @@ fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(daemon::run(opts))
+    let exited = rt.block_on(daemon::run(opts))?;
+    // The runtime first (its tasks hold the metrics and control listeners),
+    // then the lock: `stickylb stop` returns once the lock is free, and a
+    // `stickylb run` right after must find the addresses free too.
+    drop(rt);
+    drop(exited);
+    Ok(())
 }
 
 fn check(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -354,5 +390,13 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         assert!(want.contains(&"stickylb-backend-add.1".to_owned()));
+    }
+
+    #[test]
+    fn only_our_own_stdouts_broken_pipe_is_quiet() {
+        let epipe = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let daemon = anyhow::Error::from(epipe()).context("send the request to /run/x.sock");
+        assert!(!is_broken_pipe(&daemon));
+        assert!(is_broken_pipe(&anyhow::Error::from(mark_own(epipe()))));
     }
 }
