@@ -635,9 +635,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     crate::limits::raise_nofile();
     let cfg = Config::load_for_this_machine(&opts.config_path)?;
     log_warnings("start", &cfg);
-    // The lock first: a second daemon on the same pins stops here, whatever
-    // its socket and metrics settings, before it touches a map, a pin or
-    // the first daemon's socket (and before --fresh unpins anything).
     // Before anything slow (loading, adopting, attaching take seconds): a
     // SIGHUP or SIGTERM meanwhile must not kill the daemon by its default
     // action, half-way through taking over the data path.
@@ -646,6 +643,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         int: signal(SignalKind::interrupt())?,
         hup: signal(SignalKind::hangup())?,
     };
+    // The lock first: a second daemon on the same pins stops here, whatever
+    // its socket and metrics settings, before it touches a map, a pin or
+    // the first daemon's socket (and before --fresh unpins anything).
     ensure_bpffs(&cfg.pin_path)?;
     let lock = PinLock::acquire(&cfg.pin_path)?;
     let listener = control::bind(&cfg.control_socket)?;
@@ -655,8 +655,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         None => None,
     };
     let (dp, pinned_link) = load_data_path(&cfg, opts.fresh)?;
-    let lb = Lb::start(dp, &cfg)?;
-    let census = Census::start(lb.maps().table_reader()?, lb.id_epoch())?;
+    let unmanaged = unmanaged(pinned_link.path.clone());
+    let lb = Lb::start(dp, &cfg).map_err(|e| unmanaged(e.into()))?;
+    let census = lb
+        .maps()
+        .table_reader()
+        .map_err(anyhow::Error::from)
+        .and_then(|r| Census::start(r, lb.id_epoch()))
+        .map_err(&unmanaged)?;
     let (health_tx, health_rx) = mpsc::channel(1024);
     let mut d = Daemon {
         lb,
@@ -670,14 +676,34 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         census,
         local_checks: LocalCheckErrors::default(),
     };
-    d.attach(&pinned_link)?;
+    d.attach(&pinned_link).map_err(&unmanaged)?;
     d.refresh_macs();
     d.sync_checkers();
     let record = publish_record(&d);
-    let (d, signal) = serve(d, listener, metrics_listener, health_rx, signals).await?;
+    let (d, signal) = serve(d, listener, metrics_listener, health_rx, signals)
+        .await
+        .map_err(&unmanaged)?;
     shut_down(d, signal);
     drop(record);
     Ok(Exited { _lock: lock })
+}
+
+/// What a failure after the data path was loaded must also say: when a
+/// program is pinned at `link` (adopted from an earlier run, or attached by
+/// this one), it keeps forwarding with nobody checking the backends.
+fn unmanaged(link: PathBuf) -> impl Fn(anyhow::Error) -> anyhow::Error {
+    move |e| {
+        if link.exists() {
+            e.context(format!(
+                "the XDP program pinned at {} keeps forwarding, but no daemon checks the \
+                 backends or updates the maps: fix the cause and `stickylb run` again (it \
+                 adopts the running state), or take it down with `stickylb unload`",
+                link.display()
+            ))
+        } else {
+            e
+        }
+    }
 }
 
 /// The signals the daemon handles, taken over at the start.
@@ -967,5 +993,23 @@ mod tests {
         std::fs::remove_file(dir.join("cilium_calls")).unwrap();
         assert!(unpin_all(&dir, false).unwrap().folder);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_failure_with_a_pinned_program_says_it_keeps_forwarding_unmanaged() {
+        let dir = std::env::temp_dir().join(format!("stickylb-unmanaged-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join(LINK_PIN_NAME);
+        let say = unmanaged(link.clone());
+        let text = format!("{:#}", say(anyhow::anyhow!("attach failed")));
+        assert_eq!(text, "attach failed", "nothing pinned: nothing forwards");
+        std::fs::write(&link, "").unwrap();
+        let text = format!("{:#}", say(anyhow::anyhow!("attach failed")));
+        assert!(
+            text.contains("keeps forwarding") && text.contains("stickylb unload"),
+            "{text}"
+        );
+        assert!(text.ends_with("attach failed"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

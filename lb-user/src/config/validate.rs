@@ -1,7 +1,7 @@
 //! The rules a configuration must meet, checked without touching the
 //! machine, every problem reported at once.
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{collections::HashMap, net::Ipv4Addr, path::Path, time::Duration};
 
 use lb_common::{
     AFFINITY_REFRESH_NS, DEFAULT_AFFINITY_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS,
@@ -127,6 +127,21 @@ impl Config {
                 format!(
                     "{:?} is relative; use an absolute path on bpffs, e.g. {DEFAULT_PIN_PATH:?}",
                     self.pin_path
+                ),
+            );
+        }
+        // stickylb unpins only its own names, but its folder must still be
+        // its own: the bpffs root (or /) is shared with every other program.
+        if [Path::new("/"), Path::new("/sys/fs/bpf")]
+            .iter()
+            .any(|root| self.pin_path.components().eq(root.components()))
+        {
+            out.push(
+                "pin_path",
+                format!(
+                    "{} is shared with other software; give stickylb a folder of its own, \
+                     e.g. {DEFAULT_PIN_PATH:?}",
+                    self.pin_path.display()
                 ),
             );
         }

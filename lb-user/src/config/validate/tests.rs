@@ -408,6 +408,11 @@ fn paths_absolute_and_socket_path_short() {
         "is relative",
     );
     assert_only_problem(
+        &doc("pin_path = \"/sys/fs/bpf/\"", "", ""),
+        "pin_path",
+        "is shared with other software",
+    );
+    assert_only_problem(
         &doc("control_socket = \"x.sock\"", "", ""),
         "control_socket",
         "is relative",
