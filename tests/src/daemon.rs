@@ -9,7 +9,7 @@ use std::{
     fs,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
@@ -20,7 +20,7 @@ use lb_user::{
     runtime::{RECORD_DIR, Record},
 };
 
-use crate::netns::{ChildGuard, Result, Topology, wait_for};
+use crate::netns::{ChildGuard, Result, Topology, TopologyOptions, wait_for};
 
 /// Removes a pin folder (detaching its XDP link) on drop, so a test that
 /// fails with the daemon killed leaves nothing pinned; and the runtime
@@ -33,6 +33,46 @@ impl Drop for PinGuard {
         let _ = fs::remove_dir_all(&self.0);
         let _ = fs::remove_file(Record::path_in(Path::new(RECORD_DIR), &self.0));
     }
+}
+
+/// A topology of `backends` backends and `clients` clients (no Redis), and
+/// the guard of its daemon's pin folder. Bind both as `let (topo, pin)`: the
+/// pins then go before the topology.
+pub fn topology_with_pin(
+    backends: usize,
+    clients: usize,
+    server_bin: &Path,
+) -> Result<(Topology, PinGuard)> {
+    let topo = Topology::up(
+        &TopologyOptions {
+            backends,
+            clients,
+            redis: None,
+        },
+        server_bin,
+    )?;
+    let pin = PinGuard(topo.daemon_pin());
+    Ok((topo, pin))
+}
+
+/// `config` with `affinity_capacity` set to `capacity` (in place of the
+/// 65536 of `Topology::config`).
+pub fn with_affinity_capacity(config: &str, capacity: u32) -> String {
+    let config = config.replace(
+        "affinity_capacity = 65536",
+        &format!("affinity_capacity = {capacity}"),
+    );
+    assert!(config.contains(&format!("affinity_capacity = {capacity}")));
+    config
+}
+
+/// Exit code, stdout and stderr of a CLI run.
+fn cli_outcome(out: Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub struct Daemon {
@@ -168,6 +208,18 @@ impl Daemon {
         })
     }
 
+    /// Panics, with the VIPs and the log, unless every backend is up within
+    /// `timeout`.
+    #[track_caller]
+    pub fn assert_up(&self, timeout: Duration) {
+        assert!(
+            self.wait_backends(timeout, |s, _| s == BackendState::Up),
+            "backends up: {:?}\n{}",
+            self.vips(),
+            self.log_text()
+        );
+    }
+
     /// The CLI, run as a user would: `stickylb --socket S <args>`.
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(&self.bin)
@@ -177,11 +229,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .output()
             .expect("run the CLI");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        cli_outcome(out)
     }
 
     /// SIGKILL: the daemon dies without cleaning anything up.
@@ -237,11 +285,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .output()
             .expect("run the CLI");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        cli_outcome(out)
     }
 
     /// `stickylb unload -c FILE`: stops the daemon if it runs, detaches the

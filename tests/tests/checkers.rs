@@ -18,7 +18,7 @@ use lb_user::{
     lb::FlowEntry,
 };
 use stickylb_tests::{
-    daemon::{Daemon, PinGuard},
+    daemon::{Daemon, PinGuard, topology_with_pin},
     netns::{ChildGuard, Topology, TopologyOptions, VIP, backend_addr, backend_of, http_get},
     traffic::Load,
 };
@@ -294,16 +294,7 @@ fn backend_with_a_new_port_gets_its_own_checker() {
 /// pinned to a backend the full table does not give it.
 #[test]
 fn fresh_start_pins_nobody_from_a_partial_set() {
-    let topo = Topology::up(
-        &TopologyOptions {
-            backends: 3,
-            clients: 200,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
+    let (topo, pin) = topology_with_pin(3, 200, BACKEND.as_ref()).unwrap();
     let table_size = 1021;
     let slow = "\n[vip.backend.health]\nkind = \"http\"\npath = \"/delay/2000\"\n\
                 interval = \"4s\"\ntimeout = \"3s\"\n";

@@ -14,8 +14,8 @@ use lb_user::{
     lb::LookupResult,
 };
 use stickylb_tests::{
-    daemon::{Daemon, PinGuard},
-    netns::{Topology, TopologyOptions, backend_addr, wait_for},
+    daemon::{Daemon, topology_with_pin},
+    netns::{backend_addr, wait_for},
     traffic::sweep,
 };
 
@@ -43,28 +43,14 @@ fn addr_index(a: SocketAddrV4) -> usize {
 
 #[test]
 fn daemon_failover_restart_reload_and_cli() {
-    let mut topo = Topology::up(
-        &TopologyOptions {
-            backends: 3,
-            clients: 60,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
+    let (mut topo, pin) = topology_with_pin(3, 60, BACKEND.as_ref()).unwrap();
     let config = topo.config(
         &pin.0,
         FAST_HEALTH,
         "affinity_timeout = \"60s\"\ntable_size = 1021",
     );
     let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
-    assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
-        "backends up: {:?}\n{}",
-        d.vips(),
-        d.log_text()
-    );
+    d.assert_up(Duration::from_secs(5));
     let status = d.call(&Request::Status).unwrap();
     assert_eq!(status["attached"], "driver mode");
 

@@ -11,10 +11,10 @@ use std::{
 };
 
 use etherparse::PacketBuilder;
-use lb_user::{api::BackendState, control::Request};
+use lb_user::control::Request;
 use stickylb_tests::{
-    daemon::{Daemon, PinGuard},
-    netns::{Netns, Topology, TopologyOptions, VIP, backend_addr},
+    daemon::{Daemon, topology_with_pin, with_affinity_capacity},
+    netns::{Netns, VIP, backend_addr},
     traffic::sweep,
 };
 
@@ -96,34 +96,17 @@ fn send_raw(dev: &str, frames: &[Vec<u8>]) -> usize {
 
 #[test]
 fn spoofed_syn_flood_moves_no_pinned_client() {
-    let topo = Topology::up(
-        &TopologyOptions {
-            backends: 3,
-            clients: 50,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
-    let config = topo
-        .config(
+    let (topo, pin) = topology_with_pin(3, 50, BACKEND.as_ref()).unwrap();
+    let config = with_affinity_capacity(
+        &topo.config(
             &pin.0,
             HEALTH,
             "affinity_timeout = \"300s\"\ntable_size = 1021",
-        )
-        .replace(
-            "affinity_capacity = 65536",
-            &format!("affinity_capacity = {CAPACITY}"),
-        );
-    assert!(config.contains(&format!("affinity_capacity = {CAPACITY}")));
-    let d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
-    assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
-        "backends up: {:?}\n{}",
-        d.vips(),
-        d.log_text()
+        ),
+        CAPACITY,
     );
+    let d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
+    d.assert_up(Duration::from_secs(5));
     let clients = topo.clients.clone();
     let first = sweep(&topo, &clients);
     assert!(first.iter().all(Option::is_some), "unanswered: {first:?}");

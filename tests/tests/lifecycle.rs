@@ -13,8 +13,8 @@ use std::{
 
 use lb_user::api::BackendState;
 use stickylb_tests::{
-    daemon::{Daemon, PinGuard},
-    netns::{ChildGuard, Topology, TopologyOptions, wait_for},
+    daemon::{Daemon, PinGuard, topology_with_pin},
+    netns::{ChildGuard, Topology, wait_for},
     traffic::{Load, summarize, sweep},
 };
 
@@ -26,28 +26,14 @@ const FAST_HEALTH: &str =
 
 /// A topology with a daemon running and every backend up.
 fn running(clients: usize) -> (Topology, PinGuard, String, Daemon) {
-    let topo = Topology::up(
-        &TopologyOptions {
-            backends: 3,
-            clients,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
+    let (topo, pin) = topology_with_pin(3, clients, BACKEND.as_ref()).unwrap();
     let config = topo.config(
         &pin.0,
         FAST_HEALTH,
         "affinity_timeout = \"120s\"\ntable_size = 1021",
     );
     let d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
-    assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
-        "backends up: {:?}\n{}",
-        d.vips(),
-        d.log_text()
-    );
+    d.assert_up(Duration::from_secs(5));
     (topo, pin, config, d)
 }
 

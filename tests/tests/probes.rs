@@ -14,8 +14,8 @@ use std::{
 
 use lb_user::api::{BackendState, BackendStatus};
 use stickylb_tests::{
-    daemon::{Daemon, PinGuard},
-    netns::{ChildGuard, Topology, TopologyOptions, VIP, backend_addr, enter_path, wait_for},
+    daemon::{Daemon, topology_with_pin},
+    netns::{ChildGuard, Topology, VIP, backend_addr, enter_path, wait_for},
     traffic::{Load, sweep},
 };
 
@@ -102,16 +102,7 @@ fn unanswered(answers: &[Option<usize>]) -> usize {
 
 #[test]
 fn udp_check_takes_a_dead_udp_service_down() {
-    let topo = Topology::up(
-        &TopologyOptions {
-            backends: 3,
-            clients: 200,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
+    let (topo, pin) = topology_with_pin(3, 200, BACKEND.as_ref()).unwrap();
     let mut udp: Vec<Option<ChildGuard>> =
         (0..3).map(|i| Some(start_udp_service(&topo, i))).collect();
     let udp_vip = |health: &str| {
@@ -127,12 +118,7 @@ fn udp_check_takes_a_dead_udp_service_down() {
     // As reported: a UDP VIP checked by TCP only. The backends' TCP servers
     // answer, so killing one's UDP service goes unnoticed.
     let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &udp_vip(FAST_TCP), &[]).unwrap();
-    assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
-        "backends up: {:?}\n{}",
-        d.vips(),
-        d.log_text()
-    );
+    d.assert_up(Duration::from_secs(5));
     let first = udp_sweep(&topo, &clients);
     assert_eq!(unanswered(&first), 0, "{first:?}\n{}", d.log_text());
     udp[1] = None;
@@ -273,16 +259,7 @@ fn processes_running(argv: &[&str]) -> usize {
 
 #[test]
 fn exec_check_follows_the_command() {
-    let topo = Topology::up(
-        &TopologyOptions {
-            backends: 2,
-            clients: 20,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
+    let (topo, pin) = topology_with_pin(2, 20, BACKEND.as_ref()).unwrap();
     let dir = topo.tmp.display().to_string();
     // Noisy on purpose: none of this may reach the daemon's log but the
     // last line. `sleep 7.25; true` keeps the shell waiting on a child of
@@ -307,12 +284,7 @@ fn exec_check_follows_the_command() {
         config = config.replace(&at, &format!("{at}mac = \"{mac}\"\n"));
     }
     let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
-    assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
-        "backends up: {:?}\n{}",
-        d.vips(),
-        d.log_text()
-    );
+    d.assert_up(Duration::from_secs(5));
     assert_eq!(backend(&d, 0).check.as_deref(), Some("exit status 0"));
 
     let b1 = backend_addr(1);
@@ -391,24 +363,10 @@ fn metrics_text() -> String {
 fn idle_connections_do_not_take_backends_down() {
     const LIMIT: u64 = 256;
     const IDLE: usize = 400;
-    let topo = Topology::up(
-        &TopologyOptions {
-            backends: 3,
-            clients: 60,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
+    let (topo, pin) = topology_with_pin(3, 60, BACKEND.as_ref()).unwrap();
     let config = topo.config(&pin.0, FAST_TCP, "table_size = 1021");
     let mut d = Daemon::start_limited(&topo, STICKYLB.as_ref(), &config, &[], Some(LIMIT)).unwrap();
-    assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
-        "backends up: {:?}\n{}",
-        d.vips(),
-        d.log_text()
-    );
+    d.assert_up(Duration::from_secs(5));
     let log_before = d.log_text().len();
 
     let load = Load::start(&topo, &topo.clients, Duration::from_secs(15));

@@ -20,8 +20,8 @@ use aya::maps::{HashMap, Map, MapData};
 use lb_common::{AffinityKey, AffinityValue, VipInfo, VipKey, map_names};
 use lb_user::{api::BackendState, control::Request, util::monotonic_ns};
 use stickylb_tests::{
-    daemon::{Daemon, PinGuard},
-    netns::{Topology, TopologyOptions, backend_addr, enter_path, wait_for},
+    daemon::{Daemon, topology_with_pin, with_affinity_capacity},
+    netns::{Topology, backend_addr, enter_path, wait_for},
     traffic::sweep,
 };
 
@@ -229,23 +229,11 @@ fn raw_flows(d: &Daemon) -> (usize, Option<serde_json::Value>) {
 
 #[test]
 fn reporting_does_not_delay_failover_on_a_million_entries() {
-    let mut topo = Topology::up(
-        &TopologyOptions {
-            backends: 3,
-            clients: 60,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
-    let config = topo
-        .config(&pin.0, HEALTH, "affinity_timeout = \"300s\"")
-        .replace(
-            "affinity_capacity = 65536",
-            &format!("affinity_capacity = {CAPACITY}"),
-        );
-    assert!(config.contains(&format!("affinity_capacity = {CAPACITY}")));
+    let (mut topo, pin) = topology_with_pin(3, 60, BACKEND.as_ref()).unwrap();
+    let config = with_affinity_capacity(
+        &topo.config(&pin.0, HEALTH, "affinity_timeout = \"300s\""),
+        CAPACITY,
+    );
     let d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
     assert!(
         d.wait_backends(Duration::from_secs(10), |s, _| s == BackendState::Up),

@@ -12,10 +12,10 @@ use aya::{
     Ebpf,
     programs::{SchedClassifier, TcAttachType, tc},
 };
-use lb_user::api::{BackendState, StatusReply};
+use lb_user::api::StatusReply;
 use stickylb_tests::{
-    daemon::{Daemon, PinGuard},
-    netns::{Topology, TopologyOptions, VIP, http_get, sh},
+    daemon::{Daemon, topology_with_pin},
+    netns::{Topology, VIP, http_get, sh},
 };
 
 const STICKYLB: &str = env!("CARGO_BIN_EXE_stickylb-under-test");
@@ -47,26 +47,12 @@ fn passed(s: &StatusReply, name: &str) -> u64 {
 
 /// Requests from tagged clients through a daemon attached in `mode`.
 fn run(mode: &str, tag: Tag) -> Outcome {
-    let topo = Topology::up(
-        &TopologyOptions {
-            backends: 1,
-            clients: 4,
-            redis: None,
-        },
-        BACKEND.as_ref(),
-    )
-    .unwrap();
-    let pin = PinGuard(topo.daemon_pin());
+    let (topo, pin) = topology_with_pin(1, 4, BACKEND.as_ref()).unwrap();
     let config = topo
         .config(&pin.0, HEALTH, "")
         .replace("xdp_mode = \"driver\"", &format!("xdp_mode = \"{mode}\""));
     let d = Daemon::start(&topo, STICKYLB.as_ref(), &config, &[]).unwrap();
-    assert!(
-        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Up),
-        "backends up: {:?}\n{}",
-        d.vips(),
-        d.log_text()
-    );
+    d.assert_up(Duration::from_secs(5));
     // Untagged, every client is answered: the rig works.
     let clients = topo.clients.clone();
     let ask = |topo: &Topology| {

@@ -252,9 +252,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn status_prints_every_field_it_names() {
-        let s = StatusReply {
+    /// An adopted daemon's status, no clients counted and no local errors.
+    fn status(vips: Vec<VipStatus>) -> StatusReply {
+        StatusReply {
             pid: 42,
             interface: "eth0".into(),
             attached: crate::api::AttachState::Adopted,
@@ -263,9 +263,14 @@ mod tests {
             uptime_s: 9,
             passed: Default::default(),
             clients_counted: None,
-            vips: vec![vip()],
+            vips,
             local_errors: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn status_prints_every_field_it_names() {
+        let s = status(vec![vip()]);
         let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -292,18 +297,7 @@ mod tests {
         let mut v = vip();
         v.warming = true;
         let mut out = Vec::new();
-        let s = StatusReply {
-            pid: 42,
-            interface: "eth0".into(),
-            attached: crate::api::AttachState::Adopted,
-            config: "/etc/stickylb.toml".into(),
-            pin_path: "/sys/fs/bpf/stickylb".into(),
-            uptime_s: 9,
-            passed: Default::default(),
-            clients_counted: None,
-            vips: vec![v],
-            local_errors: Default::default(),
-        };
+        let s = status(vec![v]);
         reply(&mut out, &Query::Status, serde_json::to_value(&s).unwrap()).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
@@ -321,18 +315,7 @@ mod tests {
 
     #[test]
     fn status_names_local_errors_only_when_there_are_some() {
-        let mut s = StatusReply {
-            pid: 42,
-            interface: "eth0".into(),
-            attached: crate::api::AttachState::Adopted,
-            config: "/etc/stickylb.toml".into(),
-            pin_path: "/sys/fs/bpf/stickylb".into(),
-            uptime_s: 9,
-            passed: Default::default(),
-            clients_counted: None,
-            vips: vec![],
-            local_errors: Default::default(),
-        };
+        let mut s = status(vec![]);
         let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
         assert!(
             !text.contains("local errors") && !text.contains("refused"),
@@ -433,20 +416,12 @@ mod tests {
             "{text}"
         );
         let s = StatusReply {
-            pid: 42,
-            interface: "eth0".into(),
-            attached: crate::api::AttachState::Adopted,
-            config: "/etc/stickylb.toml".into(),
-            pin_path: "/sys/fs/bpf/stickylb".into(),
-            uptime_s: 9,
-            passed: Default::default(),
             clients_counted: Some(crate::api::ClientsCounted {
                 age_ms: 1500,
                 walk_ms: 310,
                 entries: 1_000_000,
             }),
-            vips: vec![vip()],
-            local_errors: Default::default(),
+            ..status(vec![vip()])
         };
         let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
         assert_eq!(

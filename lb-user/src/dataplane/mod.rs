@@ -192,13 +192,16 @@ fn ring_out_of_bounds(op: &'static str, index: u32) -> DataplaneError {
     }
 }
 
+fn all_vips(vips: &HashMap<MapData, VipKey, VipInfo>) -> Result<Vec<(VipKey, VipInfo)>> {
+    vips.iter()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(map_err(map_names::VIPS, "iterate"))
+}
+
 impl Dataplane {
     /// Every VIP in the map.
     pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
-        self.vips
-            .iter()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(map_err(map_names::VIPS, "iterate"))
+        all_vips(&self.vips)
     }
 
     /// Every backend id marked in use, with its entry.
@@ -439,10 +442,7 @@ impl Dataplane {
 impl TableReader {
     /// Every VIP in the map.
     pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
-        self.vips
-            .iter()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(map_err(map_names::VIPS, "iterate"))
+        all_vips(&self.vips)
     }
 
     /// Hands every affinity entry to `visit`, a batch at a time (one

@@ -333,7 +333,10 @@ impl FlowsCollector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, lb::fake::FakeMaps};
+    use crate::{
+        config::Config,
+        lb::{fake::FakeMaps, tests::started},
+    };
 
     /// VIPs "web" (3 backends, 192.0.2.10-12) and "dns" (one, 192.0.2.20),
     /// every backend up.
@@ -351,16 +354,7 @@ mod tests {
                 );
             }
         }
-        let mut lb = Lb::start(FakeMaps::default(), &Config::parse(&s).unwrap()).unwrap();
-        let ids: Vec<u32> = lb
-            .vips()
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .collect();
-        for id in ids {
-            lb.set_health(id, State::Up, "test").unwrap();
-        }
-        lb
+        started(&Config::parse(&s).unwrap())
     }
 
     fn run(lb: &Lb<FakeMaps>, q: &FlowsQuery, now: u64) -> FlowsReply {

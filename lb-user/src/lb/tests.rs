@@ -38,7 +38,7 @@ fn addr(octet: u8) -> SocketAddrV4 {
 }
 
 /// An Lb on fresh fake maps with every backend up, and the log emptied.
-fn started(cfg: &Config) -> Lb<FakeMaps> {
+pub(super) fn started(cfg: &Config) -> Lb<FakeMaps> {
     let mut lb = Lb::start(FakeMaps::default(), cfg).unwrap();
     let ids: Vec<u32> = lb
         .vips()
