@@ -180,6 +180,18 @@ fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Data
     }
 }
 
+/// A failed batch lookup of the affinity map, named as its syscall.
+fn affinity_batch_error(e: std::io::Error) -> DataplaneError {
+    DataplaneError::Map {
+        map: map_names::AFFINITY,
+        op: "batch lookup",
+        source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: e,
+        })),
+    }
+}
+
 /// A ring slot the mapped memory does not have, reported as the map would.
 fn ring_out_of_bounds(op: &'static str, index: u32) -> DataplaneError {
     DataplaneError::Map {
@@ -344,14 +356,7 @@ impl Dataplane {
         match sys::lookup_batch(self.affinity.map().fd().as_fd()) {
             Ok(entries) => Ok(entries),
             Err(e) if sys::batch_unsupported(&e) => self.affinity_entries_one_by_one(),
-            Err(e) => Err(DataplaneError::Map {
-                map: map_names::AFFINITY,
-                op: "batch lookup",
-                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_map_lookup_batch",
-                    io_error: e,
-                })),
-            }),
+            Err(e) => Err(affinity_batch_error(e)),
         }
     }
 
@@ -460,14 +465,7 @@ impl TableReader {
         match sys::lookup_batch_each(self.affinity.map().fd().as_fd(), &mut visit) {
             Ok(()) => Ok(()),
             Err(e) if sys::batch_unsupported(&e) => self.affinity_one_by_one(visit),
-            Err(e) => Err(DataplaneError::Map {
-                map: map_names::AFFINITY,
-                op: "batch lookup",
-                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_map_lookup_batch",
-                    io_error: e,
-                })),
-            }),
+            Err(e) => Err(affinity_batch_error(e)),
         }
     }
 
