@@ -227,7 +227,7 @@ impl Daemon {
                 self.lb.checker_restarted(*serial, now);
             }
         }
-        if let Err(e) = self.lb.warm_up_tick(Instant::now()) {
+        if let Err(e) = self.lb.warm_up_tick(now) {
             error!("cannot write the table of a VIP that finished warming up: {e}");
         }
     }
@@ -963,7 +963,6 @@ async fn sleep_until(at: Option<Instant>) {
 /// daemon to adopt (a restart is SIGTERM then start). Taking it down is
 /// `stickylb unload`'s job, never a signal's.
 fn shut_down(d: Daemon, signal: &str) {
-    let _ = std::fs::remove_file(&d.cfg.control_socket);
     info!(
         "exiting on {signal}; the XDP program keeps forwarding on {} with its state pinned at {}: \
          a new `stickylb run` adopts it (no client moves), `stickylb unload` takes it down",

@@ -11,7 +11,7 @@ use tokio::{
     process::Command,
 };
 
-use super::{Failure, failure::is_local, io_detail};
+use super::{Failure, io_failure};
 
 /// Bytes of each output stream kept, from its end.
 const TAIL: usize = 512;
@@ -53,9 +53,10 @@ pub(super) async fn run(command: &[String], target: SocketAddr) -> Result<String
             });
         }
     }
-    let mut child = cmd.spawn().map_err(|e| Failure {
-        detail: format!("cannot run {program}: {}", io_detail(&e)),
-        local: is_local(&e),
+    let mut child = cmd.spawn().map_err(|e| {
+        let mut f = io_failure(e);
+        f.detail = format!("cannot run {program}: {}", f.detail);
+        f
     })?;
     let _group = child.id().and_then(|p| i32::try_from(p).ok()).map(Group);
     let (mut out, mut err) = (Tail::default(), Tail::default());

@@ -27,8 +27,9 @@ pub(super) async fn exchange(
     socket.send(payload).await.map_err(io_failure)?;
     let mut buf = vec![0u8; MAX_REPLY];
     let n = socket.recv(&mut buf).await.map_err(|e| {
+        let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
         let mut f = io_failure(e);
-        if f.detail == "connection refused" {
+        if refused {
             f.detail = "connection refused (ICMP port unreachable: nothing listens)".to_owned();
         }
         f

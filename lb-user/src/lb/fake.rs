@@ -55,6 +55,14 @@ impl Default for FakeMaps {
 }
 
 impl FakeMaps {
+    /// Every affinity entry, as a walk of the kernel map would see them.
+    pub fn affinity_entries(&self) -> Vec<(AffinityKey, AffinityValue)> {
+        self.affinity
+            .iter()
+            .map(|(&(vip_id, client), v)| (AffinityKey { vip_id, client }, *v))
+            .collect()
+    }
+
     /// Takes the log, leaving it empty.
     pub fn take_log(&mut self) -> Vec<Op> {
         std::mem::take(&mut self.log)
@@ -157,14 +165,6 @@ impl Maps for FakeMaps {
 
     fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>> {
         Ok(self.affinity.get(&(key.vip_id, key.client)).copied())
-    }
-
-    fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
-        Ok(self
-            .affinity
-            .iter()
-            .map(|(&(vip_id, client), v)| (AffinityKey { vip_id, client }, *v))
-            .collect())
     }
 
     fn purge_affinity(

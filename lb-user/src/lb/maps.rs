@@ -26,7 +26,6 @@ pub trait Maps {
     /// Writes `(slot, backend id)` pairs into the table at `base`; how many.
     fn write_ring(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<usize>;
     fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>>;
-    fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>>;
     /// Deletes the affinity entries `doomed` selects; how many.
     fn purge_affinity(
         &mut self,
@@ -61,9 +60,6 @@ impl Maps for Dataplane {
     }
     fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>> {
         Dataplane::affinity(self, key)
-    }
-    fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
-        Dataplane::affinity_entries(self)
     }
     fn purge_affinity(
         &mut self,
