@@ -7,10 +7,12 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::util::Every;
 
 /// Over-the-cap messages are logged at most this often per listener.
 const WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -22,7 +24,7 @@ pub(crate) struct ConnectionCap {
     max: usize,
     slots: Arc<Semaphore>,
     refused: &'static AtomicU64,
-    warned: Option<Instant>,
+    warning: Every,
 }
 
 impl ConnectionCap {
@@ -32,7 +34,7 @@ impl ConnectionCap {
             max,
             slots: Arc::new(Semaphore::new(max)),
             refused,
-            warned: None,
+            warning: Every::new(WARNING_EVERY),
         }
     }
 
@@ -43,8 +45,7 @@ impl ConnectionCap {
             return Some(permit);
         }
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.warned.is_none_or(|t| t.elapsed() >= WARNING_EVERY) {
-            self.warned = Some(Instant::now());
+        if self.warning.due() {
             log::warn!(
                 "{}: {} connections open, the most served at once; closing new ones at once \
                  ({refused} so far). A client is holding connections open: find it with \

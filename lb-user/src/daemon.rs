@@ -23,8 +23,7 @@ use crate::{
     },
     census::{Census, Counts, FlowsJob},
     config::{
-        BackendConfig, CheckKind, Config, HealthConfig, XdpModeSetting, backend_machine_problems,
-        backend_problems, parse_mac,
+        CheckKind, Config, HealthConfig, XdpModeSetting, backend_machine_problems, parse_mac,
     },
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
@@ -32,6 +31,7 @@ use crate::{
     lb::{BackendSerial, Lb},
     metrics, neigh, netdev,
     runtime::{self, PinLock, Record},
+    util::Every,
 };
 
 #[derive(Clone, Debug)]
@@ -98,28 +98,34 @@ struct Daemon {
 
 /// Health checks that could not run for a reason of this host's: counted,
 /// and logged at most every `LOCAL_ERROR_LOG_EVERY`.
-#[derive(Default)]
 struct LocalCheckErrors {
     count: u64,
     last: Option<String>,
-    logged: Option<Instant>,
+    logging: Every,
     unlogged: u64,
 }
 
 const LOCAL_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Default for LocalCheckErrors {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            last: None,
+            logging: Every::new(LOCAL_ERROR_LOG_EVERY),
+            unlogged: 0,
+        }
+    }
+}
 
 impl LocalCheckErrors {
     fn record(&mut self, target: SocketAddr, detail: &str) {
         self.count += 1;
         self.unlogged += 1;
         self.last = Some(detail.to_owned());
-        if self
-            .logged
-            .is_some_and(|t| t.elapsed() < LOCAL_ERROR_LOG_EVERY)
-        {
+        if !self.logging.due() {
             return;
         }
-        self.logged = Some(Instant::now());
         warn!(
             "health checks cannot run: {detail} (checking {target}; {} such errors since the \
              last message). This is the daemon's own problem, not the backends': they keep \
@@ -366,8 +372,10 @@ impl Daemon {
                     .map(|m| parse_mac(&m))
                     .transpose()
                     .map_err(anyhow::Error::msg)?;
-                self.refuse_on_this_machine(&vip, backend, weight, mac)?;
-                let added = self.lb.add_backend(&vip, backend, weight, mac);
+                let interface = self.cfg.interface.clone();
+                let added = self.lb.add_backend(&vip, backend, weight, mac, |b, v| {
+                    backend_machine_problems(b, v, &interface)
+                });
                 // Whatever got applied: checkers follow the books.
                 self.sync_checkers();
                 let id = added?;
@@ -401,36 +409,6 @@ impl Daemon {
             }
             Request::Reload => Reply::ok(self.reload()?),
         })
-    }
-
-    /// What `check` refuses about a backend on this machine (it is this
-    /// host, or its MAC is ours or the router's), refused for a live add
-    /// too, after the file's rules, in the order `check` reports them.
-    fn refuse_on_this_machine(
-        &self,
-        vip: &str,
-        backend: SocketAddrV4,
-        weight: u32,
-        mac: Option<[u8; 6]>,
-    ) -> anyhow::Result<()> {
-        // An unknown VIP is for add_backend to report.
-        let Some(v) = self.lb.vips().iter().find(|v| v.name == vip) else {
-            return Ok(());
-        };
-        let b = BackendConfig {
-            address: *backend.ip(),
-            port: backend.port(),
-            weight,
-            mac,
-            health: v.cfg.health.clone(),
-        };
-        let mut problems = backend_problems(&b, &v.cfg);
-        problems.extend(backend_machine_problems(&b, &v.cfg, &self.cfg.interface));
-        if !problems.is_empty() {
-            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            bail!("{}", all.join("; "));
-        }
-        Ok(())
     }
 
     /// Frames left to the kernel, by counter name.
@@ -495,9 +473,8 @@ fn clients_of(counts: Option<&Counts>) -> impl Fn(u32, u32) -> usize {
 /// Logs what is allowed but probably wrong in `cfg`; the warnings, for a
 /// reply.
 fn log_warnings(when: &str, cfg: &Config) -> Vec<String> {
-    cfg.warnings()
+    cfg.all_warnings()
         .into_iter()
-        .chain(cfg.environment_warnings())
         .map(|w| {
             warn!("{when}: {w}");
             w.to_string()
@@ -729,9 +706,7 @@ impl Drop for SocketFile {
 fn publish_record(d: &Daemon) -> Option<runtime::RecordGuard> {
     let record = Record {
         pid: std::process::id(),
-        config: std::fs::canonicalize(&d.opts.config_path)
-            .or_else(|_| std::path::absolute(&d.opts.config_path))
-            .unwrap_or_else(|_| d.opts.config_path.clone()),
+        config: runtime::config_key(&d.opts.config_path),
         control_socket: d.cfg.control_socket.clone(),
         pin_path: d.cfg.pin_path.clone(),
         interface: d.cfg.interface.clone(),

@@ -124,6 +124,14 @@ impl PinLock {
     }
 }
 
+/// The path a daemon is recorded and found by for config file `config`:
+/// canonical, or absolute when it cannot be resolved (moved or deleted).
+pub fn config_key(config: &Path) -> PathBuf {
+    std::fs::canonicalize(config)
+        .or_else(|_| std::path::absolute(config))
+        .unwrap_or_else(|_| config.to_owned())
+}
+
 /// The pid holding an flock(2) on `path`, as /proc/locks says.
 pub fn holder(path: &Path) -> Option<u32> {
     let meta = std::fs::metadata(path).ok()?;
@@ -258,9 +266,7 @@ impl Record {
     /// that has since moved or gone is matched by its absolute path, as the
     /// daemon recorded it when it could not canonicalize it either.
     pub fn find_by_config(dir: &Path, config: &Path) -> Option<Self> {
-        let config = std::fs::canonicalize(config)
-            .or_else(|_| std::path::absolute(config))
-            .ok()?;
+        let config = config_key(config);
         Self::live_in(dir).into_iter().find(|r| r.config == config)
     }
 }

@@ -212,12 +212,6 @@ pub struct LocalErrors {
     pub refused_control: u64,
 }
 
-impl LocalErrors {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
 /// The walk of the affinity table that counted the backends' clients: it
 /// runs in the background (a table of millions of entries takes a while),
 /// so the counts are as old as it says.

@@ -77,9 +77,7 @@ fn find_running(cli: &Cli) -> Result<Running, anyhow::Error> {
 /// reads that file, and uses its pin_path) before it is stopped: the file's
 /// control_socket may now name another daemon's socket.
 fn check_same_daemon(config: &Path, socket: &Path, status: &StatusReply) -> anyhow::Result<()> {
-    let want = std::fs::canonicalize(config)
-        .or_else(|_| std::path::absolute(config))
-        .unwrap_or_else(|_| config.to_owned());
+    let want = runtime::config_key(config);
     if status.config != want {
         bail!(
             "the daemon answering on {} (pid {}) was started with {}, not {}: not stopping it. Give the right -c FILE, or --socket for the daemon you mean",
@@ -311,12 +309,7 @@ pub(super) fn unload(
         )?,
         None => writeln!(out, "no XDP link was pinned at {}", link.display())?,
     }
-    let maps: Vec<&str> = gone
-        .maps
-        .iter()
-        .map(String::as_str)
-        .filter(|m| *m != crate::dataplane::LINK_PIN_NAME)
-        .collect();
+    let maps: Vec<&str> = gone.maps.iter().map(String::as_str).collect();
     if !maps.is_empty() {
         writeln!(
             out,

@@ -241,11 +241,7 @@ fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
 fn check(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = config_path(cli)?;
     let cfg = Config::load_for_this_machine(path)?;
-    let warnings: Vec<Problem> = cfg
-        .warnings()
-        .into_iter()
-        .chain(cfg.environment_warnings())
-        .collect();
+    let warnings: Vec<Problem> = cfg.all_warnings();
     let backends: usize = cfg.vips.iter().map(|v| v.backends.len()).sum();
     if cli.json {
         let report = serde_json::json!({

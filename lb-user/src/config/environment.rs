@@ -85,6 +85,14 @@ impl Config {
         }
     }
 
+    /// Every warning about the file: its own (`warnings`), then this
+    /// machine's (`environment_warnings`).
+    pub fn all_warnings(&self) -> Vec<Problem> {
+        let mut out = self.warnings();
+        out.extend(self.environment_warnings());
+        out
+    }
+
     /// What is allowed on this machine but probably not meant: `check`
     /// prints these, `run` and a reload log them.
     pub fn environment_warnings(&self) -> Vec<Problem> {

@@ -47,7 +47,7 @@ pub use crate::api::{
 };
 use crate::fmt::{fmt_duration, fmt_mac};
 use crate::{
-    config::{self, BackendConfig, Config},
+    config::{self, BackendConfig, Config, Problem, VipConfig},
     dataplane::{Dataplane, DataplaneError},
     health::{Outcome, State},
 };
@@ -555,21 +555,18 @@ impl<M: Maps> Lb<M> {
         Ok((plan, report))
     }
 
-    /// Adds a backend at run time (not written to the config file).
+    /// Adds a backend at run time (not written to the config file). It is
+    /// refused for what the file's rules refuse, and for what `machine`
+    /// finds (the checks only the running host can make), in that order.
     pub fn add_backend(
         &mut self,
         vip: &str,
         addr: SocketAddrV4,
         weight: u32,
         mac: Option<[u8; 6]>,
+        machine: impl FnOnce(&BackendConfig, &VipConfig) -> Vec<Problem>,
     ) -> Result<u32> {
         let vi = self.vip_index(vip)?;
-        if self.vips[vi].backends.iter().any(|b| b.addr == addr) {
-            return Err(LbError::DuplicateBackend {
-                vip: vip.to_owned(),
-                addr,
-            });
-        }
         let cfg = BackendConfig {
             address: *addr.ip(),
             port: addr.port(),
@@ -577,10 +574,17 @@ impl<M: Maps> Lb<M> {
             mac,
             health: self.vips[vi].cfg.health.clone(),
         };
-        let problems = config::backend_problems(&cfg, &self.vips[vi].cfg);
+        let mut problems = config::backend_problems(&cfg, &self.vips[vi].cfg);
+        problems.extend(machine(&cfg, &self.vips[vi].cfg));
         if !problems.is_empty() {
             let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return Err(LbError::Invalid(all.join("; ")));
+        }
+        if self.vips[vi].backends.iter().any(|b| b.addr == addr) {
+            return Err(LbError::DuplicateBackend {
+                vip: vip.to_owned(),
+                addr,
+            });
         }
         let (plan, _) = self.change_live(|d| {
             d[vi].backends.push(BackendSpec {

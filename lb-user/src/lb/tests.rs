@@ -268,7 +268,13 @@ fn reload_after_live_changes_reports_what_it_reverts() {
     lb.set_drain("web", addr(10), true).unwrap();
     lb.set_weight("web", addr(11), 5).unwrap();
     let added = lb
-        .add_backend("web", addr(13), 1, Some([2, 0, 0, 0, 0, 13]))
+        .add_backend(
+            "web",
+            addr(13),
+            1,
+            Some([2, 0, 0, 0, 0, 13]),
+            no_machine_problems,
+        )
         .unwrap();
     lb.maps_mut().take_log();
 
@@ -303,7 +309,9 @@ fn live_changes_take_the_plan_path() {
         "{log:?}"
     );
     // A live-added backend is written, not yet alive, and owns no slot.
-    let id = lb.add_backend("web", addr(12), 1, None).unwrap();
+    let id = lb
+        .add_backend("web", addr(12), 1, None, no_machine_problems)
+        .unwrap();
     let log = lb.maps_mut().take_log();
     assert!(
         matches!(&log[..], [Op::SetBackend(i, info)] if *i == id && !info.is_alive()),
@@ -464,7 +472,10 @@ fn a_failed_write_leaves_the_books_equal_to_the_maps() {
 
     // A backend entry that cannot be written: every backend stays known.
     lb.maps_mut().writes_before_failure = Some(0);
-    assert!(lb.add_backend("web", addr(12), 1, None).is_err());
+    assert!(
+        lb.add_backend("web", addr(12), 1, None, no_machine_problems)
+            .is_err()
+    );
     lb.maps_mut().writes_before_failure = None;
     let known: Vec<_> = lb.vips()[0].backends.iter().map(|b| b.addr).collect();
     assert!(
@@ -681,8 +692,14 @@ fn a_vip_added_by_reload_waits_while_the_others_serve() {
         .unwrap();
     assert_eq!(filled(&lb, api), 0);
     // A backend added live while it waits is waited for too.
-    lb.add_backend("api", addr(22), 1, Some([2, 0, 0, 0, 0, 22]))
-        .unwrap();
+    lb.add_backend(
+        "api",
+        addr(22),
+        1,
+        Some([2, 0, 0, 0, 0, 22]),
+        no_machine_problems,
+    )
+    .unwrap();
     lb.set_health(id_of(&lb, "api", 21), State::Up, "test")
         .unwrap();
     assert_eq!(filled(&lb, api), 0);
@@ -897,8 +914,14 @@ fn freeing_an_id_starts_a_new_id_epoch() {
     let epoch = lb.id_epoch();
     let e0 = epoch.load(std::sync::atomic::Ordering::Relaxed);
     lb.set_weight("web", addr(10), 2).unwrap();
-    lb.add_backend("web", addr(12), 1, Some([2, 0, 0, 0, 0, 12]))
-        .unwrap();
+    lb.add_backend(
+        "web",
+        addr(12),
+        1,
+        Some([2, 0, 0, 0, 0, 12]),
+        no_machine_problems,
+    )
+    .unwrap();
     assert_eq!(
         epoch.load(std::sync::atomic::Ordering::Relaxed),
         e0,
@@ -946,4 +969,12 @@ fn a_failed_plan_still_lets_a_warming_vip_serve_once_its_last_unknown_is_gone() 
     assert_eq!(lb.vips()[api].backends.len(), 1, ".21 removed");
     assert!(lb.vips()[api].warming_up.is_none(), "api serves");
     assert_eq!(lb.warm_up_deadline(), None);
+}
+
+/// A live add's machine checks, for tests whose backends pass them all.
+fn no_machine_problems(
+    _: &crate::config::BackendConfig,
+    _: &crate::config::VipConfig,
+) -> Vec<crate::config::Problem> {
+    Vec::new()
 }
