@@ -348,16 +348,12 @@ impl Dataplane {
     /// seconds, during which the daemon (single-threaded) would not react to
     /// health changes.
     pub fn affinity_entries(&self) -> Result<Vec<(AffinityKey, AffinityValue)>> {
-        use aya::maps::IterableMap as _;
-        use std::os::fd::AsFd as _;
-        // The map's key and value sizes are those of the types: aya checked
-        // them when it typed the map, and a pinned map is shape-checked
-        // before it is adopted.
-        match sys::lookup_batch(self.affinity.map().fd().as_fd()) {
-            Ok(entries) => Ok(entries),
-            Err(e) if sys::batch_unsupported(&e) => self.affinity_entries_one_by_one(),
-            Err(e) => Err(affinity_batch_error(e)),
-        }
+        let mut out = Vec::new();
+        affinity_batches(&self.affinity, |keys, values| {
+            out.extend(keys.iter().copied().zip(values.iter().copied()));
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(out)
     }
 
     /// The same, with a lookup per entry (kernels without batch lookups).
@@ -456,40 +452,50 @@ impl TableReader {
     /// inserted or removed meanwhile may or may not be seen.
     pub fn affinity_batches(
         &self,
-        mut visit: impl FnMut(&[AffinityKey], &[AffinityValue]) -> std::ops::ControlFlow<()>,
+        visit: impl FnMut(&[AffinityKey], &[AffinityValue]) -> std::ops::ControlFlow<()>,
     ) -> Result<()> {
-        use aya::maps::IterableMap as _;
-        use std::os::fd::AsFd as _;
-        // Key and value sizes are those of the types: aya checked them when
-        // it typed the map.
-        match sys::lookup_batch_each(self.affinity.map().fd().as_fd(), &mut visit) {
-            Ok(()) => Ok(()),
-            Err(e) if sys::batch_unsupported(&e) => self.affinity_one_by_one(visit),
-            Err(e) => Err(affinity_batch_error(e)),
-        }
+        affinity_batches(&self.affinity, visit)
     }
+}
 
-    /// The same with a lookup per entry (kernels without batch lookups),
-    /// handed on in batches all the same.
-    fn affinity_one_by_one(
-        &self,
-        mut visit: impl FnMut(&[AffinityKey], &[AffinityValue]) -> std::ops::ControlFlow<()>,
-    ) -> Result<()> {
-        const BATCH: usize = 4096;
-        let (mut keys, mut values) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
-        for entry in self.affinity.iter() {
-            let (k, v) = entry.map_err(map_err(map_names::AFFINITY, "iterate"))?;
-            keys.push(k);
-            values.push(v);
-            if keys.len() == BATCH {
-                if visit(&keys, &values).is_break() {
-                    return Ok(());
-                }
-                keys.clear();
-                values.clear();
-            }
-        }
-        let _ = visit(&keys, &values);
-        Ok(())
+/// `TableReader::affinity_batches` on `affinity`: the one walk of the
+/// affinity table, for both handles on it.
+fn affinity_batches(
+    affinity: &HashMap<MapData, AffinityKey, AffinityValue>,
+    mut visit: impl FnMut(&[AffinityKey], &[AffinityValue]) -> std::ops::ControlFlow<()>,
+) -> Result<()> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    // Key and value sizes are those of the types: aya checked them when
+    // it typed the map, and a pinned map is shape-checked before it is
+    // adopted.
+    match sys::lookup_batch_each(affinity.map().fd().as_fd(), &mut visit) {
+        Ok(()) => Ok(()),
+        Err(e) if sys::batch_unsupported(&e) => affinity_one_by_one(affinity, visit),
+        Err(e) => Err(affinity_batch_error(e)),
     }
+}
+
+/// The same with a lookup per entry (kernels without batch lookups),
+/// handed on in batches all the same.
+fn affinity_one_by_one(
+    affinity: &HashMap<MapData, AffinityKey, AffinityValue>,
+    mut visit: impl FnMut(&[AffinityKey], &[AffinityValue]) -> std::ops::ControlFlow<()>,
+) -> Result<()> {
+    const BATCH: usize = 4096;
+    let (mut keys, mut values) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
+    for entry in affinity.iter() {
+        let (k, v) = entry.map_err(map_err(map_names::AFFINITY, "iterate"))?;
+        keys.push(k);
+        values.push(v);
+        if keys.len() == BATCH {
+            if visit(&keys, &values).is_break() {
+                return Ok(());
+            }
+            keys.clear();
+            values.clear();
+        }
+    }
+    let _ = visit(&keys, &values);
+    Ok(())
 }

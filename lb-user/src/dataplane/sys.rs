@@ -82,19 +82,6 @@ pub(super) fn batch_unsupported(e: &io::Error) -> bool {
     )
 }
 
-/// All entries of a hash map of `K` → `V` by BPF_MAP_LOOKUP_BATCH. The
-/// caller guarantees the map's key and value sizes are those of `K` and `V`.
-pub(super) fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
-    fd: BorrowedFd<'_>,
-) -> io::Result<Vec<(K, V)>> {
-    let mut out = Vec::new();
-    lookup_batch_each(fd, |keys: &[K], values: &[V]| {
-        out.extend(keys.iter().copied().zip(values.iter().copied()));
-        ControlFlow::Continue(())
-    })?;
-    Ok(out)
-}
-
 /// Entries of a hash map of `K` → `V` by BPF_MAP_LOOKUP_BATCH, a batch of
 /// up to thousands at a time, handed to `visit` (which may stop the walk),
 /// so that a walk of millions of entries needs memory for one batch only.
@@ -157,7 +144,7 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut attr = zeroed_attr();
     // One field, not the whole struct: its trailing padding would be
-    // copied in too (see lookup_batch).
+    // copied in too (see lookup_batch_each).
     attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
     // SAFETY: the path outlives the call.
     let fd = unsafe { sys_bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
