@@ -423,19 +423,12 @@ impl Daemon {
 
     /// The VIPs' status, with what only the daemon knows: its checkers'.
     fn vip_status(&self, counts: Option<&Counts>) -> anyhow::Result<Vec<VipStatus>> {
-        let mut vips = self.lb.status(clients_of(counts))?;
-        for v in &mut vips {
-            let running = self.lb.vips().iter().find(|lv| lv.name == v.name);
-            for b in &mut v.backends {
-                let serial = running
-                    .and_then(|lv| lv.backends.iter().find(|lb| lb.id == b.id))
-                    .map(|lb| lb.serial);
-                if let Some(c) = serial.and_then(|s| self.checkers.get(&s)) {
-                    b.checker_restarts = c.handle.restarts();
-                }
-            }
-        }
-        Ok(vips)
+        let restarts_of = |serial| {
+            self.checkers
+                .get(&serial)
+                .map_or(0, |c| c.handle.restarts())
+        };
+        Ok(self.lb.status(clients_of(counts), restarts_of)?)
     }
 
     fn metrics(&self) -> String {

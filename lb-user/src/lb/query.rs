@@ -11,7 +11,7 @@ use std::{
 
 use lb_common::{AffinityKey, AffinityValue, MAX_BACKENDS, select};
 
-use super::{Lb, LbError, Maps, Result};
+use super::{BackendSerial, Lb, LbError, Maps, Result};
 use crate::{
     api::{
         BackendState, BackendStatus, FlowEntry, FlowsReply, LookupResult, MAX_FLOWS_LIMIT,
@@ -144,8 +144,14 @@ impl<M: Maps> Lb<M> {
     /// (VIP id, backend id) as `clients_of` says they were counted. It reads no
     /// affinity entry: the daemon answers status on the thread that applies
     /// health changes, so it costs a lookup per VIP and per backend and a
-    /// pass over each ring in memory, never a walk of the table.
-    pub fn status(&self, clients_of: impl Fn(u32, u32) -> usize) -> Result<Vec<VipStatus>> {
+    /// pass over each ring in memory, never a walk of the table. The
+    /// restarts of each backend's checker are `restarts_of` its serial (the
+    /// daemon owns the checkers).
+    pub fn status(
+        &self,
+        clients_of: impl Fn(u32, u32) -> usize,
+        restarts_of: impl Fn(BackendSerial) -> u64,
+    ) -> Result<Vec<VipStatus>> {
         let mut out = Vec::new();
         for v in &self.vips {
             let stats = self.maps.vip_stats(v.id)?;
@@ -187,8 +193,7 @@ impl<M: Maps> Lb<M> {
                     clients,
                     counters: s,
                     from_config: b.from_config,
-                    // The daemon, which owns the checkers, fills it in.
-                    checker_restarts: 0,
+                    checker_restarts: restarts_of(b.serial),
                 });
             }
             out.push(VipStatus {
@@ -433,7 +438,10 @@ mod tests {
         lb.maps_mut().pin(web, [10, 0, 0, 1], ids[0], 0);
         let counted = ids[1];
         let vips = lb
-            .status(|vip, b| if (vip, b) == (web, counted) { 7 } else { 0 })
+            .status(
+                |vip, b| if (vip, b) == (web, counted) { 7 } else { 0 },
+                |_| 0,
+            )
             .unwrap();
         let clients: Vec<usize> = vips[0].backends.iter().map(|b| b.clients).collect();
         assert_eq!(clients, [0, 7, 0]);
