@@ -225,6 +225,28 @@ impl OwnMac {
     }
 }
 
+/// A record of `SLB_SYNC_EVENTS` (a ring buffer the daemon drains and sends
+/// to its peers): the program pinned a client, re-pinned one, or refreshed a
+/// pin whose peers' copies must not expire. Written only while sync is on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SyncEvent {
+    pub key: AffinityKey,
+    pub backend_id: u32,
+    /// `sync_kind::*`.
+    pub kind: u32,
+    /// The entry's `created_ns` and `last_seen_ns` (data-path clock).
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// `SyncEvent::kind`.
+pub mod sync_kind {
+    pub const NEW: u32 = 1;
+    pub const REPICK: u32 = 2;
+    pub const REFRESH: u32 = 3;
+}
+
 /// The shared families of `VipStats`' reasons.
 pub mod vip_families {
     use crate::counters::Family;
@@ -359,6 +381,7 @@ const _: () = {
     assert!(size_of::<PinBudget>() == 16);
     assert!(size_of::<OwnMac>() == 8);
     assert!(size_of::<BackendStats>() == 24);
+    assert!(size_of::<SyncEvent>() == 32);
 };
 
 #[cfg(feature = "user")]
@@ -376,6 +399,7 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for PinBudget {}
     unsafe impl aya::Pod for OwnMac {}
+    unsafe impl aya::Pod for SyncEvent {}
 }
 
 #[cfg(test)]

@@ -867,6 +867,15 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// CONTRACT (issue #10): whether this node has what it needs from its
+    /// cluster to announce its VIPs (the sync's pull of a peer's table, when
+    /// peers are configured). The announcer gates on it; the sync sets it.
+    fn cluster_ready(&self) -> bool {
+        true
+    }
+}
+
 /// The event loop: health events, control requests, metrics scrapes, the
 /// neighbour table, signals. Returns on SIGTERM or SIGINT, with its name.
 async fn serve(

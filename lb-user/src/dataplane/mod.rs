@@ -499,3 +499,34 @@ fn affinity_one_by_one(
     let _ = visit(&keys, &values);
     Ok(())
 }
+
+/// CONTRACT (issue #10): the reader of `SLB_SYNC_EVENTS`, filled in by the
+/// data-path work. `Send`, and its fd is readable (epoll) when events wait,
+/// so the daemon can wrap it in `tokio::io::unix::AsyncFd`.
+pub struct SyncEvents {}
+
+impl std::os::fd::AsRawFd for SyncEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        todo!()
+    }
+}
+
+impl SyncEvents {
+    /// Moves up to `max` waiting events into `out`; how many it moved.
+    pub fn drain(&mut self, _out: &mut Vec<lb_common::SyncEvent>, _max: usize) -> usize {
+        todo!()
+    }
+}
+
+impl Dataplane {
+    /// Takes the ring buffer's reader (once per loaded program).
+    pub fn sync_events(&mut self) -> Result<SyncEvents> {
+        todo!()
+    }
+
+    /// Turns the program's sync events on or off; `refresh` is how often a
+    /// busy client's pin is announced again so that peers' copies stay live.
+    pub fn set_sync(&mut self, _enabled: bool, _refresh: std::time::Duration) -> Result<()> {
+        todo!()
+    }
+}

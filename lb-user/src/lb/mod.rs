@@ -17,6 +17,7 @@ mod maps;
 mod plan;
 mod query;
 mod state;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 
