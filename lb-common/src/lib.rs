@@ -49,9 +49,15 @@ pub mod map_names {
     /// One `OwnMac` (index 0): the MAC of the interface the program is
     /// attached to, the source MAC of every forwarded frame.
     pub const OWN_MAC: &str = "SLB_OWN_MAC";
+    /// Ring buffer of `SyncEvent`s (new pins, re-pins, refreshes) the daemon
+    /// drains and sends to its peers.
+    pub const SYNC_EVENTS: &str = "SLB_SYNC_EVENTS";
+    /// One `SyncSettings` (index 0): whether the program writes sync events,
+    /// and how often it announces a busy pin again.
+    pub const SYNC: &str = "SLB_SYNC";
 
     /// Every map the XDP program defines.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         VIPS,
         BACKENDS,
         RING,
@@ -61,6 +67,8 @@ pub mod map_names {
         GLOBAL_STATS,
         PIN_BUDGET,
         OWN_MAC,
+        SYNC_EVENTS,
+        SYNC,
     ];
 }
 
@@ -73,7 +81,8 @@ pub mod map_shapes {
 
     use crate::{
         AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS, OwnMac,
-        PinBudget, RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter, map_names,
+        PinBudget, RING_POOL_SIZE, SYNC_RING_BYTES, SyncSettings, VipInfo, VipKey, VipStats,
+        global_counter, map_names,
     };
 
     /// `BPF_MAP_TYPE_*` numbers (uapi/linux/bpf.h).
@@ -82,6 +91,7 @@ pub mod map_shapes {
         pub const ARRAY: u32 = 2;
         pub const PERCPU_ARRAY: u32 = 6;
         pub const LRU_HASH: u32 = 9;
+        pub const RINGBUF: u32 = 27;
     }
 
     /// `BPF_F_MMAPABLE`: the ring is read and written through mmap.
@@ -117,7 +127,7 @@ pub mod map_shapes {
     }
 
     /// Every map, in `map_names::ALL` order.
-    pub const ALL: [MapShape; 9] = [
+    pub const ALL: [MapShape; 11] = [
         shape(
             map_names::VIPS,
             kind::HASH,
@@ -190,6 +200,24 @@ pub mod map_shapes {
             Some(1),
             0,
         ),
+        // A ring buffer has neither keys nor values; its capacity is its
+        // size in bytes.
+        shape(
+            map_names::SYNC_EVENTS,
+            kind::RINGBUF,
+            0,
+            0,
+            Some(SYNC_RING_BYTES),
+            0,
+        ),
+        shape(
+            map_names::SYNC,
+            kind::ARRAY,
+            4,
+            size_of::<SyncSettings>(),
+            Some(1),
+            0,
+        ),
     ];
 }
 
@@ -216,6 +244,13 @@ pub const DEFAULT_AFFINITY_TIMEOUT_NS: u64 = 300 * 1_000_000_000;
 /// effective idle timeout is therefore between `timeout - AFFINITY_REFRESH_NS`
 /// and `timeout`.
 pub const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
+/// Size of the `SLB_SYNC_EVENTS` ring buffer (a power of two, as the kernel
+/// requires). An event takes 40 bytes there (32 and the kernel's 8-byte
+/// header), so 2 MiB hold about 52,000: half a second of a burst of 100,000
+/// new clients a second, while the daemon drains it every few ms. A full
+/// ring loses events (counted as `sync_events_lost`), never frames; a lost
+/// refresh is tried again by the entry's next packet after a second.
+pub const SYNC_RING_BYTES: u32 = 1 << 21;
 /// When the Maglev slot of a new client names a backend the daemon has marked
 /// dead but not yet removed from the table, the program tries this many
 /// following slots for an alive one before dropping.
@@ -317,7 +352,14 @@ pub mod global_counter {
         /// VLAN-tagged in the frame (802.1Q or 802.1ad ethertype): never
         /// forwarded, since a backend on another VLAN, or none, would get it.
         PASS_VLAN = "pass_vlan",
+        /// Not a frame: a sync event (`SLB_SYNC_EVENTS`) the program could
+        /// not write because the ring was full. The frame was forwarded.
+        SYNC_EVENTS_LOST = "sync_events_lost",
     }
+
+    /// The counters above that count frames passed to the stack (all but
+    /// the last, which counts lost sync events).
+    pub const PASSED: core::ops::Range<u32> = 0..SYNC_EVENTS_LOST;
 }
 
 #[cfg(test)]
@@ -329,17 +371,24 @@ mod tests {
         // The indices are the pinned map's layout: a counter of an earlier
         // run must keep its slot.
         use super::global_counter::*;
-        assert_eq!(COUNT, 9);
+        assert_eq!(COUNT, 10);
         assert_eq!(
-            (PASS_SHORT_ETH, PASS_NOT_VIP, PASS_MULTICAST_DST, PASS_VLAN),
-            (0, 6, 7, 8)
+            (
+                PASS_SHORT_ETH,
+                PASS_NOT_VIP,
+                PASS_MULTICAST_DST,
+                PASS_VLAN,
+                SYNC_EVENTS_LOST
+            ),
+            (0, 6, 7, 8, 9)
         );
+        assert_eq!(PASSED, 0..9);
         assert_eq!(NAMES[PASS_NOT_VIP as usize], "pass_not_vip");
     }
 
     #[test]
     fn every_map_has_its_shape_in_order() {
-        let names: [&str; 9] = core::array::from_fn(|i| map_shapes::ALL[i].name);
+        let names: [&str; 11] = core::array::from_fn(|i| map_shapes::ALL[i].name);
         assert_eq!(names, map_names::ALL);
     }
 

@@ -158,7 +158,13 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct AffinityValue {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// When this entry was last announced to the peers (a sync event, or
+    /// received from one): coarse seconds of the data-path clock
+    /// (`bpf_ktime_get_coarse_ns() / 1e9`). 0: never. Lets the program
+    /// announce a busy pin again at most every `SyncSettings::refresh_s`
+    /// without a map of its own. Once `_pad`, always written 0, which
+    /// reads as "never announced".
+    pub synced_s: u32,
     /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at tick resolution)
     /// when the client was pinned.
     pub created_ns: u64,
@@ -238,6 +244,26 @@ pub struct SyncEvent {
     /// The entry's `created_ns` and `last_seen_ns` (data-path clock).
     pub created_ns: u64,
     pub last_seen_ns: u64,
+}
+
+/// Value of `SLB_SYNC` (its one entry), written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SyncSettings {
+    /// Nonzero: write sync events.
+    pub enabled: u32,
+    /// A busy pin is announced again (a `REFRESH` event) once its last
+    /// announcement is at least this many seconds old, so that its peers'
+    /// copies do not expire while it is in use. Compared in whole seconds of
+    /// `AffinityValue::synced_s`, and only when the entry's `last_seen_ns`
+    /// is refreshed (at most every `AFFINITY_REFRESH_NS`).
+    pub refresh_s: u32,
+}
+
+/// Seconds of the data-path clock, as `AffinityValue::synced_s` keeps them.
+#[inline(always)]
+pub const fn coarse_secs(ns: u64) -> u32 {
+    (ns / 1_000_000_000) as u32
 }
 
 /// `SyncEvent::kind`.
@@ -382,6 +408,8 @@ const _: () = {
     assert!(size_of::<OwnMac>() == 8);
     assert!(size_of::<BackendStats>() == 24);
     assert!(size_of::<SyncEvent>() == 32);
+    assert!(size_of::<SyncSettings>() == 8);
+    assert!(core::mem::offset_of!(AffinityValue, synced_s) == 4);
 };
 
 #[cfg(feature = "user")]
@@ -400,6 +428,7 @@ mod pod {
     unsafe impl aya::Pod for PinBudget {}
     unsafe impl aya::Pod for OwnMac {}
     unsafe impl aya::Pod for SyncEvent {}
+    unsafe impl aya::Pod for SyncSettings {}
 }
 
 #[cfg(test)]
@@ -410,7 +439,7 @@ mod tests {
     fn affinity_liveness() {
         let e = AffinityValue {
             backend_id: 1,
-            _pad: 0,
+            synced_s: 0,
             created_ns: 1_000,
             last_seen_ns: 5_000,
         };

@@ -23,10 +23,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode, OwnMac,
-    PIN_BUDGET_WINDOW_NS, VipInfo, VipStats, global_counter, proto, select,
+    PIN_BUDGET_WINDOW_NS, SyncEvent, VipInfo, VipStats, coarse_secs, global_counter, proto,
+    select, sync_kind,
 };
 use maps::{
-    AFFINITY, BACKEND_STATS, BACKENDS, OWN_MAC, PIN_BUDGET, RING, VIP_STATS, VIPS, count_global,
+    AFFINITY, BACKEND_STATS, BACKENDS, OWN_MAC, PIN_BUDGET, RING, SYNC, SYNC_EVENTS, VIP_STATS,
+    VIPS, count_global,
 };
 use parse::{Flow, parse};
 
@@ -157,6 +159,9 @@ fn pick_backend(
             // cache line between CPUs for every busy client.
             if entry.idle_ns(now) > AFFINITY_REFRESH_NS {
                 entry.last_seen_ns = now;
+                // Only here, so that a hit between refreshes costs nothing
+                // more with sync on than off.
+                announce_refresh(key, entry, now);
             }
             stats.affinity_hits += 1;
             return Some((entry.backend_id, *backend));
@@ -185,14 +190,38 @@ fn pick_backend(
         stats.not_pinned_udp_budget += 1;
         return Some((backend_id, backend));
     }
-    let entry = AffinityValue {
+    let mut entry = AffinityValue {
         backend_id,
-        _pad: 0,
+        synced_s: 0,
         created_ns: now,
         last_seen_ns: now,
     };
-    // A failed insert only costs the next packet another (identical) pick.
-    let _ = AFFINITY.insert(key, entry, 0);
+    // The event is reserved before the insert, so that the entry records
+    // whether it was announced: one that was not (the ring was full) is
+    // announced by its first refresh instead.
+    let kind = if known {
+        sync_kind::REPICK
+    } else {
+        sync_kind::NEW
+    };
+    let event = if sync_enabled() {
+        reserve_event(key, &entry, kind)
+    } else {
+        None
+    };
+    if event.is_some() {
+        entry.synced_s = coarse_secs(now);
+    }
+    // A failed insert only costs the next packet another (identical) pick;
+    // it announces nothing.
+    let inserted = AFFINITY.insert(key, entry, 0).is_ok();
+    if let Some(event) = event {
+        if inserted {
+            event.submit(0);
+        } else {
+            event.discard(0);
+        }
+    }
     if !known {
         stats.new_clients += 1;
     } else if expired {
@@ -205,6 +234,56 @@ fn pick_backend(
         unsafe { (*b).new_clients += 1 };
     }
     Some((backend_id, backend))
+}
+
+/// Whether the daemon turned sync events on.
+#[inline(always)]
+fn sync_enabled() -> bool {
+    SYNC.get(0).is_some_and(|s| s.enabled != 0)
+}
+
+/// A sync event for `entry` of `key`, filled in and reserved in the ring,
+/// to be submitted or discarded; `None` if the ring is full (counted).
+#[inline(always)]
+fn reserve_event(
+    key: &AffinityKey,
+    entry: &AffinityValue,
+    kind: u32,
+) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<SyncEvent>> {
+    let Some(mut event) = SYNC_EVENTS.reserve::<SyncEvent>(0) else {
+        count_global(global_counter::SYNC_EVENTS_LOST);
+        return None;
+    };
+    event.write(SyncEvent {
+        key: *key,
+        backend_id: entry.backend_id,
+        kind,
+        created_ns: entry.created_ns,
+        last_seen_ns: entry.last_seen_ns,
+    });
+    Some(event)
+}
+
+/// Announces a busy pin again if its last announcement is `refresh_s` old,
+/// so that the peers' copies do not expire while the client is active here.
+/// Called when `last_seen_ns` was just refreshed (at most once a second per
+/// entry).
+#[inline(always)]
+fn announce_refresh(key: &AffinityKey, entry: &mut AffinityValue, now: u64) {
+    let Some(settings) = SYNC.get(0) else {
+        return;
+    };
+    if settings.enabled == 0 {
+        return;
+    }
+    let now_s = coarse_secs(now);
+    if now_s.wrapping_sub(entry.synced_s) < settings.refresh_s {
+        return;
+    }
+    if let Some(event) = reserve_event(key, entry, sync_kind::REFRESH) {
+        event.submit(0);
+        entry.synced_s = now_s;
+    }
 }
 
 /// Takes one of this CPU's new UDP pins of the VIP's current window; false

@@ -5,11 +5,12 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendInfo, BackendStats, DEFAULT_AFFINITY_CAPACITY, MAX_BACKENDS,
-    MAX_VIPS, OwnMac, PinBudget, RING_POOL_SIZE, VipInfo, VipKey, VipStats, global_counter,
+    MAX_VIPS, OwnMac, PinBudget, RING_POOL_SIZE, SYNC_RING_BYTES, SyncSettings, VipInfo, VipKey,
+    VipStats, global_counter,
 };
 
 /// Which (address, port, protocol) are VIPs, and how each is balanced.
@@ -53,6 +54,17 @@ pub static PIN_BUDGET: PerCpuArray<PinBudget> = PerCpuArray::with_max_entries(MA
 /// The MAC of the interface we are attached to (the daemon writes it).
 #[map(name = "SLB_OWN_MAC")]
 pub static OWN_MAC: Array<OwnMac> = Array::with_max_entries(1, 0);
+
+/// New pins, re-pins and refreshes for the daemon to send to its peers
+/// (`SyncEvent`s). One ring for all CPUs: the daemon reads one stream, and
+/// the kernel's reservation lock is taken only for new pins and for at most
+/// one refresh per busy entry per second.
+#[map(name = "SLB_SYNC_EVENTS")]
+pub static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_RING_BYTES, 0);
+
+/// Whether to write sync events, and how often to announce a busy pin.
+#[map(name = "SLB_SYNC")]
+pub static SYNC: Array<SyncSettings> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count_global(index: u32) {

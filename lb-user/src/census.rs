@@ -431,7 +431,7 @@ mod tests {
             },
             AffinityValue {
                 backend_id,
-                _pad: 0,
+                synced_s: 0,
                 created_ns: 0,
                 last_seen_ns,
             },

@@ -143,7 +143,7 @@ fn pin(rig: &mut Rig, c: [u8; 4]) -> u32 {
 fn entry(backend_id: u32, last_seen_ns: u64) -> AffinityValue {
     AffinityValue {
         backend_id,
-        _pad: 0,
+        synced_s: 0,
         created_ns: last_seen_ns,
         last_seen_ns,
     }

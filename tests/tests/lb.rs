@@ -345,7 +345,7 @@ fn affinity_entries_read_in_batches_match_one_by_one() {
         };
         let value = AffinityValue {
             backend_id: i % 7,
-            _pad: 0,
+            synced_s: 0,
             created_ns: u64::from(i),
             last_seen_ns: u64::from(i) * 2,
         };

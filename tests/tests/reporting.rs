@@ -69,7 +69,7 @@ fn fill(pin: &Path, vip_id: u32, backends: &[u32]) -> Duration {
         };
         let value = AffinityValue {
             backend_id: backends[i as usize % backends.len()],
-            _pad: 0,
+            synced_s: 0,
             created_ns: now,
             last_seen_ns: now,
         };

@@ -62,6 +62,7 @@ impl Dataplane {
             backend_stats: take_map!(ebpf, map_names::BACKEND_STATS),
             global_stats: take_map!(ebpf, map_names::GLOBAL_STATS),
             own_mac: take_map!(ebpf, map_names::OWN_MAC),
+            sync: take_map!(ebpf, map_names::SYNC),
             ebpf,
         })
     }

@@ -19,12 +19,12 @@ mod veth;
 use std::path::PathBuf;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, links::LinkError},
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendInfo, BackendStats, OwnMac, PROGRAM_NAME, RING_POOL_SIZE,
-    VipInfo, VipKey, VipStats, global_counter, map_names,
+    SyncSettings, VipInfo, VipKey, VipStats, global_counter, map_names,
 };
 use thiserror::Error;
 
@@ -170,6 +170,7 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     global_stats: PerCpuArray<MapData, u64>,
     own_mac: Array<MapData, OwnMac>,
+    sync: Array<MapData, SyncSettings>,
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -500,33 +501,102 @@ fn affinity_one_by_one(
     Ok(())
 }
 
-/// CONTRACT (issue #10): the reader of `SLB_SYNC_EVENTS`, filled in by the
-/// data-path work. `Send`, and its fd is readable (epoll) when events wait,
-/// so the daemon can wrap it in `tokio::io::unix::AsyncFd`.
-pub struct SyncEvents {}
+/// The reader of `SLB_SYNC_EVENTS`. `Send`, and its fd is readable (epoll)
+/// when events wait, so the daemon can wrap it in
+/// `tokio::io::unix::AsyncFd`. The kernel wakes a reader only when it had
+/// caught up, so drain until `drain` returns less than asked before
+/// waiting on the fd again.
+pub struct SyncEvents {
+    ring: RingBuf<MapData>,
+}
+
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<SyncEvents>();
+};
 
 impl std::os::fd::AsRawFd for SyncEvents {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        todo!()
+        self.ring.as_raw_fd()
     }
 }
 
 impl SyncEvents {
-    /// Moves up to `max` waiting events into `out`; how many it moved.
-    pub fn drain(&mut self, _out: &mut Vec<lb_common::SyncEvent>, _max: usize) -> usize {
-        todo!()
+    /// Moves up to `max` waiting events into `out`; how many it moved. A
+    /// record of another size than `SyncEvent` (none is written today) is
+    /// skipped.
+    pub fn drain(&mut self, out: &mut Vec<lb_common::SyncEvent>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.ring.next() else {
+                break;
+            };
+            if let Ok(ev) = bytemuck::try_pod_read_unaligned::<lb_common::SyncEvent>(&item) {
+                out.push(ev);
+                n += 1;
+            }
+        }
+        n
     }
 }
 
 impl Dataplane {
-    /// Takes the ring buffer's reader (once per loaded program).
+    /// Takes the ring buffer's reader (once per loaded program; a second
+    /// call is an error).
     pub fn sync_events(&mut self) -> Result<SyncEvents> {
-        todo!()
+        let map = self
+            .ebpf
+            .take_map(map_names::SYNC_EVENTS)
+            .ok_or(DataplaneError::MissingMap(map_names::SYNC_EVENTS))?;
+        let ring = RingBuf::try_from(map).map_err(|e| DataplaneError::MapType {
+            name: map_names::SYNC_EVENTS,
+            source: Box::new(e),
+        })?;
+        Ok(SyncEvents { ring })
     }
 
     /// Turns the program's sync events on or off; `refresh` is how often a
-    /// busy client's pin is announced again so that peers' copies stay live.
-    pub fn set_sync(&mut self, _enabled: bool, _refresh: std::time::Duration) -> Result<()> {
-        todo!()
+    /// busy client's pin is announced again so that peers' copies stay live
+    /// (in whole seconds, rounded up, at least one).
+    pub fn set_sync(&mut self, enabled: bool, refresh: std::time::Duration) -> Result<()> {
+        self.sync
+            .set(0, sync_settings(enabled, refresh), 0)
+            .map_err(map_err(map_names::SYNC, "set"))
+    }
+
+    /// What `set_sync` wrote (all zero: off, as a fresh load is).
+    pub fn sync_settings(&self) -> Result<SyncSettings> {
+        self.sync
+            .get(&0, 0)
+            .map_err(map_err(map_names::SYNC, "get"))
+    }
+}
+
+/// The `SLB_SYNC` entry for `set_sync`.
+fn sync_settings(enabled: bool, refresh: std::time::Duration) -> SyncSettings {
+    let refresh_s = refresh.as_millis().div_ceil(1000).clamp(1, u128::from(u32::MAX)) as u32;
+    SyncSettings {
+        enabled: u32::from(enabled),
+        refresh_s,
+    }
+}
+
+#[cfg(test)]
+mod sync_tests {
+    use std::time::Duration;
+
+    use super::sync_settings;
+
+    #[test]
+    fn refresh_is_whole_seconds_rounded_up_and_never_zero() {
+        let s = sync_settings(true, Duration::from_secs(30));
+        assert_eq!((s.enabled, s.refresh_s), (1, 30));
+        assert_eq!(sync_settings(true, Duration::from_millis(1500)).refresh_s, 2);
+        assert_eq!(sync_settings(false, Duration::ZERO).refresh_s, 1);
+        assert_eq!(sync_settings(false, Duration::ZERO).enabled, 0);
+        assert_eq!(
+            sync_settings(true, Duration::from_secs(u64::MAX)).refresh_s,
+            u32::MAX
+        );
     }
 }

@@ -23,6 +23,8 @@ pub enum Op {
         base: u32,
         slots: Vec<(u32, u32)>,
     },
+    /// An affinity entry written (a pin received from a peer).
+    SetAffinity(AffinityKey, AffinityValue),
     /// Affinity entries deleted, by (VIP id, backend id) of each.
     Purge(Vec<(u32, u32)>),
 }
@@ -74,7 +76,7 @@ impl FakeMaps {
             (vip_id, client),
             AffinityValue {
                 backend_id,
-                _pad: 0,
+                synced_s: 0,
                 created_ns: now_ns,
                 last_seen_ns: now_ns,
             },
@@ -165,6 +167,13 @@ impl Maps for FakeMaps {
 
     fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>> {
         Ok(self.affinity.get(&(key.vip_id, key.client)).copied())
+    }
+
+    fn set_affinity(&mut self, key: AffinityKey, value: AffinityValue) -> Result<()> {
+        self.write()?;
+        self.affinity.insert((key.vip_id, key.client), value);
+        self.log.push(Op::SetAffinity(key, value));
+        Ok(())
     }
 
     fn purge_affinity(

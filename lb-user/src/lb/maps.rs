@@ -26,6 +26,8 @@ pub trait Maps {
     /// Writes `(slot, backend id)` pairs into the table at `base`; how many.
     fn write_ring(&mut self, base: u32, slots: &[(u32, u32)]) -> Result<usize>;
     fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>>;
+    /// Writes one affinity entry (a pin received from a peer).
+    fn set_affinity(&mut self, key: AffinityKey, value: AffinityValue) -> Result<()>;
     /// Deletes the affinity entries `doomed` selects; how many.
     fn purge_affinity(
         &mut self,
@@ -60,6 +62,9 @@ impl Maps for Dataplane {
     }
     fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityValue>> {
         Dataplane::affinity(self, key)
+    }
+    fn set_affinity(&mut self, key: AffinityKey, value: AffinityValue) -> Result<()> {
+        Dataplane::set_affinity(self, key, value)
     }
     fn purge_affinity(
         &mut self,

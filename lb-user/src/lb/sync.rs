@@ -2,13 +2,26 @@
 //! clustering"): by identity — the VIP's (address, port, protocol) and the
 //! backend's address — never by local id, since two nodes' ids may differ.
 //!
-//! CONTRACT (issue #10, shared by the data-path and transport work): the
-//! names and signatures below are what other modules call. Bodies marked
-//! `todo!` are filled in by the data-path work.
+//! Which pin of a client wins is decided by `resolve`, the same pure rule on
+//! every node: the later `pinned_ms`, ties to the lower backend address:port.
+//! The order is total and every node compares exactly the values that were
+//! exchanged (`pinned_ms` survives its trip through the data path's clock
+//! unchanged, see `clock`), so two nodes that see the same two pins choose
+//! the same one. A node answers a received pin only with a pin of its own
+//! that is strictly greater in that order (a correction); the answer to a
+//! correction is then either nothing or a still greater pin, so an exchange
+//! ends after at most as many rounds as there are distinct pins. A pin whose
+//! backend is dead in this node's view is neither applied nor answered: the
+//! two nodes' health views may differ, and answering would let them trade
+//! the same two pins forever.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::OnceLock,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
-use lb_common::{AffinityKey, AffinityValue, VipKey};
+use lb_common::{AffinityKey, AffinityValue, VipKey, coarse_secs};
 
 use super::{Lb, Maps, Result};
 
@@ -41,35 +54,270 @@ pub struct SyncApplied {
     pub unknown_backend: u64,
     /// Not applied: the backend is not alive in this node's view.
     pub dead_backend: u64,
+    /// Not applied: idle for the VIP's whole affinity timeout already, so
+    /// it would pin nothing here either.
+    pub expired: u64,
+}
+
+/// A pin as `resolve` compares them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub backend: SocketAddrV4,
+    pub pinned_ms: u64,
+}
+
+impl Pin {
+    /// The rule's order: later pins are greater; of two at the same ms, the
+    /// one to the lower backend (address, then port) is greater.
+    fn beats(&self, other: &Pin) -> bool {
+        (self.pinned_ms, std::cmp::Reverse(self.backend))
+            > (other.pinned_ms, std::cmp::Reverse(other.backend))
+    }
+}
+
+/// What to do with a received pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Write it: the client is new here, or the received pin wins.
+    Insert,
+    /// Same backend as here: move the local entry's last-seen time forward.
+    Refresh,
+    /// This node's pin wins: send it back.
+    KeepLocal,
+    /// Its backend is not alive here: neither applied nor answered.
+    DeadBackend,
+}
+
+/// The conflict rule. `local`: this node's live pin of the client whose
+/// backend is alive here (an expired entry, or one to a dead backend, is
+/// `None`: it would not send the client anywhere). `remote_alive`: whether
+/// the received pin's backend is alive here.
+pub fn resolve(local: Option<Pin>, remote: Pin, remote_alive: bool) -> Resolution {
+    if !remote_alive {
+        return Resolution::DeadBackend;
+    }
+    match local {
+        None => Resolution::Insert,
+        Some(l) if l.backend == remote.backend => Resolution::Refresh,
+        Some(l) if l.beats(&remote) => Resolution::KeepLocal,
+        Some(_) => Resolution::Insert,
+    }
+}
+
+/// The mapping between the data path's clock (CLOCK_MONOTONIC ns, which
+/// `bpf_ktime_get_coarse_ns` reads at tick resolution) and wall-clock ms.
+/// Taken once per process, so that it is one fixed integer offset: a
+/// received `pinned_ms` stored as `created_ns` reads back as exactly the
+/// same `pinned_ms`, which the conflict rule compares with the peers'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    /// Wall-clock ns minus monotonic ns at the moment it was taken.
+    offset_ns: i128,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let mono = crate::util::monotonic_ns();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            offset_ns: wall as i128 - i128::from(mono),
+        }
+    }
+
+    /// Wall-clock ms of a data-path time.
+    pub fn wall_ms(&self, mono_ns: u64) -> u64 {
+        let wall = i128::from(mono_ns) + self.offset_ns;
+        u64::try_from(wall.div_euclid(1_000_000)).unwrap_or(0)
+    }
+
+    /// The data-path time of a wall-clock ms: the first ns of that ms, so
+    /// `wall_ms(mono_ns(ms)) == ms`. A time before this host's boot (a
+    /// client pinned elsewhere before it) is boot itself, 0; its
+    /// `pinned_ms` then reads back later, which only matters against
+    /// another backend's pin of the same client made before this boot.
+    pub fn mono_ns(&self, wall_ms: u64) -> u64 {
+        let mono = i128::from(wall_ms) * 1_000_000 - self.offset_ns;
+        u64::try_from(mono.max(0)).unwrap_or(u64::MAX)
+    }
+}
+
+/// This process's clock mapping (taken at the first call).
+pub fn clock() -> &'static Clock {
+    static CLOCK: OnceLock<Clock> = OnceLock::new();
+    CLOCK.get_or_init(Clock::now)
+}
+
+fn idle_ms(now_ns: u64, last_seen_ns: u64) -> u32 {
+    u32::try_from(now_ns.saturating_sub(last_seen_ns) / 1_000_000).unwrap_or(u32::MAX)
 }
 
 /// The data path's ids → identities, copied out of the books so that a
 /// reader thread or task can translate without the `Lb`. Stale once ids are
 /// reused: take a new one whenever `Lb::id_epoch` moves.
 #[derive(Clone, Debug, Default)]
-pub struct Identities {}
+pub struct Identities {
+    /// VIP id → its key.
+    vips: std::collections::HashMap<u32, VipKey>,
+    /// Backend id → (its VIP's id, its address).
+    backends: std::collections::HashMap<u32, (u32, SocketAddrV4)>,
+}
 
 impl Identities {
     /// The entry an affinity-table entry stands for, `now_ns` being the data
     /// path's clock (CLOCK_MONOTONIC); `None` for an id not in the books.
-    pub fn entry(&self, _key: &AffinityKey, _value: &AffinityValue, _now_ns: u64) -> Option<SyncEntry> {
-        todo!()
+    pub fn entry(&self, key: &AffinityKey, value: &AffinityValue, now_ns: u64) -> Option<SyncEntry> {
+        self.translate(
+            key,
+            value.backend_id,
+            value.created_ns,
+            value.last_seen_ns,
+            now_ns,
+        )
     }
 
     /// The entry a data-path sync event stands for.
-    pub fn event(&self, _ev: &lb_common::SyncEvent, _now_ns: u64) -> Option<SyncEntry> {
-        todo!()
+    pub fn event(&self, ev: &lb_common::SyncEvent, now_ns: u64) -> Option<SyncEntry> {
+        self.translate(
+            &ev.key,
+            ev.backend_id,
+            ev.created_ns,
+            ev.last_seen_ns,
+            now_ns,
+        )
+    }
+
+    fn translate(
+        &self,
+        key: &AffinityKey,
+        backend_id: u32,
+        created_ns: u64,
+        last_seen_ns: u64,
+        now_ns: u64,
+    ) -> Option<SyncEntry> {
+        let vip = *self.vips.get(&key.vip_id)?;
+        let &(vip_id, backend) = self.backends.get(&backend_id)?;
+        // An id reused by another VIP's backend is not this client's.
+        if vip_id != key.vip_id {
+            return None;
+        }
+        Some(SyncEntry {
+            vip,
+            client: Ipv4Addr::from(key.client),
+            backend,
+            pinned_ms: clock().wall_ms(created_ns),
+            idle_ms: idle_ms(now_ns, last_seen_ns),
+        })
     }
 }
 
 impl<M: Maps> Lb<M> {
     /// A copy of the id → identity books.
     pub fn identities(&self) -> Identities {
-        todo!()
+        let mut ids = Identities::default();
+        for v in &self.vips {
+            ids.vips.insert(v.id, v.key);
+            for b in &v.backends {
+                ids.backends.insert(b.id, (v.id, b.addr));
+            }
+        }
+        ids
     }
 
     /// Applies entries received from a peer, each by the rule of `resolve`.
-    pub fn apply_remote(&mut self, _entries: &[SyncEntry], _now_ns: u64) -> Result<SyncApplied> {
-        todo!()
+    /// `now_ns` is the data path's clock.
+    pub fn apply_remote(&mut self, entries: &[SyncEntry], now_ns: u64) -> Result<SyncApplied> {
+        let mut out = SyncApplied::default();
+        let clock = clock();
+        let now_s = coarse_secs(now_ns);
+        for e in entries {
+            let Some(vip) = self.vips.iter().find(|v| v.key == e.vip) else {
+                out.unknown_vip += 1;
+                continue;
+            };
+            let Some(remote_be) = vip.backends.iter().find(|b| b.addr == e.backend) else {
+                out.unknown_backend += 1;
+                continue;
+            };
+            let timeout_ns = vip.info.affinity_timeout_ns;
+            let key = AffinityKey {
+                vip_id: vip.id,
+                client: e.client.octets(),
+            };
+            let stored = self.maps.affinity(&key)?;
+            // A local entry counts only if it would send the client
+            // somewhere: live, to an alive backend of this VIP.
+            let local = stored.and_then(|v| {
+                if !v.is_live(now_ns, timeout_ns) {
+                    return None;
+                }
+                let b = vip
+                    .backends
+                    .iter()
+                    .find(|b| b.id == v.backend_id && b.alive())?;
+                Some((v, b.addr))
+            });
+            let remote = Pin {
+                backend: e.backend,
+                pinned_ms: e.pinned_ms,
+            };
+            let local_pin = local.map(|(v, backend)| Pin {
+                backend,
+                pinned_ms: clock.wall_ms(v.created_ns),
+            });
+            let remote_last_seen = now_ns.saturating_sub(u64::from(e.idle_ms) * 1_000_000);
+            match resolve(local_pin, remote, remote_be.alive()) {
+                Resolution::DeadBackend => out.dead_backend += 1,
+                Resolution::KeepLocal => {
+                    let (v, backend) = local.expect("KeepLocal only with a local pin");
+                    out.kept_local.push(SyncEntry {
+                        vip: e.vip,
+                        client: e.client,
+                        backend,
+                        pinned_ms: clock.wall_ms(v.created_ns),
+                        idle_ms: idle_ms(now_ns, v.last_seen_ns),
+                    });
+                }
+                Resolution::Refresh => {
+                    let (v, _) = local.expect("Refresh only with a local pin");
+                    if remote_last_seen > v.last_seen_ns {
+                        self.maps.set_affinity(
+                            key,
+                            AffinityValue {
+                                last_seen_ns: remote_last_seen,
+                                synced_s: now_s,
+                                ..v
+                            },
+                        )?;
+                    }
+                    out.refreshed += 1;
+                }
+                Resolution::Insert => {
+                    if now_ns.saturating_sub(remote_last_seen) >= timeout_ns {
+                        out.expired += 1;
+                        continue;
+                    }
+                    let id = remote_be.id;
+                    self.maps.set_affinity(
+                        key,
+                        AffinityValue {
+                            backend_id: id,
+                            // Announced just now (by the sender): this node
+                            // does not echo it back as a refresh.
+                            synced_s: now_s,
+                            created_ns: clock.mono_ns(e.pinned_ms),
+                            last_seen_ns: remote_last_seen,
+                        },
+                    )?;
+                    out.inserted += 1;
+                }
+            }
+        }
+        Ok(out)
     }
 }
+
+#[cfg(test)]
+#[path = "sync_tests.rs"]
+mod tests;

@@ -177,7 +177,7 @@ impl Lb {
             let client = client_addr(i);
             let value = AffinityValue {
                 backend_id: self.predict(client),
-                _pad: 0,
+                synced_s: 0,
                 created_ns: now,
                 last_seen_ns: now,
             };
