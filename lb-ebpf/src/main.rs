@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode, OwnMac,
-    PIN_BUDGET_WINDOW_NS, SyncEvent, VipInfo, VipStats, coarse_secs, global_counter, proto,
-    select, sync_kind,
+    PIN_BUDGET_WINDOW_NS, SyncEvent, VipInfo, VipStats, coarse_secs, global_counter, proto, select,
+    sync_kind,
 };
 use maps::{
     AFFINITY, BACKEND_STATS, BACKENDS, OWN_MAC, PIN_BUDGET, RING, SYNC, SYNC_EVENTS, VIP_STATS,

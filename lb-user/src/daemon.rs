@@ -414,9 +414,11 @@ impl Daemon {
     /// Frames left to the kernel, by counter name.
     fn passed(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let counts = self.lb.maps().global_stats()?;
+        // Lost sync events are not frames: they are reported with the sync.
         Ok(lb_common::global_counter::NAMES
             .iter()
             .zip(counts)
+            .take(lb_common::global_counter::PASSED.end as usize)
             .map(|(n, c)| ((*n).to_owned(), c))
             .collect())
     }

@@ -82,8 +82,19 @@ pub fn render(
         "Frames left to the kernel, by reason.",
         global
             .iter()
+            .filter(|(n, _)| *n != lost_name())
             .map(|(n, v)| (format!("reason=\"{n}\""), *v as f64)),
     );
+    if let Some((_, lost)) = global.iter().find(|(n, _)| *n == lost_name()) {
+        let name = "sync_events_lost_total";
+        let _ = writeln!(
+            out,
+            "# HELP stickylb_{name} Sync events the XDP program could not write (ring full); \
+             their frames were forwarded."
+        );
+        let _ = writeln!(out, "# TYPE stickylb_{name} counter");
+        let _ = writeln!(out, "stickylb_{name} {lost}");
+    }
     if let Some(c) = counted {
         gauge(
             &mut out,
@@ -112,6 +123,11 @@ fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
     let _ = writeln!(out, "# HELP stickylb_{name} {help}");
     let _ = writeln!(out, "# TYPE stickylb_{name} gauge");
     let _ = writeln!(out, "stickylb_{name} {v}");
+}
+
+/// The global counter that counts lost sync events, not passed frames.
+fn lost_name() -> &'static str {
+    lb_common::global_counter::NAMES[lb_common::global_counter::SYNC_EVENTS_LOST as usize]
 }
 
 /// One metric family: `stickylb_<name>`, one series per (labels, value).
@@ -453,6 +469,18 @@ mod tests {
                 "stickylb_passed_frames_total{reason=\"pass_not_ipv4\"} 31",
                 "stickylb_passed_frames_total{reason=\"pass_not_vip\"} 32",
             ]
+        );
+    }
+
+    #[test]
+    fn lost_sync_events_are_not_passed_frames() {
+        let text = render(&[], &[("pass_not_vip", 3), ("sync_events_lost", 7)], None);
+        assert!(text.contains("stickylb_passed_frames_total{reason=\"pass_not_vip\"} 3"));
+        assert!(!text.contains("reason=\"sync_events_lost\""), "{text}");
+        assert!(text.contains("# TYPE stickylb_sync_events_lost_total counter"));
+        assert!(
+            text.contains("\nstickylb_sync_events_lost_total 7\n"),
+            "{text}"
         );
     }
 

@@ -574,7 +574,10 @@ impl Dataplane {
 
 /// The `SLB_SYNC` entry for `set_sync`.
 fn sync_settings(enabled: bool, refresh: std::time::Duration) -> SyncSettings {
-    let refresh_s = refresh.as_millis().div_ceil(1000).clamp(1, u128::from(u32::MAX)) as u32;
+    let refresh_s = refresh
+        .as_millis()
+        .div_ceil(1000)
+        .clamp(1, u128::from(u32::MAX)) as u32;
     SyncSettings {
         enabled: u32::from(enabled),
         refresh_s,
@@ -591,7 +594,10 @@ mod sync_tests {
     fn refresh_is_whole_seconds_rounded_up_and_never_zero() {
         let s = sync_settings(true, Duration::from_secs(30));
         assert_eq!((s.enabled, s.refresh_s), (1, 30));
-        assert_eq!(sync_settings(true, Duration::from_millis(1500)).refresh_s, 2);
+        assert_eq!(
+            sync_settings(true, Duration::from_millis(1500)).refresh_s,
+            2
+        );
         assert_eq!(sync_settings(false, Duration::ZERO).refresh_s, 1);
         assert_eq!(sync_settings(false, Duration::ZERO).enabled, 0);
         assert_eq!(

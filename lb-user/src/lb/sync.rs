@@ -167,7 +167,12 @@ pub struct Identities {
 impl Identities {
     /// The entry an affinity-table entry stands for, `now_ns` being the data
     /// path's clock (CLOCK_MONOTONIC); `None` for an id not in the books.
-    pub fn entry(&self, key: &AffinityKey, value: &AffinityValue, now_ns: u64) -> Option<SyncEntry> {
+    pub fn entry(
+        &self,
+        key: &AffinityKey,
+        value: &AffinityValue,
+        now_ns: u64,
+    ) -> Option<SyncEntry> {
         self.translate(
             key,
             value.backend_id,

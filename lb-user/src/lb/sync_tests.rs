@@ -58,7 +58,11 @@ fn vip_id(lb: &Lb<FakeMaps>, key: VipKey) -> u32 {
 
 fn backend_id(lb: &Lb<FakeMaps>, key: VipKey, octet: u8) -> u32 {
     let v = lb.vips().iter().find(|v| v.key == key).unwrap();
-    v.backends.iter().find(|b| b.addr == addr(octet)).unwrap().id
+    v.backends
+        .iter()
+        .find(|b| b.addr == addr(octet))
+        .unwrap()
+        .id
 }
 
 fn client(i: u32) -> Ipv4Addr {
@@ -168,7 +172,13 @@ fn a_received_pinned_ms_reads_back_exactly() {
     let boot_ms = c.wall_ms(0);
     let now_ms = c.wall_ms(monotonic_ns());
     // Any ms since this host booted.
-    for ms in [boot_ms + 1, now_ms, now_ms - 1, now_ms + 3, (boot_ms + now_ms) / 2] {
+    for ms in [
+        boot_ms + 1,
+        now_ms,
+        now_ms - 1,
+        now_ms + 3,
+        (boot_ms + now_ms) / 2,
+    ] {
         assert_eq!(c.wall_ms(c.mono_ns(ms)), ms, "{ms}");
     }
     // A local pin's pinned_ms survives a trip through a peer and back.
@@ -385,7 +395,10 @@ fn an_expired_or_dead_local_pin_counts_as_absent() {
     let early = clock().wall_ms(now - 200 * S);
     let got = lb
         .apply_remote(
-            &[entry(client(1), 11, early, 0), entry(client(2), 11, early, 0)],
+            &[
+                entry(client(1), 11, early, 0),
+                entry(client(2), 11, early, 0),
+            ],
             now,
         )
         .unwrap();
