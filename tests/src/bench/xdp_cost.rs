@@ -27,10 +27,11 @@ use std::{
 
 use etherparse::PacketBuilder;
 use lb_common::{
-    AffinityKey, AffinityValue, DEFAULT_AFFINITY_TIMEOUT_NS, DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE,
-    VipInfo, VipKey, VipStats, global_counter, maglev, proto, select,
+    AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, DEFAULT_AFFINITY_TIMEOUT_NS,
+    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, SyncEvent, VipInfo, VipKey, VipStats, global_counter,
+    maglev, proto, select, sync_kind,
 };
-use lb_user::dataplane::{Dataplane, LoadOptions};
+use lb_user::dataplane::{Dataplane, LoadOptions, SyncEvents};
 use serde_json::{Value, json};
 
 use super::{
@@ -52,6 +53,10 @@ pub(super) const VIP_PORT: u16 = 80;
 /// A second VIP on the same address whose affinity timeout is 0.
 const REPICK_PORT: u16 = 81;
 const BACKENDS: u32 = 4;
+/// Runs between two drains of the sync ring while sync is on: as a reader
+/// that drains in batches, so that few events find it waiting (see
+/// `lb_run_sync`).
+const DRAIN_EVERY: u32 = 1000;
 
 /// Error text with its whole source chain.
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
@@ -172,7 +177,16 @@ impl Lb {
     /// Pins the given clients (numbers for `client_addr`) of VIP `vip_id`
     /// to the backends the program would pick, last seen now.
     fn prefill(&mut self, vip_id: u32, clients: impl Iterator<Item = u32>) -> Result<(), String> {
-        let now = monotonic_ns();
+        self.prefill_at(vip_id, clients, monotonic_ns())
+    }
+
+    /// The same, last seen (and pinned) at `now`.
+    fn prefill_at(
+        &mut self,
+        vip_id: u32,
+        clients: impl Iterator<Item = u32>,
+        now: u64,
+    ) -> Result<(), String> {
         for i in clients {
             let client = client_addr(i);
             let value = AffinityValue {
@@ -431,6 +445,73 @@ fn lb_run(lb: &mut Lb) -> impl FnMut(&[u8], u32) -> Result<(u32, Duration), Stri
     }
 }
 
+/// Sync events read back while a row runs, by kind.
+#[derive(Default)]
+struct Seen {
+    by_kind: [u64; 4],
+}
+
+impl Seen {
+    fn of(&self, kind: u32) -> u64 {
+        self.by_kind[kind as usize]
+    }
+
+    fn total(&self) -> u64 {
+        self.by_kind.iter().sum()
+    }
+}
+
+/// Runs stickylb as `lb_run` does, and every `drain_every` runs (outside
+/// the kernel's timing) drains the sync ring, so that it never fills and
+/// every event is written, not lost. The ring wakes its reader when an event
+/// is written to a ring the reader had emptied: with `drain_every` 1 every
+/// event does, which is what a reader that drains as soon as it is woken
+/// costs the data path.
+fn lb_run_sync<'a>(
+    lb: &'a mut Lb,
+    events: &'a mut SyncEvents,
+    seen: &'a mut Seen,
+    drain_every: u32,
+) -> impl FnMut(&[u8], u32) -> Result<(u32, Duration), String> + 'a {
+    let mut buf: Vec<SyncEvent> = Vec::with_capacity(4096);
+    let mut calls = 0u32;
+    move |f: &[u8], n: u32| {
+        let r = lb
+            .dp
+            .test_run_repeat(f, n)
+            .map_err(err("BPF_PROG_TEST_RUN stickylb"))?;
+        calls += 1;
+        if !calls.is_multiple_of(drain_every) {
+            return Ok(r);
+        }
+        drain_into(events, &mut buf, seen);
+        Ok(r)
+    }
+}
+
+/// Reads every waiting sync event, counting them by kind.
+fn drain_into(events: &mut SyncEvents, buf: &mut Vec<SyncEvent>, seen: &mut Seen) {
+    loop {
+        buf.clear();
+        let got = events.drain(buf, 4096);
+        for e in buf.iter() {
+            if let Some(k) = seen.by_kind.get_mut(e.kind as usize) {
+                *k += 1;
+            }
+        }
+        if got < 4096 {
+            break;
+        }
+    }
+}
+
+fn lost_events(lb: &Lb) -> Result<u64, String> {
+    lb.dp
+        .global_stats()
+        .map(|g| g[global_counter::SYNC_EVENTS_LOST as usize])
+        .map_err(err("read global counters"))
+}
+
 fn ref_run(p: &mut RefProgram) -> impl FnMut(&[u8], u32) -> Result<(u32, Duration), String> + '_ {
     move |f: &[u8], n: u32| {
         p.test_run_repeat(f, n)
@@ -582,6 +663,37 @@ fn measure(k: &Knobs) -> Result<(Vec<Row>, Value), String> {
     })?;
     rows.push(r);
 
+    progress("xdp: stickylb, sync on (hit)");
+    let mut events = lb.dp.sync_events().map_err(err("the sync ring's reader"))?;
+    lb.dp
+        .set_sync(true, Duration::from_secs(30))
+        .map_err(err("turn sync on"))?;
+    let s0 = lb.stats(0)?;
+    let mut seen = Seen::default();
+    let mut r = repeated(
+        k,
+        "hit_1_sync",
+        "stickylb: affinity hit, 1 client in table, sync on",
+        &hot_frame,
+        XDP_TX,
+        &mut lb_run_sync(&mut lb, &mut events, &mut seen, DRAIN_EVERY),
+        Some(Floor {
+            frame: &hot_frame,
+            run: &mut ref_run(&mut fwd),
+        }),
+    )?;
+    confirm(&mut r, &lb.stats(0)?.since(&s0), "affinity hits", |d| {
+        d.affinity_hits
+    })?;
+    drain_into(&mut events, &mut Vec::new(), &mut seen);
+    // The hot client's entry is refreshed at most once a second, and
+    // announced at most once per refresh interval: a handful at most.
+    r.checked += &format!("; {} sync events", seen.total());
+    rows.push(r);
+    lb.dp
+        .set_sync(false, Duration::from_secs(30))
+        .map_err(err("turn sync off"))?;
+
     progress("xdp: per-call runs (references, new clients)");
     // New clients: fresh addresses for every call, never seen before.
     let fresh = |run: usize| {
@@ -623,6 +735,136 @@ fn measure(k: &Knobs) -> Result<(Vec<Row>, Value), String> {
         d.new_clients
     })?;
     rows.push(r);
+
+    // The same with sync on: other fresh clients (the table is as full as
+    // for the row above, give or take one run's), each also writing a NEW
+    // event.
+    let fresh_sync = |run: usize| {
+        let base = (1 << 21) + (run * k.calls) as u32;
+        frames_of(base..base + k.calls as u32, VIP_PORT)
+    };
+    let warm_sync = fresh_sync(0);
+    let runs_sync: Vec<Vec<Vec<u8>>> = (1..=k.runs).map(fresh_sync).collect();
+    lb.dp
+        .set_sync(true, Duration::from_secs(30))
+        .map_err(err("turn sync on"))?;
+    let s0 = lb.stats(0)?;
+    let lost0 = lost_events(&lb)?;
+    let mut seen = Seen::default();
+    let mut r = per_call(
+        "new_client_sync_call",
+        "stickylb: new client, sync on (… + NEW event)",
+        &warm_sync,
+        &runs_sync,
+        XDP_TX,
+        &mut lb_run_sync(&mut lb, &mut events, &mut seen, DRAIN_EVERY),
+    )?;
+    confirm(&mut r, &lb.stats(0)?.since(&s0), "new clients", |d| {
+        d.new_clients
+    })?;
+    drain_into(&mut events, &mut Vec::new(), &mut seen);
+    let lost = lost_events(&lb)? - lost0;
+    if seen.of(sync_kind::NEW) != r.packets || lost != 0 {
+        return Err(format!(
+            "new client, sync on: {} NEW events and {lost} lost for {} new clients",
+            seen.of(sync_kind::NEW),
+            r.packets
+        ));
+    }
+    r.checked += &format!("; {} NEW events", count(seen.of(sync_kind::NEW)));
+    rows.push(r);
+
+    // Again, but drained after every call: every event finds the reader
+    // waiting, and wakes it.
+    let fresh_wake = |run: usize| {
+        let base = (5 << 19) + (run * k.calls) as u32;
+        frames_of(base..base + k.calls as u32, VIP_PORT)
+    };
+    let warm_wake = fresh_wake(0);
+    let runs_wake: Vec<Vec<Vec<u8>>> = (1..=k.runs).map(fresh_wake).collect();
+    let s0 = lb.stats(0)?;
+    let mut seen = Seen::default();
+    let mut r = per_call(
+        "new_client_sync_wake_call",
+        "stickylb: new client, sync on, every event wakes the reader",
+        &warm_wake,
+        &runs_wake,
+        XDP_TX,
+        &mut lb_run_sync(&mut lb, &mut events, &mut seen, 1),
+    )?;
+    confirm(&mut r, &lb.stats(0)?.since(&s0), "new clients", |d| {
+        d.new_clients
+    })?;
+    if seen.of(sync_kind::NEW) != r.packets {
+        return Err(format!(
+            "new client, sync on, woken: {} NEW events for {} new clients",
+            seen.of(sync_kind::NEW),
+            r.packets
+        ));
+    }
+    r.checked += &format!("; {} NEW events", count(seen.of(sync_kind::NEW)));
+    rows.push(r);
+    lb.dp
+        .set_sync(false, Duration::from_secs(30))
+        .map_err(err("turn sync off"))?;
+
+    // A hit that refreshes its entry's last-seen time (idle over a second),
+    // sync off and on: on, it also writes a REFRESH event (the entry was
+    // never announced). Each call is another client, prefilled as last seen
+    // two seconds ago; at most once a second per entry in real traffic.
+    progress("xdp: per-call runs (hit with refresh, sync off and on)");
+    let per_set = (k.runs + 1) * k.calls;
+    let stale = monotonic_ns().saturating_sub(2 * AFFINITY_REFRESH_NS);
+    let (off_base, on_base) = (3 << 20, (3 << 20) + per_set as u32);
+    lb.prefill_at(0, off_base..on_base + per_set as u32, stale)?;
+    let set = |base: u32, run: usize| {
+        let from = base + (run * k.calls) as u32;
+        frames_of(from..from + k.calls as u32, VIP_PORT)
+    };
+    for (key, path, base, sync) in [
+        (
+            "refresh_call",
+            "stickylb: affinity hit + last-seen refresh",
+            off_base,
+            false,
+        ),
+        (
+            "refresh_sync_call",
+            "stickylb: affinity hit + last-seen refresh, sync on (… + REFRESH event)",
+            on_base,
+            true,
+        ),
+    ] {
+        let warm = set(base, 0);
+        let runs: Vec<Vec<Vec<u8>>> = (1..=k.runs).map(|r| set(base, r)).collect();
+        lb.dp
+            .set_sync(sync, Duration::from_secs(30))
+            .map_err(err("set sync"))?;
+        let s0 = lb.stats(0)?;
+        let mut seen = Seen::default();
+        let mut r = per_call(
+            key,
+            path,
+            &warm,
+            &runs,
+            XDP_TX,
+            &mut lb_run_sync(&mut lb, &mut events, &mut seen, DRAIN_EVERY),
+        )?;
+        confirm(&mut r, &lb.stats(0)?.since(&s0), "affinity hits", |d| {
+            d.affinity_hits
+        })?;
+        drain_into(&mut events, &mut Vec::new(), &mut seen);
+        let want = if sync { r.packets } else { 0 };
+        if seen.of(sync_kind::REFRESH) != want || seen.total() != want {
+            return Err(format!(
+                "{path}: {} REFRESH events of {} sync events, want {want}",
+                seen.of(sync_kind::REFRESH),
+                seen.total()
+            ));
+        }
+        r.checked += &format!("; {} REFRESH events", count(want));
+        rows.push(r);
+    }
     drop(lb);
 
     // Pre-filled tables: a hot client (repeat) and a rotation over many
@@ -699,6 +941,11 @@ fn short_label(key: &str, big: &str) -> String {
         "hit_1" => "hit, 1 client".into(),
         "repick" => "re-pick every packet".into(),
         "new_client_call" => "new client".into(),
+        "hit_1_sync" => "hit, 1 client, sync on".into(),
+        "new_client_sync_call" => "new client, sync on".into(),
+        "new_client_sync_wake_call" => "new client, sync on, wakes".into(),
+        "refresh_call" => "hit + refresh".into(),
+        "refresh_sync_call" => "hit + refresh, sync on".into(),
         "hit_1k" => "hit, 1k clients, same".into(),
         "hit_1k_call" => "hit, 1k clients, random".into(),
         "hit_big" => format!("hit, {big} clients, same"),
@@ -827,6 +1074,15 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let fc = floor(Method::PerCall)?;
     let pc = pass_floor(Method::PerCall)?;
     let big = find("hit_big_call")?;
+    let hit_sync_row = rows
+        .iter()
+        .find(|r| r.key == "hit_1_sync")
+        .ok_or("no row hit_1_sync")?;
+    let hit_sync = hit_sync_row.ns();
+    let new_sync = find("new_client_sync_call")?;
+    let new_wake = find("new_client_sync_wake_call")?;
+    let refresh = find("refresh_call")?;
+    let refresh_sync = find("refresh_sync_call")?;
     let headlines = vec![
         format!(
             "XDP cost: stickylb affinity hit {} ns/packet = {:.2}× the floor forwarder (median of \
@@ -848,6 +1104,25 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
              {:.1}× the floor forwarder timed the same way",
             plot::fmt_num(big),
             big / fc
+        ),
+        format!(
+            "XDP cost of sync: new client {:+.1} ns ({} → {} ns per call, the NEW event; \
+             {:+.0} ns when the event wakes a waiting reader); \
+             affinity hit {:+.1} ns ({} → {} ns/packet, {:.2}× → {:.2}× the floor forwarder); \
+             a hit that refreshes its entry (at most once a second per client) {:+.1} ns \
+             ({} → {} ns per call, the REFRESH event)",
+            new_sync - new,
+            plot::fmt_num(new),
+            plot::fmt_num(new_sync),
+            new_wake - new,
+            hit_sync - hit,
+            plot::fmt_num(hit),
+            plot::fmt_num(hit_sync),
+            hit_ratio,
+            hit_sync_row.paired_ratio().unwrap_or(hit_sync / f),
+            refresh_sync - refresh,
+            plot::fmt_num(refresh),
+            plot::fmt_num(refresh_sync)
         ),
     ];
 
@@ -882,12 +1157,24 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          call sends a client drawn at random from it, so the lookup walks cold memory the way it \
          does with many clients. The program refreshes an entry's last-seen time at most once a \
          second per client; in the {bl} rotation nearly every packet makes that write, as it \
-         would with that many clients each sending less than once a second.",
+         would with that many clients each sending less than once a second.\n\n\
+         *Sync on*: the same paths with the program's sync events on (`Dataplane::set_sync`, \
+         refresh interval 30 s), the ring drained every {drain} calls, outside the kernel's \
+         timing, as a reader that drains in batches would, so that no event is lost (each row \
+         checks the events it read: one NEW per new client, one REFRESH per refreshing hit, \
+         none lost). *Every event wakes the reader*: drained after every call, so that every \
+         event is written to an empty ring and wakes the reader (the kernel's irq_work, a \
+         self-interrupt, inside the timed run): the cost of a reader that waits again as soon \
+         as it has drained. *Hit + refresh*: every call is \
+         another client of a set pre-filled as last seen two seconds ago, so that each packet \
+         takes the coarse refresh (the write of its last-seen time), and with sync on also \
+         announces the entry (never announced before).",
         cap = k.capacity,
         tsize = DEFAULT_TABLE_SIZE,
         rep = count(u64::from(k.repeat)),
         runs = k.runs,
         calls = count(k.calls as u64),
+        drain = count(u64::from(DRAIN_EVERY)),
     );
 
     Ok(Section {
