@@ -100,6 +100,11 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the reader of {} was taken already (one per loaded program)",
+        map_names::SYNC_EVENTS
+    )]
+    SyncEventsTaken,
     #[error("BPF_PROG_TEST_RUN failed")]
     TestRun(#[source] Box<ProgramError>),
 }
@@ -171,6 +176,8 @@ pub struct Dataplane {
     global_stats: PerCpuArray<MapData, u64>,
     own_mac: Array<MapData, OwnMac>,
     sync: Array<MapData, SyncSettings>,
+    /// The sync ring's reader until `sync_events` hands it out.
+    sync_events: Option<RingBuf<MapData>>,
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -544,14 +551,10 @@ impl Dataplane {
     /// Takes the ring buffer's reader (once per loaded program; a second
     /// call is an error).
     pub fn sync_events(&mut self) -> Result<SyncEvents> {
-        let map = self
-            .ebpf
-            .take_map(map_names::SYNC_EVENTS)
-            .ok_or(DataplaneError::MissingMap(map_names::SYNC_EVENTS))?;
-        let ring = RingBuf::try_from(map).map_err(|e| DataplaneError::MapType {
-            name: map_names::SYNC_EVENTS,
-            source: Box::new(e),
-        })?;
+        let ring = self
+            .sync_events
+            .take()
+            .ok_or(DataplaneError::SyncEventsTaken)?;
         Ok(SyncEvents { ring })
     }
 
