@@ -7,6 +7,10 @@
 //! the MACs) → `XDP_TX`. Anything that is not a VIP's TCP/UDP traffic is
 //! passed to the kernel untouched.
 //!
+//! While the daemon has sync on (`SLB_SYNC`), every pin and re-pin, and at
+//! most every refresh interval a busy pin, is also written to
+//! `SLB_SYNC_EVENTS` for the daemon to send to its peers.
+//!
 //! A client is pinned (given an affinity entry) only by a frame that a
 //! spoofed source cannot cheaply send in bulk: a TCP client by the first
 //! segment after its SYN, a UDP client within the VIP's per-CPU budget of
