@@ -265,6 +265,7 @@ mod tests {
             clients_counted: None,
             vips,
             local_errors: Default::default(),
+            sync: None,
         }
     }
 
