@@ -63,7 +63,10 @@ pub(super) struct RawSync {
     flush_interval: Duration,
     #[serde(default = "default_refresh", deserialize_with = "raw::de_duration")]
     refresh_interval: Duration,
-    #[serde(default = "default_join_timeout", deserialize_with = "raw::de_duration")]
+    #[serde(
+        default = "default_join_timeout",
+        deserialize_with = "raw::de_duration"
+    )]
     join_timeout: Duration,
 }
 
@@ -111,7 +114,10 @@ impl Config {
     pub(super) fn validate_sync(&self, out: &mut Problems) {
         let Some(s) = &self.sync else { return };
         if s.listen.port() == 0 {
-            out.push("sync.listen", "port 0: give the port peers connect to, e.g. \"10.0.0.1:7946\"");
+            out.push(
+                "sync.listen",
+                "port 0: give the port peers connect to, e.g. \"10.0.0.1:7946\"",
+            );
         }
         for (i, p) in s.peers.iter().enumerate() {
             if *p == s.listen {
@@ -136,7 +142,10 @@ impl Config {
             );
         }
         if s.max_rate == 0 {
-            out.push("sync.max_rate", "0 would send nothing: give entries per second, e.g. 100000");
+            out.push(
+                "sync.max_rate",
+                "0 would send nothing: give entries per second, e.g. 100000",
+            );
         }
         if s.max_queue == 0 || s.max_queue > MAX_QUEUE {
             out.push(
@@ -147,7 +156,10 @@ impl Config {
         if s.batch == 0 || s.batch as usize > MAX_ENTRIES_PER_FRAME {
             out.push(
                 "sync.batch",
-                format!("{} is out of range: 1 to {MAX_ENTRIES_PER_FRAME} (one frame)", s.batch),
+                format!(
+                    "{} is out of range: 1 to {MAX_ENTRIES_PER_FRAME} (one frame)",
+                    s.batch
+                ),
             );
         }
         if s.flush_interval.is_zero() || s.flush_interval > MAX_FLUSH {
@@ -163,7 +175,10 @@ impl Config {
             );
         }
         if s.join_timeout.is_zero() || s.join_timeout > MAX_JOIN_TIMEOUT {
-            out.push("sync.join_timeout", "is out of range: above 0 and at most 10m");
+            out.push(
+                "sync.join_timeout",
+                "is out of range: above 0 and at most 10m",
+            );
         }
         for (i, vip) in self.vips.iter().enumerate() {
             if s.refresh_interval >= vip.affinity_timeout {
@@ -205,7 +220,11 @@ fn how_to_make(path: &Path) -> String {
 /// (a trailing newline excluded), whatever their encoding.
 pub fn load_key(path: &Path) -> Result<Key, String> {
     let meta = std::fs::metadata(path).map_err(|e| {
-        format!("cannot read {} ({e}): {}", path.display(), how_to_make(path))
+        format!(
+            "cannot read {} ({e}): {}",
+            path.display(),
+            how_to_make(path)
+        )
     })?;
     if !meta.is_file() {
         return Err(format!("{} is not a file", path.display()));
@@ -230,7 +249,8 @@ pub fn load_key(path: &Path) -> Result<Key, String> {
             path.display()
         ));
     }
-    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {} ({e})", path.display()))?;
+    let mut bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {} ({e})", path.display()))?;
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
     }
@@ -266,7 +286,9 @@ mod tests {
 
     #[test]
     fn defaults_are_filled_in() {
-        let c = parse(&with_sync("listen = \"10.0.0.1:7946\"\npeers = [\"10.0.0.2:7946\"]"));
+        let c = parse(&with_sync(
+            "listen = \"10.0.0.1:7946\"\npeers = [\"10.0.0.2:7946\"]",
+        ));
         let s = c.sync.unwrap();
         assert_eq!(s.listen, "10.0.0.1:7946".parse().unwrap());
         assert_eq!(s.peers, vec!["10.0.0.2:7946".parse().unwrap()]);
@@ -293,7 +315,10 @@ mod tests {
             "listen = \"10.0.0.1:7946\"\npeers = [\"10.0.0.2:7946\", \"10.0.0.2:7946\", \"10.0.0.1:7946\"]",
         ));
         assert_eq!(p.len(), 2, "{p:#?}");
-        assert!(p[0].starts_with("sync.peers: ") && p[0].contains("twice"), "{p:?}");
+        assert!(
+            p[0].starts_with("sync.peers: ") && p[0].contains("twice"),
+            "{p:?}"
+        );
         assert!(p[1].contains("own listen address"), "{p:?}");
     }
 
@@ -325,7 +350,11 @@ mod tests {
             "affinity_timeout = \"20s\"",
             "\n[sync]\nkey_file = \"/k\"\nlisten = \"10.0.0.1:7946\"",
         );
-        assert_only_problem(&text, "sync.refresh_interval", "affinity_timeout of vip #1");
+        assert_only_problem(
+            &text,
+            "sync.refresh_interval",
+            "affinity_timeout of vip \"web\"",
+        );
     }
 
     #[test]
@@ -335,14 +364,20 @@ mod tests {
         std::fs::write(&path, "short\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = load_key(&path).unwrap_err();
-        assert!(e.contains("holds 5 bytes") && e.contains("head -c 32 /dev/urandom"), "{e}");
+        assert!(
+            e.contains("holds 5 bytes") && e.contains("head -c 32 /dev/urandom"),
+            "{e}"
+        );
 
         std::fs::write(&path, format!("{}\n", "k".repeat(44))).unwrap();
         assert!(load_key(&path).is_ok());
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = load_key(&path).unwrap_err();
-        assert!(e.contains("group or others") && e.contains("chmod 600"), "{e}");
+        assert!(
+            e.contains("group or others") && e.contains("chmod 600"),
+            "{e}"
+        );
 
         let e = load_key(&dir.0.join("missing")).unwrap_err();
         assert!(e.contains("head -c 32 /dev/urandom"), "{e}");

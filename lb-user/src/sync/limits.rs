@@ -174,6 +174,10 @@ mod tests {
         }
         assert!((9_900..=10_000).contains(&sent), "{sent}");
         let t2 = t + Duration::from_secs(60);
-        assert_eq!(b.take(usize::MAX, t2), 100, "idle time saves one burst only");
+        assert_eq!(
+            b.take(usize::MAX, t2),
+            100,
+            "idle time saves one burst only"
+        );
     }
 }

@@ -234,7 +234,10 @@ impl Cluster {
         inbound: mpsc::Sender<Inbound>,
     ) -> io::Result<Self> {
         let listener = TcpListener::bind(s.listen).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen for sync peers on {}: {e}", s.listen))
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen for sync peers on {}: {e}", s.listen),
+            )
         })?;
         let local = listener.local_addr()?;
         let now = Instant::now();
@@ -382,10 +385,7 @@ impl Cluster {
     ) -> io::Result<()> {
         // SAFETY: `EventReader`'s contract: its fd stays open and the same.
         let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                reader,
-                tokio::io::Interest::READABLE,
-            )
+            tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
         }?;
         self.tasks
             .push(tokio::spawn(events(self.shared.clone(), fd, ids)));

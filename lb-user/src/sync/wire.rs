@@ -244,10 +244,7 @@ pub fn session_keys(key: &Key, client: &Hello, server: &Hello) -> (Sealer, Opene
     );
     let c2s = mac_of(&session, &[b"client to server"]);
     let s2c = mac_of(&session, &[b"server to client"]);
-    (
-        Sealer { key: c2s, seq: 0 },
-        Opener { key: s2c, seq: 0 },
-    )
+    (Sealer { key: c2s, seq: 0 }, Opener { key: s2c, seq: 0 })
 }
 
 /// The same keys as the server sees them: it seals what the client opens.
@@ -270,11 +267,17 @@ pub fn session_keys_server(key: &Key, client: &Hello, server: &Hello) -> (Sealer
 pub enum Message {
     /// New or changed pins; `sent_ms`: the sender's clock when it sent them
     /// (for the receiver's lag estimate, see `lag_ms`).
-    Batch { sent_ms: u64, entries: Vec<SyncEntry> },
+    Batch {
+        sent_ms: u64,
+        entries: Vec<SyncEntry>,
+    },
     /// Asks for the whole table.
     SnapshotRequest,
     /// A part of the table.
-    SnapshotChunk { sent_ms: u64, entries: Vec<SyncEntry> },
+    SnapshotChunk {
+        sent_ms: u64,
+        entries: Vec<SyncEntry>,
+    },
     /// The table has been sent: `total` entries.
     SnapshotEnd { total: u64 },
 }
@@ -453,4 +456,247 @@ pub fn decode_entry(b: &[u8; ENTRY_LEN]) -> Result<SyncEntry, Reject> {
 /// wall clocks, so any skew between them adds to it (0 when negative).
 pub fn lag_ms(now_ms: u64, sent_ms: u64, e: &SyncEntry) -> u64 {
     now_ms.saturating_sub(sent_ms.saturating_sub(u64::from(e.idle_ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> Key {
+        Key::new(vec![b; 32]).unwrap()
+    }
+
+    fn entry(i: u32) -> SyncEntry {
+        SyncEntry {
+            vip: VipKey::new(Ipv4Addr::new(192, 0, 2, 10), 443, lb_common::proto::UDP),
+            client: Ipv4Addr::from(0x0a00_0000 + i),
+            backend: SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 2), 8443),
+            pinned_ms: 0x0102_0304_0506_0708,
+            idle_ms: 0x0a0b_0c0d,
+        }
+    }
+
+    fn hellos() -> (Hello, Hello) {
+        (
+            Hello::new("10.0.0.1:7946".parse().unwrap()).unwrap(),
+            Hello::new("10.0.0.2:7946".parse().unwrap()).unwrap(),
+        )
+    }
+
+    /// Both ends of one connection: (client's sealer, server's opener) and
+    /// the other direction.
+    fn session(k: &Key, c: &Hello, s: &Hello) -> ((Sealer, Opener), (Sealer, Opener)) {
+        (session_keys(k, c, s), session_keys_server(k, c, s))
+    }
+
+    fn body(frame: &[u8]) -> &[u8] {
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        &frame[4..]
+    }
+
+    #[test]
+    fn an_entry_is_fixed_width_big_endian() {
+        let b = encode_entry(&entry(1));
+        assert_eq!(
+            b,
+            [
+                192, 0, 2, 10, 0x01, 0xbb, 17, 10, 0, 0, 1, 10, 1, 0, 2, 0x20, 0xfb, 1, 2, 3, 4, 5,
+                6, 7, 8, 0x0a, 0x0b, 0x0c, 0x0d
+            ]
+        );
+        assert_eq!(decode_entry(&b), Ok(entry(1)));
+        let mut bad = b;
+        bad[6] = 1;
+        assert_eq!(decode_entry(&bad), Err(Reject::Malformed), "not TCP or UDP");
+    }
+
+    #[test]
+    fn every_message_goes_through_both_directions() {
+        let k = key(7);
+        let (c, s) = hellos();
+        let ((mut c_seal, mut c_open), (mut s_seal, mut s_open)) = session(&k, &c, &s);
+        let msgs = [
+            Message::Batch {
+                sent_ms: 99,
+                entries: (0..MAX_ENTRIES_PER_FRAME as u32).map(entry).collect(),
+            },
+            Message::SnapshotRequest,
+            Message::SnapshotChunk {
+                sent_ms: 1,
+                entries: vec![entry(3)],
+            },
+            Message::SnapshotEnd { total: 12345 },
+            Message::Batch {
+                sent_ms: 5,
+                entries: vec![],
+            },
+        ];
+        for m in &msgs {
+            let f = c_seal.seal(m);
+            assert!(f.len() - 4 <= MAX_FRAME);
+            assert_eq!(s_open.open(body(&f)).as_ref(), Ok(m));
+            let f = s_seal.seal(m);
+            assert_eq!(c_open.open(body(&f)).as_ref(), Ok(m));
+        }
+    }
+
+    #[test]
+    fn the_handshake_needs_the_key_and_the_right_role() {
+        let (c, s) = hellos();
+        let good = proof(&key(1), Role::Server, &c, &s);
+        assert_eq!(check_proof(&key(1), Role::Server, &c, &s, &good), Ok(()));
+        assert_eq!(
+            check_proof(&key(2), Role::Server, &c, &s, &good),
+            Err(Reject::Handshake),
+            "another key"
+        );
+        assert_eq!(
+            check_proof(&key(1), Role::Client, &c, &s, &good),
+            Err(Reject::Handshake),
+            "the server's proof played back as the client's"
+        );
+        let (c2, _) = hellos();
+        assert_eq!(
+            check_proof(&key(1), Role::Server, &c2, &s, &good),
+            Err(Reject::Handshake),
+            "a proof from another connection (other nonce)"
+        );
+        assert_eq!(
+            check_proof(&key(1), Role::Server, &c, &s, &good[..31]),
+            Err(Reject::Handshake),
+            "a cut proof"
+        );
+    }
+
+    #[test]
+    fn hellos_round_trip_and_refuse_strangers_and_other_versions() {
+        let (c, _) = hellos();
+        let b = c.encode();
+        assert_eq!(Hello::decode(&b), Ok(c));
+        let mut v = b;
+        v[4] = VERSION + 1;
+        assert_eq!(Hello::decode(&v), Err(Reject::Version));
+        let mut m = b;
+        m[0] = b'G';
+        assert_eq!(Hello::decode(&m), Err(Reject::Magic));
+        assert_ne!(hellos().0.nonce, c.nonce, "every hello has its own nonce");
+    }
+
+    #[test]
+    fn a_forged_or_altered_frame_is_refused() {
+        let (c, s) = hellos();
+        let ((mut seal, _), (_, mut open)) = session(&key(1), &c, &s);
+        let f = seal.seal(&Message::Batch {
+            sent_ms: 1,
+            entries: vec![entry(1)],
+        });
+        for at in [5, 20, f.len() - 1] {
+            let mut bad = f.clone();
+            bad[at] ^= 1;
+            assert_eq!(open.open(body(&bad)), Err(Reject::FrameMac), "byte {at}");
+        }
+        // A frame made with the right layout but the wrong key.
+        let ((mut forger, _), _) = session(&key(2), &c, &s);
+        let forged = forger.seal(&Message::SnapshotRequest);
+        assert_eq!(open.open(body(&forged)), Err(Reject::FrameMac));
+        assert!(open.open(body(&f)).is_ok(), "the genuine one still opens");
+    }
+
+    #[test]
+    fn a_replayed_or_reordered_frame_is_refused() {
+        let (c, s) = hellos();
+        let ((mut seal, _), (_, mut open)) = session(&key(1), &c, &s);
+        let f0 = seal.seal(&Message::SnapshotRequest);
+        let f1 = seal.seal(&Message::SnapshotEnd { total: 1 });
+        assert_eq!(open.open(body(&f1)), Err(Reject::Sequence), "reordered");
+        assert!(open.open(body(&f0)).is_ok());
+        assert_eq!(open.open(body(&f0)), Err(Reject::Sequence), "replayed");
+        assert!(open.open(body(&f1)).is_ok());
+    }
+
+    #[test]
+    fn a_frame_from_another_session_or_reflected_is_refused() {
+        let k = key(1);
+        let (c, s) = hellos();
+        let ((mut seal_a, mut open_a_client), _) = session(&k, &c, &s);
+        let (c2, s2) = hellos();
+        let (_, (_, mut open_b)) = session(&k, &c2, &s2);
+        let f = seal_a.seal(&Message::SnapshotRequest);
+        assert_eq!(open_b.open(body(&f)), Err(Reject::FrameMac), "spliced");
+        assert_eq!(
+            open_a_client.open(body(&f)),
+            Err(Reject::FrameMac),
+            "reflected back at its sender"
+        );
+    }
+
+    #[test]
+    fn oversize_truncated_and_malformed_frames_are_refused() {
+        assert_eq!(
+            frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()),
+            Err(Reject::Oversize)
+        );
+        assert_eq!(frame_len(u32::MAX.to_be_bytes()), Err(Reject::Oversize));
+        assert_eq!(frame_len(3u32.to_be_bytes()), Err(Reject::Truncated));
+        let (c, s) = hellos();
+        let ((mut seal, _), (_, mut open)) = session(&k1(), &c, &s);
+        assert_eq!(open.open(&[0; 20]), Err(Reject::Truncated));
+        assert_eq!(open.open(&vec![0; MAX_FRAME + 1]), Err(Reject::Oversize));
+        let f = seal.seal(&Message::SnapshotEnd { total: 1 });
+        assert_eq!(
+            open.open(&body(&f)[..f.len() - 5]),
+            Err(Reject::FrameMac),
+            "cut short"
+        );
+        // Authenticated but wrong inside: a count that does not match, an
+        // unknown type, another version.
+        // The next frame the opener expects, signed with the session's key.
+        let mut raw = Sealer {
+            key: seal.key,
+            seq: open.seq,
+        };
+        let signed = |raw: &mut Sealer, version: u8, kind: u8, payload: &[u8]| {
+            let mut b = vec![version, kind];
+            b.extend_from_slice(&raw.seq.to_be_bytes());
+            raw.seq += 1;
+            b.extend_from_slice(payload);
+            let tag = mac_of(&raw.key, &[&b]);
+            b.extend_from_slice(&tag);
+            b
+        };
+        let mut p = 2u16.to_be_bytes().to_vec();
+        p.extend_from_slice(&0u64.to_be_bytes());
+        p.extend_from_slice(&encode_entry(&entry(1)));
+        let mut open2 = Opener {
+            key: open.key,
+            seq: open.seq,
+        };
+        assert_eq!(
+            open2.open(&signed(&mut raw, VERSION, kind::BATCH, &p)),
+            Err(Reject::Malformed)
+        );
+        assert_eq!(
+            open2.open(&signed(&mut raw, VERSION, 99, &[])),
+            Err(Reject::Malformed)
+        );
+        assert_eq!(
+            open2.open(&signed(&mut raw, VERSION + 1, kind::SNAPSHOT_REQUEST, &[])),
+            Err(Reject::Version)
+        );
+    }
+
+    fn k1() -> Key {
+        key(1)
+    }
+
+    #[test]
+    fn lag_is_from_the_senders_last_sight_of_the_client() {
+        let e = SyncEntry {
+            idle_ms: 30,
+            ..entry(1)
+        };
+        assert_eq!(lag_ms(1_000_100, 1_000_050, &e), 80);
+        assert_eq!(lag_ms(10, 1_000, &e), 0, "a clock behind: no negative lag");
+    }
 }
