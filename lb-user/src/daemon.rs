@@ -354,7 +354,7 @@ impl Daemon {
                     clients_counted: counts.as_deref().map(Counts::report),
                     vips: self.vip_status(counts.as_deref())?,
                     local_errors: self.local_errors(),
-                    sync: self.sync.as_ref().map(|s| s.cluster.status()),
+                    sync: self.sync_status(),
                 })
             }
             Request::Lookup { client, vip } => {
@@ -448,8 +448,8 @@ impl Daemon {
         let counted = clients.as_deref().map(Counts::report);
         let mut text = metrics::render(&vips, &global, counted.as_ref());
         metrics::render_local_errors(&mut text, &self.local_errors());
-        if let Some(s) = &self.sync {
-            metrics::render_sync(&mut text, &s.cluster.status());
+        if let Some(s) = self.sync_status() {
+            metrics::render_sync(&mut text, &s);
         }
         text
     }
@@ -890,6 +890,13 @@ impl Daemon {
     /// peers are configured). The announcer gates on it; the sync sets it.
     fn cluster_ready(&self) -> bool {
         self.sync.as_ref().is_none_or(|s| s.cluster.ready())
+    }
+
+    /// The sync's status, `ready` being the gate the announcer reads.
+    fn sync_status(&self) -> Option<crate::api::SyncStatus> {
+        let mut status = self.sync.as_ref()?.cluster.status();
+        status.ready = self.cluster_ready();
+        Some(status)
     }
 }
 
