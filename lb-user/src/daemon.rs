@@ -925,6 +925,7 @@ async fn serve(
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(1));
     info!("control socket {}", d.cfg.control_socket.display());
     loop {
+        d.allow_sync_pull_when_warm();
         tokio::select! {
             Some(ev) = health_rx.recv() => d.on_health(ev),
             Some((req, reply)) = ctl_rx.recv() => {

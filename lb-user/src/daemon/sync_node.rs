@@ -30,6 +30,8 @@ pub(super) struct NodeSync {
     /// The id epoch the transport's identities were taken in.
     epoch: u64,
     apply_errors: Every,
+    /// The transport was told it may pull a peer's table.
+    pull_allowed: bool,
 }
 
 /// Starts the sync of `cfg`: the data path's events on first (so that
@@ -68,6 +70,7 @@ pub(super) async fn start(
             ids,
             epoch,
             apply_errors: Every::new(std::time::Duration::from_secs(10)),
+            pull_allowed: false,
         },
         rx,
     ))
@@ -140,6 +143,17 @@ impl Daemon {
                 }
             },
             Inbound::SnapshotEnd { peer, total } => s.cluster.snapshot_applied(peer, total),
+        }
+    }
+
+    /// Lets the transport pull a peer's table once no VIP is warming up:
+    /// before, this node does not know which backends are alive, and would
+    /// refuse every entry for a backend it has not seen pass a check yet.
+    pub(super) fn allow_sync_pull_when_warm(&mut self) {
+        let Some(s) = &mut self.sync else { return };
+        if !s.pull_allowed && self.lb.warm_up_deadline().is_none() {
+            s.pull_allowed = true;
+            s.cluster.allow_pull();
         }
     }
 

@@ -189,7 +189,9 @@ struct Join {
     joined_from: Option<usize>,
     /// The peer whose table is being pulled, and when it last sent a part.
     pulling: Option<(usize, Instant)>,
-    deadline_passed: bool,
+    /// The daemon knows its backends' health (no VIP warming up): a table
+    /// pulled before would find every backend dead and apply nothing.
+    pull_allowed: bool,
 }
 
 struct Shared {
@@ -208,6 +210,8 @@ struct Shared {
     inbound: mpsc::Sender<Inbound>,
     snapshot: Arc<dyn Snapshot>,
     handshakes: Arc<Semaphore>,
+    /// Wakes the join timer once pulling is allowed.
+    pull_gate: Notify,
 }
 
 /// The running transport; its tasks end when it is dropped.
@@ -282,6 +286,7 @@ impl Cluster {
             inbound,
             snapshot,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            pull_gate: Notify::new(),
         });
         let mut tasks = vec![tokio::spawn(accept(shared.clone(), listener))];
         for i in 0..shared.peers.len() {
@@ -318,6 +323,17 @@ impl Cluster {
     /// peer answered within the join timeout, or it has no peers.
     pub fn ready(&self) -> bool {
         lock(&self.shared.join).ready
+    }
+
+    /// Lets the join begin: call once this node knows its backends' health
+    /// (a pulled entry whose backend is not alive here is not applied). The
+    /// join timeout runs from here.
+    pub fn allow_pull(&self) {
+        let mut j = lock(&self.shared.join);
+        if !j.pull_allowed {
+            j.pull_allowed = true;
+            self.shared.pull_gate.notify_one();
+        }
     }
 
     /// Queues this node's own new or changed pins for every peer.
@@ -495,7 +511,7 @@ impl Shared {
     /// Whether this connection to `peer` is to ask for its table now.
     fn claim_pull(&self, peer: usize) -> bool {
         let mut j = lock(&self.join);
-        if j.ready || j.pulling.is_some() {
+        if j.ready || !j.pull_allowed || j.pulling.is_some() {
             return false;
         }
         j.pulling = Some((peer, Instant::now()));
@@ -539,6 +555,7 @@ fn describe(why: Reject) -> &'static str {
 /// Ends the join when the timeout passes with no table in sight: no pull
 /// under way, or one that has sent nothing for a whole timeout.
 async fn join_deadline(sh: Arc<Shared>) {
+    sh.pull_gate.notified().await;
     tokio::time::sleep(sh.join_timeout).await;
     loop {
         {
@@ -546,7 +563,6 @@ async fn join_deadline(sh: Arc<Shared>) {
             if j.ready {
                 return;
             }
-            j.deadline_passed = true;
             let stalled = j
                 .pulling
                 .is_none_or(|(_, at)| at.elapsed() >= sh.join_timeout);

@@ -107,12 +107,24 @@ async fn node(s: Settings, table: Table) -> Node {
     node_with(s, table, |_| {}).await
 }
 
+/// A node whose daemon does not know its backends' health yet.
+async fn node_not_pulling(s: Settings, table: Table) -> (Arc<Cluster>, Table) {
+    let (tx, rx) = mpsc::channel(INBOUND_DEPTH);
+    let cluster = Cluster::start(s, Arc::new(FakeSnapshot(table.clone())), tx)
+        .await
+        .unwrap();
+    // Nothing is applied: the test looks only at the join.
+    std::mem::forget(rx);
+    (Arc::new(cluster), table)
+}
+
 async fn node_with(s: Settings, table: Table, before: impl FnOnce(&mut Cluster)) -> Node {
     let (tx, mut rx) = mpsc::channel(INBOUND_DEPTH);
     let mut cluster = Cluster::start(s, Arc::new(FakeSnapshot(table.clone())), tx)
         .await
         .unwrap();
     before(&mut cluster);
+    cluster.allow_pull();
     let cluster = Arc::new(cluster);
     let (c, t) = (cluster.clone(), table.clone());
     let main = tokio::spawn(async move {
@@ -241,6 +253,34 @@ async fn two_nodes_join_exchange_and_converge() {
         sa.rejected.is_empty() && sb.rejected.is_empty(),
         "{sa:?} {sb:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_waits_until_the_daemon_allows_the_pull() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(
+        settings(a_addr, &[b_addr], SECRET),
+        table_of([entry(1, 80, 1)]),
+    )
+    .await;
+    let (b, _) = node_not_pulling(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    until("B connected", Duration::from_secs(5), || {
+        b.status().peers[0].state == PeerState::Up
+    })
+    .await;
+    // Longer than the join timeout: it runs from the pull being allowed.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !b.ready(),
+        "B must not join (or give up) before it may pull"
+    );
+    assert_eq!(b.status().peers[0].received, 0, "nothing pulled yet");
+    b.allow_pull();
+    until("B pulled", Duration::from_secs(5), || {
+        b.status().peers[0].received == 1
+    })
+    .await;
+    drop(a);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
