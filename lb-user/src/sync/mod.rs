@@ -66,6 +66,11 @@ const EVENT_BURST: usize = 4096;
 /// stops reading from the peers (TCP pushes back) instead of growing.
 pub const INBOUND_DEPTH: usize = 64;
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// A connection with nothing to send sends an empty batch this often...
+pub const KEEPALIVE: Duration = Duration::from_secs(2);
+/// ...so that one with nothing received for this long has lost its peer (a
+/// cut link or a frozen host close nothing).
+pub const DEAD_AFTER: Duration = Duration::from_secs(10);
 
 /// What the transport runs with: `[sync]` and its key.
 #[derive(Clone, Debug)]
@@ -78,6 +83,9 @@ pub struct Settings {
     pub batch: usize,
     pub flush: Duration,
     pub join_timeout: Duration,
+    /// `KEEPALIVE` and `DEAD_AFTER` (shorter in tests).
+    pub keepalive: Duration,
+    pub dead_after: Duration,
 }
 
 impl Settings {
@@ -91,6 +99,8 @@ impl Settings {
             batch: (c.batch as usize).clamp(1, wire::MAX_ENTRIES_PER_FRAME),
             flush: c.flush_interval,
             join_timeout: c.join_timeout,
+            keepalive: KEEPALIVE,
+            dead_after: DEAD_AFTER,
         }
     }
 }
@@ -201,6 +211,8 @@ struct Shared {
     batch: usize,
     flush: Duration,
     join_timeout: Duration,
+    keepalive: Duration,
+    dead_after: Duration,
     peers: Vec<Peer>,
     join: Mutex<Join>,
     rejected: Mutex<BTreeMap<Reject, u64>>,
@@ -274,6 +286,8 @@ impl Cluster {
             batch: s.batch,
             flush: s.flush,
             join_timeout: s.join_timeout,
+            keepalive: s.keepalive,
+            dead_after: s.dead_after,
             peers,
             join: Mutex::new(Join {
                 ready: alone,
@@ -689,16 +703,24 @@ async fn read_message(rd: &mut OwnedReadHalf, open: &mut Opener) -> Result<Messa
 }
 
 async fn write_frames(
+    keepalive: Duration,
     mut wr: OwnedWriteHalf,
     mut seal: Sealer,
     mut rx: mpsc::Receiver<Message>,
 ) -> ConnError {
-    while let Some(m) = rx.recv().await {
+    loop {
+        let m = match tokio::time::timeout(keepalive, rx.recv()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return ConnError::Stopped,
+            Err(_) => Message::Batch {
+                sent_ms: wall_ms(),
+                entries: Vec::new(),
+            },
+        };
         if let Err(e) = wr.write_all(&seal.seal(&m)).await {
             return e.into();
         }
     }
-    ConnError::Stopped
 }
 
 /// One authenticated connection with `peer`, until it fails. Either side
@@ -714,13 +736,15 @@ async fn run_conn(
 ) -> ConnError {
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Message>(8);
-    let writer = write_frames(wr, seal, rx);
+    let writer = write_frames(sh.keepalive, wr, seal, rx);
     let reader = async {
         loop {
-            let msg = match read_message(&mut rd, &mut open).await {
-                Ok(m) => m,
-                Err(e) => return e,
-            };
+            let msg =
+                match tokio::time::timeout(sh.dead_after, read_message(&mut rd, &mut open)).await {
+                    Ok(Ok(m)) => m,
+                    Ok(Err(e)) => return e,
+                    Err(_) => return ConnError::Timeout("waiting for the peer (no keepalive)"),
+                };
             if let Err(e) = dispatch(sh, peer, msg, &tx).await {
                 return e;
             }
@@ -756,6 +780,8 @@ async fn dispatch(
         }
     };
     let forward = match msg {
+        // An empty one is a keepalive.
+        Message::Batch { entries, .. } if entries.is_empty() => None,
         Message::Batch { sent_ms, entries } => Some(inbound(sent_ms, false, entries)),
         // Only the table this node asked for, from the peer it asked.
         Message::SnapshotChunk { sent_ms, entries } => sh
@@ -891,7 +917,10 @@ async fn outgoing(sh: Arc<Shared>, peer: usize) {
 
 async fn accept(sh: Arc<Shared>, listener: TcpListener) {
     let mut errors = Every::new(REJECT_LOG_EVERY);
+    // Owned here, so that they end with this task (when the `Cluster` goes).
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         match listener.accept().await {
             Ok((s, from)) => {
                 if !sh
@@ -910,7 +939,7 @@ async fn accept(sh: Arc<Shared>, listener: TcpListener) {
                     }
                     continue;
                 };
-                tokio::spawn(incoming(sh.clone(), s, from, permit));
+                conns.spawn(incoming(sh.clone(), s, from, permit));
             }
             Err(e) => {
                 if errors.due() {

@@ -100,6 +100,8 @@ fn settings(listen: SocketAddrV4, peers: &[SocketAddrV4], secret: [u8; 32]) -> S
         batch: 256,
         flush: Duration::from_millis(5),
         join_timeout: Duration::from_millis(500),
+        keepalive: Duration::from_millis(50),
+        dead_after: Duration::from_millis(400),
     }
 }
 
@@ -535,4 +537,58 @@ async fn data_path_events_reach_the_peers() {
     .await;
     assert_eq!(get(&b.table, &entry(5, 81, 77)), Some(entry(5, 81, 77)));
     assert_eq!(a.cluster.status().untranslated, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_stay_up_and_a_silent_peer_is_dropped() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(settings(a_addr, &[b_addr], SECRET), table_of([])).await;
+    let b = node(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    until("both up", Duration::from_secs(5), || {
+        a.cluster.status().peers[0].state == PeerState::Up
+            && b.cluster.status().peers[0].state == PeerState::Up
+    })
+    .await;
+    let since = a.cluster.status().peers[0].since_s;
+    // Longer than dead_after with nothing to send: keepalives hold it up.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let st = a.cluster.status().peers[0].clone();
+    assert_eq!(st.state, PeerState::Up, "{st:?}");
+    assert!(st.since_s >= since + 1, "not reconnected meanwhile: {st:?}");
+    assert_eq!((st.sent, st.received), (0, 0), "keepalives are not entries");
+    drop(b);
+
+    // A peer that proves itself and then says nothing (a frozen host) is
+    // dropped after dead_after: the server's side of it closes.
+    let key = Key::new(SECRET.to_vec()).unwrap();
+    let mut s = std::net::TcpStream::connect(a_addr).unwrap();
+    let mine = Hello::new(b_addr).unwrap();
+    s.write_all(&mine.encode()).unwrap();
+    let mut theirs = [0; wire::HELLO_LEN + wire::MAC_LEN];
+    s.read_exact(&mut theirs).unwrap();
+    let theirs = Hello::decode(theirs[..wire::HELLO_LEN].try_into().unwrap()).unwrap();
+    s.write_all(&wire::proof(&key, Role::Client, &mine, &theirs))
+        .unwrap();
+    let t0 = Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0; 4096];
+        // Keepalives come, then the end.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "a silent peer was kept");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
 }
