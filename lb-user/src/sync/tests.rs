@@ -554,7 +554,7 @@ async fn idle_connections_stay_up_and_a_silent_peer_is_dropped() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let st = a.cluster.status().peers[0].clone();
     assert_eq!(st.state, PeerState::Up, "{st:?}");
-    assert!(st.since_s >= since + 1, "not reconnected meanwhile: {st:?}");
+    assert!(st.since_s > since, "not reconnected meanwhile: {st:?}");
     assert_eq!((st.sent, st.received), (0, 0), "keepalives are not entries");
     drop(b);
 
