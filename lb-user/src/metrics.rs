@@ -655,6 +655,56 @@ mod tests {
         );
         assert!(!render(&[], &[], None).contains("clients_counted"));
     }
+
+    #[test]
+    fn sync_families_have_a_series_per_peer_and_reason() {
+        let peer = |addr: &str, up: bool| crate::api::PeerStatus {
+            address: addr.parse().unwrap(),
+            state: if up { PeerState::Up } else { PeerState::Down },
+            since_s: 1,
+            sent: 10,
+            received: 20,
+            applied: 18,
+            rejected: 2,
+            dropped: 3,
+            queued: 4,
+            last_error: None,
+            lag_p50_ms: up.then_some(5),
+            lag_p99_ms: up.then_some(9),
+            lag_count: 20,
+            lag_sum_ms: 120,
+        };
+        let s = SyncStatus {
+            listen: "10.0.0.1:7946".parse().unwrap(),
+            ready: true,
+            joined_from: None,
+            rejected: [("handshake".to_owned(), 7)].into_iter().collect(),
+            untranslated: 1,
+            from_unknown_address: 0,
+            peers: vec![peer("10.0.0.2:7946", true), peer("10.0.0.3:7946", false)],
+        };
+        let mut text = String::new();
+        render_sync(&mut text, &s);
+        for line in [
+            "stickylb_sync_ready 1",
+            "stickylb_sync_peer_up{peer=\"10.0.0.2:7946\"} 1",
+            "stickylb_sync_peer_up{peer=\"10.0.0.3:7946\"} 0",
+            "stickylb_sync_entries_sent_total{peer=\"10.0.0.2:7946\"} 10",
+            "stickylb_sync_entries_received_total{peer=\"10.0.0.3:7946\"} 20",
+            "stickylb_sync_dropped_total{peer=\"10.0.0.2:7946\"} 3",
+            "stickylb_sync_rejected_total{reason=\"handshake\"} 7",
+            "stickylb_sync_rejected_total{reason=\"frame_mac\"} 0",
+            "stickylb_sync_lag_ms{peer=\"10.0.0.2:7946\",quantile=\"0.99\"} 9",
+            "stickylb_sync_lag_ms_count{peer=\"10.0.0.3:7946\"} 20",
+            "# TYPE stickylb_sync_lag_ms summary",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("stickylb_sync_lag_ms{peer=\"10.0.0.3:7946\""),
+            "no quantiles without samples"
+        );
+    }
 }
 
 #[cfg(test)]
