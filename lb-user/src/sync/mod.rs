@@ -900,6 +900,9 @@ async fn outgoing(sh: Arc<Shared>, peer: usize) {
                 backoff = MIN_BACKOFF;
                 let e = run_conn(&sh, peer, s, seal, open, true).await;
                 sh.release_pull(peer);
+                if !matches!(e, ConnError::Stopped) {
+                    warn!("sync: lost the connection to {addr} ({e}); reconnecting");
+                }
                 e
             }
             Err(e) => e,
