@@ -34,6 +34,8 @@ use crate::{
     util::Every,
 };
 
+mod sync_node;
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub config_path: PathBuf,
@@ -94,6 +96,8 @@ struct Daemon {
     /// main loop.
     census: Census,
     local_checks: LocalCheckErrors,
+    /// The affinity sync with peer nodes (`[sync]`); None without one.
+    sync: Option<sync_node::NodeSync>,
 }
 
 /// Health checks that could not run for a reason of this host's: counted,
@@ -350,6 +354,7 @@ impl Daemon {
                     clients_counted: counts.as_deref().map(Counts::report),
                     vips: self.vip_status(counts.as_deref())?,
                     local_errors: self.local_errors(),
+                    sync: self.sync_status(),
                 })
             }
             Request::Lookup { client, vip } => {
@@ -445,6 +450,9 @@ impl Daemon {
         let counted = clients.as_deref().map(Counts::report);
         let mut text = metrics::render(&vips, &global, counted.as_ref());
         metrics::render_local_errors(&mut text, &self.local_errors());
+        if let Some(s) = self.sync_status() {
+            metrics::render_sync(&mut text, &s);
+        }
         text
     }
 
@@ -636,6 +644,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         .and_then(|r| Census::start(r, lb.id_epoch()))
         .map_err(&unmanaged)?;
     let (health_tx, health_rx) = mpsc::channel(1024);
+    let mut lb = lb;
+    let (sync, sync_rx) = match &cfg.sync {
+        Some(s) => {
+            let (sync, rx) = sync_node::start(&mut lb, s).await.map_err(&unmanaged)?;
+            (Some(sync), Some(rx))
+        }
+        None => (None, None),
+    };
     let mut d = Daemon {
         lb,
         cfg,
@@ -647,12 +663,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         health_tx,
         census,
         local_checks: LocalCheckErrors::default(),
+        sync,
     };
     d.attach(&pinned_link).map_err(&unmanaged)?;
     d.refresh_macs();
     d.sync_checkers();
     let record = publish_record(&d);
-    let (d, signal) = serve(d, listener, metrics_listener, health_rx, signals)
+    let (d, signal) = serve(d, listener, metrics_listener, health_rx, sync_rx, signals)
         .await
         .map_err(&unmanaged)?;
     shut_down(d, signal);
@@ -874,7 +891,14 @@ impl Daemon {
     /// cluster to announce its VIPs (the sync's pull of a peer's table, when
     /// peers are configured). The announcer gates on it; the sync sets it.
     fn cluster_ready(&self) -> bool {
-        true
+        self.sync.as_ref().is_none_or(|s| s.cluster.ready())
+    }
+
+    /// The sync's status, `ready` being the gate the announcer reads.
+    fn sync_status(&self) -> Option<crate::api::SyncStatus> {
+        let mut status = self.sync.as_ref()?.cluster.status();
+        status.ready = self.cluster_ready();
+        Some(status)
     }
 }
 
@@ -885,6 +909,7 @@ async fn serve(
     listener: tokio::net::UnixListener,
     metrics_listener: Option<tokio::net::TcpListener>,
     mut health_rx: mpsc::Receiver<health::Event<CheckKey>>,
+    mut sync_rx: Option<mpsc::Receiver<sync_node::Inbound>>,
     signals: Signals,
 ) -> anyhow::Result<(Daemon, &'static str)> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Envelope>(64);
@@ -902,11 +927,20 @@ async fn serve(
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(1));
     info!("control socket {}", d.cfg.control_socket.display());
     loop {
+        d.allow_sync_pull_when_warm();
         tokio::select! {
             Some(ev) = health_rx.recv() => d.on_health(ev),
-            Some((req, reply)) = ctl_rx.recv() => d.handle(req, reply),
+            Some((req, reply)) = ctl_rx.recv() => {
+                let changes_ids = sync_node::may_change_ids(&req);
+                d.handle(req, reply);
+                d.refresh_sync_ids(changes_ids);
+            }
+            Some(msg) = sync_node::recv(&mut sync_rx) => d.on_sync(msg),
             Some(reply) = met_rx.recv() => { let _ = reply.send(d.metrics()); }
-            _ = neigh_tick.tick() => d.refresh_macs(),
+            _ = neigh_tick.tick() => {
+                d.refresh_macs();
+                d.refresh_sync_ids(false);
+            }
             () = sleep_until(d.lb.warm_up_deadline()) => {
                 // select! picks among ready arms at random, and after a stall
                 // (a long map write, a loaded machine) the deadline may be
@@ -922,6 +956,7 @@ async fn serve(
                 if let Err(e) = d.reload() {
                     error!("reload failed: {e:#}");
                 }
+                d.refresh_sync_ids(true);
             }
             _ = sigterm.recv() => return Ok((d, "SIGTERM")),
             _ = sigint.recv() => return Ok((d, "SIGINT")),

@@ -19,6 +19,7 @@ mod metrics;
 mod neigh;
 mod netdev;
 pub mod runtime;
+pub mod sync;
 pub mod util;
 
 /// The compiled XDP program, embedded at build time by build.rs.

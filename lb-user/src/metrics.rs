@@ -15,7 +15,7 @@ use lb_common::{
     counters::{Counter, CounterTable, Family, Metric},
 };
 
-use crate::api::{BackendStatus, ClientsCounted, LocalErrors, VipStatus};
+use crate::api::{BackendStatus, ClientsCounted, LocalErrors, PeerState, SyncStatus, VipStatus};
 use crate::conncap::ConnectionCap;
 
 /// Renders the exposition text from a status snapshot, the passed-frame
@@ -279,6 +279,117 @@ pub fn render_local_errors(out: &mut String, l: &LocalErrors) {
             ("listener=\"control\"".to_owned(), l.refused_control as f64),
         ],
     );
+}
+
+/// The affinity sync's families: per peer, and rejected connections by reason.
+pub fn render_sync(out: &mut String, s: &SyncStatus) {
+    let per_peer = |f: fn(&crate::api::PeerStatus) -> f64| {
+        s.peers
+            .iter()
+            .map(move |p| (format!("peer=\"{}\"", p.address), f(p)))
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        out,
+        "sync_ready",
+        "1 once this node has its cluster's table (pulled from a peer, or none answered in time).",
+        f64::from(u8::from(s.ready)),
+    );
+    family(
+        out,
+        "sync_peer_up",
+        "gauge",
+        "1 while this node's connection to the peer is up.",
+        per_peer(|p| f64::from(u8::from(p.state == PeerState::Up))),
+    );
+    family(
+        out,
+        "sync_entries_sent_total",
+        "counter",
+        "Affinity entries sent to the peer (batches and corrections).",
+        per_peer(|p| p.sent as f64),
+    );
+    family(
+        out,
+        "sync_entries_received_total",
+        "counter",
+        "Affinity entries received from the peer (snapshots included).",
+        per_peer(|p| p.received as f64),
+    );
+    family(
+        out,
+        "sync_entries_applied_total",
+        "counter",
+        "Received entries written or refreshed here.",
+        per_peer(|p| p.applied as f64),
+    );
+    family(
+        out,
+        "sync_entries_not_applied_total",
+        "counter",
+        "Received entries not applied: unknown VIP or backend, or a dead backend here.",
+        per_peer(|p| p.rejected as f64),
+    );
+    family(
+        out,
+        "sync_dropped_total",
+        "counter",
+        "Entries for the peer dropped from its full queue (the oldest go).",
+        per_peer(|p| p.dropped as f64),
+    );
+    family(
+        out,
+        "sync_queued",
+        "gauge",
+        "Entries waiting to be sent to the peer.",
+        per_peer(|p| p.queued as f64),
+    );
+    family(
+        out,
+        "sync_rejected_total",
+        "counter",
+        "Sync connections dropped for failing the handshake, an HMAC, the sequence or the parse; nothing they sent was applied.",
+        crate::sync::wire::Reject::ALL.iter().map(|r| {
+            (
+                format!("reason=\"{}\"", r.name()),
+                s.rejected.get(r.name()).copied().unwrap_or(0) as f64,
+            )
+        }),
+    );
+    family(
+        out,
+        "sync_untranslated_total",
+        "counter",
+        "Data-path sync events whose ids were not in the books (not sent).",
+        [(String::new(), s.untranslated as f64)],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP stickylb_sync_lag_ms From the sender's data path last seeing a client to its entry applied here (both nodes' wall clocks: skew adds), over the last {} entries.",
+        crate::sync::LAG_SAMPLES
+    );
+    let _ = writeln!(out, "# TYPE stickylb_sync_lag_ms summary");
+    for p in &s.peers {
+        for (q, v) in [("0.5", p.lag_p50_ms), ("0.99", p.lag_p99_ms)] {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "stickylb_sync_lag_ms{{peer=\"{}\",quantile=\"{q}\"}} {v}",
+                    p.address
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "stickylb_sync_lag_ms_sum{{peer=\"{}\"}} {}",
+            p.address, p.lag_sum_ms
+        );
+        let _ = writeln!(
+            out,
+            "stickylb_sync_lag_ms_count{{peer=\"{}\"}} {}",
+            p.address, p.lag_count
+        );
+    }
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -571,6 +682,56 @@ mod tests {
             ]
         );
         assert!(!render(&[], &[], None).contains("clients_counted"));
+    }
+
+    #[test]
+    fn sync_families_have_a_series_per_peer_and_reason() {
+        let peer = |addr: &str, up: bool| crate::api::PeerStatus {
+            address: addr.parse().unwrap(),
+            state: if up { PeerState::Up } else { PeerState::Down },
+            since_s: 1,
+            sent: 10,
+            received: 20,
+            applied: 18,
+            rejected: 2,
+            dropped: 3,
+            queued: 4,
+            last_error: None,
+            lag_p50_ms: up.then_some(5),
+            lag_p99_ms: up.then_some(9),
+            lag_count: 20,
+            lag_sum_ms: 120,
+        };
+        let s = SyncStatus {
+            listen: "10.0.0.1:7946".parse().unwrap(),
+            ready: true,
+            joined_from: None,
+            rejected: [("handshake".to_owned(), 7)].into_iter().collect(),
+            untranslated: 1,
+            from_unknown_address: 0,
+            peers: vec![peer("10.0.0.2:7946", true), peer("10.0.0.3:7946", false)],
+        };
+        let mut text = String::new();
+        render_sync(&mut text, &s);
+        for line in [
+            "stickylb_sync_ready 1",
+            "stickylb_sync_peer_up{peer=\"10.0.0.2:7946\"} 1",
+            "stickylb_sync_peer_up{peer=\"10.0.0.3:7946\"} 0",
+            "stickylb_sync_entries_sent_total{peer=\"10.0.0.2:7946\"} 10",
+            "stickylb_sync_entries_received_total{peer=\"10.0.0.3:7946\"} 20",
+            "stickylb_sync_dropped_total{peer=\"10.0.0.2:7946\"} 3",
+            "stickylb_sync_rejected_total{reason=\"handshake\"} 7",
+            "stickylb_sync_rejected_total{reason=\"frame_mac\"} 0",
+            "stickylb_sync_lag_ms{peer=\"10.0.0.2:7946\",quantile=\"0.99\"} 9",
+            "stickylb_sync_lag_ms_count{peer=\"10.0.0.3:7946\"} 20",
+            "# TYPE stickylb_sync_lag_ms summary",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("stickylb_sync_lag_ms{peer=\"10.0.0.3:7946\""),
+            "no quantiles without samples"
+        );
     }
 }
 

@@ -193,6 +193,84 @@ pub struct StatusReply {
     /// Absent from older daemons.
     #[serde(default)]
     pub local_errors: LocalErrors,
+    /// The affinity sync with peer nodes; absent when `[sync]` is not set
+    /// (and from older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+/// The affinity sync, as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// Where peers connect to this node.
+    pub listen: SocketAddrV4,
+    /// Whether this node has joined its cluster (it announces only then).
+    pub ready: bool,
+    /// The peer whose table it pulled; None while joining, or when it
+    /// became ready alone (no peer answered within the join timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_from: Option<SocketAddrV4>,
+    /// Connections dropped for failing the handshake, a frame's HMAC or its
+    /// parse, by reason (`sync::wire::Reject`).
+    pub rejected: BTreeMap<String, u64>,
+    /// Data-path events whose ids were not in the books (dropped).
+    pub untranslated: u64,
+    /// Connections accepted from an address that is no peer's (each still
+    /// had to prove it knows the key).
+    pub from_unknown_address: u64,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One configured peer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub address: SocketAddrV4,
+    /// This node's connection to it.
+    pub state: PeerState,
+    /// Seconds in that state.
+    pub since_s: u64,
+    /// Entries sent to it (batches and corrections; not snapshots).
+    pub sent: u64,
+    /// Entries received from it (snapshots included).
+    pub received: u64,
+    /// Received and applied (written or refreshed here).
+    pub applied: u64,
+    /// Received and not applied: unknown VIP or backend, or a dead backend.
+    pub rejected: u64,
+    /// Entries for it dropped from a full queue (the oldest go).
+    pub dropped: u64,
+    /// Waiting in its queue.
+    pub queued: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Lag of its recent entries (ms): when applied here, after its data
+    /// path last saw the client, by both nodes' wall clocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_p50_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_p99_ms: Option<u64>,
+    /// Lag samples since the start, and their sum (for a metrics summary).
+    pub lag_count: u64,
+    pub lag_sum_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    #[default]
+    Connecting,
+    Up,
+    Down,
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeerState::Connecting => "connecting",
+            PeerState::Up => "up",
+            PeerState::Down => "down",
+        })
+    }
 }
 
 /// What went wrong on the daemon's side: health checks that could not run

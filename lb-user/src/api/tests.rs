@@ -89,6 +89,7 @@ fn status() -> StatusReply {
             ],
         }],
         local_errors: Default::default(),
+        sync: None,
     }
 }
 

@@ -41,6 +41,66 @@ pub fn reply(out: &mut dyn Write, query: &Query, result: serde_json::Value) -> a
     }
 }
 
+/// The sync's part of `status`: the node's join, then a line per peer.
+fn sync_status(out: &mut dyn Write, s: &crate::api::SyncStatus) -> anyhow::Result<()> {
+    let joined = match (s.ready, s.joined_from) {
+        (false, _) => "JOINING: pulling a peer's table, not announcing yet".to_owned(),
+        (true, Some(p)) => format!("ready (joined with the table of {p})"),
+        (true, None) if s.peers.is_empty() => "ready (no peers)".to_owned(),
+        (true, None) => "ready alone (no peer sent its table in time)".to_owned(),
+    };
+    writeln!(out, "sync on {}: {joined}", s.listen)?;
+    let rejected: u64 = s.rejected.values().sum();
+    if rejected > 0 {
+        let why: Vec<String> = s.rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        writeln!(
+            out,
+            "  connections rejected: {rejected} ({}); nothing they sent was applied",
+            why.join(", ")
+        )?;
+    }
+    if s.untranslated > 0 {
+        writeln!(
+            out,
+            "  data-path events not sent (unknown ids): {}",
+            s.untranslated
+        )?;
+    }
+    if s.from_unknown_address > 0 {
+        writeln!(
+            out,
+            "  connections from addresses that are no peer's: {}",
+            s.from_unknown_address
+        )?;
+    }
+    for p in &s.peers {
+        let lag = match (p.lag_p50_ms, p.lag_p99_ms) {
+            (Some(a), Some(b)) => format!("  lag p50 {} p99 {}", fmt_millis(a), fmt_millis(b)),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "  peer {} {} for {}s  sent {} received {} applied {} not applied {} dropped {} \
+             queued {}{lag}",
+            p.address,
+            p.state,
+            p.since_s,
+            p.sent,
+            p.received,
+            p.applied,
+            p.rejected,
+            p.dropped,
+            p.queued
+        )?;
+        if p.state != crate::api::PeerState::Up
+            && let Some(e) = &p.last_error
+        {
+            writeln!(out, "    last error: {e}")?;
+        }
+    }
+    Ok(())
+}
+
 fn parse<T: DeserializeOwned>(result: serde_json::Value) -> anyhow::Result<T> {
     serde_json::from_value(result).map_err(|e| {
         anyhow::anyhow!(
@@ -84,6 +144,9 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
             "connections refused over the cap: {} metrics, {} control",
             l.refused_metrics, l.refused_control
         )?;
+    }
+    if let Some(sync) = &s.sync {
+        sync_status(out, sync)?;
     }
     for v in &s.vips {
         writeln!(out)?;
@@ -265,6 +328,7 @@ mod tests {
             clients_counted: None,
             vips,
             local_errors: Default::default(),
+            sync: None,
         }
     }
 
@@ -311,6 +375,49 @@ mod tests {
         json.as_object_mut().unwrap().remove("warming");
         let old: VipStatus = serde_json::from_value(json).unwrap();
         assert!(!old.warming);
+    }
+
+    #[test]
+    fn status_shows_the_sync_and_its_peers() {
+        let mut s = status(vec![]);
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        assert!(!text.contains("sync"), "{text}");
+        s.sync = Some(crate::api::SyncStatus {
+            listen: "10.0.0.1:7946".parse().unwrap(),
+            ready: true,
+            joined_from: Some("10.0.0.2:7946".parse().unwrap()),
+            rejected: [("frame_mac".to_owned(), 2)].into_iter().collect(),
+            untranslated: 0,
+            from_unknown_address: 0,
+            peers: vec![crate::api::PeerStatus {
+                address: "10.0.0.2:7946".parse().unwrap(),
+                state: crate::api::PeerState::Down,
+                since_s: 3,
+                sent: 10,
+                received: 20,
+                applied: 18,
+                rejected: 2,
+                dropped: 1,
+                queued: 4,
+                last_error: Some("connection refused".into()),
+                lag_p50_ms: Some(12),
+                lag_p99_ms: Some(40),
+                lag_count: 20,
+                lag_sum_ms: 300,
+            }],
+        });
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "sync on 10.0.0.1:7946: ready (joined with the table of 10.0.0.2:7946)",
+                "  connections rejected: 2 (frame_mac 2); nothing they sent was applied",
+                "  peer 10.0.0.2:7946 down for 3s  sent 10 received 20 applied 18 not applied 2 \
+                 dropped 1 queued 4  lag p50 12ms p99 40ms",
+                "    last error: connection refused",
+            ]
+        );
     }
 
     #[test]

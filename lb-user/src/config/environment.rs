@@ -72,6 +72,7 @@ impl Config {
         }
         self.check_socket_folder(&mut out);
         self.check_backends_on_this_machine(&mut out);
+        self.check_sync_environment(&mut out);
         out.0
     }
 

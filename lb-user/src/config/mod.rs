@@ -18,12 +18,14 @@
 mod environment;
 mod raw;
 mod restart;
+mod sync;
 #[cfg(test)]
 mod testutil;
 mod validate;
 
 pub use environment::backend_machine_problems;
 pub use raw::parse_mac;
+pub use sync::{SyncConfig, load_key as load_sync_key};
 pub use validate::backend_problems;
 
 use std::{
@@ -69,6 +71,9 @@ pub struct Config {
     pub hash_seed: u32,
     /// `[health]`: the defaults every VIP and backend starts from.
     pub health: HealthConfig,
+    /// `[sync]`: the affinity sync with peer nodes; `None`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncConfig>,
     /// Serialized as `vip`, like the file, so a printed config loads back.
     #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,

@@ -42,6 +42,8 @@ pub(super) struct RawConfig {
     hash_seed: u32,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default)]
+    sync: Option<super::sync::RawSync>,
     #[serde(default, rename = "vip")]
     vips: Vec<RawVip>,
 }
@@ -159,6 +161,7 @@ impl RawConfig {
             affinity_capacity: self.affinity_capacity,
             hash_seed: self.hash_seed,
             health,
+            sync: self.sync.map(super::sync::RawSync::resolve),
             vips,
         }
     }
@@ -266,7 +269,7 @@ fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
 
 const DURATION_EXPECTED: &str = "a duration string like \"500ms\" or \"5m\"";
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_str(d, DURATION_EXPECTED, parse_duration)
 }
 

@@ -26,7 +26,7 @@ macro_rules! restart_only {
 }
 
 /// In the order the reload report lists them.
-const RESTART_ONLY: [RestartOnly; 7] = restart_only!(
+const RESTART_ONLY: [RestartOnly; 8] = restart_only!(
     interface,
     xdp_mode,
     pin_path,
@@ -34,6 +34,7 @@ const RESTART_ONLY: [RestartOnly; 7] = restart_only!(
     metrics_listen,
     affinity_capacity,
     hash_seed,
+    sync,
 );
 
 impl Config {
@@ -74,6 +75,7 @@ mod tests {
             metrics_listen: _,
             affinity_capacity: _,
             hash_seed: _,
+            sync: _,
             // Applied by a reload.
             health: _,
             vips: _,
@@ -88,6 +90,19 @@ mod tests {
             ("metrics_listen", |c| c.metrics_listen = None),
             ("affinity_capacity", |c| c.affinity_capacity *= 2),
             ("hash_seed", |c| c.hash_seed ^= 1),
+            ("sync", |c| {
+                c.sync = Some(crate::config::SyncConfig {
+                    listen: "10.0.0.1:7946".parse().unwrap(),
+                    peers: vec![],
+                    key_file: "/k".into(),
+                    max_rate: 1,
+                    max_queue: 1,
+                    batch: 1,
+                    flush_interval: std::time::Duration::from_millis(1),
+                    refresh_interval: std::time::Duration::from_secs(1),
+                    join_timeout: std::time::Duration::from_secs(1),
+                });
+            }),
         ]
     }
 

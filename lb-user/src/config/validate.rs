@@ -37,6 +37,7 @@ impl Config {
         let mut out = Problems::default();
         self.validate_globals(&mut out);
         self.validate_vip_set(&mut out);
+        self.validate_sync(&mut out);
         let global_health = health_problems(&self.health);
         for (path, message) in &global_health {
             out.push(*path, message.clone());

@@ -1,0 +1,594 @@
+//! The transport end to end over loopback, with an in-memory table in place
+//! of the `Lb` and a socket pair in place of the data path's ring buffer.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4},
+    os::{fd::AsRawFd, unix::net::UnixStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use lb_common::VipKey;
+use tokio::{io::AsyncWriteExt as _, sync::mpsc};
+
+use super::*;
+
+const SECRET: [u8; 32] = [42; 32];
+
+fn entry(i: u32, backend: u16, pinned_ms: u64) -> SyncEntry {
+    SyncEntry {
+        vip: VipKey::new(Ipv4Addr::new(192, 0, 2, 10), 80, lb_common::proto::TCP),
+        client: Ipv4Addr::from(0x0a00_0000 + i),
+        backend: SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 1), backend),
+        pinned_ms,
+        idle_ms: 0,
+    }
+}
+
+type Table = Arc<Mutex<HashMap<(VipKey, Ipv4Addr), SyncEntry>>>;
+
+/// The rule of the design, for the fake: the later pin wins, ties to the
+/// lower backend.
+fn wins(a: &SyncEntry, b: &SyncEntry) -> bool {
+    (a.pinned_ms, std::cmp::Reverse(a.backend)) > (b.pinned_ms, std::cmp::Reverse(b.backend))
+}
+
+fn apply(table: &Table, entries: &[SyncEntry]) -> SyncApplied {
+    let mut t = table.lock().unwrap();
+    let mut out = SyncApplied::default();
+    for e in entries {
+        match t.get(&(e.vip, e.client)) {
+            Some(mine) if mine.backend == e.backend && mine.pinned_ms == e.pinned_ms => {
+                out.refreshed += 1;
+            }
+            Some(mine) if wins(mine, e) => out.kept_local.push(*mine),
+            _ => {
+                if e.backend.port() == 9999 {
+                    out.unknown_backend += 1;
+                    continue;
+                }
+                t.insert((e.vip, e.client), *e);
+                out.inserted += 1;
+            }
+        }
+    }
+    out
+}
+
+struct FakeSnapshot(Table);
+
+impl Snapshot for FakeSnapshot {
+    fn walk(
+        &self,
+        max: usize,
+        chunk: &mut dyn FnMut(Vec<SyncEntry>) -> bool,
+    ) -> anyhow::Result<()> {
+        let all: Vec<SyncEntry> = self.0.lock().unwrap().values().copied().collect();
+        for c in all.chunks(max) {
+            if !chunk(c.to_vec()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One node: its transport, its table, and the main loop that applies.
+struct Node {
+    cluster: Arc<Cluster>,
+    table: Table,
+    _main: tokio::task::JoinHandle<()>,
+}
+
+fn free_port() -> SocketAddrV4 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    match l.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        std::net::SocketAddr::V6(_) => unreachable!(),
+    }
+}
+
+fn settings(listen: SocketAddrV4, peers: &[SocketAddrV4], secret: [u8; 32]) -> Settings {
+    Settings {
+        listen,
+        peers: peers.to_vec(),
+        key: Key::new(secret.to_vec()).unwrap(),
+        max_rate: 1_000_000,
+        max_queue: 100_000,
+        batch: 256,
+        flush: Duration::from_millis(5),
+        join_timeout: Duration::from_millis(500),
+        keepalive: Duration::from_millis(50),
+        dead_after: Duration::from_millis(400),
+    }
+}
+
+async fn node(s: Settings, table: Table) -> Node {
+    node_with(s, table, |_| {}).await
+}
+
+/// A node whose daemon does not know its backends' health yet.
+async fn node_not_pulling(s: Settings, table: Table) -> (Arc<Cluster>, Table) {
+    let (tx, rx) = mpsc::channel(INBOUND_DEPTH);
+    let cluster = Cluster::start(s, Arc::new(FakeSnapshot(table.clone())), tx)
+        .await
+        .unwrap();
+    // Nothing is applied: the test looks only at the join.
+    std::mem::forget(rx);
+    (Arc::new(cluster), table)
+}
+
+async fn node_with(s: Settings, table: Table, before: impl FnOnce(&mut Cluster)) -> Node {
+    let (tx, mut rx) = mpsc::channel(INBOUND_DEPTH);
+    let mut cluster = Cluster::start(s, Arc::new(FakeSnapshot(table.clone())), tx)
+        .await
+        .unwrap();
+    before(&mut cluster);
+    cluster.allow_pull();
+    let cluster = Arc::new(cluster);
+    let (c, t) = (cluster.clone(), table.clone());
+    let main = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            match m {
+                Inbound::Entries {
+                    peer,
+                    sent_ms,
+                    snapshot,
+                    entries,
+                } => {
+                    let applied = apply(&t, &entries);
+                    c.applied(peer, sent_ms, snapshot, &entries, &applied);
+                }
+                Inbound::SnapshotEnd { peer, total } => c.snapshot_applied(peer, total),
+            }
+        }
+    });
+    Node {
+        cluster,
+        table,
+        _main: main,
+    }
+}
+
+fn table_of(entries: impl IntoIterator<Item = SyncEntry>) -> Table {
+    Arc::new(Mutex::new(
+        entries
+            .into_iter()
+            .map(|e| ((e.vip, e.client), e))
+            .collect(),
+    ))
+}
+
+async fn until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn get(t: &Table, e: &SyncEntry) -> Option<SyncEntry> {
+    t.lock().unwrap().get(&(e.vip, e.client)).copied()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_join_exchange_and_converge() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    // A holds 5000 pins and starts alone: B is not up within its timeout.
+    let a = node(
+        settings(a_addr, &[b_addr], SECRET),
+        table_of((0..5000).map(|i| entry(i, 80, 1_000))),
+    )
+    .await;
+    assert!(!a.cluster.ready(), "not ready before the join timeout");
+    until("A ready alone", Duration::from_secs(5), || {
+        a.cluster.ready()
+    })
+    .await;
+    assert_eq!(a.cluster.status().joined_from, None);
+
+    // B joins: it is ready only once it holds A's table.
+    let b = node(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    until("B joined", Duration::from_secs(10), || b.cluster.ready()).await;
+    assert_eq!(b.cluster.status().joined_from, Some(a_addr));
+    assert_eq!(b.table.lock().unwrap().len(), 5000, "the whole table");
+    assert_eq!(
+        get(&b.table, &entry(17, 80, 1_000)),
+        Some(entry(17, 80, 1_000))
+    );
+
+    // A's new pins reach B, batched.
+    let fresh: Vec<SyncEntry> = (10_000..10_600).map(|i| entry(i, 81, 2_000)).collect();
+    a.cluster.publish(&fresh);
+    until("A's new pins on B", Duration::from_secs(5), || {
+        fresh.iter().all(|e| get(&b.table, e).is_some())
+    })
+    .await;
+
+    // Both nodes pinned client 20000 at once, differently: the later pin
+    // (B's) wins on both, whichever way the entries cross.
+    let mine = entry(20_000, 82, 5_000);
+    let theirs = entry(20_000, 83, 6_000);
+    a.table
+        .lock()
+        .unwrap()
+        .insert((mine.vip, mine.client), mine);
+    b.table
+        .lock()
+        .unwrap()
+        .insert((theirs.vip, theirs.client), theirs);
+    a.cluster.publish(&[mine]);
+    b.cluster.publish(&[theirs]);
+    until(
+        "one backend for client 20000",
+        Duration::from_secs(5),
+        || {
+            get(&a.table, &mine).map(|e| e.backend) == Some(theirs.backend)
+                && get(&b.table, &mine).map(|e| e.backend) == Some(theirs.backend)
+        },
+    )
+    .await;
+
+    // An entry the receiver cannot apply is counted, not applied.
+    a.cluster.publish(&[entry(30_000, 9999, 7_000)]);
+    until("not applied counted", Duration::from_secs(5), || {
+        b.cluster.status().peers[0].rejected == 1
+    })
+    .await;
+    assert_eq!(get(&b.table, &entry(30_000, 9999, 7_000)), None);
+
+    let sa = a.cluster.status();
+    let sb = b.cluster.status();
+    assert_eq!(sa.peers[0].state, PeerState::Up);
+    assert_eq!(sb.peers[0].state, PeerState::Up);
+    assert!(sa.peers[0].sent >= 602, "{:?}", sa.peers[0]);
+    assert!(sb.peers[0].received >= 5000 + 602, "{:?}", sb.peers[0]);
+    assert!(sb.peers[0].applied >= 5000 + 600, "{:?}", sb.peers[0]);
+    assert!(sb.peers[0].lag_p99_ms.is_some(), "batches are timed");
+    assert!(
+        sb.peers[0].lag_count >= 600 && sb.peers[0].lag_count < 5000,
+        "not the snapshot"
+    );
+    assert!(
+        sa.rejected.is_empty() && sb.rejected.is_empty(),
+        "{sa:?} {sb:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_waits_until_the_daemon_allows_the_pull() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(
+        settings(a_addr, &[b_addr], SECRET),
+        table_of([entry(1, 80, 1)]),
+    )
+    .await;
+    let (b, _) = node_not_pulling(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    until("B connected", Duration::from_secs(5), || {
+        b.status().peers[0].state == PeerState::Up
+    })
+    .await;
+    // Longer than the join timeout: it runs from the pull being allowed.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !b.ready(),
+        "B must not join (or give up) before it may pull"
+    );
+    assert_eq!(b.status().peers[0].received, 0, "nothing pulled yet");
+    b.allow_pull();
+    until("B pulled", Duration::from_secs(5), || {
+        b.status().peers[0].received == 1
+    })
+    .await;
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_key_is_rejected_and_nothing_it_sends_applies() {
+    let (a_addr, c_addr) = (free_port(), free_port());
+    let a = node(settings(a_addr, &[c_addr], SECRET), table_of([])).await;
+    let c = node(
+        settings(c_addr, &[a_addr], [7; 32]),
+        table_of([entry(1, 80, 1)]),
+    )
+    .await;
+    c.cluster.publish(&[entry(2, 80, 1)]);
+    until("A rejects C's handshake", Duration::from_secs(5), || {
+        a.cluster
+            .status()
+            .rejected
+            .get("handshake")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    until("A gives up joining", Duration::from_secs(5), || {
+        a.cluster.ready()
+    })
+    .await;
+    assert_eq!(
+        a.cluster.status().joined_from,
+        None,
+        "C's table was not taken"
+    );
+    assert!(a.table.lock().unwrap().is_empty());
+    assert!(c.table.lock().unwrap().len() == 1);
+    let sc = c.cluster.status();
+    assert_ne!(sc.peers[0].state, PeerState::Up, "{sc:?}");
+    assert!(
+        sc.rejected.get("handshake").copied().unwrap_or(0) >= 1,
+        "C refuses A's proof too: {sc:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_broken_connections_are_counted_by_reason() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(settings(a_addr, &[b_addr], SECRET), table_of([])).await;
+    let rejected = |why: &str| a.cluster.status().rejected.get(why).copied().unwrap_or(0);
+
+    // Not our protocol.
+    let mut s = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
+        .await
+        .unwrap();
+    until("magic", Duration::from_secs(5), || rejected("magic") == 1).await;
+
+    // A hello cut short.
+    let mut s = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+    let hello = Hello::new(b_addr).unwrap().encode();
+    s.write_all(&hello[..10]).await.unwrap();
+    drop(s);
+    until("truncated", Duration::from_secs(5), || {
+        rejected("truncated") == 1
+    })
+    .await;
+
+    // Another version.
+    let mut s = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+    let mut old = hello;
+    old[4] = wire::VERSION + 1;
+    s.write_all(&old).await.unwrap();
+    until("version", Duration::from_secs(5), || {
+        rejected("version") == 1
+    })
+    .await;
+
+    // The key, but not one of A's peers.
+    let stranger = free_port();
+    let _c = node(settings(stranger, &[a_addr], SECRET), table_of([])).await;
+    until("unknown peer", Duration::from_secs(5), || {
+        rejected("unknown_peer") >= 1
+    })
+    .await;
+
+    // A peer whose frames are forged after an honest handshake: made by
+    // hand, with the session's sealer of another key for the frames.
+    let mut s = std::net::TcpStream::connect(a_addr).unwrap();
+    let key = Key::new(SECRET.to_vec()).unwrap();
+    let mine = Hello::new(b_addr).unwrap();
+    s.write_all(&mine.encode()).unwrap();
+    let mut theirs = [0; wire::HELLO_LEN];
+    s.read_exact(&mut theirs).unwrap();
+    let theirs = Hello::decode(&theirs).unwrap();
+    let mut tag = [0; wire::MAC_LEN];
+    s.read_exact(&mut tag).unwrap();
+    wire::check_proof(&key, Role::Server, &mine, &theirs, &tag).unwrap();
+    s.write_all(&wire::proof(&key, Role::Client, &mine, &theirs))
+        .unwrap();
+    let (mut good, _) = wire::session_keys(&key, &mine, &theirs);
+    let other = Key::new(vec![9; 32]).unwrap();
+    let (mut forger, _) = wire::session_keys(&other, &mine, &theirs);
+    let batch = |i| Message::Batch {
+        sent_ms: wall_ms(),
+        entries: vec![entry(i, 80, 1)],
+    };
+    s.write_all(&good.seal(&batch(1))).unwrap();
+    s.write_all(&forger.seal(&batch(2))).unwrap();
+    until("frame_mac", Duration::from_secs(5), || {
+        rejected("frame_mac") == 1
+    })
+    .await;
+    assert!(
+        get(&a.table, &entry(1, 80, 1)).is_some(),
+        "the genuine frame"
+    );
+    assert!(
+        get(&a.table, &entry(2, 80, 1)).is_none(),
+        "not the forged one"
+    );
+
+    // A frame longer than the protocol allows drops the connection before
+    // it is read.
+    let mut s = std::net::TcpStream::connect(a_addr).unwrap();
+    let mine = Hello::new(b_addr).unwrap();
+    s.write_all(&mine.encode()).unwrap();
+    let mut theirs = [0; wire::HELLO_LEN + wire::MAC_LEN];
+    s.read_exact(&mut theirs).unwrap();
+    let theirs = Hello::decode(theirs[..wire::HELLO_LEN].try_into().unwrap()).unwrap();
+    s.write_all(&wire::proof(&key, Role::Client, &mine, &theirs))
+        .unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    until("oversize", Duration::from_secs(5), || {
+        rejected("oversize") == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_queue_is_bounded_and_its_rate_limited() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let mut s = settings(a_addr, &[b_addr], SECRET);
+    s.max_queue = 1000;
+    s.max_rate = 2000;
+    s.batch = 100;
+    let a = node(s, table_of([])).await;
+    // B is down: the queue keeps its newest 1000.
+    let all: Vec<SyncEntry> = (0..1500).map(|i| entry(i, 80, 1)).collect();
+    a.cluster.publish(&all);
+    let st = a.cluster.status();
+    assert_eq!((st.peers[0].queued, st.peers[0].dropped), (1000, 500));
+
+    let b = node(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    until("B has entries", Duration::from_secs(5), || {
+        !b.table.lock().unwrap().is_empty()
+    })
+    .await;
+    let t0 = Instant::now();
+    until("B has all 1000", Duration::from_secs(10), || {
+        b.table.lock().unwrap().len() == 1000
+    })
+    .await;
+    // 1000 entries at 2000/s, less one burst of 100 sent at once: ~0.45 s.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "faster than the rate: {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        get(&b.table, &all[499]).is_none(),
+        "the oldest were dropped"
+    );
+    assert!(get(&b.table, &all[500]).is_some() && get(&b.table, &all[1499]).is_some());
+}
+
+/// A ring buffer stand-in: one byte on the socket per waiting event.
+struct FakeEvents {
+    rx: UnixStream,
+    events: Arc<Mutex<VecDeque<lb_common::SyncEvent>>>,
+}
+
+impl AsRawFd for FakeEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.rx.as_raw_fd()
+    }
+}
+
+// SAFETY: the socket lives as long as the reader.
+unsafe impl EventReader for FakeEvents {
+    fn drain(&mut self, out: &mut Vec<lb_common::SyncEvent>, max: usize) -> usize {
+        let mut buf = [0; 64];
+        while let Ok(n) = self.rx.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        let mut q = self.events.lock().unwrap();
+        let n = q.len().min(max);
+        out.extend(q.drain(..n));
+        n
+    }
+}
+
+/// Backend id → port 80 + id; id 0 is not in the books.
+struct FakeIds;
+
+impl Translate for FakeIds {
+    fn event(&self, ev: &lb_common::SyncEvent, _now_ns: u64) -> Option<SyncEntry> {
+        (ev.backend_id != 0).then(|| {
+            entry(
+                u32::from_be_bytes(ev.key.client) - 0x0a00_0000,
+                80 + ev.backend_id as u16,
+                ev.created_ns,
+            )
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_path_events_reach_the_peers() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let (tx, rx) = UnixStream::pair().unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let events = Arc::new(Mutex::new(VecDeque::new()));
+    let reader = FakeEvents {
+        rx,
+        events: events.clone(),
+    };
+    let (_ids_tx, ids_rx) = watch::channel(FakeIds);
+    let a = node_with(settings(a_addr, &[b_addr], SECRET), table_of([]), |c| {
+        c.spawn_events(reader, ids_rx).unwrap();
+    })
+    .await;
+    let b = node(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    let ev = |client: u32, backend_id: u32| lb_common::SyncEvent {
+        key: lb_common::AffinityKey {
+            vip_id: 1,
+            client: (0x0a00_0000 + client).to_be_bytes(),
+        },
+        backend_id,
+        kind: lb_common::sync_kind::NEW,
+        created_ns: 77,
+        last_seen_ns: 77,
+    };
+    // More than one burst, and one the books do not know.
+    events.lock().unwrap().extend(
+        (1..=EVENT_BURST as u32 + 10)
+            .map(|i| ev(i, 1))
+            .chain([ev(0, 0)]),
+    );
+    (&tx).write_all(&[1]).unwrap();
+    until("every event on B", Duration::from_secs(10), || {
+        b.table.lock().unwrap().len() == EVENT_BURST + 10
+    })
+    .await;
+    assert_eq!(get(&b.table, &entry(5, 81, 77)), Some(entry(5, 81, 77)));
+    assert_eq!(a.cluster.status().untranslated, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_stay_up_and_a_silent_peer_is_dropped() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(settings(a_addr, &[b_addr], SECRET), table_of([])).await;
+    let b = node(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    until("both up", Duration::from_secs(5), || {
+        a.cluster.status().peers[0].state == PeerState::Up
+            && b.cluster.status().peers[0].state == PeerState::Up
+    })
+    .await;
+    let since = a.cluster.status().peers[0].since_s;
+    // Longer than dead_after with nothing to send: keepalives hold it up.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let st = a.cluster.status().peers[0].clone();
+    assert_eq!(st.state, PeerState::Up, "{st:?}");
+    assert!(st.since_s > since, "not reconnected meanwhile: {st:?}");
+    assert_eq!((st.sent, st.received), (0, 0), "keepalives are not entries");
+    drop(b);
+
+    // A peer that proves itself and then says nothing (a frozen host) is
+    // dropped after dead_after: the server's side of it closes.
+    let key = Key::new(SECRET.to_vec()).unwrap();
+    let mut s = std::net::TcpStream::connect(a_addr).unwrap();
+    let mine = Hello::new(b_addr).unwrap();
+    s.write_all(&mine.encode()).unwrap();
+    let mut theirs = [0; wire::HELLO_LEN + wire::MAC_LEN];
+    s.read_exact(&mut theirs).unwrap();
+    let theirs = Hello::decode(theirs[..wire::HELLO_LEN].try_into().unwrap()).unwrap();
+    s.write_all(&wire::proof(&key, Role::Client, &mine, &theirs))
+        .unwrap();
+    let t0 = Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0; 4096];
+        // Keepalives come, then the end.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "a silent peer was kept");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
+}
