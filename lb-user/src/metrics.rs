@@ -75,6 +75,22 @@ pub fn render(
         "Times the backend's health checker died and was started again.",
         per_backend(|b| b.checker_restarts as f64),
     );
+    let announced: Vec<(String, f64)> = vips
+        .iter()
+        .filter_map(|v| {
+            v.announce
+                .map(|a| (vip(v), f64::from(u8::from(a.announced))))
+        })
+        .collect();
+    if !announced.is_empty() {
+        family(
+            &mut out,
+            "vip_announced",
+            "gauge",
+            "1 while the VIP's address is announced (its route is in the [announce] table).",
+            announced,
+        );
+    }
     family(
         &mut out,
         "passed_frames_total",
@@ -265,6 +281,16 @@ pub fn render_local_errors(out: &mut String, l: &LocalErrors) {
     );
 }
 
+/// Whether the node is in maintenance (`stickylb maintenance on`).
+pub fn render_maintenance(out: &mut String, on: bool) {
+    gauge(
+        out,
+        "maintenance",
+        "1 while the node is in maintenance: no VIP announced, what arrives still forwarded.",
+        f64::from(u8::from(on)),
+    );
+}
+
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
@@ -288,6 +314,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 0,
             warming: false,
+            announce: None,
             counters: VipStats {
                 new_clients: base + 1,
                 repick_expired: base + 2,
@@ -376,6 +403,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            announce: None,
             counters: VipStats {
                 packets: 1,
                 bytes: 2,
@@ -499,6 +527,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 2,
             warming: false,
+            announce: None,
             counters: VipStats::default(),
             backends,
         };

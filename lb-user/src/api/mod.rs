@@ -16,7 +16,10 @@ use std::{
 use lb_common::{BackendStats, VipStats};
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::{AttachMode, Attached};
+use crate::{
+    announce::NotAnnounced,
+    dataplane::{AttachMode, Attached},
+};
 
 /// One request to the daemon. Addresses are `IpAddr`/`SocketAddr` so that
 /// the protocol need not change for IPv6; the daemon refuses IPv6 for now.
@@ -63,6 +66,11 @@ pub enum Request {
     },
     /// Answered with [`ReloadReply`].
     Reload,
+    /// Answered with [`MaintenanceReply`].
+    Maintenance { on: bool },
+    /// `stickylb unload`'s first step: withdraw every VIP and announce none
+    /// again, the program still forwarding. Answered with [`WithdrawReply`].
+    Withdraw,
 }
 
 /// How the daemon's XDP program came to be attached, as `status` and the
@@ -193,6 +201,51 @@ pub struct StatusReply {
     /// Absent from older daemons.
     #[serde(default)]
     pub local_errors: LocalErrors,
+    /// In maintenance: no VIP is announced, what arrives is still served.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// The `[announce]` settings; absent when the daemon announces nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// Where the daemon announces its VIPs.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnnounceStatus {
+    pub table: u32,
+    pub protocol: u32,
+    pub withdraw_delay_ms: u64,
+}
+
+/// Whether one VIP is announced.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VipAnnounce {
+    /// Its address's route is in the table.
+    pub announced: bool,
+    /// Why this VIP cannot be served from here, if it cannot. Its address
+    /// can still be announced for another VIP on the same address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotAnnounced>,
+}
+
+/// Reply to [`Request::Maintenance`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MaintenanceReply {
+    pub maintenance: bool,
+    /// False when the node already was in that state.
+    pub changed: bool,
+    /// The VIP addresses announced now (none in maintenance).
+    pub announced: Vec<Ipv4Addr>,
+}
+
+/// Reply to [`Request::Withdraw`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WithdrawReply {
+    /// The VIP addresses that were announced and are no longer.
+    pub withdrawn: Vec<Ipv4Addr>,
+    /// How long the routers get to move traffic away before the program
+    /// goes (`[announce] withdraw_delay`; 0 without `[announce]`).
+    pub withdraw_delay_ms: u64,
 }
 
 /// What went wrong on the daemon's side: health checks that could not run
@@ -238,6 +291,9 @@ pub struct VipStatus {
     /// until then (false from a daemon that predates warm-up: serving).
     #[serde(default)]
     pub warming: bool,
+    /// Absent when the daemon announces nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<VipAnnounce>,
     #[serde(flatten)]
     pub counters: VipStats,
     pub backends: Vec<BackendStatus>,

@@ -62,6 +62,7 @@ fn status() -> StatusReply {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            announce: None,
             counters: VipStats {
                 packets: 1,
                 bytes: 2,
@@ -89,6 +90,8 @@ fn status() -> StatusReply {
             ],
         }],
         local_errors: Default::default(),
+        maintenance: false,
+        announce: None,
     }
 }
 
@@ -202,6 +205,7 @@ fn status_json_shape() {
             "config",
             "interface",
             "local_errors",
+            "maintenance",
             "passed",
             "pid",
             "pin_path",

@@ -146,6 +146,20 @@ pub enum Query {
     },
     /// Re-read the config file and apply the difference (as SIGHUP does).
     Reload,
+    /// Maintenance mode: `on` withdraws every VIP's route (`[announce]`) so
+    /// the routers send this node nothing new, while whatever still
+    /// arrives is forwarded as before; `off` announces them again. Kept
+    /// across daemon restarts until turned off.
+    Maintenance {
+        /// on or off.
+        state: OnOff,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -220,6 +234,9 @@ impl Query {
                 limit: Some(*limit),
             },
             Self::Reload => Request::Reload,
+            Self::Maintenance { state } => Request::Maintenance {
+                on: *state == OnOff::On,
+            },
             Self::Backend { action } => action.request(),
         }
     }

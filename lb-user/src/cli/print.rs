@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 
 use super::args::{BackendAction, Query};
 use crate::api::{
-    BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply, ReloadReply,
-    StatusReply, VipStatus,
+    BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply, MaintenanceReply,
+    ReloadReply, StatusReply, VipStatus,
 };
 use crate::fmt::fmt_millis;
 
@@ -20,6 +20,7 @@ pub fn reply(out: &mut dyn Write, query: &Query, result: serde_json::Value) -> a
         Query::Lookup { .. } => lookup(out, &parse(result)?),
         Query::Flows { .. } => flows(out, &parse(result)?),
         Query::Reload => reload(out, &parse(result)?),
+        Query::Maintenance { .. } => maintenance(out, &parse(result)?),
         Query::Backend { action } => {
             // Parsed only to hold the daemon to its contract: the words are
             // the same for every change.
@@ -85,6 +86,21 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
             l.refused_metrics, l.refused_control
         )?;
     }
+    if let Some(a) = &s.announce {
+        writeln!(
+            out,
+            "announcing in table {} (protocol {}){}",
+            a.table,
+            a.protocol,
+            if s.maintenance {
+                "; MAINTENANCE: every VIP withdrawn, what arrives is still served"
+            } else {
+                ""
+            }
+        )?;
+    } else if s.maintenance {
+        writeln!(out, "MAINTENANCE (no [announce]: nothing to withdraw)")?;
+    }
     for v in &s.vips {
         writeln!(out)?;
         writeln!(
@@ -104,6 +120,17 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
                 ""
             }
         )?;
+        if let Some(a) = &v.announce {
+            match (a.announced, a.reason) {
+                (true, None) => writeln!(out, "  announced")?,
+                (true, Some(r)) => writeln!(
+                    out,
+                    "  announced for another VIP on its address; this one: {r}"
+                )?,
+                (false, Some(r)) => writeln!(out, "  not announced: {r}")?,
+                (false, None) => writeln!(out, "  not announced yet")?,
+            }
+        }
         writeln!(out, "  {}", v.counters.status_line())?;
         backend_table(out, v)?;
     }
@@ -201,6 +228,33 @@ fn flows(out: &mut dyn Write, reply: &FlowsReply) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn maintenance(out: &mut dyn Write, r: &MaintenanceReply) -> anyhow::Result<()> {
+    let state = if r.maintenance { "on" } else { "off" };
+    if !r.changed {
+        writeln!(out, "maintenance was {state} already")?;
+    } else if r.maintenance {
+        writeln!(
+            out,
+            "maintenance on: every VIP withdrawn; what still arrives is forwarded"
+        )?;
+    } else {
+        writeln!(out, "maintenance off")?;
+    }
+    if !r.maintenance {
+        let list: Vec<String> = r.announced.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "announced: {}",
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
+        )?;
+    }
+    Ok(())
+}
+
 fn reload(out: &mut dyn Write, r: &ReloadReply) -> anyhow::Result<()> {
     writeln!(out, "reloaded: {}", r.diff)?;
     for w in &r.warnings {
@@ -231,6 +285,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            announce: None,
             counters: Default::default(),
             backends: vec![BackendStatus {
                 id: 0,
@@ -265,6 +320,8 @@ mod tests {
             clients_counted: None,
             vips,
             local_errors: Default::default(),
+            maintenance: false,
+            announce: None,
         }
     }
 

@@ -105,7 +105,9 @@ impl Config {
     /// host answers ARP for it) or because a router sends it here (a routed
     /// VIP); only the first can be seen from here.
     fn warn_vips_not_held(&self, m: &Machine, out: &mut Problems) {
-        if netdev::ifindex(&self.interface).is_none() {
+        // Announced VIPs are routed here by design: the router sends their
+        // traffic to this host's own address, so no interface holds them.
+        if self.announce.is_some() || netdev::ifindex(&self.interface).is_none() {
             return;
         }
         for (i, vip) in self.vips.iter().enumerate() {

@@ -41,6 +41,8 @@ pub(super) struct RawConfig {
     #[serde(default = "default_hash_seed")]
     hash_seed: u32,
     #[serde(default)]
+    announce: Option<super::announce::RawAnnounce>,
+    #[serde(default)]
     health: RawHealth,
     #[serde(default, rename = "vip")]
     vips: Vec<RawVip>,
@@ -158,6 +160,7 @@ impl RawConfig {
             metrics_listen: self.metrics_listen,
             affinity_capacity: self.affinity_capacity,
             hash_seed: self.hash_seed,
+            announce: self.announce.map(super::announce::RawAnnounce::resolve),
             health,
             vips,
         }
@@ -266,7 +269,7 @@ fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
 
 const DURATION_EXPECTED: &str = "a duration string like \"500ms\" or \"5m\"";
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_str(d, DURATION_EXPECTED, parse_duration)
 }
 

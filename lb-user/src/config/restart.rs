@@ -75,6 +75,7 @@ mod tests {
             affinity_capacity: _,
             hash_seed: _,
             // Applied by a reload.
+            announce: _,
             health: _,
             vips: _,
         } = parse(MINIMAL);
