@@ -549,6 +549,58 @@ mod tests {
     }
 
     #[test]
+    fn announced_vips_and_maintenance_have_gauges() {
+        use crate::api::VipAnnounce;
+        let vip = |name: &str, announce: Option<VipAnnounce>| VipStatus {
+            name: name.into(),
+            address: std::net::Ipv4Addr::new(192, 0, 2, 10),
+            port: 80,
+            protocol: "tcp".into(),
+            table_size: 7,
+            affinity_timeout_s: 300.0,
+            alive_backends: 0,
+            warming: false,
+            announce,
+            counters: VipStats::default(),
+            backends: Vec::new(),
+        };
+        let gauge_lines = |text: &str, name: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .map(str::to_owned)
+                .collect()
+        };
+        // Without [announce]: no family at all.
+        let text = render(&[vip("web", None)], &[], None);
+        assert!(!text.contains("vip_announced"), "{text}");
+        let on = VipAnnounce {
+            announced: true,
+            reason: None,
+        };
+        let off = VipAnnounce {
+            announced: false,
+            reason: Some(crate::announce::NotAnnounced::NoAliveBackend),
+        };
+        let text = render(&[vip("web", Some(on)), vip("dns", Some(off))], &[], None);
+        assert_eq!(
+            gauge_lines(&text, "stickylb_vip_announced"),
+            [
+                "stickylb_vip_announced{vip=\"web\"} 1",
+                "stickylb_vip_announced{vip=\"dns\"} 0"
+            ]
+        );
+        for (on, want) in [
+            (true, "stickylb_maintenance 1"),
+            (false, "stickylb_maintenance 0"),
+        ] {
+            let mut text = String::new();
+            render_maintenance(&mut text, on);
+            assert_eq!(gauge_lines(&text, "stickylb_maintenance"), [want]);
+            assert!(text.contains("# TYPE stickylb_maintenance gauge"));
+        }
+    }
+
+    #[test]
     fn the_counts_age_comes_last_once_counted() {
         let counted = ClientsCounted {
             age_ms: 1500,

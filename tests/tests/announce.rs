@@ -192,6 +192,19 @@ fn the_route_follows_warm_up_health_and_maintenance_and_stale_routes_go() {
     );
     let (_, out, _) = d.cli(&["maintenance", "off"]);
     assert!(out.contains("already"), "{out}");
+
+    // A reload to another table moves the route, and says so.
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text.replace("table = 200", "table = 201")).unwrap();
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("announce table 200 -> 201"), "{out}");
+    assert!(routes(&topo, Some(PROTO)).is_empty(), "left in table 200");
+    let t201 = topo
+        .lb
+        .ip(&["route", "show", "table", "201", "proto", "250"])
+        .unwrap();
+    assert_eq!(t201.trim(), format!("blackhole {VIP}"));
 }
 
 /// Polls the table from inside the LB namespace every 2 ms, until dropped:

@@ -204,6 +204,25 @@ mod tests {
         assert!(e.contains("tabel"), "{e}");
     }
 
+    /// The example file's commented section, uncommented, is valid and
+    /// shows the defaults.
+    #[test]
+    fn the_examples_commented_section_is_the_defaults() {
+        let example = include_str!("../../../docs/stickylb.example.toml");
+        let section: Vec<&str> = example
+            .lines()
+            .skip_while(|l| *l != "# [announce]")
+            .skip(1)
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| &l[2..])
+            .collect();
+        assert_eq!(section.len(), 3, "{section:?}");
+        let a = parse(&with(&section.join("\n"))).announce.unwrap();
+        assert_eq!(a.protocol, super::DEFAULT_ROUTE_PROTOCOL);
+        assert_eq!(a.withdraw_delay, super::DEFAULT_WITHDRAW_DELAY);
+        assert_eq!(a.table, 200);
+    }
+
     #[test]
     fn serializes_back() {
         let c = parse(&with("table = 200"));

@@ -307,6 +307,25 @@ mod tests {
     }
 
     #[test]
+    fn an_announced_vip_is_not_expected_on_the_interface() {
+        let mut c = parse(MINIMAL);
+        c.interface = "lo".into();
+        let held = |c: &crate::config::Config| {
+            c.environment_warnings()
+                .iter()
+                .filter(|w| w.message.contains("is not an address of"))
+                .count()
+        };
+        assert_eq!(held(&c), 1, "192.0.2.10 is not on lo");
+        c.announce = Some(crate::config::AnnounceConfig {
+            table: 200,
+            protocol: 250,
+            withdraw_delay: std::time::Duration::from_secs(2),
+        });
+        assert_eq!(held(&c), 0, "routed here by the announcement");
+    }
+
+    #[test]
     fn a_reload_checks_the_machine_against_the_running_interface() {
         let dir = TempDir::new("reload");
         let file = dir.0.join("lb.toml");
