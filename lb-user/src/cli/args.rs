@@ -53,8 +53,9 @@ Logging:
     RUST_LOG=debug,aya=info              all of stickylb's detail, less of the BPF library's
   Modules: lb_user::daemon (start, reload, signals, warnings about the config),
   lb_user::lb (backends up and down, live changes, what a reload applied),
-  lb_user::dataplane (loading, attaching), lb_user::control and lb_user::metrics
-  (their sockets), aya (the BPF library).";
+  lb_user::dataplane (loading, attaching), lb_user::announce (VIPs announced and
+  withdrawn), lb_user::control and lb_user::metrics (their sockets), aya (the BPF
+  library).";
 
 #[derive(Subcommand)]
 pub enum Command {

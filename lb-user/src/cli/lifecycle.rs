@@ -447,6 +447,21 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_parses_on_and_off_only() {
+        use crate::{api::Request, cli::args::Query};
+        for (word, on) in [("on", true), ("off", false)] {
+            match parse(&["maintenance", word]).command {
+                Command::Query(q @ Query::Maintenance { .. }) => {
+                    assert_eq!(q.request(), Request::Maintenance { on })
+                }
+                _ => panic!("not maintenance"),
+            }
+        }
+        assert!(Cli::try_parse_from(["stickylb", "maintenance", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["stickylb", "maintenance"]).is_err());
+    }
+
+    #[test]
     fn stop_and_unload_parse() {
         assert!(matches!(parse(&["stop"]).command, Command::Stop));
         match parse(&[

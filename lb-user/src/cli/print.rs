@@ -326,6 +326,73 @@ mod tests {
     }
 
     #[test]
+    fn status_says_per_vip_whether_it_is_announced_and_why_not() {
+        use crate::{
+            announce::NotAnnounced,
+            api::{AnnounceStatus, VipAnnounce},
+        };
+        let with = |announced, reason| {
+            let mut v = vip();
+            v.announce = Some(VipAnnounce { announced, reason });
+            v
+        };
+        let mut s = status(vec![
+            with(true, None),
+            with(false, Some(NotAnnounced::NoAliveBackend)),
+            with(true, Some(NotAnnounced::WarmingUp)),
+        ]);
+        s.announce = Some(AnnounceStatus {
+            table: 200,
+            protocol: 250,
+            withdraw_delay_ms: 2000,
+        });
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        assert!(
+            text.contains("announcing in table 200 (protocol 250)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("MAINTENANCE"), "{text}");
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("announced")).collect();
+        assert_eq!(
+            lines,
+            [
+                "  announced",
+                "  not announced: no alive backend",
+                "  announced for another VIP on its address; this one: warming up (waiting for \
+                 the backends' first checks)"
+            ]
+        );
+        s.maintenance = true;
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        assert!(
+            text.contains("; MAINTENANCE: every VIP withdrawn"),
+            "{text}"
+        );
+        // Without [announce], nothing about it.
+        let text = printed(
+            &Query::Status,
+            serde_json::to_value(status(vec![vip()])).unwrap(),
+        );
+        assert!(!text.contains("announc"), "{text}");
+    }
+
+    #[test]
+    fn maintenance_replies_in_words() {
+        let q = Query::Maintenance {
+            state: super::super::args::OnOff::On,
+        };
+        let on = json!({"maintenance": true, "changed": true, "announced": []});
+        assert_eq!(
+            printed(&q, on),
+            "maintenance on: every VIP withdrawn; what still arrives is forwarded\n"
+        );
+        let again = json!({"maintenance": true, "changed": false, "announced": []});
+        assert_eq!(printed(&q, again), "maintenance was on already\n");
+        let off = json!({"maintenance": false, "changed": true, "announced": ["192.0.2.10"]});
+        assert_eq!(printed(&q, off), "maintenance off\nannounced: 192.0.2.10\n");
+    }
+
+    #[test]
     fn status_prints_every_field_it_names() {
         let s = status(vec![vip()]);
         let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
