@@ -383,3 +383,37 @@ fn a_warming_vip_is_not_announced_until_its_backends_first_checks() {
         "{log}"
     );
 }
+
+#[test]
+fn another_protocols_route_to_the_vip_is_never_replaced() {
+    let (topo, pin) = topology_with_pin(1, 2, BACKEND.as_ref()).unwrap();
+    let vip = format!("{VIP}/32");
+    topo.lb
+        .ip(&[
+            "route",
+            "add",
+            "blackhole",
+            &vip,
+            "table",
+            "200",
+            "proto",
+            "251",
+        ])
+        .unwrap();
+    let d = Daemon::start(&topo, STICKYLB.as_ref(), &config(&topo, &pin.0), &[]).unwrap();
+    d.assert_up(Duration::from_secs(5));
+    assert!(
+        wait_for(Duration::from_secs(3), || d
+            .log_text()
+            .contains("that is not stickylb's")),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(routes(&topo, None), [format!("blackhole {VIP} proto 251")]);
+    assert!(!d.vips().unwrap()[0].announce.unwrap().announced);
+    // Once it is gone, stickylb's own takes its place.
+    topo.lb
+        .ip(&["route", "del", &vip, "table", "200", "proto", "251"])
+        .unwrap();
+    wait_announced(&topo, &d, true, Duration::from_secs(3));
+}

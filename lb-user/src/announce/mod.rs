@@ -94,6 +94,12 @@ pub fn withdraw_table(cfg: &AnnounceConfig) -> io::Result<Vec<Route>> {
     Ok(routes)
 }
 
+/// Whether the table has our protocol's /32 route to `addr`.
+fn ours_already(sock: &mut Socket, cfg: &AnnounceConfig, addr: Ipv4Addr) -> bool {
+    sock.routes(cfg.table, cfg.protocol_number())
+        .is_ok_and(|routes| routes.iter().any(|r| r.dst == addr && r.prefix_len == 32))
+}
+
 impl Announcer {
     /// Announces nothing until `adopt`.
     pub fn new(cfg: Option<AnnounceConfig>) -> Self {
@@ -204,6 +210,13 @@ impl Announcer {
             let w = &wanted[&addr];
             match sock.route(Op::Add, &route(&cfg, addr, 32)) {
                 Ok(()) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EEXIST)
+                        && ours_already(&mut sock, &cfg, addr) =>
+                {
+                    // Ours, though not known to be (the table could not be
+                    // read at start): kept as it is.
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     self.failed(&format!(
                         "cannot announce {addr} (VIP {}): table {} has a route to it already \
