@@ -320,6 +320,7 @@ impl Daemon {
             needs_restart,
             plan: plan.report,
             warnings,
+            announce: announce_changes,
         })
     }
 

@@ -447,7 +447,7 @@ pub struct ReloadReply {
     /// The reload changed something (restart-only fields included).
     pub changed: bool,
     /// What it changed, in one line: `plan`'s `Display` ("no changes"
-    /// when nothing did).
+    /// when nothing did), then the `announce` changes.
     pub diff: String,
     /// Fields that changed but take a restart to apply.
     pub needs_restart: Vec<String>,
@@ -460,6 +460,10 @@ pub struct ReloadReply {
     /// checked by TCP only), each with its fix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The `[announce]` fields the reload changed (applied), each with its
+    /// old and new value (`off` for an absent section); also in `diff`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announce: Vec<SettingChange>,
 }
 
 /// What a change of the desired state does (a reload, or a live CLI

@@ -188,6 +188,11 @@ fn every_reply_round_trips() {
         needs_restart: vec!["interface".into()],
         plan,
         warnings: vec!["vip \"dns\" health.kind: a UDP VIP, but ...".into()],
+        announce: vec![SettingChange {
+            field: "announce table".into(),
+            from: "200".into(),
+            to: "201".into(),
+        }],
     });
 }
 
@@ -233,6 +238,7 @@ fn status_json_shape() {
             needs_restart: Vec::new(),
             plan: PlanReport::default(),
             warnings: Vec::new(),
+            announce: Vec::new(),
         })
         .unwrap(),
         json!({"changed": false, "diff": "no changes", "needs_restart": [],
