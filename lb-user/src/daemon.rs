@@ -17,9 +17,11 @@ use tokio::{
 };
 
 use crate::{
+    announce::{self, Announcer, GateInputs, Maintenance, NotAnnounced},
     api::{
-        AttachState, BackendAdded, BackendChanged, BackendRemoved, DEFAULT_FLOWS_LIMIT,
-        LocalErrors, LookupReply, ReloadReply, StatusReply, VipStatus,
+        AnnounceStatus, AttachState, BackendAdded, BackendChanged, BackendRemoved,
+        DEFAULT_FLOWS_LIMIT, LocalErrors, LookupReply, MaintenanceReply, ReloadReply, StatusReply,
+        VipAnnounce, VipStatus, WithdrawReply,
     },
     census::{Census, Counts, FlowsJob},
     config::{
@@ -98,6 +100,12 @@ struct Daemon {
     local_checks: LocalCheckErrors,
     /// The affinity sync with peer nodes (`[sync]`); None without one.
     sync: Option<sync_node::NodeSync>,
+    /// The VIPs' routes in the `[announce]` table.
+    announcer: Announcer,
+    /// `stickylb maintenance`: kept on disk across restarts.
+    maintenance: Maintenance,
+    /// `stickylb unload` has withdrawn the VIPs: none is announced again.
+    unloading: bool,
 }
 
 /// Health checks that could not run for a reason of this host's: counted,
@@ -290,8 +298,20 @@ impl Daemon {
         let mut applied = new;
         // Keep the running values of what cannot change without a restart.
         applied.keep_restart_only_fields(&self.cfg);
-        let summary = plan.to_string();
-        let changed = !plan.is_empty();
+        let mut summary = plan.to_string();
+        let announce_changes = self.announcer.reconfigure(applied.announce.clone());
+        let changed = !plan.is_empty() || !announce_changes.is_empty();
+        if !announce_changes.is_empty() {
+            let lines: Vec<String> = announce_changes
+                .iter()
+                .map(|c| format!("{} {} -> {}", c.field, c.from, c.to))
+                .collect();
+            summary = if plan.is_empty() {
+                lines.join("; ")
+            } else {
+                format!("{summary}; {}", lines.join("; "))
+            };
+        }
         let applying = self.lb.apply(plan.clone());
         // Checkers follow the backends the books hold, whatever got applied.
         self.sync_checkers();
@@ -304,6 +324,7 @@ impl Daemon {
             needs_restart,
             plan: plan.report,
             warnings,
+            announce: announce_changes,
         })
     }
 
@@ -355,6 +376,13 @@ impl Daemon {
                     vips: self.vip_status(counts.as_deref())?,
                     local_errors: self.local_errors(),
                     sync: self.sync_status(),
+                    maintenance: self.maintenance.is_on(),
+                    announce: self.announcer.config().map(|a| AnnounceStatus {
+                        table: a.table,
+                        protocol: a.protocol,
+                        withdraw_delay_ms: u64::try_from(a.withdraw_delay.as_millis())
+                            .unwrap_or(u64::MAX),
+                    }),
                 })
             }
             Request::Lookup { client, vip } => {
@@ -413,7 +441,103 @@ impl Daemon {
                 Reply::ok(reply)
             }
             Request::Reload => Reply::ok(self.reload()?),
+            Request::Maintenance { on } => Reply::ok(self.set_maintenance(on)?),
+            Request::Withdraw => Reply::ok(self.withdraw_for_unload()),
         })
+    }
+
+    fn set_maintenance(&mut self, on: bool) -> anyhow::Result<MaintenanceReply> {
+        let changed = self.maintenance.is_on() != on;
+        if changed {
+            self.maintenance.set(on).with_context(|| {
+                format!(
+                    "cannot record maintenance {} in {}: nothing changed",
+                    if on { "on" } else { "off" },
+                    self.maintenance.file().display()
+                )
+            })?;
+            info!(
+                "maintenance {}",
+                if on {
+                    "on: withdrawing every VIP; what still arrives is forwarded"
+                } else {
+                    "off: announcing the VIPs that can be served"
+                }
+            );
+            self.sync_announce();
+        }
+        Ok(MaintenanceReply {
+            maintenance: on,
+            changed,
+            announced: self.announced(),
+        })
+    }
+
+    /// `stickylb unload`'s first step: the routers stop sending new traffic
+    /// here while the program still forwards what arrives.
+    fn withdraw_for_unload(&mut self) -> WithdrawReply {
+        self.unloading = true;
+        let withdrawn = self.announcer.withdraw_all("stickylb unload");
+        let delay = self
+            .announcer
+            .config()
+            .map_or(Duration::ZERO, |a| a.withdraw_delay);
+        WithdrawReply {
+            withdrawn,
+            withdraw_delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The VIP addresses announced now.
+    fn announced(&self) -> Vec<Ipv4Addr> {
+        let mut out: Vec<Ipv4Addr> = self
+            .lb
+            .vips()
+            .iter()
+            .map(|v| v.cfg.address)
+            .filter(|a| self.announcer.is_announced(*a))
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Each VIP's own decision: its name, address and alive backends, and
+    /// whether it may be announced.
+    fn gates(&self) -> Vec<(&str, Ipv4Addr, usize, Result<(), NotAnnounced>)> {
+        let attached = self.cfg.pin_path.join(LINK_PIN_NAME).exists();
+        let cluster_ready = self.cluster_ready();
+        self.lb
+            .vips()
+            .iter()
+            .map(|v| {
+                let alive = v.backends.iter().filter(|b| b.alive()).count();
+                let inputs = GateInputs {
+                    attached,
+                    unloading: self.unloading,
+                    maintenance: self.maintenance.is_on(),
+                    cluster_ready,
+                    warming: v.warming_up.is_some(),
+                    alive_backends: alive,
+                };
+                (
+                    v.name.as_str(),
+                    v.cfg.address,
+                    alive,
+                    announce::decide(&inputs),
+                )
+            })
+            .collect()
+    }
+
+    /// Makes the announced routes match every VIP's decision now. Called
+    /// after everything the decision depends on may have changed; changes
+    /// only what differs.
+    fn sync_announce(&mut self) {
+        if self.announcer.config().is_none() {
+            return;
+        }
+        let wanted = announce::wanted_by_address(self.gates());
+        self.announcer.sync(&wanted);
     }
 
     /// Frames left to the kernel, by counter name.
@@ -435,7 +559,18 @@ impl Daemon {
                 .get(&serial)
                 .map_or(0, |c| c.handle.restarts())
         };
-        Ok(self.lb.status(clients_of(counts), restarts_of)?)
+        let mut vips = self.lb.status(clients_of(counts), restarts_of)?;
+        if self.announcer.config().is_some() {
+            let gates = self.gates();
+            for v in &mut vips {
+                let reason = gates.iter().find(|g| g.0 == v.name).and_then(|g| g.3.err());
+                v.announce = Some(VipAnnounce {
+                    announced: self.announcer.is_announced(v.address),
+                    reason,
+                });
+            }
+        }
+        Ok(vips)
     }
 
     fn metrics(&self) -> String {
@@ -453,6 +588,7 @@ impl Daemon {
         if let Some(s) = self.sync_status() {
             metrics::render_sync(&mut text, &s);
         }
+        metrics::render_maintenance(&mut text, self.maintenance.is_on());
         text
     }
 
@@ -634,6 +770,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+    let maintenance = Maintenance::load(Path::new(announce::MAINTENANCE_DIR), &cfg.pin_path);
+    if maintenance.is_on() {
+        info!(
+            "in maintenance (since `stickylb maintenance on`, recorded in {}): no VIP is \
+             announced until `stickylb maintenance off`",
+            maintenance.file().display()
+        );
+    }
     let (dp, pinned_link) = load_data_path(&cfg, opts.fresh)?;
     let unmanaged = unmanaged(pinned_link.path.clone());
     let lb = Lb::start(dp, &cfg).map_err(|e| unmanaged(e.into()))?;
@@ -652,6 +796,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         }
         None => (None, None),
     };
+    let cfg_announce = cfg.announce.clone();
     let mut d = Daemon {
         lb,
         cfg,
@@ -664,10 +809,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         census,
         local_checks: LocalCheckErrors::default(),
         sync,
+        announcer: Announcer::new(cfg_announce),
+        maintenance,
+        unloading: false,
     };
     d.attach(&pinned_link).map_err(&unmanaged)?;
+    // After the attach: a route is only ever there for a program that
+    // forwards. An adopted run's routes are found and kept as they are.
+    if let Err(e) = d.announcer.adopt() {
+        error!("cannot read the announce table (the VIPs are announced once it can be): {e}");
+    }
     d.refresh_macs();
     d.sync_checkers();
+    d.sync_announce();
     let record = publish_record(&d);
     let (d, signal) = serve(d, listener, metrics_listener, health_rx, sync_rx, signals)
         .await
@@ -742,6 +896,7 @@ fn publish_record(d: &Daemon) -> Option<runtime::RecordGuard> {
 /// link was pinned there already.
 fn load_data_path(cfg: &Config, fresh: bool) -> anyhow::Result<(Dataplane, PinnedLinkPath)> {
     if fresh {
+        withdraw_before_fresh(cfg);
         let gone = unpin_all(&cfg.pin_path, true)?;
         if !gone.maps.is_empty() {
             info!(
@@ -765,6 +920,32 @@ fn load_data_path(cfg: &Config, fresh: bool) -> anyhow::Result<(Dataplane, Pinne
         )
     })?;
     Ok((dp, PinnedLinkPath { path, existed }))
+}
+
+/// A `--fresh` start replaces the maps (every client re-picked): the
+/// routers first move new traffic away from this node, for withdraw_delay.
+fn withdraw_before_fresh(cfg: &Config) {
+    let Some(a) = &cfg.announce else {
+        return;
+    };
+    match announce::withdraw_table(a) {
+        Ok(routes) if routes.is_empty() => {}
+        Ok(routes) => {
+            let list: Vec<String> = routes.iter().map(|r| r.dst.to_string()).collect();
+            info!(
+                "--fresh: withdrew {} from table {}; waiting {} before replacing the data path",
+                list.join(", "),
+                a.table,
+                crate::fmt::fmt_duration(a.withdraw_delay)
+            );
+            std::thread::sleep(a.withdraw_delay);
+        }
+        Err(e) => warn!(
+            "--fresh: cannot withdraw the VIPs from table {} ({e}): replacing the data path \
+             while they may still be announced",
+            a.table
+        ),
+    }
 }
 
 /// Where the XDP link is pinned, and whether an earlier run had pinned one.
@@ -961,6 +1142,9 @@ async fn serve(
             _ = sigterm.recv() => return Ok((d, "SIGTERM")),
             _ = sigint.recv() => return Ok((d, "SIGINT")),
         }
+        // Health, warm-up, reloads, live changes, maintenance and the
+        // cluster all come through this loop: the routes follow them here.
+        d.sync_announce();
     }
 }
 
@@ -975,7 +1159,8 @@ async fn sleep_until(at: Option<Instant>) {
 /// Exits leaving the data path as it is: the program keeps forwarding and
 /// every client keeps its backend, with the state pinned for the next
 /// daemon to adopt (a restart is SIGTERM then start). Taking it down is
-/// `stickylb unload`'s job, never a signal's.
+/// `stickylb unload`'s job, never a signal's. The VIPs' routes stay too:
+/// what they announce (this node forwards) stays true.
 fn shut_down(d: Daemon, signal: &str) {
     info!(
         "exiting on {signal}; the XDP program keeps forwarding on {} with its state pinned at {}: \

@@ -3,6 +3,7 @@
 //! privileged tests drive the same code; what they need is public, the
 //! daemon's own machinery is not.
 
+pub mod announce;
 pub mod api;
 mod census;
 pub mod cli;

@@ -75,6 +75,22 @@ pub fn render(
         "Times the backend's health checker died and was started again.",
         per_backend(|b| b.checker_restarts as f64),
     );
+    let announced: Vec<(String, f64)> = vips
+        .iter()
+        .filter_map(|v| {
+            v.announce
+                .map(|a| (vip(v), f64::from(u8::from(a.announced))))
+        })
+        .collect();
+    if !announced.is_empty() {
+        family(
+            &mut out,
+            "vip_announced",
+            "gauge",
+            "1 while the VIP's address is announced (its route is in the [announce] table).",
+            announced,
+        );
+    }
     family(
         &mut out,
         "passed_frames_total",
@@ -392,6 +408,16 @@ pub fn render_sync(out: &mut String, s: &SyncStatus) {
     }
 }
 
+/// Whether the node is in maintenance (`stickylb maintenance on`).
+pub fn render_maintenance(out: &mut String, on: bool) {
+    gauge(
+        out,
+        "maintenance",
+        "1 while the node is in maintenance: no VIP announced, what arrives still forwarded.",
+        f64::from(u8::from(on)),
+    );
+}
+
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
@@ -415,6 +441,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 0,
             warming: false,
+            announce: None,
             counters: VipStats {
                 new_clients: base + 1,
                 repick_expired: base + 2,
@@ -503,6 +530,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            announce: None,
             counters: VipStats {
                 packets: 1,
                 bytes: 2,
@@ -638,6 +666,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 2,
             warming: false,
+            announce: None,
             counters: VipStats::default(),
             backends,
         };
@@ -656,6 +685,58 @@ mod tests {
                 "stickylb_backend_up{vip=\"web\",backend=\"10.0.0.1:4\"} 0",
             ]
         );
+    }
+
+    #[test]
+    fn announced_vips_and_maintenance_have_gauges() {
+        use crate::api::VipAnnounce;
+        let vip = |name: &str, announce: Option<VipAnnounce>| VipStatus {
+            name: name.into(),
+            address: std::net::Ipv4Addr::new(192, 0, 2, 10),
+            port: 80,
+            protocol: "tcp".into(),
+            table_size: 7,
+            affinity_timeout_s: 300.0,
+            alive_backends: 0,
+            warming: false,
+            announce,
+            counters: VipStats::default(),
+            backends: Vec::new(),
+        };
+        let gauge_lines = |text: &str, name: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .map(str::to_owned)
+                .collect()
+        };
+        // Without [announce]: no family at all.
+        let text = render(&[vip("web", None)], &[], None);
+        assert!(!text.contains("vip_announced"), "{text}");
+        let on = VipAnnounce {
+            announced: true,
+            reason: None,
+        };
+        let off = VipAnnounce {
+            announced: false,
+            reason: Some(crate::announce::NotAnnounced::NoAliveBackend),
+        };
+        let text = render(&[vip("web", Some(on)), vip("dns", Some(off))], &[], None);
+        assert_eq!(
+            gauge_lines(&text, "stickylb_vip_announced"),
+            [
+                "stickylb_vip_announced{vip=\"web\"} 1",
+                "stickylb_vip_announced{vip=\"dns\"} 0"
+            ]
+        );
+        for (on, want) in [
+            (true, "stickylb_maintenance 1"),
+            (false, "stickylb_maintenance 0"),
+        ] {
+            let mut text = String::new();
+            render_maintenance(&mut text, on);
+            assert_eq!(gauge_lines(&text, "stickylb_maintenance"), [want]);
+            assert!(text.contains("# TYPE stickylb_maintenance gauge"));
+        }
     }
 
     #[test]

@@ -16,7 +16,10 @@ use std::{
 use lb_common::{BackendStats, VipStats};
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::{AttachMode, Attached};
+use crate::{
+    announce::NotAnnounced,
+    dataplane::{AttachMode, Attached},
+};
 
 /// One request to the daemon. Addresses are `IpAddr`/`SocketAddr` so that
 /// the protocol need not change for IPv6; the daemon refuses IPv6 for now.
@@ -63,6 +66,11 @@ pub enum Request {
     },
     /// Answered with [`ReloadReply`].
     Reload,
+    /// Answered with [`MaintenanceReply`].
+    Maintenance { on: bool },
+    /// `stickylb unload`'s first step: withdraw every VIP and announce none
+    /// again, the program still forwarding. Answered with [`WithdrawReply`].
+    Withdraw,
 }
 
 /// How the daemon's XDP program came to be attached, as `status` and the
@@ -193,6 +201,12 @@ pub struct StatusReply {
     /// Absent from older daemons.
     #[serde(default)]
     pub local_errors: LocalErrors,
+    /// In maintenance: no VIP is announced, what arrives is still served.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// The `[announce]` settings; absent when the daemon announces nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStatus>,
     /// The affinity sync with peer nodes; absent when `[sync]` is not set
     /// (and from older daemons).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +287,45 @@ impl fmt::Display for PeerState {
     }
 }
 
+/// Where the daemon announces its VIPs.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnnounceStatus {
+    pub table: u32,
+    pub protocol: u32,
+    pub withdraw_delay_ms: u64,
+}
+
+/// Whether one VIP is announced.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VipAnnounce {
+    /// Its address's route is in the table.
+    pub announced: bool,
+    /// Why this VIP cannot be served from here, if it cannot. Its address
+    /// can still be announced for another VIP on the same address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotAnnounced>,
+}
+
+/// Reply to [`Request::Maintenance`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MaintenanceReply {
+    pub maintenance: bool,
+    /// False when the node already was in that state.
+    pub changed: bool,
+    /// The VIP addresses announced now (none in maintenance).
+    pub announced: Vec<Ipv4Addr>,
+}
+
+/// Reply to [`Request::Withdraw`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WithdrawReply {
+    /// The VIP addresses that were announced and are no longer.
+    pub withdrawn: Vec<Ipv4Addr>,
+    /// How long the routers get to move traffic away before the program
+    /// goes (`[announce] withdraw_delay`; 0 without `[announce]`).
+    pub withdraw_delay_ms: u64,
+}
+
 /// What went wrong on the daemon's side: health checks that could not run
 /// (out of descriptors, memory or local ports: the backends keep their
 /// state meanwhile), and connections closed at once because their listener
@@ -316,6 +369,9 @@ pub struct VipStatus {
     /// until then (false from a daemon that predates warm-up: serving).
     #[serde(default)]
     pub warming: bool,
+    /// Absent when the daemon announces nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<VipAnnounce>,
     #[serde(flatten)]
     pub counters: VipStats,
     pub backends: Vec<BackendStatus>,
@@ -469,7 +525,7 @@ pub struct ReloadReply {
     /// The reload changed something (restart-only fields included).
     pub changed: bool,
     /// What it changed, in one line: `plan`'s `Display` ("no changes"
-    /// when nothing did).
+    /// when nothing did), then the `announce` changes.
     pub diff: String,
     /// Fields that changed but take a restart to apply.
     pub needs_restart: Vec<String>,
@@ -482,6 +538,10 @@ pub struct ReloadReply {
     /// checked by TCP only), each with its fix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The `[announce]` fields the reload changed (applied), each with its
+    /// old and new value (`off` for an absent section); also in `diff`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announce: Vec<SettingChange>,
 }
 
 /// What a change of the desired state does (a reload, or a live CLI

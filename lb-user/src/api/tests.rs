@@ -62,6 +62,7 @@ fn status() -> StatusReply {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            announce: None,
             counters: VipStats {
                 packets: 1,
                 bytes: 2,
@@ -90,6 +91,8 @@ fn status() -> StatusReply {
         }],
         local_errors: Default::default(),
         sync: None,
+        maintenance: false,
+        announce: None,
     }
 }
 
@@ -186,6 +189,11 @@ fn every_reply_round_trips() {
         needs_restart: vec!["interface".into()],
         plan,
         warnings: vec!["vip \"dns\" health.kind: a UDP VIP, but ...".into()],
+        announce: vec![SettingChange {
+            field: "announce table".into(),
+            from: "200".into(),
+            to: "201".into(),
+        }],
     });
 }
 
@@ -203,6 +211,7 @@ fn status_json_shape() {
             "config",
             "interface",
             "local_errors",
+            "maintenance",
             "passed",
             "pid",
             "pin_path",
@@ -230,6 +239,7 @@ fn status_json_shape() {
             needs_restart: Vec::new(),
             plan: PlanReport::default(),
             warnings: Vec::new(),
+            announce: Vec::new(),
         })
         .unwrap(),
         json!({"changed": false, "diff": "no changes", "needs_restart": [],

@@ -53,8 +53,9 @@ Logging:
     RUST_LOG=debug,aya=info              all of stickylb's detail, less of the BPF library's
   Modules: lb_user::daemon (start, reload, signals, warnings about the config),
   lb_user::lb (backends up and down, live changes, what a reload applied),
-  lb_user::dataplane (loading, attaching), lb_user::control and lb_user::metrics
-  (their sockets), aya (the BPF library).";
+  lb_user::dataplane (loading, attaching), lb_user::announce (VIPs announced and
+  withdrawn), lb_user::control and lb_user::metrics (their sockets), aya (the BPF
+  library).";
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -146,6 +147,20 @@ pub enum Query {
     },
     /// Re-read the config file and apply the difference (as SIGHUP does).
     Reload,
+    /// Maintenance mode: `on` withdraws every VIP's route (`[announce]`) so
+    /// the routers send this node nothing new, while whatever still
+    /// arrives is forwarded as before; `off` announces them again. Kept
+    /// across daemon restarts until turned off.
+    Maintenance {
+        /// on or off.
+        state: OnOff,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -220,6 +235,9 @@ impl Query {
                 limit: Some(*limit),
             },
             Self::Reload => Request::Reload,
+            Self::Maintenance { state } => Request::Maintenance {
+                on: *state == OnOff::On,
+            },
             Self::Backend { action } => action.request(),
         }
     }

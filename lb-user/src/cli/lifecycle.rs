@@ -12,8 +12,8 @@ use anyhow::{Context as _, bail};
 
 use super::{Cli, file_field, socket};
 use crate::{
-    api::StatusReply,
-    config::DEFAULT_PIN_PATH,
+    api::{StatusReply, WithdrawReply},
+    config::{Config, DEFAULT_PIN_PATH},
     control::{self, Request},
     daemon::unpin_all,
     netdev,
@@ -249,6 +249,7 @@ pub(super) fn unload(
     };
     let (pin_path, sockets) = match &running {
         Some(d) => {
+            withdraw_first(d, out)?;
             match terminate(d)? {
                 Ended::Stopped => writeln!(out, "stopped the daemon (pid {})", d.pid)?,
                 Ended::Gone => writeln!(out, "the daemon (pid {}) had already exited", d.pid)?,
@@ -279,6 +280,7 @@ pub(super) fn unload(
                 Some(p) => p.to_owned(),
                 None => from_file("pin_path")?.unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
             };
+            withdraw_left_routes(cli, out)?;
             // A file too broken to name its socket still has its pins
             // unloaded (with --pin-path).
             (pin, socket(cli).into_iter().collect::<Vec<_>>())
@@ -333,6 +335,72 @@ pub(super) fn unload(
     Ok(())
 }
 
+/// Before the program goes: the daemon withdraws its VIPs, and the routers
+/// get `withdraw_delay` to move traffic away while it is still forwarded.
+/// A daemon that cannot be asked (no socket known, an older version) is
+/// stopped as before.
+fn withdraw_first(d: &Running, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Some(socket) = &d.socket else {
+        return Ok(());
+    };
+    let Ok(result) = control::call(socket, &Request::Withdraw) else {
+        return Ok(());
+    };
+    // A reply this CLI cannot read is no reason not to unload.
+    let Ok(reply) = serde_json::from_value::<WithdrawReply>(result) else {
+        return Ok(());
+    };
+    if reply.withdrawn.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = reply.withdrawn.iter().map(ToString::to_string).collect();
+    let delay = Duration::from_millis(reply.withdraw_delay_ms);
+    writeln!(
+        out,
+        "withdrew {}; waiting {} (withdraw_delay) for the routers to move traffic away",
+        list.join(", "),
+        crate::fmt::fmt_duration(delay)
+    )?;
+    std::thread::sleep(delay);
+    Ok(())
+}
+
+/// With no daemon to ask: the routes a killed daemon left in `-c FILE`'s
+/// `[announce]` table are withdrawn before its program goes.
+fn withdraw_left_routes(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Some(announce) = cli
+        .config
+        .as_deref()
+        .and_then(|c| Config::load(c).ok())
+        .and_then(|c| c.announce)
+    else {
+        return Ok(());
+    };
+    let routes = match crate::announce::withdraw_table(&announce) {
+        Ok(r) => r,
+        Err(e) => {
+            super::to_stderr(&format!(
+                "stickylb: cannot withdraw the routes in table {} ({e}); unloading anyway",
+                announce.table
+            ));
+            return Ok(());
+        }
+    };
+    if routes.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = routes.iter().map(|r| r.dst.to_string()).collect();
+    writeln!(
+        out,
+        "withdrew {} from table {}; waiting {} (withdraw_delay)",
+        list.join(", "),
+        announce.table,
+        crate::fmt::fmt_duration(announce.withdraw_delay)
+    )?;
+    std::thread::sleep(announce.withdraw_delay);
+    Ok(())
+}
+
 fn log_unreachable(e: &anyhow::Error) {
     // stderr, not `out`: it says why no daemon was stopped, and `out`
     // says what was removed.
@@ -378,6 +446,21 @@ mod tests {
             .to_string();
         assert!(!help.contains("--keep"), "{help}");
         assert!(help.contains("--fresh"), "{help}");
+    }
+
+    #[test]
+    fn maintenance_parses_on_and_off_only() {
+        use crate::{api::Request, cli::args::Query};
+        for (word, on) in [("on", true), ("off", false)] {
+            match parse(&["maintenance", word]).command {
+                Command::Query(q @ Query::Maintenance { .. }) => {
+                    assert_eq!(q.request(), Request::Maintenance { on })
+                }
+                _ => panic!("not maintenance"),
+            }
+        }
+        assert!(Cli::try_parse_from(["stickylb", "maintenance", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["stickylb", "maintenance"]).is_err());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 
 use super::args::{BackendAction, Query};
 use crate::api::{
-    BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply, ReloadReply,
-    StatusReply, VipStatus,
+    BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply, MaintenanceReply,
+    ReloadReply, StatusReply, VipStatus,
 };
 use crate::fmt::fmt_millis;
 
@@ -20,6 +20,7 @@ pub fn reply(out: &mut dyn Write, query: &Query, result: serde_json::Value) -> a
         Query::Lookup { .. } => lookup(out, &parse(result)?),
         Query::Flows { .. } => flows(out, &parse(result)?),
         Query::Reload => reload(out, &parse(result)?),
+        Query::Maintenance { .. } => maintenance(out, &parse(result)?),
         Query::Backend { action } => {
             // Parsed only to hold the daemon to its contract: the words are
             // the same for every change.
@@ -145,6 +146,21 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
             l.refused_metrics, l.refused_control
         )?;
     }
+    if let Some(a) = &s.announce {
+        writeln!(
+            out,
+            "announcing in table {} (protocol {}){}",
+            a.table,
+            a.protocol,
+            if s.maintenance {
+                "; MAINTENANCE: every VIP withdrawn, what arrives is still served"
+            } else {
+                ""
+            }
+        )?;
+    } else if s.maintenance {
+        writeln!(out, "MAINTENANCE (no [announce]: nothing to withdraw)")?;
+    }
     if let Some(sync) = &s.sync {
         sync_status(out, sync)?;
     }
@@ -167,6 +183,17 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
                 ""
             }
         )?;
+        if let Some(a) = &v.announce {
+            match (a.announced, a.reason) {
+                (true, None) => writeln!(out, "  announced")?,
+                (true, Some(r)) => writeln!(
+                    out,
+                    "  announced for another VIP on its address; this one: {r}"
+                )?,
+                (false, Some(r)) => writeln!(out, "  not announced: {r}")?,
+                (false, None) => writeln!(out, "  not announced yet")?,
+            }
+        }
         writeln!(out, "  {}", v.counters.status_line())?;
         backend_table(out, v)?;
     }
@@ -264,6 +291,33 @@ fn flows(out: &mut dyn Write, reply: &FlowsReply) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn maintenance(out: &mut dyn Write, r: &MaintenanceReply) -> anyhow::Result<()> {
+    let state = if r.maintenance { "on" } else { "off" };
+    if !r.changed {
+        writeln!(out, "maintenance was {state} already")?;
+    } else if r.maintenance {
+        writeln!(
+            out,
+            "maintenance on: every VIP withdrawn; what still arrives is forwarded"
+        )?;
+    } else {
+        writeln!(out, "maintenance off")?;
+    }
+    if !r.maintenance {
+        let list: Vec<String> = r.announced.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "announced: {}",
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
+        )?;
+    }
+    Ok(())
+}
+
 fn reload(out: &mut dyn Write, r: &ReloadReply) -> anyhow::Result<()> {
     writeln!(out, "reloaded: {}", r.diff)?;
     for w in &r.warnings {
@@ -294,6 +348,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            announce: None,
             counters: Default::default(),
             backends: vec![BackendStatus {
                 id: 0,
@@ -329,7 +384,76 @@ mod tests {
             vips,
             local_errors: Default::default(),
             sync: None,
+            maintenance: false,
+            announce: None,
         }
+    }
+
+    #[test]
+    fn status_says_per_vip_whether_it_is_announced_and_why_not() {
+        use crate::{
+            announce::NotAnnounced,
+            api::{AnnounceStatus, VipAnnounce},
+        };
+        let with = |announced, reason| {
+            let mut v = vip();
+            v.announce = Some(VipAnnounce { announced, reason });
+            v
+        };
+        let mut s = status(vec![
+            with(true, None),
+            with(false, Some(NotAnnounced::NoAliveBackend)),
+            with(true, Some(NotAnnounced::WarmingUp)),
+        ]);
+        s.announce = Some(AnnounceStatus {
+            table: 200,
+            protocol: 250,
+            withdraw_delay_ms: 2000,
+        });
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        assert!(
+            text.contains("announcing in table 200 (protocol 250)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("MAINTENANCE"), "{text}");
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("announced")).collect();
+        assert_eq!(
+            lines,
+            [
+                "  announced",
+                "  not announced: no alive backend",
+                "  announced for another VIP on its address; this one: warming up (waiting for \
+                 the backends' first checks)"
+            ]
+        );
+        s.maintenance = true;
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        assert!(
+            text.contains("; MAINTENANCE: every VIP withdrawn"),
+            "{text}"
+        );
+        // Without [announce], nothing about it.
+        let text = printed(
+            &Query::Status,
+            serde_json::to_value(status(vec![vip()])).unwrap(),
+        );
+        assert!(!text.contains("announc"), "{text}");
+    }
+
+    #[test]
+    fn maintenance_replies_in_words() {
+        let q = Query::Maintenance {
+            state: super::super::args::OnOff::On,
+        };
+        let on = json!({"maintenance": true, "changed": true, "announced": []});
+        assert_eq!(
+            printed(&q, on),
+            "maintenance on: every VIP withdrawn; what still arrives is forwarded\n"
+        );
+        let again = json!({"maintenance": true, "changed": false, "announced": []});
+        assert_eq!(printed(&q, again), "maintenance was on already\n");
+        let off = json!({"maintenance": false, "changed": true, "announced": ["192.0.2.10"]});
+        assert_eq!(printed(&q, off), "maintenance off\nannounced: 192.0.2.10\n");
     }
 
     #[test]

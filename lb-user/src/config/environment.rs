@@ -106,7 +106,9 @@ impl Config {
     /// host answers ARP for it) or because a router sends it here (a routed
     /// VIP); only the first can be seen from here.
     fn warn_vips_not_held(&self, m: &Machine, out: &mut Problems) {
-        if netdev::ifindex(&self.interface).is_none() {
+        // Announced VIPs are routed here by design: the router sends their
+        // traffic to this host's own address, so no interface holds them.
+        if self.announce.is_some() || netdev::ifindex(&self.interface).is_none() {
             return;
         }
         for (i, vip) in self.vips.iter().enumerate() {
@@ -303,6 +305,25 @@ mod tests {
                 "{p:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_announced_vip_is_not_expected_on_the_interface() {
+        let mut c = parse(MINIMAL);
+        c.interface = "lo".into();
+        let held = |c: &crate::config::Config| {
+            c.environment_warnings()
+                .iter()
+                .filter(|w| w.message.contains("is not an address of"))
+                .count()
+        };
+        assert_eq!(held(&c), 1, "192.0.2.10 is not on lo");
+        c.announce = Some(crate::config::AnnounceConfig {
+            table: 200,
+            protocol: 250,
+            withdraw_delay: std::time::Duration::from_secs(2),
+        });
+        assert_eq!(held(&c), 0, "routed here by the announcement");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! `Config::parse` reports every validation problem at once; a syntax error
 //! (bad value, unknown field) stops parsing at the first one, as toml does.
 
+mod announce;
 mod environment;
 mod raw;
 mod restart;
@@ -23,6 +24,7 @@ mod sync;
 mod testutil;
 mod validate;
 
+pub use announce::{AnnounceConfig, DEFAULT_ROUTE_PROTOCOL, DEFAULT_WITHDRAW_DELAY};
 pub use environment::backend_machine_problems;
 pub use raw::parse_mac;
 pub use sync::{SyncConfig, load_key as load_sync_key};
@@ -69,6 +71,10 @@ pub struct Config {
     pub affinity_capacity: u32,
     /// Seed of the client hash; every node serving the same VIPs must agree on it.
     pub hash_seed: u32,
+    /// `[announce]`: the routes the node's BGP daemon exports; `None`:
+    /// nothing is announced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceConfig>,
     /// `[health]`: the defaults every VIP and backend starts from.
     pub health: HealthConfig,
     /// `[sync]`: the affinity sync with peer nodes; `None`: none.

@@ -41,6 +41,8 @@ pub(super) struct RawConfig {
     #[serde(default = "default_hash_seed")]
     hash_seed: u32,
     #[serde(default)]
+    announce: Option<super::announce::RawAnnounce>,
+    #[serde(default)]
     health: RawHealth,
     #[serde(default)]
     sync: Option<super::sync::RawSync>,
@@ -160,6 +162,7 @@ impl RawConfig {
             metrics_listen: self.metrics_listen,
             affinity_capacity: self.affinity_capacity,
             hash_seed: self.hash_seed,
+            announce: self.announce.map(super::announce::RawAnnounce::resolve),
             health,
             sync: self.sync.map(super::sync::RawSync::resolve),
             vips,

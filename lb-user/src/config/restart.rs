@@ -77,6 +77,7 @@ mod tests {
             hash_seed: _,
             sync: _,
             // Applied by a reload.
+            announce: _,
             health: _,
             vips: _,
         } = parse(MINIMAL);

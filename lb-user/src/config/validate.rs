@@ -36,6 +36,9 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Problems::default();
         self.validate_globals(&mut out);
+        if let Some(a) = &self.announce {
+            a.validate(&mut out);
+        }
         self.validate_vip_set(&mut out);
         self.validate_sync(&mut out);
         let global_health = health_problems(&self.health);

@@ -205,6 +205,7 @@ impl<M: Maps> Lb<M> {
                 affinity_timeout_s: Duration::from_nanos(v.info.affinity_timeout_ns).as_secs_f64(),
                 alive_backends: v.backends.iter().filter(|b| b.alive()).count(),
                 warming: v.warming_up.is_some(),
+                announce: None,
                 counters: stats,
                 backends,
             });
