@@ -384,7 +384,11 @@ impl Cluster {
         br.ip(&["link", "add", "br0", "type", "bridge"])?;
         br.ip(&["link", "set", "br0", "up"])?;
         let mut hosts: Vec<(&Netns, String)> = vec![(&self.router, "p-rt".into())];
-        hosts.extend(self.nodes.iter().map(|n| (&n.ns, format!("p-n{}", n.index))));
+        hosts.extend(
+            self.nodes
+                .iter()
+                .map(|n| (&n.ns, format!("p-n{}", n.index))),
+        );
         hosts.extend(
             self.backends
                 .iter()
@@ -415,10 +419,20 @@ impl Cluster {
         ])?;
         self.router.ip(&["link", "set", "eth-cl", "up"])?;
         self.client.ip(&["link", "set", "eth0", "up"])?;
-        self.router
-            .ip(&["addr", "add", &cidr(ROUTER_CLIENT_ADDR, 16), "dev", "eth-cl"])?;
-        self.router
-            .ip(&["addr", "add", &cidr(ROUTER_ADDR, SEGMENT_PREFIX), "dev", "eth0"])?;
+        self.router.ip(&[
+            "addr",
+            "add",
+            &cidr(ROUTER_CLIENT_ADDR, 16),
+            "dev",
+            "eth-cl",
+        ])?;
+        self.router.ip(&[
+            "addr",
+            "add",
+            &cidr(ROUTER_ADDR, SEGMENT_PREFIX),
+            "dev",
+            "eth0",
+        ])?;
         self.router.sysctl("net.ipv4.ip_forward", "1")?;
         self.router
             .sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
@@ -589,7 +603,10 @@ impl Cluster {
     /// Starts node `i`'s daemon again with the config it last ran with.
     pub fn restart_daemon(&mut self, i: usize, args: &[&str]) -> Result<()> {
         let n = &mut self.nodes[i];
-        let d = n.daemon.as_mut().ok_or("no daemon was started on the node")?;
+        let d = n
+            .daemon
+            .as_mut()
+            .ok_or("no daemon was started on the node")?;
         d.restart_in(&n.ns, args)
     }
 

@@ -195,7 +195,10 @@ fn ecmp_spreads_clients_over_nodes_and_each_client_reaches_one_backend() {
         frames.values().all(|&f| f > 0),
         "every node forwarded: {frames:?}"
     );
-    assert!(split.is_empty(), "clients answered by two backends: {split:?}");
+    assert!(
+        split.is_empty(),
+        "clients answered by two backends: {split:?}"
+    );
     assert!(
         disagreements.is_empty(),
         "(node, client, lookup, answered): {:?}",
@@ -211,9 +214,7 @@ fn ecmp_spreads_clients_over_nodes_and_each_client_reaches_one_backend() {
     for &k in &sample {
         let want = format!("{}:80", backend_addr(*backend_sets[k].first().unwrap()));
         for node in 0..NODES {
-            let (code, out, err) = c
-                .daemon(node)
-                .cli(&["lookup", &c.clients[k].to_string()]);
+            let (code, out, err) = c.daemon(node).cli(&["lookup", &c.clients[k].to_string()]);
             assert_eq!(code, 0, "stickylb lookup on node {node}: {err}");
             assert!(
                 out.contains(&want),
@@ -251,7 +252,9 @@ fn router_drops_a_node_that_withdraws_dies_or_loses_its_link() {
     let withdrawn = c.wait_routed(&[0, 1], ROUTE_BOUND).unwrap();
     c.add_vip_route(2).unwrap();
     let back = c.wait_routed(&[0, 1, 2], ROUTE_BOUND).unwrap();
-    println!("node 2's route removed from its table: gone from the router after {withdrawn:?}, back {back:?} after re-adding it");
+    println!(
+        "node 2's route removed from its table: gone from the router after {withdrawn:?}, back {back:?} after re-adding it"
+    );
 
     c.kill9_bird(1);
     let killed = c.wait_routed(&[0, 2], ROUTE_BOUND).unwrap();
@@ -268,6 +271,9 @@ fn router_drops_a_node_that_withdraws_dies_or_loses_its_link() {
     println!(
         "node 0's link down: gone from the router after {link:?} (BFD 3 x 100 ms); link up, back after {relinked:?}"
     );
-    assert!(link < Duration::from_secs(1), "BFD notices a silent node in well under a second: {link:?}");
+    assert!(
+        link < Duration::from_secs(1),
+        "BFD notices a silent node in well under a second: {link:?}"
+    );
     println!("{:?} in all", start.elapsed());
 }
