@@ -52,12 +52,7 @@ pub struct Identities {}
 impl Identities {
     /// The entry an affinity-table entry stands for, `now_ns` being the data
     /// path's clock (CLOCK_MONOTONIC); `None` for an id not in the books.
-    pub fn entry(
-        &self,
-        _key: &AffinityKey,
-        _value: &AffinityValue,
-        _now_ns: u64,
-    ) -> Option<SyncEntry> {
+    pub fn entry(&self, _key: &AffinityKey, _value: &AffinityValue, _now_ns: u64) -> Option<SyncEntry> {
         todo!()
     }
 
