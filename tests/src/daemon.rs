@@ -20,7 +20,7 @@ use lb_user::{
     runtime::{RECORD_DIR, Record},
 };
 
-use crate::netns::{ChildGuard, Result, Topology, TopologyOptions, wait_for};
+use crate::netns::{ChildGuard, Netns, Result, Topology, TopologyOptions, wait_for};
 
 /// Removes a pin folder (detaching its XDP link) on drop, so a test that
 /// fails with the daemon killed leaves nothing pinned; and the runtime
@@ -103,30 +103,56 @@ impl Daemon {
         args: &[&str],
         nofile: Option<u64>,
     ) -> Result<Self> {
-        let config = topo.tmp.join("stickylb.toml");
-        fs::write(&config, config_text).map_err(|e| e.to_string())?;
-        let mut d = Self {
-            child: None,
-            bin: bin.to_owned(),
-            config,
-            socket: topo.control_socket(),
-            log: topo.tmp.join("daemon.log"),
-            nofile,
-            runs: 0,
-        };
+        let mut d = Self::write_config(&topo.tmp, topo.control_socket(), bin, config_text)?;
+        d.nofile = nofile;
         d.restart(topo, args)?;
         Ok(d)
     }
 
+    /// `start` in namespace `ns`, with the config and log in `dir` (one of
+    /// several daemons of a `Cluster`); `config_text` names the control
+    /// socket `socket`.
+    pub fn start_in(
+        ns: &Netns,
+        dir: &Path,
+        socket: PathBuf,
+        bin: &Path,
+        config_text: &str,
+        args: &[&str],
+    ) -> Result<Self> {
+        let mut d = Self::write_config(dir, socket, bin, config_text)?;
+        d.restart_in(ns, args)?;
+        Ok(d)
+    }
+
+    fn write_config(dir: &Path, socket: PathBuf, bin: &Path, config_text: &str) -> Result<Self> {
+        let config = dir.join("stickylb.toml");
+        fs::write(&config, config_text).map_err(|e| e.to_string())?;
+        Ok(Self {
+            child: None,
+            bin: bin.to_owned(),
+            config,
+            socket,
+            log: dir.join("daemon.log"),
+            nofile: None,
+            runs: 0,
+        })
+    }
+
     /// Starts the daemon again (after `kill9` or `stop`).
     pub fn restart(&mut self, topo: &Topology, args: &[&str]) -> Result<()> {
+        self.restart_in(&topo.lb, args)
+    }
+
+    /// `restart` in namespace `ns`.
+    pub fn restart_in(&mut self, ns: &Netns, args: &[&str]) -> Result<()> {
         self.runs += 1;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .map_err(|e| e.to_string())?;
-        let mut cmd = topo.lb.command(&self.bin);
+        let mut cmd = ns.command(&self.bin);
         if let Some(n) = self.nofile {
             let limit = libc::rlimit {
                 rlim_cur: n,

@@ -5,6 +5,7 @@
 //! any interface, so the documentation address ranges are used freely.
 
 pub mod bench;
+pub mod cluster;
 pub mod daemon;
 pub mod netns;
 pub mod traffic;

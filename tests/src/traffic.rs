@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{Topology, VIP, backend_of, http_get};
+use crate::netns::{Netns, Topology, VIP, backend_of, http_get};
 
 /// Per-request timeout: a client whose backend died sees at most this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -22,14 +22,25 @@ const THREADS: usize = 16;
 /// One request from each client, in parallel: which backend answered each
 /// (None: the request failed).
 pub fn sweep(topo: &Topology, clients: &[Ipv4Addr]) -> Vec<Option<usize>> {
+    sweep_in(&topo.client, VIP, clients)
+}
+
+/// `sweep` from the clients' namespace `ns` to `vip` (port 80), e.g. a
+/// `Cluster`'s.
+pub fn sweep_in(ns: &Netns, vip: Ipv4Addr, clients: &[Ipv4Addr]) -> Vec<Option<usize>> {
     let clients = clients.to_vec();
-    topo.client.enter(move || {
+    ns.enter(move || {
         let per = clients.len().div_ceil(THREADS).max(1);
         let handles: Vec<_> = clients
             .chunks(per)
             .map(|chunk| {
                 let chunk = chunk.to_vec();
-                thread::spawn(move || chunk.iter().map(|&c| request(c)).collect::<Vec<_>>())
+                thread::spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&c| attempt(c, vip).ok())
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         handles
@@ -39,13 +50,9 @@ pub fn sweep(topo: &Topology, clients: &[Ipv4Addr]) -> Vec<Option<usize>> {
     })
 }
 
-fn request(c: Ipv4Addr) -> Option<usize> {
-    attempt(c).ok()
-}
-
 /// One request: the backend that answered, or why none did.
-fn attempt(c: Ipv4Addr) -> Result<usize, String> {
-    let a = http_get(c, SocketAddrV4::new(VIP, 80), "/", None, REQUEST_TIMEOUT)
+fn attempt(c: Ipv4Addr, vip: Ipv4Addr) -> Result<usize, String> {
+    let a = http_get(c, SocketAddrV4::new(vip, 80), "/", None, REQUEST_TIMEOUT)
         .map_err(|e| e.to_string())?;
     backend_of(&a).ok_or_else(|| format!("no backend name in {:?}", a.body))
 }
@@ -74,9 +81,15 @@ pub struct Load {
 
 impl Load {
     pub fn start(topo: &Topology, clients: &[Ipv4Addr], max: Duration) -> Self {
+        Self::start_in(&topo.client, VIP, clients, max)
+    }
+
+    /// `start` from the clients' namespace `ns` to `vip` (port 80), e.g. a
+    /// `Cluster`'s.
+    pub fn start_in(ns: &Netns, vip: Ipv4Addr, clients: &[Ipv4Addr], max: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = clients.to_vec();
-        let path = topo.client.path();
+        let path = ns.path();
         let flag = stop.clone();
         let handle = thread::spawn(move || {
             crate::netns::enter_path(&path);
@@ -93,7 +106,7 @@ impl Load {
                         while !flag.load(Ordering::Relaxed) && Instant::now() < end {
                             for (j, &c) in chunk.iter().enumerate() {
                                 let at = Instant::now();
-                                let r = attempt(c);
+                                let r = attempt(c, vip);
                                 out.push(Sample {
                                     client: k * per + j,
                                     at,

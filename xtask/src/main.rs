@@ -60,7 +60,12 @@ enum Task {
 #[derive(Subcommand)]
 enum NetnsAction {
     /// Create the namespaces, start backends and the daemon; print how to poke at it.
-    Up,
+    Up {
+        /// The multi-node network instead: a BGP/ECMP router and this many
+        /// stickylb nodes, each with its BIRD (2 to 9).
+        #[arg(long)]
+        nodes: Option<usize>,
+    },
     /// Stop everything `up` started and delete the namespaces.
     Down,
     /// Like `up`, but only while the command runs: Ctrl-C removes it all.
@@ -100,7 +105,10 @@ fn main() -> Result<()> {
             privileged_tool("slb-demo", &["redis-server"], &args)
         }
         Task::Netns { action } => match action {
-            NetnsAction::Up => privileged_tool("slb-netns", &[], &["up"]),
+            NetnsAction::Up { nodes: None } => privileged_tool("slb-netns", &[], &["up"]),
+            NetnsAction::Up { nodes: Some(n) } => {
+                privileged_tool("slb-netns", &[], &["up", "--nodes", &n.to_string()])
+            }
             NetnsAction::Down => privileged_tool("slb-netns", &[], &["down"]),
             NetnsAction::Hold => privileged_tool("slb-netns", &[], &["hold"]),
         },

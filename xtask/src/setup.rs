@@ -26,6 +26,10 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     "procps",
     "util-linux",
+    // The BGP speaker of the multi-node test bed (tests/src/cluster.rs):
+    // one instance per LB node and one on the test router, each in its
+    // namespace with its own config, socket and pid file.
+    "bird2",
 ];
 
 /// What `cargo xtask bench` compares stickylb with, and drives it with.

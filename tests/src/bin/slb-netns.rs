@@ -1,6 +1,8 @@
 //! `cargo xtask netns up|down`: the test network by hand. `up` builds it
 //! (3 backends, 250 clients), starts the daemon and leaves it all running;
-//! `down` removes everything `up` (or `cargo xtask demo --keep`) left.
+//! `up --nodes N` builds the multi-node network instead (a BGP/ECMP router,
+//! N stickylb nodes each with its BIRD); `down` removes everything `up` (or
+//! `cargo xtask demo --keep`) left.
 //! `hold` builds the same network for as long as it runs: Ctrl-C (or any
 //! signal that ends it) removes it all.
 
@@ -13,6 +15,7 @@ use std::{
 
 use lb_user::api::BackendState;
 use stickylb_tests::{
+    cluster::{self, Cluster, ClusterOptions},
     daemon::Daemon,
     netns::{KeptTopology, Topology, TopologyOptions, VIP},
 };
@@ -20,12 +23,21 @@ use stickylb_tests::{
 const STATE_DIR: &str = "/run/stickylb-netns";
 
 fn main() -> ExitCode {
-    let action = std::env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let action = args.first().cloned().unwrap_or_default();
+    let nodes = match args.get(1..) {
+        Some([flag, n]) if flag == "--nodes" => n.parse::<usize>().ok(),
+        _ => None,
+    };
     let result = match action.as_str() {
-        "up" => up(),
+        "up" if args.len() == 1 => up(),
+        "up" => match nodes {
+            Some(n) if (2..=9).contains(&n) => up_cluster(n),
+            _ => Err("usage: slb-netns up [--nodes N] (N from 2 to 9)".into()),
+        },
         "down" => down(),
         "hold" => hold(),
-        _ => Err("usage: slb-netns up|down|hold".into()),
+        _ => Err("usage: slb-netns up [--nodes N]|down|hold".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +95,74 @@ fn up() -> Result<(), String> {
     std::fs::create_dir_all(STATE_DIR).map_err(|e| e.to_string())?;
     std::fs::write(state_file(), kept.to_lines()).map_err(|e| e.to_string())?;
     describe(&id, daemon_pid, &tmp, "cargo xtask netns down");
+    Ok(())
+}
+
+/// The multi-node network with a daemon and BIRD on every node, the VIP
+/// announced by all of them, kept running.
+fn up_cluster(nodes: usize) -> Result<(), String> {
+    if state_file().exists() {
+        return Err(format!(
+            "a test network is already up ({}); `cargo xtask netns down` first",
+            state_file().display()
+        ));
+    }
+    stickylb_tests::require_root();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe.parent().ok_or("no exe dir")?;
+    let mut c = Cluster::up(
+        &ClusterOptions {
+            nodes,
+            backends: 3,
+            clients: 250,
+        },
+        &dir.join("slb-backend"),
+    )?;
+    for i in 0..nodes {
+        let config = c.config(i, "", "affinity_timeout = \"5m\"", "");
+        c.start_daemon(i, &dir.join("stickylb-under-test"), &config, &[])?;
+    }
+    for i in 0..nodes {
+        let d = c.daemon(i);
+        if !d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up) {
+            return Err(format!(
+                "node {i}: backends did not come up:\n{}",
+                d.log_text()
+            ));
+        }
+        // The harness puts the VIP's route into the node's table, as the
+        // daemon's announcer does, so the node's BIRD announces it.
+        c.add_vip_route(i)?;
+    }
+    let all: Vec<usize> = (0..nodes).collect();
+    c.wait_routed(&all, Duration::from_secs(10))?;
+    let id = c.id.clone();
+    let tmp = c.tmp.clone();
+    let kept = c.persist();
+    std::fs::create_dir_all(STATE_DIR).map_err(|e| e.to_string())?;
+    std::fs::write(state_file(), kept.to_lines()).map_err(|e| e.to_string())?;
+    let last = nodes - 1;
+    println!(
+        "multi-node test network up (namespaces {id}-*, files in {tmp}):\n\
+         \n  clients  {id}-cl  {cm} + 10.78.1.1-250, default via {rc}\
+         \n  router   {id}-rt  {rc} | {ra}, BIRD (docs/bird/router.conf), L4 ECMP\
+         \n  nodes    {id}-n0..n{last}  10.77.0.1-{nodes}, stickylb XDP + BIRD (docs/bird/lb-node.conf)\
+         \n  backends {id}-b0..b2  10.77.0.10-12, VIP {vip} on lo, default via {ra}\
+         \n  bridge   {id}-br  br0\
+         \n\nTry:\
+         \n  ip -n {id}-rt route show {vip}\
+         \n  ip netns exec {id}-cl curl -s --interface 10.78.1.7 http://{vip}/\
+         \n  birdc -s {tmp}/rt/bird.ctl show protocols\
+         \n  target/release/stickylb-under-test --socket {tmp}/n0/ctl.sock lookup 10.78.1.7\
+         \n  ip -n {id}-n1 route del {vip}/32 table {table}   # node 1 withdraws\
+         \n\nRemove it all: cargo xtask netns down",
+        cm = cluster::CLIENT_MAIN_ADDR,
+        rc = cluster::ROUTER_CLIENT_ADDR,
+        ra = cluster::ROUTER_ADDR,
+        vip = cluster::VIP,
+        table = cluster::ANNOUNCE_TABLE,
+        tmp = tmp.display(),
+    );
     Ok(())
 }
 

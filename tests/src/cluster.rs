@@ -1,0 +1,851 @@
+//! The multi-node test bed: clients behind a router that spreads their
+//! connections over N stickylb nodes by ECMP, the routes learned over BGP
+//! from a real BIRD 2 on every node, the nodes and the backends sharing one
+//! L2 segment (XDP DSR rewrites only MACs).
+//!
+//! ```text
+//!   <id>-cl eth0 10.78.0.2, clients 10.78.1.x/16 (TX checksum offload off)
+//!      |
+//!   <id>-rt eth-cl 10.78.0.1 | eth0 10.77.0.254   BIRD (router.conf), ip_forward,
+//!      |                                          fib_multipath_hash_policy=1
+//!   <id>-br br0 ---------+-------------+------------+----------+--- ...
+//!      p-rt            p-n0 (XDP_PASS) p-n1 ...   p-b0       p-b1
+//!                      |               |          |          |
+//!                <id>-n0 eth0       <id>-n1    <id>-b0    <id>-b1
+//!                10.77.0.1          10.77.0.2  10.77.0.10 10.77.0.11 ...
+//!                stickylb XDP, BIRD (lb-node.conf)  lo: VIP, default via router
+//! ```
+//!
+//! The BIRD configurations are docs/bird/*.conf, compiled in and run with
+//! their `@...@` values substituted, so what operators read is what is
+//! tested. Every BIRD runs in the foreground (a child the harness owns)
+//! with its own config, control socket and pid file in the scratch folder.
+//!
+//! As with `Topology`, guards own everything: dropping the `Cluster` (also
+//! on a panic) kills daemons and BIRDs, removes pins and deletes the
+//! namespaces, and a `Reaper` does the same if this process dies first.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_user::{
+    dataplane::{AttachMode, Dataplane, LINK_PIN_NAME, LoadOptions},
+    runtime::{RECORD_DIR, Record},
+};
+
+use crate::{
+    daemon::{Daemon, PinGuard},
+    netns::{ChildGuard, KeptTopology, Netns, Reaper, Result, backend_addr, enter_path, sh},
+};
+
+/// The LB node's BIRD configuration operators run (docs/bird/lb-node.conf).
+pub const LB_NODE_CONF: &str = include_str!("../../docs/bird/lb-node.conf");
+/// The router's BIRD configuration (docs/bird/router.conf).
+pub const ROUTER_CONF: &str = include_str!("../../docs/bird/router.conf");
+
+/// Kernel table the VIP routes of a node live in (`[announce] table`).
+pub const ANNOUNCE_TABLE: u32 = 200;
+/// Route protocol number of those routes (`[announce] protocol`); BIRD
+/// exports only routes carrying it.
+pub const ANNOUNCE_PROTOCOL: u8 = 250;
+pub const ROUTER_AS: u32 = 65000;
+/// Every node's AS (the router peers with any node of `NODE_RANGE`).
+pub const NODE_AS: u32 = 65001;
+
+/// The VIP: outside every connected network, so only a BGP route reaches it.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 1);
+/// What the router accepts from nodes: /32s of this range only.
+pub const VIP_PREFIX: &str = "10.90.0.0/24";
+/// The router on the LB segment (BGP peer of every node, backends' gateway).
+pub const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
+/// The router on the clients' side (their gateway).
+pub const ROUTER_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
+pub const CLIENT_MAIN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
+/// The LB segment (router, nodes, backends) and the range nodes peer from.
+pub const SEGMENT_PREFIX: u8 = 16;
+pub const NODE_RANGE: &str = "10.77.0.0/24";
+
+/// Node `i`'s address on the segment (its BGP next hop), for i < 9.
+pub fn node_addr(i: usize) -> Ipv4Addr {
+    assert!(i < 9, "node addresses 10.77.0.1-9 (backends start at .10)");
+    Ipv4Addr::new(10, 77, 0, 1 + i as u8)
+}
+
+/// Client address number `i` (up to 64k), on the clients' side.
+pub fn client_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 78, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
+}
+
+/// Substitutes `@KEY@` placeholders in a BIRD template; fails if one is
+/// left (the shipped file grew a value the harness does not fill).
+pub fn bird_config(template: &str, values: &[(&str, String)]) -> Result<String> {
+    let mut text = template.to_owned();
+    for (k, v) in values {
+        text = text.replace(&format!("@{k}@"), v);
+    }
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('@'))
+        .collect();
+    if !left.is_empty() {
+        return Err(format!("BIRD config placeholders left: {left:?}"));
+    }
+    Ok(text)
+}
+
+/// Node `i`'s BIRD configuration.
+pub fn lb_node_config(i: usize) -> Result<String> {
+    bird_config(
+        LB_NODE_CONF,
+        &[
+            ("NODE_ADDR", node_addr(i).to_string()),
+            ("NODE_AS", NODE_AS.to_string()),
+            ("ROUTER_ADDR", ROUTER_ADDR.to_string()),
+            ("ROUTER_AS", ROUTER_AS.to_string()),
+            ("TABLE", ANNOUNCE_TABLE.to_string()),
+            ("PROTO", ANNOUNCE_PROTOCOL.to_string()),
+        ],
+    )
+}
+
+/// The router's BIRD configuration.
+pub fn router_config() -> Result<String> {
+    bird_config(
+        ROUTER_CONF,
+        &[
+            ("ROUTER_ADDR", ROUTER_ADDR.to_string()),
+            ("ROUTER_AS", ROUTER_AS.to_string()),
+            ("NODE_AS", NODE_AS.to_string()),
+            ("NODE_RANGE", NODE_RANGE.into()),
+            ("VIP_PREFIX", VIP_PREFIX.into()),
+        ],
+    )
+}
+
+/// The `[announce]` section of a node's daemon config matching the BIRD
+/// configuration (for daemons that announce their VIPs themselves).
+pub fn announce_section() -> String {
+    format!("\n[announce]\ntable = {ANNOUNCE_TABLE}\nprotocol = {ANNOUNCE_PROTOCOL}\n")
+}
+
+/// One BIRD instance: its files, and the process (in the foreground, so
+/// killing the child kills BIRD).
+pub struct Bird {
+    pub child: Option<ChildGuard>,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Bird {
+    /// Writes `config` (with a log file prepended) into `dir`; not started.
+    fn new(dir: &Path, config: &str) -> Result<Self> {
+        let b = Self {
+            child: None,
+            config: dir.join("bird.conf"),
+            socket: dir.join("bird.ctl"),
+            pid_file: dir.join("bird.pid"),
+            log: dir.join("bird.log"),
+        };
+        // Only the log line is the harness's own: the rest is the doc.
+        let text = format!(
+            "log \"{}\" {{ info, remote, warning, error, auth, fatal, bug }};\n{config}",
+            b.log.display()
+        );
+        fs::write(&b.config, text).map_err(|e| e.to_string())?;
+        Ok(b)
+    }
+
+    /// Starts BIRD in `ns`; returns once its control socket answers.
+    pub fn start(&mut self, ns: &Netns) -> Result<()> {
+        self.child = None;
+        let _ = fs::remove_file(&self.socket);
+        let mut child = ChildGuard(
+            ns.command("bird")
+                .arg("-f")
+                .arg("-c")
+                .arg(&self.config)
+                .arg("-s")
+                .arg(&self.socket)
+                .arg("-P")
+                .arg(&self.pid_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(
+                    fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&self.log)
+                        .map_err(|e| e.to_string())?,
+                )
+                .spawn()
+                .map_err(|e| format!("start bird: {e}"))?,
+        );
+        let mut exited = None;
+        let ok = crate::netns::wait_for(Duration::from_secs(5), || {
+            exited = child.exited();
+            exited.is_some() || self.birdc(&["show", "status"]).is_ok()
+        });
+        if !ok || exited.is_some() {
+            return Err(format!(
+                "bird did not come up ({exited:?}); log:\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            ));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: the process dies, the kernel closes its BGP sessions.
+    pub fn kill9(&mut self) {
+        self.child = None;
+    }
+
+    /// SIGTERM: BIRD closes its sessions cleanly and exits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.signal(libc::SIGTERM);
+            crate::netns::wait_for(Duration::from_secs(5), || c.exited().is_some());
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.exited().is_none())
+    }
+
+    /// `birdc -s SOCKET <args>`: its output.
+    pub fn birdc(&self, args: &[&str]) -> Result<String> {
+        sh(Command::new("birdc").arg("-s").arg(&self.socket).args(args))
+    }
+
+    /// Names of the BGP protocols in state Established.
+    pub fn established(&self) -> Result<Vec<String>> {
+        Ok(self
+            .birdc(&["show", "protocols"])?
+            .lines()
+            .filter(|l| l.contains(" BGP ") && l.contains("Established"))
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::pid)
+    }
+}
+
+/// One LB node. Field order is drop order: daemon and BIRD, then the pins,
+/// then the namespace.
+pub struct Node {
+    pub daemon: Option<Daemon>,
+    pub bird: Bird,
+    pub pin: PinGuard,
+    pub ns: Netns,
+    pub index: usize,
+    /// Its scratch folder: daemon config, log and socket, BIRD's files.
+    pub dir: PathBuf,
+}
+
+impl Node {
+    pub fn addr(&self) -> Ipv4Addr {
+        node_addr(self.index)
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
+    }
+
+    /// The running daemon; panics if none was started.
+    #[track_caller]
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("the node's daemon was started")
+    }
+}
+
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub backends: usize,
+    pub clients: usize,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The whole multi-node network. Field order is drop order: processes
+/// (nodes' daemons and BIRDs, the router's BIRD, servers), then the
+/// namespaces; `Drop` first detaches the bridge ports' XDP programs.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub router_bird: Bird,
+    pub servers: Vec<Option<ChildGuard>>,
+    pub id: String,
+    pub client: Netns,
+    pub router: Netns,
+    pub backends: Vec<Netns>,
+    pub bridge: Netns,
+    /// Pin folders of the XDP_PASS programs on the nodes' bridge ports.
+    pub peer_pins: Vec<PathBuf>,
+    pub clients: Vec<Ipv4Addr>,
+    pub server_bin: PathBuf,
+    pub tmp: PathBuf,
+    reaper: Option<Reaper>,
+}
+
+/// Paths of cluster `id` outside its namespaces.
+fn peer_pin(id: &str, i: usize) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(format!("{id}-peer-n{i}"))
+}
+
+/// Where node `i`'s daemon pins its maps and link.
+fn node_pin(id: &str, i: usize) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(format!("{id}-n{i}"))
+}
+
+impl Cluster {
+    /// Builds the network, starts the backends' servers, the router's BIRD
+    /// and every node's BIRD, and waits until each node has a BGP session
+    /// with the router. No daemon runs yet (`start_daemon`) and nothing is
+    /// announced.
+    pub fn up(opts: &ClusterOptions, server_bin: &Path) -> Result<Self> {
+        crate::require_root();
+        let id = format!(
+            "slc{}x{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmp = std::env::temp_dir().join(&id);
+        let mut paths: Vec<PathBuf> = vec![tmp.clone()];
+        for i in 0..opts.nodes {
+            paths.push(peer_pin(&id, i));
+            paths.push(node_pin(&id, i));
+            paths.push(Record::path_in(Path::new(RECORD_DIR), &node_pin(&id, i)));
+        }
+        let reaper = Reaper::spawn(&id, &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+        fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        let bridge = Netns::new(&format!("{id}-br"))?;
+        let client = Netns::new(&format!("{id}-cl"))?;
+        let router = Netns::new(&format!("{id}-rt"))?;
+        let mut backends = Vec::new();
+        for i in 0..opts.backends {
+            backends.push(Netns::new(&format!("{id}-b{i}"))?);
+        }
+        let router_dir = tmp.join("rt");
+        fs::create_dir_all(&router_dir).map_err(|e| e.to_string())?;
+        let mut nodes = Vec::new();
+        for i in 0..opts.nodes {
+            let dir = tmp.join(format!("n{i}"));
+            fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            nodes.push(Node {
+                daemon: None,
+                bird: Bird::new(&dir, &lb_node_config(i)?)?,
+                pin: PinGuard(node_pin(&id, i)),
+                ns: Netns::new(&format!("{id}-n{i}"))?,
+                index: i,
+                dir,
+            });
+        }
+        let mut c = Self {
+            nodes,
+            router_bird: Bird::new(&router_dir, &router_config()?)?,
+            servers: Vec::new(),
+            peer_pins: (0..opts.nodes).map(|i| peer_pin(&id, i)).collect(),
+            id,
+            client,
+            router,
+            backends,
+            bridge,
+            clients: (0..opts.clients).map(client_addr).collect(),
+            server_bin: server_bin.to_owned(),
+            tmp,
+            reaper: Some(reaper),
+        };
+        c.wire()?;
+        for i in 0..opts.backends {
+            c.servers.push(None);
+            c.start_server(i)?;
+        }
+        c.router_bird.start(&c.router)?;
+        for n in &mut c.nodes {
+            n.bird.start(&n.ns)?;
+        }
+        c.wait_sessions(opts.nodes, Duration::from_secs(15))?;
+        Ok(c)
+    }
+
+    fn wire(&mut self) -> Result<()> {
+        let cidr = |a: Ipv4Addr, p: u8| format!("{a}/{p}");
+        let br = &self.bridge;
+        br.ip(&["link", "add", "br0", "type", "bridge"])?;
+        br.ip(&["link", "set", "br0", "up"])?;
+        let mut hosts: Vec<(&Netns, String)> = vec![(&self.router, "p-rt".into())];
+        hosts.extend(
+            self.nodes
+                .iter()
+                .map(|n| (&n.ns, format!("p-n{}", n.index))),
+        );
+        hosts.extend(
+            self.backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b, format!("p-b{i}"))),
+        );
+        for (host, port) in &hosts {
+            br.ip(&[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+            ])?;
+            br.ip(&["link", "set", port, "master", "br0"])?;
+            br.ip(&["link", "set", port, "up"])?;
+            host.ip(&["link", "set", "eth0", "up"])?;
+        }
+        // Router: the clients' link, forwarding, L4 multipath hashing (per
+        // namespace: set here, not in the root namespace).
+        self.router.ip(&[
+            "link",
+            "add",
+            "eth-cl",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.client.name,
+        ])?;
+        self.router.ip(&["link", "set", "eth-cl", "up"])?;
+        self.client.ip(&["link", "set", "eth0", "up"])?;
+        self.router.ip(&[
+            "addr",
+            "add",
+            &cidr(ROUTER_CLIENT_ADDR, 16),
+            "dev",
+            "eth-cl",
+        ])?;
+        self.router.ip(&[
+            "addr",
+            "add",
+            &cidr(ROUTER_ADDR, SEGMENT_PREFIX),
+            "dev",
+            "eth0",
+        ])?;
+        self.router.sysctl("net.ipv4.ip_forward", "1")?;
+        self.router
+            .sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+        // Nodes: their own address; the VIP is not local to them (their XDP
+        // program takes the frames the router sends to their MAC).
+        for n in &self.nodes {
+            n.ns.ip(&[
+                "addr",
+                "add",
+                &cidr(n.addr(), SEGMENT_PREFIX),
+                "dev",
+                "eth0",
+            ])?;
+        }
+        // Backends: the VIP on loopback, never answering ARP for it; replies
+        // go straight back through the router (DSR).
+        for (i, b) in self.backends.iter().enumerate() {
+            b.ip(&[
+                "addr",
+                "add",
+                &cidr(backend_addr(i), SEGMENT_PREFIX),
+                "dev",
+                "eth0",
+            ])?;
+            b.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            b.ip(&["route", "add", "default", "via", &ROUTER_ADDR.to_string()])?;
+            for (k, v) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+                b.sysctl(&format!("net.ipv4.conf.all.{k}"), v)?;
+                b.sysctl(&format!("net.ipv4.conf.eth0.{k}"), v)?;
+            }
+        }
+        // Clients: many source addresses, the router as gateway.
+        let mut batch = vec![format!("addr add {} dev eth0", cidr(CLIENT_MAIN_ADDR, 16))];
+        batch.extend(
+            self.clients
+                .iter()
+                .map(|a| format!("addr add {} dev eth0", cidr(*a, 16))),
+        );
+        batch.push(format!("route add default via {ROUTER_CLIENT_ADDR}"));
+        self.client.ip_batch(&batch)?;
+        // As in `Topology`: veth leaves TCP checksums partial, which XDP_TX
+        // on the node loses; the clients compute them.
+        sh(self
+            .client
+            .command("ethtool")
+            .args(["-K", "eth0", "tx", "off"]))?;
+        // XDP_TX on a veth in driver mode needs an XDP program on its peer:
+        // stickylb's program with no VIP on every node's bridge port.
+        let path = self.bridge.path();
+        let pins = self.peer_pins.clone();
+        thread::spawn(move || -> Result<()> {
+            enter_path(&path);
+            for (i, pin) in pins.iter().enumerate() {
+                fs::create_dir_all(pin).map_err(|e| e.to_string())?;
+                let mut dp = Dataplane::load(&LoadOptions {
+                    affinity_capacity: 1024,
+                    pin_dir: None,
+                })
+                .map_err(|e| format!("{e:#}"))?;
+                dp.attach_pinned(
+                    &format!("p-n{i}"),
+                    AttachMode::Driver,
+                    None,
+                    &pin.join(LINK_PIN_NAME),
+                )
+                .map_err(|e| format!("{e:#}"))?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| "peer XDP thread panicked")??;
+        Ok(())
+    }
+
+    /// Starts (or restarts) backend `i`'s HTTP server; waits until it listens.
+    pub fn start_server(&mut self, i: usize) -> Result<()> {
+        self.servers[i] = None;
+        let ready = self.tmp.join(format!("b{i}.ready"));
+        let log = self.tmp.join(format!("b{i}.log"));
+        let _ = fs::remove_file(&ready);
+        let mut child = ChildGuard(
+            self.backends[i]
+                .command(&self.server_bin)
+                .args(["--name", &format!("backend-{i}"), "--listen", "0.0.0.0:80"])
+                .arg("--ready-file")
+                .arg(&ready)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(&log).map_err(|e| e.to_string())?)
+                .spawn()
+                .map_err(|e| format!("start slb-backend: {e}"))?,
+        );
+        let mut exited = None;
+        crate::netns::wait_for(Duration::from_secs(10), || {
+            exited = child.exited();
+            ready.exists() || exited.is_some()
+        });
+        if !ready.exists() {
+            return Err(format!(
+                "backend {i} did not start ({exited:?}): {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        self.servers[i] = Some(child);
+        Ok(())
+    }
+
+    /// Kills backend `i`'s server.
+    pub fn kill_server(&mut self, i: usize) {
+        self.servers[i] = None;
+    }
+
+    /// Takes backend `i`'s link down or up.
+    pub fn set_backend_link(&self, i: usize, up: bool) -> Result<()> {
+        self.backends[i]
+            .ip(&["link", "set", "eth0", if up { "up" } else { "down" }])
+            .map(|_| ())
+    }
+
+    /// Node `node`'s daemon config; `extra_vip` goes into the `[[vip]]`
+    /// table, `extra` at the end (further sections: `announce_section()`,
+    /// `[sync]`).
+    pub fn config(&self, node: usize, health: &str, extra_vip: &str, extra: &str) -> String {
+        let n = &self.nodes[node];
+        let mut s = format!(
+            "interface = \"eth0\"\n\
+             xdp_mode = \"driver\"\n\
+             pin_path = \"{}\"\n\
+             control_socket = \"{}\"\n\
+             metrics_listen = \"127.0.0.1:9321\"\n\
+             affinity_capacity = 65536\n\n\
+             [health]\n{health}\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n{extra_vip}\n",
+            n.pin.0.display(),
+            n.control_socket().display(),
+        );
+        for i in 0..self.backends.len() {
+            s += &format!(
+                "\n[[vip.backend]]\naddress = \"{}\"\nport = 80\n",
+                backend_addr(i)
+            );
+        }
+        s + extra
+    }
+
+    /// Starts `stickylb run` on node `i` with `config_text` (see `config`);
+    /// returns once its control socket answers.
+    pub fn start_daemon(
+        &mut self,
+        i: usize,
+        bin: &Path,
+        config_text: &str,
+        args: &[&str],
+    ) -> Result<()> {
+        let n = &mut self.nodes[i];
+        n.daemon = None;
+        n.daemon = Some(Daemon::start_in(
+            &n.ns,
+            &n.dir,
+            n.control_socket(),
+            bin,
+            config_text,
+            args,
+        )?);
+        Ok(())
+    }
+
+    /// Starts node `i`'s daemon again with the config it last ran with.
+    pub fn restart_daemon(&mut self, i: usize, args: &[&str]) -> Result<()> {
+        let n = &mut self.nodes[i];
+        let d = n
+            .daemon
+            .as_mut()
+            .ok_or("no daemon was started on the node")?;
+        d.restart_in(&n.ns, args)
+    }
+
+    /// Node `i`'s daemon.
+    #[track_caller]
+    pub fn daemon(&self, i: usize) -> &Daemon {
+        self.nodes[i].daemon()
+    }
+
+    /// SIGKILL to node `i`'s daemon (its pinned program keeps forwarding).
+    pub fn kill9_daemon(&mut self, i: usize) {
+        if let Some(d) = self.nodes[i].daemon.as_mut() {
+            d.kill9();
+        }
+    }
+
+    /// SIGTERM to node `i`'s daemon; waits for its clean exit.
+    pub fn stop_daemon(&mut self, i: usize) -> Result<()> {
+        match self.nodes[i].daemon.as_mut() {
+            Some(d) => d.stop(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn start_bird(&mut self, i: usize) -> Result<()> {
+        let n = &mut self.nodes[i];
+        n.bird.start(&n.ns)
+    }
+
+    /// SIGKILL to node `i`'s BIRD.
+    pub fn kill9_bird(&mut self, i: usize) {
+        self.nodes[i].bird.kill9();
+    }
+
+    /// SIGTERM to node `i`'s BIRD (it closes its session with the router).
+    pub fn stop_bird(&mut self, i: usize) {
+        self.nodes[i].bird.stop();
+    }
+
+    /// Node `i` dies: its daemon and its BIRD killed (kill -9).
+    pub fn kill_node(&mut self, i: usize) {
+        self.kill9_daemon(i);
+        self.kill9_bird(i);
+    }
+
+    /// Takes node `i`'s link down or up (it vanishes from the segment; its
+    /// processes keep running).
+    pub fn set_node_link(&self, i: usize, up: bool) -> Result<()> {
+        self.nodes[i]
+            .ns
+            .ip(&["link", "set", "eth0", if up { "up" } else { "down" }])
+            .map(|_| ())
+    }
+
+    /// Puts the VIP's route into node `i`'s table `ANNOUNCE_TABLE`, as the
+    /// daemon's announcer does: its BIRD then announces the VIP.
+    pub fn add_vip_route(&self, i: usize) -> Result<()> {
+        self.nodes[i]
+            .ns
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{VIP}/32"),
+                "dev",
+                "lo",
+                "table",
+                &ANNOUNCE_TABLE.to_string(),
+                "proto",
+                &ANNOUNCE_PROTOCOL.to_string(),
+            ])
+            .map(|_| ())
+    }
+
+    /// Removes the VIP's route from node `i`'s table: a withdrawal.
+    pub fn del_vip_route(&self, i: usize) -> Result<()> {
+        self.nodes[i]
+            .ns
+            .ip(&[
+                "route",
+                "del",
+                &format!("{VIP}/32"),
+                "table",
+                &ANNOUNCE_TABLE.to_string(),
+            ])
+            .map(|_| ())
+    }
+
+    /// Routes in node `i`'s table `ANNOUNCE_TABLE` (`ip route show table`).
+    pub fn node_routes(&self, i: usize) -> Result<String> {
+        self.nodes[i]
+            .ns
+            .ip(&["route", "show", "table", &ANNOUNCE_TABLE.to_string()])
+    }
+
+    /// The router's next hops towards the VIP (its main table, as BIRD
+    /// installed them): empty when no node announces it.
+    pub fn router_nexthops(&self) -> Result<Vec<Ipv4Addr>> {
+        let text = self.router.ip(&["route", "show", &VIP.to_string()])?;
+        let words: Vec<&str> = text.split_whitespace().collect();
+        Ok(words
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .filter_map(|w| w[1].parse().ok())
+            .collect())
+    }
+
+    /// The nodes the router forwards the VIP to, by index, sorted.
+    pub fn routed_nodes(&self) -> Result<Vec<usize>> {
+        let hops = self.router_nexthops()?;
+        let mut v: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| hops.contains(&node_addr(i)))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Waits until the router forwards the VIP to exactly `nodes` (any
+    /// order); how long that took, or an error naming what it had.
+    pub fn wait_routed(&self, nodes: &[usize], timeout: Duration) -> Result<Duration> {
+        let mut want = nodes.to_vec();
+        want.sort_unstable();
+        let start = Instant::now();
+        loop {
+            let have = self.routed_nodes()?;
+            if have == want {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "router forwards the VIP to nodes {have:?}, not {want:?}, after {timeout:?}; \
+                     router BIRD:\n{}",
+                    self.router_bird
+                        .birdc(&["show", "protocols"])
+                        .unwrap_or_default()
+                ));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the router has `k` next hops for the VIP.
+    pub fn wait_nexthops(&self, k: usize, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let have = self.router_nexthops()?;
+            if have.len() == k {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "router has next hops {have:?}, not {k}, after {timeout:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the router's BIRD has `k` established BGP sessions.
+    pub fn wait_sessions(&self, k: usize, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let n = self.router_bird.established()?.len();
+            if n == k {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "{n} BGP sessions up at the router, not {k}, after {timeout:?}:\n{}",
+                    self.router_bird
+                        .birdc(&["show", "protocols"])
+                        .unwrap_or_default()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every namespace of the cluster.
+    pub fn namespaces(&self) -> Vec<&Netns> {
+        let mut v = vec![&self.client, &self.router];
+        v.extend(self.nodes.iter().map(|n| &n.ns));
+        v.extend(&self.backends);
+        v.push(&self.bridge);
+        v
+    }
+
+    /// Keeps everything running after this process exits (see
+    /// `Topology::persist`).
+    pub fn persist(mut self) -> KeptTopology {
+        if let Some(r) = self.reaper.take() {
+            r.disarm();
+        }
+        let mut pids: Vec<u32> = self.servers.iter().flatten().map(ChildGuard::pid).collect();
+        pids.extend(self.router_bird.pid());
+        for n in &self.nodes {
+            pids.extend(n.bird.pid());
+            pids.extend(n.daemon.as_ref().and_then(Daemon::pid));
+        }
+        let mut pins = self.peer_pins.clone();
+        pins.extend(self.nodes.iter().map(|n| n.pin.0.clone()));
+        let kept = KeptTopology {
+            id: self.id.clone(),
+            namespaces: self.namespaces().iter().map(|n| n.name.clone()).collect(),
+            pids,
+            pins,
+            tmp: self.tmp.clone(),
+        };
+        for c in self.servers.drain(..).flatten() {
+            std::mem::forget(c);
+        }
+        if let Some(c) = self.router_bird.child.take() {
+            std::mem::forget(c);
+        }
+        for mut n in self.nodes.drain(..) {
+            if let Some(c) = n.bird.child.take() {
+                std::mem::forget(c);
+            }
+            if let Some(c) = n.daemon.as_mut().and_then(|d| d.child.take()) {
+                std::mem::forget(c);
+            }
+            std::mem::forget(n);
+        }
+        std::mem::forget(self);
+        kept
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for pin in &self.peer_pins {
+            let _ = Dataplane::detach_pinned(&pin.join(LINK_PIN_NAME));
+            let _ = fs::remove_dir_all(pin);
+        }
+        // Processes go before the folder their sockets and logs are in.
+        for n in &mut self.nodes {
+            n.daemon = None;
+            n.bird.child = None;
+        }
+        self.router_bird.child = None;
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
