@@ -27,7 +27,8 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -36,13 +37,17 @@ use std::{
 };
 
 use lb_user::{
+    api::{BackendState, StatusReply},
+    control::{self, Request},
     dataplane::{AttachMode, Dataplane, LINK_PIN_NAME, LoadOptions},
     runtime::{RECORD_DIR, Record},
 };
 
 use crate::{
     daemon::{Daemon, PinGuard},
-    netns::{ChildGuard, KeptTopology, Netns, Reaper, Result, backend_addr, enter_path, sh},
+    netns::{
+        ChildGuard, KeptTopology, Netns, Reaper, Result, backend_addr, enter_path, sh, wait_for,
+    },
 };
 
 /// The LB node's BIRD configuration operators run (docs/bird/lb-node.conf).
@@ -134,6 +139,14 @@ pub fn router_config() -> Result<String> {
 pub fn announce_section() -> String {
     format!("\n[announce]\ntable = {ANNOUNCE_TABLE}\nprotocol = {ANNOUNCE_PROTOCOL}\n")
 }
+
+/// Port every node's affinity sync listens on (`[sync] listen`).
+pub const SYNC_PORT: u16 = 7946;
+
+/// Health checks quick enough for scenarios that kill backends: down
+/// after 2 failed checks 200 ms apart, up after 2 good ones.
+pub const FAST_HEALTH: &str =
+    "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2";
 
 /// One BIRD instance: its files, and the process (in the foreground, so
 /// killing the child kills BIRD).
@@ -576,6 +589,204 @@ impl Cluster {
             );
         }
         s + extra
+    }
+
+    /// The cluster's shared sync key (`[sync] key_file`): written once into
+    /// the scratch folder, mode 0600 as the daemon demands.
+    pub fn sync_key_file(&self) -> Result<PathBuf> {
+        let path = self.tmp.join("sync.key");
+        if !path.exists() {
+            let mut key = [0u8; 32];
+            // SAFETY: getrandom writes at most `len` bytes into the buffer.
+            let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+            if n != key.len() as isize {
+                return Err("getrandom failed".into());
+            }
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            fs::write(&path, hex).map_err(|e| e.to_string())?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(path)
+    }
+
+    /// Node `node`'s `[sync]` section: listening on its own address, every
+    /// other node a peer, the cluster's key. A short join timeout: the
+    /// first node up has no one to pull a table from.
+    pub fn sync_section(&self, node: usize) -> Result<String> {
+        let peers: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| i != node)
+            .map(|i| format!("\"{}\"", SocketAddrV4::new(node_addr(i), SYNC_PORT)))
+            .collect();
+        Ok(format!(
+            "\n[sync]\nlisten = \"{}\"\npeers = [{}]\nkey_file = \"{}\"\njoin_timeout = \"2s\"\n",
+            SocketAddrV4::new(node_addr(node), SYNC_PORT),
+            peers.join(", "),
+            self.sync_key_file()?.display()
+        ))
+    }
+
+    /// `config` of a node that announces its VIP itself (`[announce]`)
+    /// and, with `sync`, syncs its affinity table with every other node.
+    pub fn node_config(
+        &self,
+        node: usize,
+        health: &str,
+        extra_vip: &str,
+        sync: bool,
+    ) -> Result<String> {
+        let mut extra = announce_section();
+        if sync {
+            extra += &self.sync_section(node)?;
+        }
+        Ok(self.config(node, health, extra_vip, &extra))
+    }
+
+    /// Starts every node's daemon with `node_config(.., sync)`, waits until
+    /// each has all backends up and, with sync, has joined, and until the
+    /// router forwards the VIP to every node (their own announcements).
+    pub fn start_announcing(
+        &mut self,
+        bin: &Path,
+        health: &str,
+        extra_vip: &str,
+        sync: bool,
+    ) -> Result<Duration> {
+        for i in 0..self.nodes.len() {
+            let config = self.node_config(i, health, extra_vip, sync)?;
+            self.start_daemon(i, bin, &config, &[])?;
+        }
+        for i in 0..self.nodes.len() {
+            let d = self.daemon(i);
+            if !d.wait_backends(Duration::from_secs(10), |s, _| s == BackendState::Up) {
+                return Err(format!(
+                    "node {i}: backends not up: {:?}\n{}",
+                    d.vips(),
+                    d.log_text()
+                ));
+            }
+            if sync && !self.wait_sync_ready(i, Duration::from_secs(10)) {
+                return Err(format!(
+                    "node {i}: sync not ready: {:?}\n{}",
+                    d.status().map(|s| s.sync),
+                    d.log_text()
+                ));
+            }
+        }
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.wait_routed(&all, Duration::from_secs(10))
+    }
+
+    /// Node `i`'s status straight from its control socket (also while a
+    /// `start_daemon`/`restart_daemon` of it is still waiting).
+    pub fn node_status(&self, i: usize) -> Result<StatusReply> {
+        let v = control::call(&self.nodes[i].control_socket(), &Request::Status)
+            .map_err(|e| format!("{e:#}"))?;
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    /// Whether node `i`'s sync says it is ready (false without `[sync]`).
+    pub fn sync_ready(&self, i: usize) -> bool {
+        self.node_status(i)
+            .is_ok_and(|s| s.sync.is_some_and(|s| s.ready))
+    }
+
+    pub fn wait_sync_ready(&self, i: usize, timeout: Duration) -> bool {
+        wait_for(timeout, || self.sync_ready(i))
+    }
+
+    /// Whether node `i`'s table holds the VIP's route of stickylb's
+    /// protocol (announced by its daemon, or put there by `add_vip_route`).
+    pub fn node_announces(&self, i: usize) -> Result<bool> {
+        let text = self.nodes[i].ns.ip(&[
+            "route",
+            "show",
+            "table",
+            &ANNOUNCE_TABLE.to_string(),
+            "proto",
+            &ANNOUNCE_PROTOCOL.to_string(),
+        ])?;
+        Ok(text
+            .split_whitespace()
+            .any(|w| w == VIP.to_string() || w == format!("{VIP}/32")))
+    }
+
+    /// Waits until backend `b`'s state on node `i` satisfies `pred`.
+    pub fn wait_backend_state(
+        &self,
+        i: usize,
+        b: usize,
+        timeout: Duration,
+        pred: impl Fn(BackendState) -> bool,
+    ) -> bool {
+        let addr = SocketAddrV4::new(backend_addr(b), 80);
+        wait_for(timeout, || {
+            self.node_status(i).is_ok_and(|s| {
+                s.vips
+                    .iter()
+                    .flat_map(|v| &v.backends)
+                    .filter(|x| x.address == addr)
+                    .all(|x| pred(x.state))
+            })
+        })
+    }
+
+    /// Node `i`'s `lookup` of `client` on the VIP: the backend it names
+    /// (by index) and whether that comes from an affinity entry (true) or
+    /// from the Maglev table (false).
+    pub fn lookup(&self, i: usize, client: Ipv4Addr) -> Result<(Option<usize>, bool)> {
+        let v = self.daemon(i).call(&Request::Lookup {
+            client: client.into(),
+            vip: Some("web".into()),
+        })?;
+        let r: Vec<lb_user::api::LookupResult> =
+            serde_json::from_value(v).map_err(|e| e.to_string())?;
+        let r = r.first().ok_or("empty lookup reply")?;
+        let backend = match r.backend {
+            None => None,
+            Some(a) => Some(
+                (0..self.backends.len())
+                    .find(|&k| backend_addr(k) == *a.ip())
+                    .ok_or_else(|| format!("lookup names an unknown backend {a}"))?,
+            ),
+        };
+        Ok((backend, r.affinity_age_ms.is_some()))
+    }
+
+    /// `stickylb maintenance on|off` on node `i` (withdraw or announce
+    /// again; it keeps forwarding what arrives).
+    pub fn set_maintenance(&self, i: usize, on: bool) -> Result<()> {
+        let (code, out, err) = self
+            .daemon(i)
+            .cli(&["maintenance", if on { "on" } else { "off" }]);
+        if code != 0 {
+            return Err(format!("maintenance on node {i}: {out}{err}"));
+        }
+        Ok(())
+    }
+
+    /// Node `i` can (`false`) or cannot (`true`) reach the backends from
+    /// its own stack: blackhole routes to their addresses in its
+    /// namespace. Its health checks then fail, while its XDP program,
+    /// which forwards by MAC and never consults a route, is untouched.
+    pub fn set_backends_blackholed(&self, i: usize, blackholed: bool) -> Result<()> {
+        let cmds: Vec<String> = (0..self.backends.len())
+            .map(|b| {
+                format!(
+                    "route {} blackhole {}/32",
+                    if blackholed { "add" } else { "del" },
+                    backend_addr(b)
+                )
+            })
+            .collect();
+        self.nodes[i].ns.ip_batch(&cmds).map(|_| ())
+    }
+
+    /// Node `i` vanishes: its daemon and BIRD killed (kill -9), then its
+    /// link down (nothing of it answers any more, not even BFD).
+    pub fn vanish_node(&mut self, i: usize) -> Result<()> {
+        self.kill_node(i);
+        self.set_node_link(i, false)
     }
 
     /// Starts `stickylb run` on node `i` with `config_text` (see `config`);

@@ -11,7 +11,7 @@ use std::{
 
 use lb_user::{control::Request, lb::LookupResult};
 use stickylb_tests::{
-    cluster::{Cluster, ClusterOptions, VIP},
+    cluster::{Cluster, ClusterOptions, FAST_HEALTH, VIP},
     netns::{backend_addr, backend_of, http_get},
 };
 
@@ -71,17 +71,17 @@ fn lookup(c: &Cluster, node: usize, client: Ipv4Addr) -> (Option<usize>, bool) {
 fn ecmp_spreads_clients_over_nodes_and_each_client_reaches_one_backend() {
     let start = Instant::now();
     let mut c = cluster(CLIENTS);
-    for i in 0..NODES {
-        let config = c.config(i, "", "affinity_timeout = \"5m\"", "");
-        c.start_daemon(i, STICKYLB.as_ref(), &config, &[])
-            .expect("daemon");
-    }
-    for i in 0..NODES {
-        c.daemon(i).assert_up(Duration::from_secs(10));
-        c.add_vip_route(i).unwrap();
-    }
-    let took = c.wait_routed(&[0, 1, 2], ROUTE_BOUND).unwrap();
-    println!("router forwards the VIP to all {NODES} nodes {took:?} after the routes were added");
+    // Sync off on purpose: which nodes carried a client is read below from
+    // the nodes' affinity entries, and a node holds one for exactly the
+    // clients it forwarded only while no peer sends it theirs. The
+    // backends never change here, so every node's Maglev table alone
+    // sends a client to one backend.
+    let took = c
+        .start_announcing(STICKYLB.as_ref(), "", "affinity_timeout = \"5m\"", false)
+        .expect("daemons announce");
+    println!(
+        "router forwards the VIP to all {NODES} nodes {took:?} after their backends were up (each daemon announced it)"
+    );
 
     // Every client's connections, in parallel over the clients (each
     // client's own connections one after the other).
@@ -231,29 +231,47 @@ fn ecmp_spreads_clients_over_nodes_and_each_client_reaches_one_backend() {
     assert!(start.elapsed() < Duration::from_secs(50));
 }
 
-/// The router stops using a node whose route goes: withdrawn from its
-/// table, its BIRD killed, its link down; and uses it again once it is back.
+/// The router stops using a node whose route goes: withdrawn by its daemon
+/// (maintenance), removed from its table by hand, its BIRD killed, its link
+/// down; and uses it again once it is back. The daemons announce, with sync.
 #[test]
 fn router_drops_a_node_that_withdraws_dies_or_loses_its_link() {
     let start = Instant::now();
     let mut c = cluster(1);
-    for i in 0..NODES {
-        c.add_vip_route(i).unwrap();
-    }
-    let took = c.wait_routed(&[0, 1, 2], ROUTE_BOUND).unwrap();
-    println!("announced by {NODES} nodes: on the router after {took:?}");
+    let took = c
+        .start_announcing(STICKYLB.as_ref(), FAST_HEALTH, "", true)
+        .expect("daemons announce");
+    println!("announced by {NODES} daemons: on the router after {took:?}");
     assert_eq!(
         c.router_nexthops().unwrap().len(),
         NODES,
         "one ECMP route with a next hop per node"
     );
 
-    c.del_vip_route(2).unwrap();
+    c.set_maintenance(2, true).unwrap();
     let withdrawn = c.wait_routed(&[0, 1], ROUTE_BOUND).unwrap();
-    c.add_vip_route(2).unwrap();
+    assert!(
+        !c.node_announces(2).unwrap(),
+        "maintenance removed the route"
+    );
+    c.set_maintenance(2, false).unwrap();
     let back = c.wait_routed(&[0, 1, 2], ROUTE_BOUND).unwrap();
     println!(
-        "node 2's route removed from its table: gone from the router after {withdrawn:?}, back {back:?} after re-adding it"
+        "node 2 in maintenance (its daemon withdrew): gone from the router after {withdrawn:?}, back {back:?} after maintenance off"
+    );
+
+    // A route put into the table by hand is announced as the daemon's is:
+    // BIRD exports whatever of protocol 250 the table holds.
+    c.set_maintenance(1, true).unwrap();
+    c.wait_routed(&[0, 2], ROUTE_BOUND).unwrap();
+    c.add_vip_route(1).unwrap();
+    let injected = c.wait_routed(&[0, 1, 2], ROUTE_BOUND).unwrap();
+    c.del_vip_route(1).unwrap();
+    let removed = c.wait_routed(&[0, 2], ROUTE_BOUND).unwrap();
+    c.set_maintenance(1, false).unwrap();
+    c.wait_routed(&[0, 1, 2], ROUTE_BOUND).unwrap();
+    println!(
+        "a route injected into node 1's table: on the router after {injected:?}, removed: gone after {removed:?}"
     );
 
     c.kill9_bird(1);

@@ -118,24 +118,14 @@ fn up_cluster(nodes: usize) -> Result<(), String> {
         },
         &dir.join("slb-backend"),
     )?;
-    for i in 0..nodes {
-        let config = c.config(i, "", "affinity_timeout = \"5m\"", "");
-        c.start_daemon(i, &dir.join("stickylb-under-test"), &config, &[])?;
-    }
-    for i in 0..nodes {
-        let d = c.daemon(i);
-        if !d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up) {
-            return Err(format!(
-                "node {i}: backends did not come up:\n{}",
-                d.log_text()
-            ));
-        }
-        // The harness puts the VIP's route into the node's table, as the
-        // daemon's announcer does, so the node's BIRD announces it.
-        c.add_vip_route(i)?;
-    }
-    let all: Vec<usize> = (0..nodes).collect();
-    c.wait_routed(&all, Duration::from_secs(10))?;
+    // Every daemon announces the VIP itself ([announce]) and syncs its
+    // affinity table with the others ([sync]).
+    c.start_announcing(
+        &dir.join("stickylb-under-test"),
+        "",
+        "affinity_timeout = \"5m\"",
+        true,
+    )?;
     let id = c.id.clone();
     let tmp = c.tmp.clone();
     let kept = c.persist();
@@ -154,7 +144,8 @@ fn up_cluster(nodes: usize) -> Result<(), String> {
          \n  ip netns exec {id}-cl curl -s --interface 10.78.1.7 http://{vip}/\
          \n  birdc -s {tmp}/rt/bird.ctl show protocols\
          \n  target/release/stickylb-under-test --socket {tmp}/n0/ctl.sock lookup 10.78.1.7\
-         \n  ip -n {id}-n1 route del {vip}/32 table {table}   # node 1 withdraws\
+         \n  ip -n {id}-n1 route show table {table}   # the route node 1's daemon announces\
+         \n  target/release/stickylb-under-test --socket {tmp}/n1/ctl.sock maintenance on   # node 1 withdraws\
          \n\nRemove it all: cargo xtask netns down",
         cm = cluster::CLIENT_MAIN_ADDR,
         rc = cluster::ROUTER_CLIENT_ADDR,
