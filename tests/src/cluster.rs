@@ -782,11 +782,13 @@ impl Cluster {
         self.nodes[i].ns.ip_batch(&cmds).map(|_| ())
     }
 
-    /// Node `i` vanishes: its daemon and BIRD killed (kill -9), then its
-    /// link down (nothing of it answers any more, not even BFD).
+    /// Node `i` vanishes as in a power loss: its link down first (it falls
+    /// silent: no FIN of a dying BIRD reaches the router, BFD has to notice),
+    /// then its daemon and BIRD killed (kill -9).
     pub fn vanish_node(&mut self, i: usize) -> Result<()> {
+        self.set_node_link(i, false)?;
         self.kill_node(i);
-        self.set_node_link(i, false)
+        Ok(())
     }
 
     /// Starts `stickylb run` on node `i` with `config_text` (see `config`);
