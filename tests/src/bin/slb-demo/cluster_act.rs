@@ -34,7 +34,8 @@ use crate::{indent, step};
 const NODES: usize = 3;
 const BACKENDS: usize = 3;
 const SYNC_PORT: u16 = 7946;
-const HEALTH: &str = "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
+const HEALTH: &str =
+    "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
 /// Threads of the load; each walks its share of the clients, a new TCP
 /// connection per request (so a new source port: the router's L4 hash
 /// sends one client's connections to different nodes).
@@ -97,15 +98,10 @@ impl Load {
                                 return;
                             }
                             let start = Instant::now();
-                            let backend = http_get(
-                                a,
-                                SocketAddrV4::new(VIP, 80),
-                                "/",
-                                None,
-                                REQUEST_TIMEOUT,
-                            )
-                            .ok()
-                            .and_then(|a| backend_of(&a));
+                            let backend =
+                                http_get(a, SocketAddrV4::new(VIP, 80), "/", None, REQUEST_TIMEOUT)
+                                    .ok()
+                                    .and_then(|a| backend_of(&a));
                             samples.lock().unwrap().push(Sample {
                                 at: Instant::now(),
                                 took: start.elapsed(),
@@ -202,8 +198,9 @@ fn round(c: &Cluster, clients: &[usize]) -> Vec<Result<usize, String>> {
                     chunk
                         .iter()
                         .map(|&a| {
-                            let r = http_get(a, SocketAddrV4::new(VIP, 80), "/", None, REQUEST_TIMEOUT)
-                                .map_err(|e| e.to_string())?;
+                            let r =
+                                http_get(a, SocketAddrV4::new(VIP, 80), "/", None, REQUEST_TIMEOUT)
+                                    .map_err(|e| e.to_string())?;
                             backend_of(&r).ok_or_else(|| format!("answer {:?}", r.body))
                         })
                         .collect::<Vec<_>>()
@@ -240,7 +237,10 @@ fn pin(c: &Cluster, clients: Range<usize>) -> Result<BTreeMap<usize, usize>, Str
         );
         left = errors.into_iter().map(|(i, _)| i).collect();
     }
-    Err(format!("{} clients got no answer in three tries", left.len()))
+    Err(format!(
+        "{} clients got no answer in three tries",
+        left.len()
+    ))
 }
 
 /// Frames each node forwarded for the VIP so far.
@@ -326,7 +326,10 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     let load_clients = 0..sizes.load;
     let late_clients = sizes.load..sizes.load + sizes.late;
 
-    step(first, "several nodes: three stickylb nodes behind a BGP router");
+    step(
+        first,
+        "several nodes: three stickylb nodes behind a BGP router",
+    );
     let t = Instant::now();
     let mut c = Cluster::up(
         &ClusterOptions {
@@ -339,9 +342,16 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     let files: Vec<PathBuf> = c
         .nodes
         .iter()
-        .map(|n| Maintenance::load(Path::new(MAINTENANCE_DIR), &n.pin.0).file().to_owned())
+        .map(|n| {
+            Maintenance::load(Path::new(MAINTENANCE_DIR), &n.pin.0)
+                .file()
+                .to_owned()
+        })
         .collect();
-    let reaper = Reaper::spawn(&c.id, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+    let reaper = Reaper::spawn(
+        &c.id,
+        &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     let maintenance = MaintenanceFiles(files, Some(reaper));
     println!(
         "   namespaces {id}-*: {} clients (10.78.1.x) → a router running BIRD with ECMP over the\n   \
@@ -418,7 +428,11 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     println!("   router: ip route show {VIP}   (one route, a next hop per node)");
     print!(
         "{}",
-        indent(&indent(&c.router.ip(&["route", "show", &VIP.to_string()])?))
+        indent(&indent(&c.router.ip(&[
+            "route",
+            "show",
+            &VIP.to_string()
+        ])?))
     );
 
     step(first + 1, "steady load over the three nodes");
@@ -492,9 +506,9 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     c.start_server(1)?;
     let up = wait_for(Duration::from_secs(10), || {
         (0..NODES).all(|i| {
-            c.daemon(i).vips().is_ok_and(|v| {
-                v[0].backends.iter().all(|b| b.state == BackendState::Up)
-            })
+            c.daemon(i)
+                .vips()
+                .is_ok_and(|v| v[0].backends.iter().all(|b| b.state == BackendState::Up))
         })
     });
     if !up {
@@ -518,7 +532,8 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     let mut synced = 0;
     for &i in pinned.keys() {
         let agree = [1, 2].iter().all(|&n| {
-            lookup(&c, n, c.clients[i]).is_ok_and(|(b, entry)| entry && b == pinned.get(&i).copied())
+            lookup(&c, n, c.clients[i])
+                .is_ok_and(|(b, entry)| entry && b == pinned.get(&i).copied())
         });
         synced += usize::from(agree);
     }
@@ -554,7 +569,11 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     );
     println!(
         "   router: ip route show {VIP}\n{}",
-        indent(&indent(&c.router.ip(&["route", "show", &VIP.to_string()])?))
+        indent(&indent(&c.router.ip(&[
+            "route",
+            "show",
+            &VIP.to_string()
+        ])?))
     );
     thread::sleep(sizes.phase);
     let t_seen = Instant::now();
@@ -592,9 +611,9 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
         [1, 2].iter().all(|&n| {
             c.daemon(n).status().is_ok_and(|s| {
                 s.sync.is_some_and(|s| {
-                    s.peers
-                        .iter()
-                        .any(|p| *p.address.ip() == node_addr(NODE_DEAD) && p.state != PeerState::Up)
+                    s.peers.iter().any(|p| {
+                        *p.address.ip() == node_addr(NODE_DEAD) && p.state != PeerState::Up
+                    })
                 })
             })
         })
@@ -684,10 +703,7 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
             ""
         }
     );
-    println!(
-        "   +{:>5} ms  the router uses node 0 again",
-        ms(routed)
-    );
+    println!("   +{:>5} ms  the router uses node 0 again", ms(routed));
     let t_routed = t_back + routed;
     let before = packets(&c, &[0, 1, 2])?;
     thread::sleep(sizes.phase);

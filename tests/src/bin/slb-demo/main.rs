@@ -247,10 +247,7 @@ fn run(keep: bool, quick: bool, only_nodes: bool) -> Result<(), String> {
     let started = Instant::now();
     if !only_nodes {
         one_node(&stickylb, &server, keep, quick)?;
-        println!(
-            "\n   (one node: {:.1} s)",
-            started.elapsed().as_secs_f64()
-        );
+        println!("\n   (one node: {:.1} s)", started.elapsed().as_secs_f64());
     }
     let t = Instant::now();
     cluster_act::run(&stickylb, &server, quick, 8)?;
@@ -259,6 +256,11 @@ fn run(keep: bool, quick: bool, only_nodes: bool) -> Result<(), String> {
         t.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+    if keep && !only_nodes {
+        println!(
+            "   The single-node network is still up (step 7). Nodes to explore: cargo xtask netns up --nodes 3"
+        );
+    }
     Ok(())
 }
 
