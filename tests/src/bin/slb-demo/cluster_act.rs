@@ -243,6 +243,36 @@ fn pin(c: &Cluster, clients: Range<usize>) -> Result<BTreeMap<usize, usize>, Str
     ))
 }
 
+/// Whether each of `nodes` has all its peers up.
+fn peers_up(c: &Cluster, nodes: &[usize]) -> bool {
+    nodes.iter().all(|&i| {
+        c.daemon(i).status().is_ok_and(|s| {
+            s.sync
+                .is_some_and(|s| s.peers.iter().all(|p| p.state == PeerState::Up))
+        })
+    })
+}
+
+/// Node 0's pins of `clients`, and how many of them node 1 or node 2 does
+/// not hold the same.
+fn disagreements(c: &Cluster, clients: &[usize]) -> (usize, BTreeMap<usize, usize>) {
+    let mut pins = BTreeMap::new();
+    let mut differ = 0;
+    for &i in clients {
+        let a = c.clients[i];
+        let Ok((Some(b), true)) = lookup(c, 0, a) else {
+            differ += 1;
+            continue;
+        };
+        pins.insert(i, b);
+        let same = [1, 2]
+            .iter()
+            .all(|&n| lookup(c, n, a).is_ok_and(|p| p == (Some(b), true)));
+        differ += usize::from(!same);
+    }
+    (differ, pins)
+}
+
 /// Frames each node forwarded for the VIP so far.
 fn packets(c: &Cluster, nodes: &[usize]) -> Result<BTreeMap<usize, u64>, String> {
     nodes
@@ -436,9 +466,9 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     );
 
     step(first + 1, "steady load over the three nodes");
-    // What the Maglev table gives the late clients with every backend up
-    // (none of them has talked yet): after the outage below it gives the
-    // same again, and their pins differ from it.
+    // What the Maglev table gives every client with every backend up (the
+    // late clients have not talked yet; the others' first pins): after the
+    // outage below it gives the same again, and some pins differ from it.
     let mut maglev = BTreeMap::new();
     for i in late_clients.clone() {
         maglev.insert(i, lookup(&c, 1, c.clients[i])?.0);
@@ -458,6 +488,9 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
         }
     }
     let split = per_client.values().filter(|b| b.len() > 1).count();
+    for (i, b) in &per_client {
+        maglev.insert(*i, b.first().copied());
+    }
     println!(
         "   {} clients, each a new TCP connection every ~{} ms: {} requests in {} ms, {failed} failed.\n   \
          each node's share: {}\n   \
@@ -474,6 +507,16 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
         first + 2,
         "pins only the sync knows: new clients while backend-1 is down, through node 0 only",
     );
+    let t = Instant::now();
+    if !wait_for(Duration::from_secs(15), || peers_up(&c, &[0, 1, 2])) {
+        println!("   (not every node's peers are up after 15 s; node 0:)");
+        print!("{}", indent(&indent(&status_excerpt(&c, 0))));
+    } else {
+        println!(
+            "   stickylb status on every node: both peers up ({} ms).",
+            ms(t.elapsed())
+        );
+    }
     for i in [1, 2] {
         let (code, out, err) = c.daemon(i).cli(&["maintenance", "on"]);
         if code != 0 {
@@ -522,29 +565,45 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     }
     c.wait_routed(&[0, 1, 2], Duration::from_secs(10))?;
     drop(maintenance);
+    let repinned = (0..sizes.load)
+        .filter(|i| maglev.get(i) == Some(&Some(1)))
+        .count();
+    let t = Instant::now();
+    let everyone: Vec<usize> = (0..sizes.load + sizes.late).collect();
+    let mut agreement = (0, BTreeMap::new());
+    let agreed = wait_for(Duration::from_secs(10), || {
+        agreement = disagreements(&c, &everyone);
+        agreement.0 == 0
+    });
+    let (disagree, node0) = agreement;
     // The clients whose pin is not what the table now says: without the
     // pins node 0 sent, nodes 1 and 2 would send them to backend-1.
-    let only_sync: Vec<usize> = pinned
+    let only_sync: Vec<usize> = node0
         .iter()
         .filter(|(i, b)| maglev.get(i).copied().flatten().is_some_and(|m| m != **b))
         .map(|(i, _)| *i)
         .collect();
-    let mut synced = 0;
-    for &i in pinned.keys() {
-        let agree = [1, 2].iter().all(|&n| {
-            lookup(&c, n, c.clients[i])
-                .is_ok_and(|(b, entry)| entry && b == pinned.get(&i).copied())
-        });
-        synced += usize::from(agree);
-    }
     println!(
-        "   {} new clients pinned by node 0 (to backend-0 or backend-2); backend-1 is back, maintenance off.\n   \
-         For {} of them the Maglev table now says backend-1: only their pin keeps them where they are.\n   \
-         Nodes 1 and 2 hold node 0's pin for {synced} of the {}, sent to them by the sync.",
+        "   node 0 re-pinned the {repinned} steady clients backend-1 had, and pinned {} new clients, to\n   \
+         backend-0 or backend-2. Backend-1 is back, maintenance is off: for {} clients the Maglev table now\n   \
+         says backend-1, and only their pins keep them where they are.",
         pinned.len(),
-        only_sync.len(),
-        pinned.len()
+        only_sync.len()
     );
+    if agreed {
+        println!(
+            "   nodes 1 and 2 hold node 0's pin for every one of the {} clients ({} ms after maintenance\n   \
+             ended): the sync sent them.",
+            everyone.len(),
+            ms(t.elapsed())
+        );
+    } else {
+        println!(
+            "   nodes 1 and 2 still disagree with node 0 on {disagree} of the {} clients after 10 s; node 1:",
+            everyone.len()
+        );
+        print!("{}", indent(&indent(&status_excerpt(&c, 1))));
+    }
     if let Some(&i) = only_sync.first() {
         let a = c.clients[i].to_string();
         let (_, out, _) = c.daemon(1).cli(&["lookup", &a]);
@@ -619,7 +678,7 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
         })
     });
     println!(
-        "   +{:>5} ms  the survivors {} their peer 10.77.0.1 down (no keepalive for 10 s); node 1:",
+        "   +{:>5} ms  the survivors {} their peer 10.77.0.1 down (nothing heard from it for 10 s); node 1:",
         ms(t_kill.elapsed()),
         if gone { "see" } else { "still do not see" }
     );
