@@ -697,7 +697,8 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     c.restart_daemon(NODE_DEAD, &["--fresh"])?;
     let t_up = t_back.elapsed();
     println!(
-        "   +{:>5} ms  link up, BIRD started, stickylb run --fresh (new, empty maps) answers",
+        "   +{:>5} ms  link up, BIRD started; stickylb run --fresh (new, empty maps; it waits withdraw_delay,\n   \
+         \x20          2 s, before replacing them) answers",
         ms(t_up)
     );
     let (mut joined, mut announced, mut routed) = (None, None, None);
@@ -754,7 +755,7 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
         ));
     };
     println!(
-        "   +{:>5} ms  VIP announced (after --fresh's withdraw delay and the backends' first checks){}",
+        "   +{:>5} ms  VIP announced (joined, warmed up, backends alive){}",
         ms(announced),
         if early {
             "  -- BEFORE it had joined!"
