@@ -243,6 +243,52 @@ fn pin(c: &Cluster, clients: Range<usize>) -> Result<BTreeMap<usize, usize>, Str
     ))
 }
 
+/// Watches `ip ARGS` in a namespace (every 5 ms) for when its output
+/// lacks `needle`: the first and last time it did, after `t0`.
+struct Absence(thread::JoinHandle<Option<(Duration, Duration)>>);
+
+impl Absence {
+    fn watch(
+        ns: PathBuf,
+        args: Vec<String>,
+        needle: String,
+        t0: Instant,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self(thread::spawn(move || {
+            enter_path(&ns);
+            let mut gone: Option<(Duration, Duration)> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let present = Command::new("ip")
+                    .args(&args)
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&needle));
+                let at = t0.elapsed();
+                match (&mut gone, present) {
+                    (None, false) => gone = Some((at, at)),
+                    (Some((_, last)), false) => *last = at,
+                    _ => {}
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            gone
+        }))
+    }
+
+    /// What it saw, for a person.
+    fn describe(self) -> String {
+        match self.0.join() {
+            Err(_) => "(the watcher panicked)".into(),
+            Ok(None) => "never gone".into(),
+            Ok(Some((from, to))) => format!(
+                "gone from +{} to +{} ms after the restart (looked at every 5 ms)",
+                ms(from),
+                ms(to)
+            ),
+        }
+    }
+}
+
 /// Whether each of `nodes` has all its peers up.
 fn peers_up(c: &Cluster, nodes: &[usize]) -> bool {
     nodes.iter().all(|&i| {
@@ -787,10 +833,89 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
         shares(&before, &after),
         only_sync.len()
     );
+
+    step(
+        first + 5,
+        "node 1's daemon killed -9, its BIRD alive: the program keeps forwarding",
+    );
+    const OTHER: usize = 1;
+    let t_kill = Instant::now();
+    let mut all = load.between(t0, t_kill);
+    all.extend(late.between(t0, t_kill));
+    let baseline = last_backends(&all, t_kill);
+    c.kill9_daemon(OTHER);
+    thread::sleep(sizes.phase / 2);
+    let route_kept = c.node_routes(OTHER)?.contains(&VIP.to_string());
+    let routed_kept = c.routed_nodes()?.contains(&OTHER);
+    println!(
+        "   +{:>5} ms  stickylb on node 1 killed; its route is {} the table, the router {} node 1",
+        ms(t_kill.elapsed()),
+        if route_kept { "still in" } else { "GONE from" },
+        if routed_kept {
+            "still uses"
+        } else {
+            "NO LONGER uses"
+        }
+    );
+    // The restart adopts the pinned maps and pulls a peer's table again;
+    // watch the node's table meanwhile.
+    let t_restart = Instant::now();
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let table = cluster::ANNOUNCE_TABLE.to_string();
+    let in_table = Absence::watch(
+        c.nodes[OTHER].ns.path(),
+        vec!["route".into(), "show".into(), "table".into(), table],
+        VIP.to_string(),
+        t_restart,
+        watch_stop.clone(),
+    );
+    let at_router = Absence::watch(
+        c.router.path(),
+        vec!["route".into(), "show".into(), VIP.to_string()],
+        node_addr(OTHER).to_string(),
+        t_restart,
+        watch_stop.clone(),
+    );
+    c.restart_daemon(OTHER, &[])?;
+    let ready = wait_for(Duration::from_secs(10), || {
+        c.daemon(OTHER).status().is_ok_and(|s| {
+            s.sync.is_some_and(|s| s.ready)
+                && s.vips
+                    .first()
+                    .and_then(|v| v.announce)
+                    .is_some_and(|a| a.announced)
+        })
+    });
+    thread::sleep(Duration::from_millis(200));
+    watch_stop.store(true, Ordering::Relaxed);
+    println!(
+        "   +{:>5} ms  stickylb run again (adopting the maps, pulling a peer's table): {}\n   \
+         \x20          node 1's route: {}\n   \
+         \x20          the router's next hop via node 1: {}",
+        ms(t_restart.elapsed()),
+        if ready {
+            "joined, VIP announced"
+        } else {
+            "NOT ready after 10 s"
+        },
+        in_table.describe(),
+        at_router.describe()
+    );
+    thread::sleep(sizes.phase / 2);
+    let t_end = Instant::now();
+    let mut all = load.between(t_kill, t_end);
+    all.extend(late.between(t_kill, t_end));
+    let failed = all.iter().filter(|s| s.backend.is_none()).count();
+    let moved = changed(&all, &baseline);
+    println!(
+        "   {} requests meanwhile, {failed} failed; clients that changed backend: {}.",
+        all.len(),
+        moved.len()
+    );
     drop(late);
     drop(load);
 
-    step(first + 5, "teardown of the nodes");
+    step(first + 6, "teardown of the nodes");
     drop(c);
     println!("   daemons, BIRDs and servers killed, pins removed, namespaces deleted.");
     Ok(())

@@ -214,8 +214,8 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Acts in all: 7 on one node, 6 on several.
-const STEPS: usize = 13;
+/// Acts in all: 7 on one node, 7 on several.
+const STEPS: usize = 14;
 
 fn step(n: usize, title: &str) {
     if std::io::stdout().is_terminal() {
