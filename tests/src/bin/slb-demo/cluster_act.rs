@@ -494,6 +494,16 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
     );
     println!("   node 0: ip route show table {}", cluster::ANNOUNCE_TABLE);
     print!("{}", indent(&indent(&c.node_routes(0)?)));
+    let t = Instant::now();
+    if !wait_for(Duration::from_secs(15), || peers_up(&c, &[0, 1, 2])) {
+        println!("   (not every node's peers are up after 15 s; node 0:)");
+        print!("{}", indent(&indent(&status_excerpt(&c, 0))));
+    } else {
+        println!(
+            "   stickylb status on every node: both peers up (after {} ms more).",
+            ms(t.elapsed())
+        );
+    }
     println!("   node 1: stickylb status (announce and sync lines):");
     print!("{}", indent(&indent(&status_excerpt(&c, 1))));
     println!("   router: birdc show route");
@@ -553,16 +563,6 @@ pub fn run(stickylb: &Path, server: &Path, quick: bool, first: usize) -> Result<
         first + 2,
         "pins only the sync knows: new clients while backend-1 is down, through node 0 only",
     );
-    let t = Instant::now();
-    if !wait_for(Duration::from_secs(15), || peers_up(&c, &[0, 1, 2])) {
-        println!("   (not every node's peers are up after 15 s; node 0:)");
-        print!("{}", indent(&indent(&status_excerpt(&c, 0))));
-    } else {
-        println!(
-            "   stickylb status on every node: both peers up ({} ms).",
-            ms(t.elapsed())
-        );
-    }
     for i in [1, 2] {
         let (code, out, err) = c.daemon(i).cli(&["maintenance", "on"]);
         if code != 0 {
