@@ -874,6 +874,24 @@ impl Cluster {
             .map(|_| ())
     }
 
+    /// Whether the bridge floods unknown unicast to node `i`'s port. Off, a
+    /// node sees only the frames sent to its own MAC, as behind a real
+    /// NIC's MAC filter: a veth has none, and XDP sees every frame, so when
+    /// a node's port goes down (and the bridge forgets its MAC) the frames
+    /// the router still sends it are flooded and the other nodes' programs
+    /// forward them, hiding the node's loss.
+    pub fn set_node_flood(&self, i: usize, on: bool) -> Result<()> {
+        sh(self.bridge.command("bridge").args([
+            "link",
+            "set",
+            "dev",
+            &format!("p-n{i}"),
+            "flood",
+            if on { "on" } else { "off" },
+        ]))
+        .map(|_| ())
+    }
+
     /// Puts the VIP's route into node `i`'s table `ANNOUNCE_TABLE`, as the
     /// daemon's announcer does: its BIRD then announces the VIP.
     pub fn add_vip_route(&self, i: usize) -> Result<()> {

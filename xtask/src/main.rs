@@ -40,6 +40,9 @@ enum Task {
         /// Fewer clients and shorter pauses.
         #[arg(long)]
         quick: bool,
+        /// Only the multi-node act (three nodes behind a BGP router).
+        #[arg(long)]
+        only_nodes: bool,
     },
     /// Bring the test network up or down by hand (see docs/testing.md).
     Netns {
@@ -94,13 +97,20 @@ fn main() -> Result<()> {
             lint()
         }
         Task::Lint => lint(),
-        Task::Demo { keep, quick } => {
+        Task::Demo {
+            keep,
+            quick,
+            only_nodes,
+        } => {
             let mut args = Vec::new();
             if keep {
                 args.push("--keep");
             }
             if quick {
                 args.push("--quick");
+            }
+            if only_nodes {
+                args.push("--only-nodes");
             }
             privileged_tool("slb-demo", &["redis-server"], &args)
         }

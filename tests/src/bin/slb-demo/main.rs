@@ -1,7 +1,12 @@
 //! `cargo xtask demo`: stickylb at work, shown to a person. Builds the test
 //! network, starts the daemon, pins clients, kills a backend, restarts the
-//! daemon, and shows why sticky sessions want a shared session store.
-//! Tears everything down at the end unless `--keep`.
+//! daemon, and shows why sticky sessions want a shared session store. Then
+//! several nodes: three stickylb nodes behind a BGP router with ECMP, one
+//! of them dying under load (cluster_act.rs). Tears everything down at the
+//! end; `--keep` leaves the single-node network up (the nodes always go).
+//! `--only-nodes` runs the multi-node act alone.
+
+mod cluster_act;
 
 use std::{
     collections::BTreeMap,
@@ -209,18 +214,22 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// Acts in all: 7 on one node, 7 on several.
+const STEPS: usize = 14;
+
 fn step(n: usize, title: &str) {
     if std::io::stdout().is_terminal() {
-        println!("\n\x1b[1m[{n}/7] {title}\x1b[0m");
+        println!("\n\x1b[1m[{n}/{STEPS}] {title}\x1b[0m");
     } else {
-        println!("\n[{n}/7] {title}");
+        println!("\n[{n}/{STEPS}] {title}");
     }
 }
 
 fn main() -> ExitCode {
     let keep = std::env::args().any(|a| a == "--keep");
     let quick = std::env::args().any(|a| a == "--quick");
-    match run(keep, quick) {
+    let only_nodes = std::env::args().any(|a| a == "--only-nodes");
+    match run(keep, quick, only_nodes) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("slb-demo: {e}");
@@ -229,12 +238,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(keep: bool, quick: bool) -> Result<(), String> {
+fn run(keep: bool, quick: bool, only_nodes: bool) -> Result<(), String> {
     stickylb_tests::require_root();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe.parent().ok_or("no exe dir")?;
     let stickylb = dir.join("stickylb-under-test");
     let server = dir.join("slb-backend");
+    let started = Instant::now();
+    if !only_nodes {
+        one_node(&stickylb, &server, keep, quick)?;
+        println!("\n   (one node: {:.1} s)", started.elapsed().as_secs_f64());
+    }
+    let t = Instant::now();
+    cluster_act::run(&stickylb, &server, quick, 8)?;
+    println!(
+        "\n   (several nodes: {:.1} s; the whole demo: {:.1} s)",
+        t.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    if keep && !only_nodes {
+        println!(
+            "   The single-node network is still up (step 7). Nodes to explore: cargo xtask netns up --nodes 3"
+        );
+    }
+    Ok(())
+}
+
+/// The single-node acts (1 to 7).
+fn one_node(
+    stickylb: &std::path::Path,
+    server: &std::path::Path,
+    keep: bool,
+    quick: bool,
+) -> Result<(), String> {
     let mut view = View {
         tty: std::io::stdout().is_terminal(),
         drawn: 0,
@@ -252,7 +288,7 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
             clients: CLIENTS,
             redis: None,
         },
-        &server,
+        server,
     )?;
     println!(
         "   namespaces {id}-*: a bridge; a client host with {CLIENTS} addresses (10.77.1.x); the load balancer\n   \
@@ -270,7 +306,7 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
         ""
     };
     let config = topo.config(&pin.0, health, "affinity_timeout = \"10m\"");
-    let mut d = Daemon::start(&topo, &stickylb, &config, &[])?;
+    let mut d = Daemon::start(&topo, stickylb, &config, &[])?;
     if !d.wait_backends(Duration::from_secs(8), |s, _| s == BackendState::Up) {
         return Err(format!("backends did not come up:\n{}", d.log_text()));
     }
@@ -453,9 +489,9 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
     step(
         7,
         if keep {
-            "keeping everything up"
+            "keeping the single-node network up"
         } else {
-            "teardown"
+            "teardown of the single-node network"
         },
     );
     if keep {
@@ -489,6 +525,6 @@ fn run(keep: bool, quick: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn indent(s: &str) -> String {
+pub(crate) fn indent(s: &str) -> String {
     s.lines().map(|l| format!("   {l}\n")).collect()
 }
