@@ -23,7 +23,10 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+    bindings::{BPF_RB_NO_WAKEUP, xdp_action},
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::xdp,
+    programs::XdpContext,
 };
 use lb_common::{
     AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode, OwnMac,
@@ -221,9 +224,9 @@ fn pick_backend(
     let inserted = AFFINITY.insert(key, entry, 0).is_ok();
     if let Some(event) = event {
         if inserted {
-            event.submit(0);
+            event.submit(NO_WAKEUP);
         } else {
-            event.discard(0);
+            event.discard(NO_WAKEUP);
         }
     }
     if !known {
@@ -239,6 +242,13 @@ fn pick_backend(
     }
     Some((backend_id, backend))
 }
+
+/// Events are committed without waking the ring's reader: a wake-up is an
+/// irq_work queued on this CPU whenever the ring goes from empty to not
+/// empty, which a daemon draining as fast as events come would pay for
+/// nearly every new client (several µs, against tens of ns for the event).
+/// The daemon drains the ring on a timer instead (`sync::events`).
+const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
 
 /// Whether the daemon turned sync events on.
 #[inline(always)]
@@ -285,7 +295,7 @@ fn announce_refresh(key: &AffinityKey, entry: &mut AffinityValue, now: u64) {
         return;
     }
     if let Some(event) = reserve_event(key, entry, sync_kind::REFRESH) {
-        event.submit(0);
+        event.submit(NO_WAKEUP);
         entry.synced_s = now_s;
     }
 }

@@ -19,13 +19,18 @@ fn drain(events: &mut SyncEvents) -> Vec<SyncEvent> {
 
 /// Whether the reader's fd polls readable right now.
 fn readable(events: &SyncEvents) -> bool {
+    poll_in(events.as_raw_fd(), 0)
+}
+
+/// Whether `fd` polls readable within `timeout_ms`.
+fn poll_in(fd: std::os::fd::RawFd, timeout_ms: i32) -> bool {
     let mut pfd = libc::pollfd {
-        fd: events.as_raw_fd(),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd; timeout 0.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
     n == 1 && pfd.revents & libc::POLLIN != 0
 }
 
@@ -71,8 +76,23 @@ fn a_new_client_writes_one_new_event_and_hits_write_none() {
     assert!(!readable(&events));
 
     let want = rig.predict(c).unwrap();
+    // The program commits without waking the reader (BPF_RB_NO_WAKEUP: a
+    // wake-up costs the packet's CPU µs), so a reader asleep on the fd
+    // sleeps on until its timeout; the event is there for whoever looks.
+    let fd = events.as_raw_fd();
+    let sleeper = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        (poll_in(fd, 1500), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(data(&mut rig, c), XDP_TX);
-    assert!(readable(&events), "the fd wakes a waiting reader");
+    assert!(readable(&events), "the event is in the ring");
+    let (seen, slept) = sleeper.join().unwrap();
+    assert!(seen, "readable at the sleeper's timeout");
+    assert!(
+        slept >= Duration::from_millis(1400),
+        "a reader asleep on the fd was woken after {slept:?}"
+    );
     let got = drain(&mut events);
     let entry = rig.dp.affinity(&rig.affinity_key(c)).unwrap().unwrap();
     assert_eq!(

@@ -57,7 +57,7 @@ pub(super) async fn start(
     });
     let (tx, rx) = mpsc::channel(INBOUND_DEPTH);
     let mut cluster = Cluster::start(Settings::new(cfg, key), snapshot, tx).await?;
-    cluster.spawn_events(events, ids_rx)?;
+    cluster.spawn_events(events, ids_rx);
     if !cluster.ready() {
         info!(
             "sync: pulling a peer's table before announcing (at most {} without an answer)",

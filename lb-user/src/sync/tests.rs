@@ -5,7 +5,6 @@ use std::{
     collections::{HashMap, VecDeque},
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
-    os::{fd::AsRawFd, unix::net::UnixStream},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -455,27 +454,13 @@ async fn a_peers_queue_is_bounded_and_its_rate_limited() {
     assert!(get(&b.table, &all[500]).is_some() && get(&b.table, &all[1499]).is_some());
 }
 
-/// A ring buffer stand-in: one byte on the socket per waiting event.
+/// A ring buffer stand-in: a queue, polled like the ring.
 struct FakeEvents {
-    rx: UnixStream,
     events: Arc<Mutex<VecDeque<lb_common::SyncEvent>>>,
 }
 
-impl AsRawFd for FakeEvents {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.rx.as_raw_fd()
-    }
-}
-
-// SAFETY: the socket lives as long as the reader.
-unsafe impl EventReader for FakeEvents {
+impl EventReader for FakeEvents {
     fn drain(&mut self, out: &mut Vec<lb_common::SyncEvent>, max: usize) -> usize {
-        let mut buf = [0; 64];
-        while let Ok(n) = self.rx.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-        }
         let mut q = self.events.lock().unwrap();
         let n = q.len().min(max);
         out.extend(q.drain(..n));
@@ -498,19 +483,25 @@ impl Translate for FakeIds {
     }
 }
 
+#[test]
+fn the_ring_is_drained_within_half_the_flush_interval_and_at_most_10_ms_apart() {
+    let ms = Duration::from_millis;
+    assert_eq!(drain_interval(ms(20)), ms(10), "the default flush");
+    assert_eq!(drain_interval(ms(8)), ms(4));
+    assert_eq!(drain_interval(ms(1)), ms(1));
+    assert_eq!(drain_interval(Duration::from_secs(1)), ms(10));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_path_events_reach_the_peers() {
     let (a_addr, b_addr) = (free_port(), free_port());
-    let (tx, rx) = UnixStream::pair().unwrap();
-    rx.set_nonblocking(true).unwrap();
     let events = Arc::new(Mutex::new(VecDeque::new()));
     let reader = FakeEvents {
-        rx,
         events: events.clone(),
     };
     let (_ids_tx, ids_rx) = watch::channel(FakeIds);
     let a = node_with(settings(a_addr, &[b_addr], SECRET), table_of([]), |c| {
-        c.spawn_events(reader, ids_rx).unwrap();
+        c.spawn_events(reader, ids_rx);
     })
     .await;
     let b = node(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
@@ -530,7 +521,6 @@ async fn data_path_events_reach_the_peers() {
             .map(|i| ev(i, 1))
             .chain([ev(0, 0)]),
     );
-    (&tx).write_all(&[1]).unwrap();
     until("every event on B", Duration::from_secs(10), || {
         b.table.lock().unwrap().len() == EVENT_BURST + 10
     })

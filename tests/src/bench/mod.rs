@@ -8,6 +8,7 @@ pub mod live_rate;
 pub mod objects;
 pub mod plot;
 pub mod report;
+pub mod sync;
 pub mod tcp_http;
 pub mod xdp_cost;
 

@@ -1,4 +1,4 @@
-//! `slb-bench [--quick] [--only xdp,live,tcp,control] [--out DIR] [--json FILE]`:
+//! `slb-bench [--quick] [--only xdp,live,tcp,control,sync] [--out DIR] [--json FILE]`:
 //! runs stickylb's benchmarks and writes the report (`DIR/benchmarks.md`,
 //! default docs/) and raw results (default `DIR/benchmarks.json`). Run through
 //! `cargo xtask bench`, which installs the tools it needs first.
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             "--json" => json = args.next().map(PathBuf::from).or(json),
             other => {
                 eprintln!(
-                    "slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,live,tcp,control] [--out DIR] [--json FILE]"
+                    "slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,live,tcp,control,sync] [--out DIR] [--json FILE]"
                 );
                 return ExitCode::from(2);
             }
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         backend_bin: exe_dir.join("slb-backend"),
     };
     type Run = fn(&Ctx) -> Result<Section, String>;
-    let all: [(&str, &str, Run); 4] = [
+    let all: [(&str, &str, Run); 5] = [
         (
             "xdp",
             "Per-packet cost of the XDP program",
@@ -64,13 +64,14 @@ fn main() -> ExitCode {
             "Control plane and stickiness quality",
             bench::control_plane::run,
         ),
+        ("sync", "Affinity sync and node loss", bench::sync::run),
     ];
     if let Some(unknown) = only
         .iter()
         .flatten()
         .find(|k| !all.iter().any(|(key, ..)| key == k))
     {
-        eprintln!("slb-bench: --only {unknown:?}: not a section (xdp, live, tcp, control)");
+        eprintln!("slb-bench: --only {unknown:?}: not a section (xdp, live, tcp, control, sync)");
         return ExitCode::from(2);
     }
     let mut sections = Vec::new();
