@@ -352,6 +352,11 @@ pub mod global_counter {
         /// VLAN-tagged in the frame (802.1Q or 802.1ad ethertype): never
         /// forwarded, since a backend on another VLAN, or none, would get it.
         PASS_VLAN = "pass_vlan",
+        /// A VIP frame addressed to another host's MAC (a bridge flooding
+        /// unknown unicast, a NIC in promiscuous mode): the host it was sent
+        /// to forwards it; forwarding it here too would hand its backend a
+        /// second copy. Counted only once the daemon wrote `SLB_OWN_MAC`.
+        PASS_OTHER_HOST = "pass_other_host",
         /// Not a frame: a sync event (`SLB_SYNC_EVENTS`) the program could
         /// not write because the ring was full. The frame was forwarded.
         SYNC_EVENTS_LOST = "sync_events_lost",
@@ -371,18 +376,19 @@ mod tests {
         // The indices are the pinned map's layout: a counter of an earlier
         // run must keep its slot.
         use super::global_counter::*;
-        assert_eq!(COUNT, 10);
+        assert_eq!(COUNT, 11);
         assert_eq!(
             (
                 PASS_SHORT_ETH,
                 PASS_NOT_VIP,
                 PASS_MULTICAST_DST,
                 PASS_VLAN,
+                PASS_OTHER_HOST,
                 SYNC_EVENTS_LOST
             ),
-            (0, 6, 7, 8, 9)
+            (0, 6, 7, 8, 9, 10)
         );
-        assert_eq!(PASSED, 0..9);
+        assert_eq!(PASSED, 0..10);
         assert_eq!(NAMES[PASS_NOT_VIP as usize], "pass_not_vip");
     }
 

@@ -212,22 +212,49 @@ pub struct PinBudget {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct OwnMac {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1: a VIP frame addressed to another MAC is passed (`pass_other_host`),
+    /// not forwarded: what the daemon writes. 0: forwarded whatever its
+    /// destination, for BPF_PROG_TEST_RUN's `repeat`, which feeds the
+    /// program its own output (addressed to the backend).
+    pub only_to_us: u8,
+    pub _pad: u8,
 }
 
 impl OwnMac {
+    /// The daemon's: frames to other hosts are passed.
     pub const fn new(mac: [u8; 6]) -> Self {
-        Self { mac, _pad: [0; 2] }
+        Self {
+            mac,
+            only_to_us: 1,
+            _pad: 0,
+        }
     }
 
-    /// The MAC, if one was written. Taken from one 8-byte load and handed
-    /// back by value: a copy of the bytes compiles, in the XDP program, to a
-    /// call of a byte-by-byte `memmove` (the map value might alias the frame).
+    /// Frames are forwarded whatever their destination MAC (benchmarks).
+    pub const fn any_destination(mac: [u8; 6]) -> Self {
+        Self {
+            mac,
+            only_to_us: 0,
+            _pad: 0,
+        }
+    }
+
+    /// The MAC, if one was written, and whether only frames sent to it are
+    /// forwarded. Taken from one 8-byte load and handed back by value: a
+    /// copy of the bytes compiles, in the XDP program, to a call of a
+    /// byte-by-byte `memmove` (the map value might alias the frame).
+    #[inline(always)]
+    pub fn load(&self) -> Option<([u8; 6], bool)> {
+        let all = u64::from_le_bytes(bytemuck::cast(*self));
+        let bits = all & 0xffff_ffff_ffff;
+        let b = bits.to_le_bytes();
+        (bits != 0).then_some(([b[0], b[1], b[2], b[3], b[4], b[5]], (all >> 48) & 1 != 0))
+    }
+
+    /// The MAC, if one was written.
     #[inline(always)]
     pub fn get(&self) -> Option<[u8; 6]> {
-        let bits = u64::from_le_bytes(bytemuck::cast(*self)) & 0xffff_ffff_ffff;
-        let b = bits.to_le_bytes();
-        (bits != 0).then_some([b[0], b[1], b[2], b[3], b[4], b[5]])
+        self.load().map(|(mac, _)| mac)
     }
 }
 
@@ -466,12 +493,16 @@ mod tests {
             Some([0, 0, 0, 0, 0, 1])
         );
         assert_eq!(OwnMac::default().get(), None);
-        // The padding is not part of the MAC.
+        // The flag and the padding are not part of the MAC.
         let pad_only = OwnMac {
             mac: [0; 6],
-            _pad: [0xff; 2],
+            only_to_us: 1,
+            _pad: 0xff,
         };
         assert_eq!(pad_only.get(), None);
+        // The flag is read from the same load.
+        assert_eq!(OwnMac::new(mac).load(), Some((mac, true)));
+        assert_eq!(OwnMac::any_destination(mac).load(), Some((mac, false)));
     }
 
     #[test]

@@ -77,6 +77,19 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
         count_global(global_counter::PASS_MULTICAST_DST);
         return xdp_action::XDP_PASS;
     }
+    // Only frames sent to this host. Several nodes share the segment in a
+    // cluster, and a bridge floods a frame to every port when it does not
+    // know (or has forgotten, as when a node goes down) the destination
+    // MAC: each node forwarding its copy would hand the backend duplicates
+    // and hide a dead node from every measurement. One lookup, as before:
+    // the same value is the source MAC of the forwarded frame.
+    let own = OWN_MAC.get(0).and_then(OwnMac::load);
+    if let Some((mac, true)) = own
+        && eth.dst_addr != mac
+    {
+        count_global(global_counter::PASS_OTHER_HOST);
+        return xdp_action::XDP_PASS;
+    }
     // Checked before the pick, so that such a VIP pins no client. A mode
     // this build does not know was written by a newer daemon (pinned maps
     // outlive a downgrade): sending its frames by DSR could hand them to a
@@ -100,13 +113,11 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
     match mode {
         // L2 DSR: the frame goes out unchanged but for its MACs; the backend
         // owns the VIP on loopback and answers the client directly. It is
-        // sent from our interface's MAC, not from the one it arrived with:
-        // in promiscuous mode that can be another host's, whose MAC the
-        // switch would then learn on our port. Without a daemon to write
-        // ours, the destination MAC stands in (the frame came to us).
+        // sent from our interface's MAC. Without a daemon to write ours,
+        // the destination MAC stands in (the frame came to us).
         ForwardingMode::Dsr => {
-            match OWN_MAC.get(0).and_then(OwnMac::get) {
-                Some(mac) => eth.src_addr = mac,
+            match own {
+                Some((mac, _)) => eth.src_addr = mac,
                 None => eth.src_addr = eth.dst_addr,
             }
             eth.dst_addr = backend.mac;

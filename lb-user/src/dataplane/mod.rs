@@ -313,12 +313,25 @@ impl Dataplane {
             .map_err(map_err(map_names::BACKENDS, "set"))
     }
 
-    /// Tells the program the MAC of the interface it runs on, the source MAC
-    /// of the frames it forwards; `None` (or all zero): forwarded frames keep
-    /// the destination MAC they arrived with as their source.
+    /// Tells the program the MAC of the interface it runs on: the source MAC
+    /// of the frames it forwards, and the only destination MAC it forwards
+    /// (frames to other hosts are passed, `pass_other_host`); `None` (or all
+    /// zero): forwarded frames keep the destination MAC they arrived with as
+    /// their source, and any destination is forwarded.
     pub fn set_own_mac(&mut self, mac: Option<[u8; 6]>) -> Result<()> {
+        self.write_own_mac(OwnMac::new(mac.unwrap_or_default()))
+    }
+
+    /// As `set_own_mac`, but frames are forwarded whatever their destination
+    /// MAC: for BPF_PROG_TEST_RUN's `repeat`, whose later iterations see the
+    /// program's own output, addressed to the backend.
+    pub fn set_own_mac_any_destination(&mut self, mac: [u8; 6]) -> Result<()> {
+        self.write_own_mac(OwnMac::any_destination(mac))
+    }
+
+    fn write_own_mac(&mut self, value: OwnMac) -> Result<()> {
         self.own_mac
-            .set(0, OwnMac::new(mac.unwrap_or_default()), 0)
+            .set(0, value, 0)
             .map_err(map_err(map_names::OWN_MAC, "set"))
     }
 

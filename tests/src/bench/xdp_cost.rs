@@ -132,8 +132,11 @@ impl Lb {
         // As the daemon would: in every bench the load balancer's interface
         // has LB_MAC. It is also what keeps a frame the repeat method runs
         // again forwardable: its source stays LB_MAC, never the backend's
-        // (which the program would drop as a loop).
-        dp.set_own_mac(Some(LB_MAC))
+        // (which the program would drop as a loop). Any destination: the
+        // repeat method's later iterations are addressed to the backend,
+        // which the daemon's setting would pass as another host's frames;
+        // the destination check it skips is one 6-byte compare.
+        dp.set_own_mac_any_destination(LB_MAC)
             .map_err(err("set the LB's MAC"))?;
         let identities: Vec<String> = (0..macs.len() as u32).map(backend_identity).collect();
         let vip_id = vips.first().map_or(0, |v| v.id);
