@@ -791,10 +791,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     let mut lb = lb;
     let (sync, sync_rx) = match &cfg.sync {
         Some(s) => {
-            let (sync, rx) = sync_node::start(&mut lb, s).await.map_err(&unmanaged)?;
+            // A link pinned by the last run (never after --fresh): its
+            // program forwarded all along, with the table it kept.
+            let adopted = pinned_link.existed;
+            let (sync, rx) = sync_node::start(&mut lb, s, adopted)
+                .await
+                .map_err(&unmanaged)?;
             (Some(sync), Some(rx))
         }
-        None => (None, None),
+        None => {
+            // SLB_SYNC is pinned: a run with [sync] before this one left the
+            // program writing events into a ring nobody reads.
+            lb.maps_mut()
+                .set_sync(false, std::time::Duration::ZERO)
+                .context("cannot turn the data path's sync events off")
+                .map_err(&unmanaged)?;
+            (None, None)
+        }
     };
     let cfg_announce = cfg.announce.clone();
     let mut d = Daemon {

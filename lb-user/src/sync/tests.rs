@@ -29,29 +29,34 @@ fn entry(i: u32, backend: u16, pinned_ms: u64) -> SyncEntry {
 
 type Table = Arc<Mutex<HashMap<(VipKey, Ipv4Addr), SyncEntry>>>;
 
-/// The rule of the design, for the fake: the later pin wins, ties to the
-/// lower backend.
-fn wins(a: &SyncEntry, b: &SyncEntry) -> bool {
-    (a.pinned_ms, std::cmp::Reverse(a.backend)) > (b.pinned_ms, std::cmp::Reverse(b.backend))
-}
-
+/// `Lb::apply_remote` for the fake: the real rule (`resolve`), every
+/// backend alive but port 9999's, which this node does not know.
 fn apply(table: &Table, entries: &[SyncEntry]) -> SyncApplied {
+    use crate::lb::sync::{Pin, Resolution, resolve};
     let mut t = table.lock().unwrap();
     let mut out = SyncApplied::default();
     for e in entries {
-        match t.get(&(e.vip, e.client)) {
-            Some(mine) if mine.backend == e.backend && mine.pinned_ms == e.pinned_ms => {
-                out.refreshed += 1;
-            }
-            Some(mine) if wins(mine, e) => out.kept_local.push(*mine),
-            _ => {
-                if e.backend.port() == 9999 {
-                    out.unknown_backend += 1;
-                    continue;
-                }
-                t.insert((e.vip, e.client), *e);
+        if e.backend.port() == 9999 {
+            out.unknown_backend += 1;
+            continue;
+        }
+        let pin = |e: &SyncEntry| Pin {
+            backend: e.backend,
+            pinned_ms: e.pinned_ms,
+        };
+        let mine = t.get(&(e.vip, e.client)).copied();
+        match resolve(mine.as_ref().map(pin), pin(e), true) {
+            Resolution::Insert => {
                 out.inserted += 1;
+                t.insert((e.vip, e.client), *e);
             }
+            Resolution::Lower => {
+                out.lowered += 1;
+                t.insert((e.vip, e.client), *e);
+            }
+            Resolution::Refresh => out.refreshed += 1,
+            Resolution::KeepLocal => out.kept_local.push(mine.expect("a local pin")),
+            Resolution::DeadBackend => out.dead_backend += 1,
         }
     }
     out
@@ -102,6 +107,7 @@ fn settings(listen: SocketAddrV4, peers: &[SocketAddrV4], secret: [u8; 32]) -> S
         join_timeout: Duration::from_millis(500),
         keepalive: Duration::from_millis(50),
         dead_after: Duration::from_millis(400),
+        ready_at_start: false,
     }
 }
 
@@ -135,11 +141,11 @@ async fn node_with(s: Settings, table: Table, before: impl FnOnce(&mut Cluster))
                 Inbound::Entries {
                     peer,
                     sent_ms,
-                    snapshot,
+                    kind,
                     entries,
                 } => {
                     let applied = apply(&t, &entries);
-                    c.applied(peer, sent_ms, snapshot, &entries, &applied);
+                    c.applied(peer, sent_ms, kind, &entries, &applied);
                 }
                 Inbound::SnapshotEnd { peer, total } => c.snapshot_applied(peer, total),
             }
@@ -207,8 +213,8 @@ async fn two_nodes_join_exchange_and_converge() {
     })
     .await;
 
-    // Both nodes pinned client 20000 at once, differently: the later pin
-    // (B's) wins on both, whichever way the entries cross.
+    // Both nodes pinned client 20000 at once, differently: the earlier pin
+    // (A's) wins on both, whichever way the entries cross.
     let mine = entry(20_000, 82, 5_000);
     let theirs = entry(20_000, 83, 6_000);
     a.table
@@ -225,8 +231,8 @@ async fn two_nodes_join_exchange_and_converge() {
         "one backend for client 20000",
         Duration::from_secs(5),
         || {
-            get(&a.table, &mine).map(|e| e.backend) == Some(theirs.backend)
-                && get(&b.table, &mine).map(|e| e.backend) == Some(theirs.backend)
+            get(&a.table, &mine).map(|e| e.backend) == Some(mine.backend)
+                && get(&b.table, &mine).map(|e| e.backend) == Some(mine.backend)
         },
     )
     .await;
