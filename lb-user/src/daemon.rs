@@ -497,6 +497,8 @@ impl Daemon {
             .map(|v| v.cfg.address)
             .filter(|a| self.announcer.is_announced(*a))
             .collect();
+        // Several VIPs (ports) share an address, not necessarily in a row.
+        out.sort_unstable();
         out.dedup();
         out
     }
