@@ -16,7 +16,7 @@ use std::{
 };
 
 use lb_user::{
-    announce::{NotAnnounced, netlink::Socket},
+    announce::{MAINTENANCE_DIR, Maintenance, NotAnnounced, netlink::Socket},
     dataplane::{Dataplane, LINK_PIN_NAME, LoadOptions},
 };
 use stickylb_tests::{
@@ -76,6 +76,23 @@ fn wait_announced(topo: &Topology, d: &Daemon, want: bool, within: Duration) {
     );
 }
 
+/// The maintenance file a daemon on `pin` keeps in the host's maintenance
+/// folder, removed when dropped (a failed test included).
+struct MaintenanceFile(PathBuf);
+
+impl MaintenanceFile {
+    fn of(pin: &std::path::Path) -> Self {
+        let m = Maintenance::load(std::path::Path::new(MAINTENANCE_DIR), pin);
+        Self(m.file().to_owned())
+    }
+}
+
+impl Drop for MaintenanceFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn reason(d: &Daemon) -> Option<NotAnnounced> {
     d.vips().unwrap()[0].announce.unwrap().reason
 }
@@ -83,6 +100,7 @@ fn reason(d: &Daemon) -> Option<NotAnnounced> {
 #[test]
 fn the_route_follows_warm_up_health_and_maintenance_and_stale_routes_go() {
     let (mut topo, pin) = topology_with_pin(2, 8, BACKEND.as_ref()).unwrap();
+    let _maintenance = MaintenanceFile::of(&pin.0);
     // Left in the table before the daemon starts: a route of stickylb's
     // protocol that no VIP wants (a /32 and a wider one), and another
     // protocol's route, which is not stickylb's to touch.
@@ -452,8 +470,13 @@ fn with_sync_peers_a_restart_keeps_the_route_and_a_fresh_start_waits_for_the_joi
     let (topo, pin) = topology_with_pin(2, 4, BACKEND.as_ref()).unwrap();
     let link = pin.0.join(LINK_PIN_NAME);
     let started = Instant::now();
-    let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &config_with_sync(&topo, &pin.0), &[])
-        .unwrap();
+    let mut d = Daemon::start(
+        &topo,
+        STICKYLB.as_ref(),
+        &config_with_sync(&topo, &pin.0),
+        &[],
+    )
+    .unwrap();
     d.assert_up(Duration::from_secs(5));
     // New maps: nothing is announced before the join gives up on the peer.
     wait_announced(&topo, &d, true, Duration::from_secs(6));

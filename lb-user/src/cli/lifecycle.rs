@@ -571,6 +571,7 @@ mod tests {
             pin_path: dir.clone(),
             interface: "eth0".into(),
             socket: None,
+            config: None,
         };
         // Nobody holds the lock: nothing to signal.
         assert_eq!(terminate(&d).unwrap(), Ended::Gone);

@@ -145,9 +145,7 @@ impl Daemon {
                 kind,
                 entries,
             } => match self.lb.apply_remote(&entries, monotonic_ns()) {
-                Ok(applied) => s
-                    .cluster
-                    .applied(peer, sent_ms, kind, &entries, &applied),
+                Ok(applied) => s.cluster.applied(peer, sent_ms, kind, &entries, &applied),
                 // Not reported to the transport: a snapshot part that did
                 // not apply leaves the join incomplete (pulled again).
                 Err(e) => {

@@ -425,13 +425,13 @@ fn received_entries_are_applied_or_counted_as_not_applied() {
     let mut stranger = entry(client(8), 10, ms, 0);
     stranger.backend = SocketAddrV4::new([192, 0, 2, 99].into(), 80);
     let sent = [
-        entry(client(1), 10, ms, 0),           // refreshed
-        entry(client(1), 11, ms + 1, 0),       // corrected
-        entry(client(2), 11, ms, 0),           // inserted
-        entry(client(3), 11, ms, 70_000),      // expired
-        entry(client(4), 12, ms, 0),           // dead backend
-        other,                                 // unknown VIP
-        stranger,                              // unknown backend
+        entry(client(1), 10, ms, 0),      // refreshed
+        entry(client(1), 11, ms + 1, 0),  // corrected
+        entry(client(2), 11, ms, 0),      // inserted
+        entry(client(3), 11, ms, 70_000), // expired
+        entry(client(4), 12, ms, 0),      // dead backend
+        other,                            // unknown VIP
+        stranger,                         // unknown backend
     ];
     let got = lb.apply_remote(&sent, now).unwrap();
     assert_eq!(got.applied(), 2, "{got:?}");
@@ -652,26 +652,35 @@ fn three_and_four_nodes_converge_on_the_earliest_live_pin_in_any_order() {
                     .iter()
                     .filter_map(|lb| {
                         let v = stored(lb, client(i))?;
-                        Some((stored_backend(lb, client(i))?, clock().wall_ms(v.created_ns)))
+                        Some((
+                            stored_backend(lb, client(i))?,
+                            clock().wall_ms(v.created_ns),
+                        ))
                     })
                     .collect();
                 pins.sort_by_key(|&(b, ms)| (ms, b));
                 pins
             })
             .collect();
+        let stored_before: Vec<Vec<Option<AffinityValue>>> = nodes
+            .iter()
+            .map(|lb| (0..CLIENTS).map(|i| stored(lb, client(i))).collect())
+            .collect();
         mesh_exchange(&mut nodes, &mut rng, now);
         for i in 0..CLIENTS {
             let c = client(i);
             let after: Vec<_> = nodes.iter().map(|lb| effective(lb, c)).collect();
-            // No node was moved to a backend it thinks dead.
-            for (lb, d) in nodes.iter().zip(&dead) {
-                if let (Some(octet), Some(v)) = (d, stored(lb, c)) {
-                    if v.backend_id == backend_id(lb, web(), *octet) {
-                        assert!(
-                            before[i as usize].iter().any(|&(b, _)| b == addr(*octet)),
-                            "seed {seed}: {c} moved to a dead backend"
-                        );
-                    }
+            // No node was moved to a backend it thinks dead: an entry to
+            // one is the node's own, untouched.
+            for (n, (lb, d)) in nodes.iter().zip(&dead).enumerate() {
+                if let (Some(octet), Some(v)) = (d, stored(lb, c))
+                    && v.backend_id == backend_id(lb, web(), *octet)
+                {
+                    assert_eq!(
+                        Some(v),
+                        stored_before[n][i as usize],
+                        "seed {seed}: {c} moved to a dead backend on node {n}"
+                    );
                 }
             }
             let earliest = before[i as usize].first().copied();

@@ -449,7 +449,7 @@ impl Cluster {
     /// every one of its `total` entries was applied or counted.
     pub fn snapshot_applied(&self, peer: usize, total: u64) {
         let mut j = lock(&self.shared.join);
-        if !j.pulling.is_some_and(|(p, _)| p == peer) {
+        if j.pulling.is_none_or(|(p, _)| p != peer) {
             return;
         }
         j.pulling = None;
@@ -603,8 +603,7 @@ impl Shared {
         if j.pulled || !j.pull_allowed || j.pulling.is_some() {
             return false;
         }
-        if j
-            .refused
+        if j.refused
             .get(&peer)
             .is_some_and(|at| at.elapsed() < REFUSED_RETRY)
         {

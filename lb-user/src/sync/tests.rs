@@ -647,7 +647,10 @@ async fn a_node_that_has_not_joined_refuses_its_table_and_the_joiner_asks_anothe
     // With N its only peer, C refuses N's table and ends up ready alone,
     // as the first node of a cluster.
     let c = node(settings(c_addr, &[n_addr], SECRET), table_of([])).await;
-    until("C ready alone", Duration::from_secs(5), || c.cluster.ready()).await;
+    until("C ready alone", Duration::from_secs(5), || {
+        c.cluster.ready()
+    })
+    .await;
     assert_eq!(c.cluster.status().joined_from, None);
     assert!(c.table.lock().unwrap().is_empty(), "N's table was taken");
     drop(c);
@@ -761,7 +764,10 @@ async fn strangers_cannot_hold_the_handshake_slots() {
         );
     }
     assert_eq!(rejected("unknown_address"), MAX_HANDSHAKES as u64 + 16);
-    assert_eq!(a.cluster.status().from_unknown_address, MAX_HANDSHAKES as u64 + 16);
+    assert_eq!(
+        a.cluster.status().from_unknown_address,
+        MAX_HANDSHAKES as u64 + 16
+    );
 
     // From a peer's address, silent: a few may wait in their handshake,
     // for the handshake timeout; the rest are closed at once.
@@ -771,7 +777,10 @@ async fn strangers_cannot_hold_the_handshake_slots() {
         held.push(connect_from(peer_ip, a_addr).await);
     }
     // All read at once, timed from one start.
-    let waits: Vec<_> = held.into_iter().map(|s| tokio::spawn(closed_after(s))).collect();
+    let waits: Vec<_> = held
+        .into_iter()
+        .map(|s| tokio::spawn(closed_after(s)))
+        .collect();
     let mut times = Vec::new();
     for w in waits {
         times.push(w.await.unwrap().expect("closed within 3 s"));
@@ -782,7 +791,10 @@ async fn strangers_cannot_hold_the_handshake_slots() {
         .filter(|d| **d < Duration::from_millis(500))
         .count();
     assert_eq!(quick, 6, "{times:?}");
-    assert!(times[6..].iter().all(|d| *d < Duration::from_millis(1500)), "{times:?}");
+    assert!(
+        times[6..].iter().all(|d| *d < Duration::from_millis(1500)),
+        "{times:?}"
+    );
     until("too many counted", Duration::from_secs(2), || {
         rejected("too_many_handshakes") == 6
     })
@@ -802,14 +814,21 @@ async fn corrections_are_counted_and_not_timed() {
     let (a_addr, b_addr) = (free_port(), free_port());
     let early = entry(1, 82, 5_000);
     let a = node(adopted(settings(a_addr, &[b_addr], SECRET)), table_of([])).await;
-    let b = node(adopted(settings(b_addr, &[a_addr], SECRET)), table_of([early])).await;
+    let b = node(
+        adopted(settings(b_addr, &[a_addr], SECRET)),
+        table_of([early]),
+    )
+    .await;
     until("both caught up", Duration::from_secs(5), || {
         a.cluster.status().joined_from.is_some() && b.cluster.status().joined_from.is_some()
     })
     .await;
     // A re-picked client 1 later: B answers with its earlier pin.
     let late = entry(1, 83, 9_000);
-    a.table.lock().unwrap().insert((late.vip, late.client), late);
+    a.table
+        .lock()
+        .unwrap()
+        .insert((late.vip, late.client), late);
     a.cluster.publish(&[late]);
     until("A corrected", Duration::from_secs(5), || {
         get(&a.table, &late) == Some(early)
