@@ -619,11 +619,14 @@ impl Shared {
         let mut j = lock(&self.join);
         if j.pulling.is_some_and(|(p, _)| p == peer) {
             j.pulling = None;
-            j.refused.insert(peer, Instant::now());
-            info!(
-                "sync: {} has not joined its cluster yet: asking another peer for the table",
-                self.peers[peer].addr
-            );
+            // Said once a peer: it is asked again every REFUSED_RETRY.
+            if j.refused.insert(peer, Instant::now()).is_none() {
+                info!(
+                    "sync: {} has not joined its cluster yet and refused its table: asking \
+                     the other peers, and it again later",
+                    self.peers[peer].addr
+                );
+            }
         }
     }
 
