@@ -497,6 +497,8 @@ impl Daemon {
             .map(|v| v.cfg.address)
             .filter(|a| self.announcer.is_announced(*a))
             .collect();
+        // Several VIPs (ports) share an address, not necessarily in a row.
+        out.sort_unstable();
         out.dedup();
         out
     }
@@ -791,10 +793,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     let mut lb = lb;
     let (sync, sync_rx) = match &cfg.sync {
         Some(s) => {
-            let (sync, rx) = sync_node::start(&mut lb, s).await.map_err(&unmanaged)?;
+            // A link pinned by the last run (never after --fresh): its
+            // program forwarded all along, with the table it kept.
+            let adopted = pinned_link.existed;
+            let (sync, rx) = sync_node::start(&mut lb, s, adopted)
+                .await
+                .map_err(&unmanaged)?;
             (Some(sync), Some(rx))
         }
-        None => (None, None),
+        None => {
+            // SLB_SYNC is pinned: a run with [sync] before this one left the
+            // program writing events into a ring nobody reads.
+            lb.maps_mut()
+                .set_sync(false, std::time::Duration::ZERO)
+                .context("cannot turn the data path's sync events off")
+                .map_err(&unmanaged)?;
+            (None, None)
+        }
     };
     let cfg_announce = cfg.announce.clone();
     let mut d = Daemon {
@@ -1069,8 +1084,10 @@ impl Daemon {
 
 impl Daemon {
     /// CONTRACT (issue #10): whether this node has what it needs from its
-    /// cluster to announce its VIPs (the sync's pull of a peer's table, when
-    /// peers are configured). The announcer gates on it; the sync sets it.
+    /// cluster to announce its VIPs: with peers configured, its own table
+    /// adopted from the last run (ready at once), or a ready peer's table
+    /// pulled, or none answered within join_timeout. The announcer gates on
+    /// it; the sync sets it.
     fn cluster_ready(&self) -> bool {
         self.sync.as_ref().is_none_or(|s| s.cluster.ready())
     }

@@ -343,8 +343,16 @@ pub fn render_sync(out: &mut String, s: &SyncStatus) {
         out,
         "sync_entries_not_applied_total",
         "counter",
-        "Received entries not applied: unknown VIP or backend, or a dead backend here.",
+        "Received entries not applied: unknown VIP or backend, a dead backend here, expired, \
+         or losing to this node's pin (answered with a correction).",
         per_peer(|p| p.rejected as f64),
+    );
+    family(
+        out,
+        "sync_corrections_sent_total",
+        "counter",
+        "This node's pins sent back to the peer because they won over the peer's.",
+        per_peer(|p| p.corrections_sent as f64),
     );
     family(
         out,
@@ -775,6 +783,7 @@ mod tests {
             received: 20,
             applied: 18,
             rejected: 2,
+            corrections_sent: 0,
             dropped: 3,
             queued: 4,
             last_error: None,

@@ -16,12 +16,12 @@ use std::{
 };
 
 use lb_user::{
-    announce::{NotAnnounced, netlink::Socket},
-    dataplane::LINK_PIN_NAME,
+    announce::{MAINTENANCE_DIR, Maintenance, NotAnnounced, netlink::Socket},
+    dataplane::{Dataplane, LINK_PIN_NAME, LoadOptions},
 };
 use stickylb_tests::{
     daemon::{Daemon, topology_with_pin},
-    netns::{Topology, VIP, enter_path, wait_for},
+    netns::{CLIENT_MAIN_ADDR, LB_ADDR, Topology, VIP, enter_path, wait_for},
     traffic::sweep,
 };
 
@@ -76,6 +76,23 @@ fn wait_announced(topo: &Topology, d: &Daemon, want: bool, within: Duration) {
     );
 }
 
+/// The maintenance file a daemon on `pin` keeps in the host's maintenance
+/// folder, removed when dropped (a failed test included).
+struct MaintenanceFile(PathBuf);
+
+impl MaintenanceFile {
+    fn of(pin: &std::path::Path) -> Self {
+        let m = Maintenance::load(std::path::Path::new(MAINTENANCE_DIR), pin);
+        Self(m.file().to_owned())
+    }
+}
+
+impl Drop for MaintenanceFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn reason(d: &Daemon) -> Option<NotAnnounced> {
     d.vips().unwrap()[0].announce.unwrap().reason
 }
@@ -83,6 +100,7 @@ fn reason(d: &Daemon) -> Option<NotAnnounced> {
 #[test]
 fn the_route_follows_warm_up_health_and_maintenance_and_stale_routes_go() {
     let (mut topo, pin) = topology_with_pin(2, 8, BACKEND.as_ref()).unwrap();
+    let _maintenance = MaintenanceFile::of(&pin.0);
     // Left in the table before the daemon starts: a route of stickylb's
     // protocol that no VIP wants (a /32 and a wider one), and another
     // protocol's route, which is not stickylb's to touch.
@@ -416,4 +434,111 @@ fn another_protocols_route_to_the_vip_is_never_replaced() {
         .ip(&["route", "del", &vip, "table", "200", "proto", "251"])
         .unwrap();
     wait_announced(&topo, &d, true, Duration::from_secs(3));
+}
+
+/// `config` with a `[sync]` whose one peer never answers (nothing listens
+/// at its address): a fresh start becomes ready only after join_timeout.
+fn config_with_sync(topo: &Topology, pin: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = topo.tmp.join("sync.key");
+    std::fs::write(&key, [7u8; 44]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "{}\n[sync]\nlisten = \"{LB_ADDR}:7946\"\npeers = [\"{CLIENT_MAIN_ADDR}:7946\"]\n\
+         key_file = \"{}\"\njoin_timeout = \"{}ms\"\n",
+        config(topo, pin),
+        key.display(),
+        JOIN_TIMEOUT.as_millis()
+    )
+}
+
+const JOIN_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The sync settings the program reads now, from its pinned map (loaded
+/// beside the daemon's, which it leaves as they are).
+fn sync_enabled(pin: &std::path::Path) -> bool {
+    let dp = Dataplane::load(&LoadOptions {
+        affinity_capacity: 65536,
+        pin_dir: Some(pin.to_owned()),
+    })
+    .unwrap();
+    dp.sync_settings().unwrap().enabled != 0
+}
+
+#[test]
+fn with_sync_peers_a_restart_keeps_the_route_and_a_fresh_start_waits_for_the_join() {
+    let (topo, pin) = topology_with_pin(2, 4, BACKEND.as_ref()).unwrap();
+    let link = pin.0.join(LINK_PIN_NAME);
+    let started = Instant::now();
+    let mut d = Daemon::start(
+        &topo,
+        STICKYLB.as_ref(),
+        &config_with_sync(&topo, &pin.0),
+        &[],
+    )
+    .unwrap();
+    d.assert_up(Duration::from_secs(5));
+    // New maps: nothing is announced before the join gives up on the peer.
+    wait_announced(&topo, &d, true, Duration::from_secs(6));
+    assert!(
+        started.elapsed() >= JOIN_TIMEOUT,
+        "announced {:?} after the start, before the join timeout",
+        started.elapsed()
+    );
+    assert!(sync_enabled(&pin.0));
+
+    // A plain restart adopts the table: the route is never missing, not
+    // even while the new run's pull from the (silent) peer is under way.
+    let poller = Poller::start(&topo, link.clone());
+    thread::sleep(Duration::from_millis(50));
+    d.stop().unwrap();
+    thread::sleep(Duration::from_millis(200));
+    d.restart(&topo, &[]).unwrap();
+    d.assert_up(Duration::from_secs(5));
+    let ready_at_once = d.status().unwrap().sync.unwrap().ready;
+    thread::sleep(JOIN_TIMEOUT + Duration::from_millis(300));
+    let p = poller.finish();
+    assert!(p.polls > 50, "{p:?}");
+    assert_eq!(
+        p.missing,
+        0,
+        "the route went over a restart with [sync]: {p:?}\n{}",
+        d.log_text()
+    );
+    assert!(ready_at_once, "an adopted run is ready at once");
+
+    // Restarted without [sync]: the program writes no more sync events
+    // (its settings are pinned, so the daemon turns them off).
+    d.stop().unwrap();
+    std::fs::write(&d.config, config(&topo, &pin.0)).unwrap();
+    d.restart(&topo, &[]).unwrap();
+    d.assert_up(Duration::from_secs(5));
+    d.stop().unwrap();
+    assert!(!sync_enabled(&pin.0), "SLB_SYNC left on without [sync]");
+}
+
+#[test]
+fn unload_withdraws_from_the_config_when_the_daemon_cannot_be_asked() {
+    let (topo, pin) = topology_with_pin(2, 4, BACKEND.as_ref()).unwrap();
+    let link = pin.0.join(LINK_PIN_NAME);
+    let mut d = Daemon::start(&topo, STICKYLB.as_ref(), &config(&topo, &pin.0), &[]).unwrap();
+    d.assert_up(Duration::from_secs(5));
+    wait_announced(&topo, &d, true, Duration::from_secs(3));
+    // Its control socket gone (the daemon runs on, unreachable): unload
+    // cannot ask it to withdraw, and empties its [announce] table itself
+    // before the program goes.
+    std::fs::remove_file(&d.socket).unwrap();
+    let poller = Poller::start(&topo, link.clone());
+    thread::sleep(Duration::from_millis(50));
+    let out = d.unload(&topo).unwrap();
+    let p = poller.finish();
+    assert!(out.contains("did not withdraw its VIPs"), "{out}");
+    let (Some(route_gone), Some(link_gone)) = (p.first_missing, p.link_gone) else {
+        panic!("{p:?}\n{out}");
+    };
+    assert!(
+        link_gone.duration_since(route_gone) >= Duration::from_millis(WITHDRAW_DELAY_MS - 50),
+        "{p:?}\n{out}"
+    );
+    assert!(routes(&topo, Some(PROTO)).is_empty(), "{out}");
 }

@@ -65,8 +65,15 @@ mod tests {
 
     #[test]
     fn it_survives_a_new_load_and_is_kept_per_pin_path() {
+        struct Gone(PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
         let dir = std::env::temp_dir().join(format!("stickylb-maint-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let _gone = Gone(dir.clone());
         let a = Path::new("/sys/fs/bpf/a");
         let mut m = Maintenance::load(&dir, a);
         assert!(!m.is_on());

@@ -249,8 +249,13 @@ pub struct PeerStatus {
     pub received: u64,
     /// Received and applied (written or refreshed here).
     pub applied: u64,
-    /// Received and not applied: unknown VIP or backend, or a dead backend.
+    /// Received and not applied: unknown VIP or backend, a dead backend,
+    /// expired, or losing to this node's pin (answered with a correction).
+    /// `received` = `applied` + `rejected`.
     pub rejected: u64,
+    /// Corrections sent to it: this node's pins that won over its.
+    #[serde(default)]
+    pub corrections_sent: u64,
     /// Entries for it dropped from a full queue (the oldest go).
     pub dropped: u64,
     /// Waiting in its queue.

@@ -45,6 +45,8 @@ struct Running {
     /// Its control socket, when known (a daemon found by its pin lock
     /// alone, having written no record, has none to say).
     socket: Option<PathBuf>,
+    /// Its config file, when known (from its record, or `-c`).
+    config: Option<PathBuf>,
 }
 
 /// The running daemon `cli` means, or why none answers.
@@ -57,6 +59,7 @@ fn find_running(cli: &Cli) -> Result<Running, anyhow::Error> {
             pin_path: r.pin_path,
             interface: r.interface,
             socket: Some(r.control_socket),
+            config: Some(r.config),
         });
     }
     let socket = socket(cli)?;
@@ -70,6 +73,7 @@ fn find_running(cli: &Cli) -> Result<Running, anyhow::Error> {
         pin_path: status.pin_path,
         interface: status.interface,
         socket: Some(socket),
+        config: cli.config.clone(),
     })
 }
 
@@ -117,6 +121,7 @@ fn on_pin_path(pin_path: &Path) -> anyhow::Result<Option<Running>> {
             pin_path: pin_path.to_owned(),
             interface: "its interface".to_owned(),
             socket: None,
+            config: None,
         }));
     };
     if !same_path(&r.pin_path, pin_path) {
@@ -132,6 +137,7 @@ fn on_pin_path(pin_path: &Path) -> anyhow::Result<Option<Running>> {
         pin_path: pin_path.to_owned(),
         interface: r.interface,
         socket: Some(r.control_socket),
+        config: Some(r.config),
     }))
 }
 
@@ -249,10 +255,15 @@ pub(super) fn unload(
     };
     let (pin_path, sockets) = match &running {
         Some(d) => {
-            withdraw_first(d, out)?;
+            let emptied = withdraw_first(d, out)?;
             match terminate(d)? {
                 Ended::Stopped => writeln!(out, "stopped the daemon (pid {})", d.pid)?,
                 Ended::Gone => writeln!(out, "the daemon (pid {}) had already exited", d.pid)?,
+            }
+            // Emptied behind the daemon's back: whatever it announced
+            // again before it stopped goes too.
+            if let Some(a) = emptied {
+                let _ = crate::announce::withdraw_table(&a);
             }
             if let Some(s) = &d.socket
                 && !s.exists()
@@ -337,21 +348,31 @@ pub(super) fn unload(
 
 /// Before the program goes: the daemon withdraws its VIPs, and the routers
 /// get `withdraw_delay` to move traffic away while it is still forwarded.
-/// A daemon that cannot be asked (no socket known, an older version) is
-/// stopped as before.
-fn withdraw_first(d: &Running, out: &mut dyn Write) -> anyhow::Result<()> {
-    let Some(socket) = &d.socket else {
-        return Ok(());
-    };
-    let Ok(result) = control::call(socket, &Request::Withdraw) else {
-        return Ok(());
-    };
-    // A reply this CLI cannot read is no reason not to unload.
-    let Ok(reply) = serde_json::from_value::<WithdrawReply>(result) else {
-        return Ok(());
+/// A daemon that cannot be asked (no socket known, an older version, a
+/// reply this CLI cannot read) has its `[announce]` table emptied from its
+/// config file instead; when that fails too, nothing is stopped: its routes
+/// would stay announced for a node that no longer forwards.
+///
+/// The `[announce]` emptied here, if it was.
+fn withdraw_first(
+    d: &Running,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<crate::config::AnnounceConfig>> {
+    let asked = d
+        .socket
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("no control socket is known"))
+        .and_then(|socket| control::call(socket, &Request::Withdraw))
+        .and_then(|result| {
+            serde_json::from_value::<WithdrawReply>(result)
+                .context("its reply to the withdraw request")
+        });
+    let reply = match asked {
+        Ok(r) => r,
+        Err(e) => return withdraw_for_unanswering(d, &e, out),
     };
     if reply.withdrawn.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let list: Vec<String> = reply.withdrawn.iter().map(ToString::to_string).collect();
     let delay = Duration::from_millis(reply.withdraw_delay_ms);
@@ -362,7 +383,56 @@ fn withdraw_first(d: &Running, out: &mut dyn Write) -> anyhow::Result<()> {
         crate::fmt::fmt_duration(delay)
     )?;
     std::thread::sleep(delay);
-    Ok(())
+    Ok(None)
+}
+
+/// The daemon `d` did not withdraw its VIPs when asked (`why`): its config
+/// file's `[announce]` table is emptied here, or the unload stops.
+fn withdraw_for_unanswering(
+    d: &Running,
+    why: &anyhow::Error,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<crate::config::AnnounceConfig>> {
+    let refuse = |what: String| {
+        anyhow::anyhow!(
+            "the daemon (pid {}) did not withdraw its VIPs ({why:#}) and {what}: not stopping \
+             it, since its routes would stay announced for a node that no longer forwards. \
+             Withdraw them first (`stickylb maintenance on`, or remove its routes from its \
+             [announce] table), or pass `-c` with its config file",
+            d.pid
+        )
+    };
+    let Some(path) = &d.config else {
+        super::to_stderr(&format!(
+            "stickylb: the daemon (pid {}) did not withdraw its VIPs ({why:#}) and its config \
+             file is not known: unloading without withdrawing any route",
+            d.pid
+        ));
+        return Ok(None);
+    };
+    let cfg = Config::load(path)
+        .map_err(|e| refuse(format!("its config {} does not load ({e})", path.display())))?;
+    let Some(announce) = cfg.announce else {
+        // It announces nothing.
+        return Ok(None);
+    };
+    let routes = crate::announce::withdraw_table(&announce)
+        .map_err(|e| refuse(format!("table {} cannot be emptied ({e})", announce.table)))?;
+    if routes.is_empty() {
+        return Ok(Some(announce));
+    }
+    let list: Vec<String> = routes.iter().map(|r| r.dst.to_string()).collect();
+    writeln!(
+        out,
+        "the daemon did not withdraw its VIPs ({why:#}): withdrew {} from table {} of {}; \
+         waiting {} (withdraw_delay)",
+        list.join(", "),
+        announce.table,
+        path.display(),
+        crate::fmt::fmt_duration(announce.withdraw_delay)
+    )?;
+    std::thread::sleep(announce.withdraw_delay);
+    Ok(Some(announce))
 }
 
 /// With no daemon to ask: the routes a killed daemon left in `-c FILE`'s
@@ -501,6 +571,7 @@ mod tests {
             pin_path: dir.clone(),
             interface: "eth0".into(),
             socket: None,
+            config: None,
         };
         // Nobody holds the lock: nothing to signal.
         assert_eq!(terminate(&d).unwrap(), Ended::Gone);

@@ -81,12 +81,13 @@ fn sync_status(out: &mut dyn Write, s: &crate::api::SyncStatus) -> anyhow::Resul
         };
         writeln!(
             out,
-            "  peer {} {} for {}s  sent {} received {} applied {} not applied {} dropped {} \
-             queued {}{lag}",
+            "  peer {} {} for {}s  sent {} (corrections {}) received {} applied {} not applied {} \
+             dropped {} queued {}{lag}",
             p.address,
             p.state,
             p.since_s,
             p.sent,
+            p.corrections_sent,
             p.received,
             p.applied,
             p.rejected,
@@ -521,6 +522,7 @@ mod tests {
                 received: 20,
                 applied: 18,
                 rejected: 2,
+                corrections_sent: 0,
                 dropped: 1,
                 queued: 4,
                 last_error: Some("connection refused".into()),
@@ -537,7 +539,7 @@ mod tests {
             [
                 "sync on 10.0.0.1:7946: ready (joined with the table of 10.0.0.2:7946)",
                 "  connections rejected: 2 (frame_mac 2); nothing they sent was applied",
-                "  peer 10.0.0.2:7946 down for 3s  sent 10 received 20 applied 18 not applied 2 \
+                "  peer 10.0.0.2:7946 down for 3s  sent 10 (corrections 0) received 20 applied 18 not applied 2 \
                  dropped 1 queued 4  lag p50 12ms p99 40ms",
                 "    last error: connection refused",
             ]

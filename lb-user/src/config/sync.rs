@@ -113,6 +113,17 @@ const MAX_QUEUE: u32 = 10_000_000;
 impl Config {
     pub(super) fn validate_sync(&self, out: &mut Problems) {
         let Some(s) = &self.sync else { return };
+        let ip = s.listen.ip();
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            out.push(
+                "sync.listen",
+                format!(
+                    "{ip} is not one host's address: listen is also this node's name in \
+                     its hello, which its peers check against their sync.peers; give the \
+                     address they list for it, e.g. \"10.0.0.1:7946\""
+                ),
+            );
+        }
         if s.listen.port() == 0 {
             out.push(
                 "sync.listen",
@@ -181,13 +192,13 @@ impl Config {
             );
         }
         for (i, vip) in self.vips.iter().enumerate() {
-            if s.refresh_interval >= vip.affinity_timeout {
+            if s.refresh_interval > vip.affinity_timeout / 2 {
                 out.push(
                     "sync.refresh_interval",
                     format!(
-                        "{} is not shorter than the affinity_timeout of {}: peers' copies of \
-                         a busy client's pin would expire before it is sent again; make it \
-                         well below it",
+                        "{} is more than half the affinity_timeout of {}: peers' copies of \
+                         a busy client's pin could expire before it is sent again (one \
+                         refresh lost or late is enough); make it at most half of it",
                         crate::fmt::fmt_duration(s.refresh_interval),
                         super::validate::vip_label(i, &vip.name)
                     ),
@@ -323,6 +334,19 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_address_that_names_no_host_is_refused() {
+        for ip in ["0.0.0.0", "224.0.0.5", "255.255.255.255"] {
+            let p = problems(&with_sync(&format!("listen = \"{ip}:7946\"")));
+            assert!(
+                p.iter()
+                    .any(|m| m.starts_with("sync.listen: ") && m.contains("name in its hello")),
+                "{ip}: {p:#?}"
+            );
+        }
+        parse(&with_sync("listen = \"10.0.0.1:7946\""));
+    }
+
+    #[test]
     fn bounds_are_checked() {
         let p = problems(&with_sync(
             "listen = \"10.0.0.1:7946\"\nmax_rate = 0\nmax_queue = 0\nbatch = 100000\n\
@@ -355,6 +379,20 @@ mod tests {
             "sync.refresh_interval",
             "affinity_timeout of vip \"web\"",
         );
+        // At most half of it: 30 s against 59 s is refused, against 60 s not.
+        let at = |timeout: &str| {
+            doc(
+                "",
+                &format!("affinity_timeout = \"{timeout}\""),
+                "\n[sync]\nkey_file = \"/k\"\nlisten = \"10.0.0.1:7946\"",
+            )
+        };
+        let p = problems(&at("59s"));
+        assert!(
+            p.iter().any(|m| m.contains("half the affinity_timeout")),
+            "{p:?}"
+        );
+        parse(&at("60s"));
     }
 
     #[test]

@@ -37,9 +37,15 @@ pub(super) struct NodeSync {
 /// Starts the sync of `cfg`: the data path's events on first (so that
 /// nothing pinned while the table is pulled is missed), then the transport,
 /// which pulls a peer's table. Received entries come out of the receiver.
+///
+/// `adopted`: the data path and its table survived from the last run (a
+/// restart, not `--fresh`): the node is ready at once, so that a restart
+/// never withdraws the routes of a node that forwarded all along, and it
+/// pulls a peer's table in the background to catch up with what it missed.
 pub(super) async fn start(
     lb: &mut Lb,
     cfg: &SyncConfig,
+    adopted: bool,
 ) -> anyhow::Result<(NodeSync, mpsc::Receiver<Inbound>)> {
     let key = load_sync_key(&cfg.key_file).map_err(anyhow::Error::msg)?;
     lb.maps_mut()
@@ -56,13 +62,19 @@ pub(super) async fn start(
         ids: ids_rx.clone(),
     });
     let (tx, rx) = mpsc::channel(INBOUND_DEPTH);
-    let mut cluster = Cluster::start(Settings::new(cfg, key), snapshot, tx).await?;
+    let settings = Settings {
+        ready_at_start: adopted,
+        ..Settings::new(cfg, key)
+    };
+    let mut cluster = Cluster::start(settings, snapshot, tx).await?;
     cluster.spawn_events(events, ids_rx);
     if !cluster.ready() {
         info!(
             "sync: pulling a peer's table before announcing (at most {} without an answer)",
             crate::fmt::fmt_duration(cfg.join_timeout)
         );
+    } else if !cfg.peers.is_empty() {
+        info!("sync: the table was adopted: ready now, catching up with a peer's table");
     }
     Ok((
         NodeSync {
@@ -130,12 +142,12 @@ impl Daemon {
             Inbound::Entries {
                 peer,
                 sent_ms,
-                snapshot,
+                kind,
                 entries,
             } => match self.lb.apply_remote(&entries, monotonic_ns()) {
-                Ok(applied) => s
-                    .cluster
-                    .applied(peer, sent_ms, snapshot, &entries, &applied),
+                Ok(applied) => s.cluster.applied(peer, sent_ms, kind, &entries, &applied),
+                // Not reported to the transport: a snapshot part that did
+                // not apply leaves the join incomplete (pulled again).
                 Err(e) => {
                     if s.apply_errors.due() {
                         error!("sync: cannot apply {} received entries: {e}", entries.len());

@@ -3,17 +3,25 @@
 //! backend's address — never by local id, since two nodes' ids may differ.
 //!
 //! Which pin of a client wins is decided by `resolve`, the same pure rule on
-//! every node: the later `pinned_ms`, ties to the lower backend address:port.
-//! The order is total and every node compares exactly the values that were
-//! exchanged (`pinned_ms` survives its trip through the data path's clock
-//! unchanged, see `clock`), so two nodes that see the same two pins choose
-//! the same one. A node answers a received pin only with a pin of its own
-//! that is strictly greater in that order (a correction); the answer to a
-//! correction is then either nothing or a still greater pin, so an exchange
+//! every node: the earliest live pin, that is the smaller `pinned_ms`, ties
+//! to the lower backend address:port. The earliest pin is the one the
+//! client's established connections use: a node that re-picked the client
+//! during the sync lag (its pin had not arrived yet) must not move it
+//! everywhere. The order is total and every node compares exactly the
+//! values that were exchanged (`pinned_ms` survives its trip through the
+//! data path's clock unchanged, see `clock`), so two nodes that see the same
+//! two pins choose the same one; two pins of one backend are the same pin,
+//! and a node takes the earlier `pinned_ms` of the two, so that nodes that
+//! pinned a client to one backend independently end with one pin.
+//!
+//! A node's pin of a client only ever moves down that order (while it stays
+//! live, to a backend alive here), and it answers a received pin only with a
+//! pin of its own that is strictly smaller (a correction). The answer to a
+//! correction is then either nothing or a still smaller pin, so an exchange
 //! ends after at most as many rounds as there are distinct pins. A pin whose
-//! backend is dead in this node's view is neither applied nor answered: the
-//! two nodes' health views may differ, and answering would let them trade
-//! the same two pins forever.
+//! backend is dead or unknown in this node's view is neither applied nor
+//! answered: the nodes' health views may differ, and answering would let
+//! them trade the same two pins forever.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -46,7 +54,11 @@ pub struct SyncApplied {
     pub inserted: u64,
     /// Same pin as here: only its last-seen time moved forward.
     pub refreshed: u64,
-    /// This node's pin won: to be sent back to the sender so it converges.
+    /// Same backend as here, pinned earlier: this node's pin took the
+    /// earlier `pinned_ms` (and its last-seen time moved forward).
+    pub lowered: u64,
+    /// Not applied, this node's pin won: to be sent back to the sender so
+    /// it converges (a correction).
     pub kept_local: Vec<SyncEntry>,
     /// Not applied: no such VIP here.
     pub unknown_vip: u64,
@@ -59,6 +71,23 @@ pub struct SyncApplied {
     pub expired: u64,
 }
 
+impl SyncApplied {
+    /// Entries written or refreshed here.
+    pub fn applied(&self) -> u64 {
+        self.inserted + self.refreshed + self.lowered
+    }
+
+    /// Entries not applied, a correction (`kept_local`) included: with
+    /// `applied`, every entry received.
+    pub fn not_applied(&self) -> u64 {
+        self.unknown_vip
+            + self.unknown_backend
+            + self.dead_backend
+            + self.expired
+            + self.kept_local.len() as u64
+    }
+}
+
 /// A pin as `resolve` compares them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pin {
@@ -67,11 +96,10 @@ pub struct Pin {
 }
 
 impl Pin {
-    /// The rule's order: later pins are greater; of two at the same ms, the
-    /// one to the lower backend (address, then port) is greater.
+    /// The rule's order: earlier pins win; of two at the same ms, the one
+    /// to the lower backend (address, then port).
     fn beats(&self, other: &Pin) -> bool {
-        (self.pinned_ms, std::cmp::Reverse(self.backend))
-            > (other.pinned_ms, std::cmp::Reverse(other.backend))
+        (self.pinned_ms, self.backend) < (other.pinned_ms, other.backend)
     }
 }
 
@@ -80,9 +108,13 @@ impl Pin {
 pub enum Resolution {
     /// Write it: the client is new here, or the received pin wins.
     Insert,
-    /// Same backend as here: move the local entry's last-seen time forward.
+    /// The same pin as here: move the local entry's last-seen time forward.
     Refresh,
-    /// This node's pin wins: send it back.
+    /// Same backend as here, pinned earlier: take its `pinned_ms` (and move
+    /// last-seen forward).
+    Lower,
+    /// This node's pin wins: send it back (after moving last-seen forward,
+    /// when it is the same backend's).
     KeepLocal,
     /// Its backend is not alive here: neither applied nor answered.
     DeadBackend,
@@ -96,11 +128,20 @@ pub fn resolve(local: Option<Pin>, remote: Pin, remote_alive: bool) -> Resolutio
     if !remote_alive {
         return Resolution::DeadBackend;
     }
-    match local {
-        None => Resolution::Insert,
-        Some(l) if l.backend == remote.backend => Resolution::Refresh,
-        Some(l) if l.beats(&remote) => Resolution::KeepLocal,
-        Some(_) => Resolution::Insert,
+    let Some(l) = local else {
+        return Resolution::Insert;
+    };
+    if l.backend == remote.backend {
+        return match remote.pinned_ms.cmp(&l.pinned_ms) {
+            std::cmp::Ordering::Less => Resolution::Lower,
+            std::cmp::Ordering::Equal => Resolution::Refresh,
+            std::cmp::Ordering::Greater => Resolution::KeepLocal,
+        };
+    }
+    if remote.beats(&l) {
+        Resolution::Insert
+    } else {
+        Resolution::KeepLocal
     }
 }
 
@@ -276,12 +317,30 @@ impl<M: Maps> Lb<M> {
                 Resolution::DeadBackend => out.dead_backend += 1,
                 Resolution::KeepLocal => {
                     let (v, backend) = local.expect("KeepLocal only with a local pin");
+                    // The same backend's pin, made later there: the client
+                    // was busy there all the same.
+                    let same = backend == e.backend;
+                    let last_seen = if same {
+                        v.last_seen_ns.max(remote_last_seen)
+                    } else {
+                        v.last_seen_ns
+                    };
+                    if last_seen > v.last_seen_ns {
+                        self.maps.set_affinity(
+                            key,
+                            AffinityValue {
+                                last_seen_ns: last_seen,
+                                synced_s: now_s,
+                                ..v
+                            },
+                        )?;
+                    }
                     out.kept_local.push(SyncEntry {
                         vip: e.vip,
                         client: e.client,
                         backend,
                         pinned_ms: clock.wall_ms(v.created_ns),
-                        idle_ms: idle_ms(now_ns, v.last_seen_ns),
+                        idle_ms: idle_ms(now_ns, last_seen),
                     });
                 }
                 Resolution::Refresh => {
@@ -297,6 +356,19 @@ impl<M: Maps> Lb<M> {
                         )?;
                     }
                     out.refreshed += 1;
+                }
+                Resolution::Lower => {
+                    let (v, _) = local.expect("Lower only with a local pin");
+                    self.maps.set_affinity(
+                        key,
+                        AffinityValue {
+                            created_ns: clock.mono_ns(e.pinned_ms),
+                            last_seen_ns: v.last_seen_ns.max(remote_last_seen),
+                            synced_s: now_s,
+                            ..v
+                        },
+                    )?;
+                    out.lowered += 1;
                 }
                 Resolution::Insert => {
                     if now_ns.saturating_sub(remote_last_seen) >= timeout_ns {

@@ -131,12 +131,14 @@ fn resolve_branch_by_branch() {
     // whatever this node has.
     assert_eq!(resolve(None, pin(10, 5), false), DeadBackend);
     assert_eq!(resolve(Some(pin(11, 1)), pin(10, 5), false), DeadBackend);
-    // Same backend: a refresh, whichever pinned_ms each side has.
+    // Same backend: the same pin refreshes; an earlier one lowers this
+    // node's; a later one is answered with this node's.
     assert_eq!(resolve(Some(pin(10, 5)), pin(10, 5), true), Refresh);
-    assert_eq!(resolve(Some(pin(10, 9)), pin(10, 5), true), Refresh);
-    // The later pin wins.
-    assert_eq!(resolve(Some(pin(11, 4)), pin(10, 5), true), Insert);
-    assert_eq!(resolve(Some(pin(11, 6)), pin(10, 5), true), KeepLocal);
+    assert_eq!(resolve(Some(pin(10, 9)), pin(10, 5), true), Lower);
+    assert_eq!(resolve(Some(pin(10, 5)), pin(10, 9), true), KeepLocal);
+    // The earlier pin wins.
+    assert_eq!(resolve(Some(pin(11, 4)), pin(10, 5), true), KeepLocal);
+    assert_eq!(resolve(Some(pin(11, 6)), pin(10, 5), true), Insert);
     // A tie goes to the lower backend address, then port.
     assert_eq!(resolve(Some(pin(11, 5)), pin(10, 5), true), Insert);
     assert_eq!(resolve(Some(pin(10, 5)), pin(11, 5), true), KeepLocal);
@@ -330,7 +332,7 @@ fn the_same_pin_only_moves_last_seen_forward() {
     let ms = clock().wall_ms(now - 20 * S);
     // Received idle 1 s: last seen moves forward, created_ns stays.
     let got = lb
-        .apply_remote(&[entry(client(1), 10, ms + 7, 1000)], now)
+        .apply_remote(&[entry(client(1), 10, ms, 1000)], now)
         .unwrap();
     assert_eq!(got.refreshed, 1);
     assert_eq!(got.inserted, 0);
@@ -349,7 +351,34 @@ fn the_same_pin_only_moves_last_seen_forward() {
 }
 
 #[test]
-fn the_later_pin_wins_and_a_losing_one_is_answered() {
+fn the_same_backend_pinned_earlier_lowers_ours_and_later_is_corrected() {
+    let mut lb = started(&cfg());
+    let now = monotonic_ns();
+    local_pin(&mut lb, client(1), 10, now - 20 * S, now - 5 * S);
+    let ms = clock().wall_ms(now - 20 * S);
+    // Pinned to the same backend 7 ms earlier elsewhere: ours takes that
+    // pinned_ms; last seen only moves forward (the sender's is older).
+    let got = lb
+        .apply_remote(&[entry(client(1), 10, ms - 7, 9000)], now)
+        .unwrap();
+    assert_eq!((got.lowered, got.applied(), got.not_applied()), (1, 1, 0));
+    let v = stored(&lb, client(1)).unwrap();
+    assert_eq!(clock().wall_ms(v.created_ns), ms - 7);
+    assert_eq!(v.last_seen_ns, now - 5 * S);
+    // Pinned to it 3 ms later elsewhere: answered with ours (so that the
+    // sender lowers its own), last seen moved forward all the same.
+    let got = lb
+        .apply_remote(&[entry(client(1), 10, ms - 4, 1000)], now)
+        .unwrap();
+    assert_eq!(got.kept_local, vec![entry(client(1), 10, ms - 7, 1000)]);
+    assert_eq!((got.applied(), got.not_applied()), (0, 1));
+    let v = stored(&lb, client(1)).unwrap();
+    assert_eq!(clock().wall_ms(v.created_ns), ms - 7);
+    assert_eq!(v.last_seen_ns, now - S);
+}
+
+#[test]
+fn the_earlier_pin_wins_and_a_losing_one_is_answered() {
     let mut lb = started(&cfg());
     let now = monotonic_ns();
     local_pin(&mut lb, client(1), 10, now - 20 * S, now - S);
@@ -358,10 +387,11 @@ fn the_later_pin_wins_and_a_losing_one_is_answered() {
     let got = lb
         .apply_remote(
             &[
-                // Later than ours: taken.
-                entry(client(1), 11, local_ms + 1, 0),
-                // Earlier than ours: answered with ours.
-                entry(client(2), 11, local_ms - 1, 0),
+                // Earlier than ours: taken.
+                entry(client(1), 11, local_ms - 1, 0),
+                // Later than ours (a re-pick during the sync lag):
+                // answered with ours.
+                entry(client(2), 11, local_ms + 1, 0),
             ],
             now,
         )
@@ -384,15 +414,40 @@ fn the_later_pin_wins_and_a_losing_one_is_answered() {
 }
 
 #[test]
+fn received_entries_are_applied_or_counted_as_not_applied() {
+    let mut lb = started(&cfg());
+    let now = monotonic_ns();
+    set_alive(&mut lb, 12, false);
+    local_pin(&mut lb, client(1), 10, now - 20 * S, now - S);
+    let ms = clock().wall_ms(now - 20 * S);
+    let mut other = entry(client(9), 10, ms, 0);
+    other.vip = VipKey::new(VIP, 9, proto::TCP);
+    let mut stranger = entry(client(8), 10, ms, 0);
+    stranger.backend = SocketAddrV4::new([192, 0, 2, 99].into(), 80);
+    let sent = [
+        entry(client(1), 10, ms, 0),      // refreshed
+        entry(client(1), 11, ms + 1, 0),  // corrected
+        entry(client(2), 11, ms, 0),      // inserted
+        entry(client(3), 11, ms, 70_000), // expired
+        entry(client(4), 12, ms, 0),      // dead backend
+        other,                            // unknown VIP
+        stranger,                         // unknown backend
+    ];
+    let got = lb.apply_remote(&sent, now).unwrap();
+    assert_eq!(got.applied(), 2, "{got:?}");
+    assert_eq!(got.not_applied(), 5, "{got:?}");
+}
+
+#[test]
 fn an_expired_or_dead_local_pin_counts_as_absent() {
     let mut lb = started(&cfg());
     let now = monotonic_ns();
-    // Pinned later than the received one, but idle for the timeout.
+    // Pinned earlier than the received one, but idle for the timeout.
     local_pin(&mut lb, client(1), 10, now - 100 * S, now - TIMEOUT_NS);
-    // Pinned later, live, but its backend is down here.
+    // Pinned earlier, live, but its backend is down here.
     local_pin(&mut lb, client(2), 12, now - 100 * S, now);
     set_alive(&mut lb, 12, false);
-    let early = clock().wall_ms(now - 200 * S);
+    let early = clock().wall_ms(now - 50 * S);
     let got = lb
         .apply_remote(
             &[
@@ -453,7 +508,7 @@ fn two_nodes_with_random_pins(seed: u64, clients: u32) -> (Lb<FakeMaps>, Lb<Fake
 }
 
 #[test]
-fn two_nodes_converge_on_the_later_pin_and_fall_quiet() {
+fn two_nodes_converge_on_the_earliest_pin_and_fall_quiet() {
     for seed in 0..20 {
         let (mut a, mut b, now) = two_nodes_with_random_pins(seed, 200);
         let messages = exchange(&mut a, &mut b, now);
@@ -493,15 +548,193 @@ fn nodes_whose_health_views_differ_fall_quiet_too() {
             }
         }
     }
-    // The smallest case by hand: A pins later to a backend B thinks dead,
-    // B earlier to one both think alive.
+    // The smallest case by hand: A pins earlier to a backend B thinks dead,
+    // B later to one both think alive.
     let (mut a, mut b) = (started(&cfg()), started(&cfg()));
     set_alive(&mut b, 10, false);
     let now = monotonic_ns();
-    local_pin(&mut a, client(1), 10, now - S, now);
-    local_pin(&mut b, client(1), 11, now - 2 * S, now);
+    local_pin(&mut a, client(1), 10, now - 2 * S, now);
+    local_pin(&mut b, client(1), 11, now - S, now);
     let messages = exchange(&mut a, &mut b, now);
     assert_eq!(messages, 2, "B's pin, A's correction, and nothing after");
     assert_eq!(stored_backend(&a, client(1)), Some(addr(10)));
     assert_eq!(stored_backend(&b, client(1)), Some(addr(11)));
+}
+
+/// A node's pin of `c` as it would send the client: live and to a backend
+/// alive here, with its pinned_ms.
+fn effective(lb: &Lb<FakeMaps>, c: Ipv4Addr) -> Option<(SocketAddrV4, u64)> {
+    let v = stored(lb, c)?;
+    let vip = lb.vips().iter().find(|v| v.key == web()).unwrap();
+    let b = vip
+        .backends
+        .iter()
+        .find(|b| b.id == v.backend_id && b.alive())?;
+    Some((b.addr, clock().wall_ms(v.created_ns)))
+}
+
+/// Every node sends its table to every other (full mesh), one entry a
+/// message, delivered in a random order; every correction goes back to
+/// the entry's sender and joins the pool. How many were delivered before
+/// the pool ran dry (it must).
+fn mesh_exchange(nodes: &mut [Lb<FakeMaps>], rng: &mut fastrand::Rng, now: u64) -> usize {
+    let mut pool: Vec<(usize, usize, SyncEntry)> = Vec::new();
+    for from in 0..nodes.len() {
+        for e in table(&nodes[from], now) {
+            for to in (0..nodes.len()).filter(|&t| t != from) {
+                pool.push((from, to, e));
+            }
+        }
+    }
+    let mut delivered = 0;
+    while !pool.is_empty() {
+        delivered += 1;
+        assert!(delivered < 1_000_000, "no end to the corrections");
+        let (from, to, e) = pool.swap_remove(rng.usize(..pool.len()));
+        let got = nodes[to].apply_remote(&[e], now).unwrap();
+        assert_eq!(got.applied() + got.not_applied(), 1, "{got:?}");
+        for back in got.kept_local {
+            pool.push((to, from, back));
+        }
+    }
+    delivered
+}
+
+fn nodes_with_random_pins(rng: &mut fastrand::Rng, n: usize, clients: u32) -> Vec<Lb<FakeMaps>> {
+    let mut nodes: Vec<Lb<FakeMaps>> = (0..n).map(|_| started(&cfg())).collect();
+    let now = monotonic_ns();
+    for i in 0..clients {
+        for lb in &mut nodes {
+            if rng.u8(0..3) == 0 {
+                continue;
+            }
+            // Few distinct times and backends, so that ties and one
+            // backend pinned independently at different times happen.
+            let created = now - rng.u64(1..6) * MS;
+            local_pin(lb, client(i), rng.u8(10..=12), created, now);
+        }
+    }
+    nodes
+}
+
+#[test]
+fn three_and_four_nodes_converge_on_the_earliest_live_pin_in_any_order() {
+    const CLIENTS: u32 = 60;
+    for seed in 0..40 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let n = if seed % 2 == 0 { 3 } else { 4 };
+        let mut nodes = nodes_with_random_pins(&mut rng, n, CLIENTS);
+        // Half the runs: one view of health everywhere (.12 down on every
+        // node in some); the others: each node may think one backend dead.
+        let same_view = seed % 4 < 2;
+        let mut dead = vec![None; n];
+        if same_view {
+            if rng.bool() {
+                dead = vec![Some(12u8); n];
+            }
+        } else {
+            for d in &mut dead {
+                *d = rng.bool().then(|| rng.u8(10..=12));
+            }
+        }
+        for (lb, d) in nodes.iter_mut().zip(&dead) {
+            if let Some(octet) = d {
+                set_alive(lb, *octet, false);
+            }
+        }
+        let alive_everywhere = |b: SocketAddrV4| dead.iter().all(|d| d.map(addr) != Some(b));
+        let now = monotonic_ns();
+        // Every node's pins before: the earliest of all, and the earliest
+        // whose backend is alive everywhere.
+        let before: Vec<Vec<(SocketAddrV4, u64)>> = (0..CLIENTS)
+            .map(|i| {
+                let mut pins: Vec<(SocketAddrV4, u64)> = nodes
+                    .iter()
+                    .filter_map(|lb| {
+                        let v = stored(lb, client(i))?;
+                        Some((
+                            stored_backend(lb, client(i))?,
+                            clock().wall_ms(v.created_ns),
+                        ))
+                    })
+                    .collect();
+                pins.sort_by_key(|&(b, ms)| (ms, b));
+                pins
+            })
+            .collect();
+        let stored_before: Vec<Vec<Option<AffinityValue>>> = nodes
+            .iter()
+            .map(|lb| (0..CLIENTS).map(|i| stored(lb, client(i))).collect())
+            .collect();
+        mesh_exchange(&mut nodes, &mut rng, now);
+        for i in 0..CLIENTS {
+            let c = client(i);
+            let after: Vec<_> = nodes.iter().map(|lb| effective(lb, c)).collect();
+            // No node was moved to a backend it thinks dead: an entry to
+            // one is the node's own, untouched.
+            for (n, (lb, d)) in nodes.iter().zip(&dead).enumerate() {
+                if let (Some(octet), Some(v)) = (d, stored(lb, c))
+                    && v.backend_id == backend_id(lb, web(), *octet)
+                {
+                    assert_eq!(
+                        Some(v),
+                        stored_before[n][i as usize],
+                        "seed {seed}: {c} moved to a dead backend on node {n}"
+                    );
+                }
+            }
+            let earliest = before[i as usize].first().copied();
+            let earliest_live = before[i as usize]
+                .iter()
+                .copied()
+                .find(|&(b, _)| alive_everywhere(b));
+            if same_view {
+                // One view: every node ends on the earliest live pin.
+                assert!(
+                    after.iter().all(|a| *a == earliest_live),
+                    "seed {seed}: {c}: {after:?}, pins {:?}",
+                    before[i as usize]
+                );
+            } else if let Some(p) = earliest.filter(|&(b, _)| alive_everywhere(b)) {
+                // The earliest pin is usable everywhere: all take it.
+                assert!(
+                    after.iter().all(|a| *a == Some(p)),
+                    "seed {seed}: {c}: {after:?}, pins {:?}",
+                    before[i as usize]
+                );
+            }
+        }
+        // Quiet: another full round applies the same pins and corrects
+        // nothing.
+        for from in 0..n {
+            for to in (0..n).filter(|&t| t != from) {
+                let sent = table(&nodes[from], now);
+                let got = nodes[to].apply_remote(&sent, now).unwrap();
+                assert_eq!((got.inserted, got.lowered), (0, 0), "seed {seed}");
+                if same_view {
+                    assert!(got.kept_local.is_empty(), "seed {seed}: {got:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn one_backend_pinned_independently_ends_as_one_pin() {
+    // A pinned the client to X at 100, B to X at 105, D to Y at 102. With a
+    // node keeping its own pinned_ms for a same-backend pin, A would move
+    // to D's (Y, 102) and B and D stay split.
+    let now = monotonic_ns();
+    let base = now - 200 * MS;
+    let want = Some((addr(10), clock().wall_ms(base)));
+    for seed in 0..20 {
+        let mut nodes: Vec<Lb<FakeMaps>> = (0..3).map(|_| started(&cfg())).collect();
+        local_pin(&mut nodes[0], client(1), 10, base, now);
+        local_pin(&mut nodes[1], client(1), 10, base + 5 * MS, now);
+        local_pin(&mut nodes[2], client(1), 11, base + 2 * MS, now);
+        mesh_exchange(&mut nodes, &mut fastrand::Rng::with_seed(seed), now);
+        for lb in &nodes {
+            assert_eq!(effective(lb, client(1)), want, "seed {seed}");
+        }
+    }
 }

@@ -104,6 +104,30 @@ impl TokenBucket {
         n
     }
 
+    /// Takes `n` tokens if the bucket holds them all (`n` at most a
+    /// burst): a batch goes whole or waits, `wait_for` its tokens.
+    pub fn take_all(&mut self, n: usize, now: Instant) -> bool {
+        self.refill(now);
+        let n = (n as f64).min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long until the bucket holds `n` tokens (at most a burst).
+    pub fn wait_for(&mut self, n: usize, now: Instant) -> Duration {
+        self.refill(now);
+        let n = (n as f64).min(self.burst);
+        if self.tokens >= n {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((n - self.tokens) / self.rate)
+        }
+    }
+
     /// How long until a token is there.
     pub fn wait(&mut self, now: Instant) -> Duration {
         self.refill(now);
@@ -154,6 +178,24 @@ mod tests {
         q.push(entry(1), t0);
         let got = q.take(1, t0 + Duration::from_millis(250));
         assert_eq!(got[0].idle_ms, 5 + 250);
+    }
+
+    #[test]
+    fn a_batch_waits_for_all_its_tokens() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1000, 100, t0);
+        assert!(b.take_all(100, t0));
+        // 30 tokens after 30 ms: not enough for a batch of 50, and none
+        // are taken meanwhile.
+        let t1 = t0 + Duration::from_millis(30);
+        assert!(!b.take_all(50, t1));
+        let wait = b.wait_for(50, t1);
+        assert!(
+            (Duration::from_millis(19)..=Duration::from_millis(21)).contains(&wait),
+            "{wait:?}"
+        );
+        assert!(b.take_all(50, t1 + wait));
+        assert!(!b.take_all(1, t1 + wait));
     }
 
     #[test]

@@ -2,8 +2,14 @@
 //! changed pin of this node goes, batched and rate-bounded, to every
 //! configured peer over an authenticated TCP channel (`wire`); what peers
 //! send comes back to the daemon's main loop (`Inbound`), which applies it
-//! to the `Lb` and hands corrections back. A node with peers pulls one
-//! peer's whole table (a snapshot) before it is ready to announce.
+//! to the `Lb` and hands corrections back. A node with peers and a new
+//! table pulls one peer's whole table (a snapshot) before it is ready to
+//! announce; one that adopted its table (a restart) is ready at once and
+//! pulls in the background to catch up. Only a ready node serves its table:
+//! a joiner refused by one peer asks the next.
+//!
+//! Entries are not forwarded on: every node must list every other node as
+//! a peer (a full mesh).
 //!
 //! The module knows nothing of the `Lb` or the data path: the table walk
 //! and the data path's events come in through the `Snapshot`,
@@ -51,12 +57,19 @@ use crate::{
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection that has not proven itself by then is dropped: an
-/// unauthenticated client must not hold a task for long.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// unauthenticated client must not hold a handshake slot for long (a peer
+/// answers in a round trip or two).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Connections still in their handshake, at most; more are closed at once.
 const MAX_HANDSHAKES: usize = 64;
+/// Of those, from one address at most: a peer has one or two at a time, so
+/// one address cannot take the slots the other peers need.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 4;
+/// A peer that refused this node its table is not asked again for this
+/// long (it has not joined yet either).
+const REFUSED_RETRY: Duration = Duration::from_millis(500);
 /// Lag samples kept per peer for its percentiles.
 pub const LAG_SAMPLES: usize = 1024;
 /// Events drained from the data path at a time, before others get a turn.
@@ -85,6 +98,9 @@ pub struct Settings {
     /// `KEEPALIVE` and `DEAD_AFTER` (shorter in tests).
     pub keepalive: Duration,
     pub dead_after: Duration,
+    /// This node's table survived its restart (the data path was adopted):
+    /// it is ready at once, and pulls a peer's table only to catch up.
+    pub ready_at_start: bool,
 }
 
 impl Settings {
@@ -100,6 +116,7 @@ impl Settings {
             join_timeout: c.join_timeout,
             keepalive: KEEPALIVE,
             dead_after: DEAD_AFTER,
+            ready_at_start: false,
         }
     }
 }
@@ -114,14 +131,25 @@ pub enum Inbound {
         peer: usize,
         /// The sender's wall clock when it sent them (ms since the epoch).
         sent_ms: u64,
-        /// Part of a snapshot this node asked for (not counted in the lag:
-        /// a snapshot carries long-idle clients too).
-        snapshot: bool,
+        kind: EntriesKind,
         entries: Vec<SyncEntry>,
     },
     /// The snapshot from `peer` is complete: every chunk of it came before.
     /// Tell the transport with `Cluster::snapshot_applied` once applied.
     SnapshotEnd { peer: usize, total: u64 },
+}
+
+/// What received entries are; only batches are timed for the lag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntriesKind {
+    /// The peer's new or changed pins, sent as its data path made them.
+    Batch,
+    /// The peer's pins that won over pins this node sent it: they answer
+    /// this node's entries, and say nothing of the lag.
+    Correction,
+    /// Part of a snapshot this node asked for: it carries long-idle
+    /// clients too.
+    Snapshot,
 }
 
 /// The whole table, walked on a blocking thread for a peer that joins.
@@ -190,6 +218,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Peer {
     addr: SocketAddrV4,
     queue: Mutex<Queue>,
+    /// This node's pins to send back to it (sent before the queue).
+    corrections: Mutex<Queue>,
     wake: Notify,
     stats: Mutex<PeerStats>,
 }
@@ -198,6 +228,7 @@ struct PeerStats {
     state: PeerState,
     since: Instant,
     sent: u64,
+    corrections_sent: u64,
     received: u64,
     applied: u64,
     rejected: u64,
@@ -209,10 +240,18 @@ struct PeerStats {
 
 #[derive(Default)]
 struct Join {
+    /// This node may announce: it has its cluster's table.
     ready: bool,
+    /// The pull is over: a peer's table applied, or none in sight within
+    /// the join timeout.
+    pulled: bool,
     joined_from: Option<usize>,
     /// The peer whose table is being pulled, and when it last sent a part.
     pulling: Option<(usize, Instant)>,
+    /// Entries of that table applied or counted so far.
+    pull_entries: u64,
+    /// Peers that refused their table (not joined yet), and when.
+    refused: BTreeMap<usize, Instant>,
     /// The daemon knows its backends' health (no VIP warming up): a table
     /// pulled before would find every backend dead and apply nothing.
     pull_allowed: bool,
@@ -236,6 +275,8 @@ struct Shared {
     inbound: mpsc::Sender<Inbound>,
     snapshot: Arc<dyn Snapshot>,
     handshakes: Arc<Semaphore>,
+    /// Connections in their handshake, by source address.
+    handshaking: Mutex<BTreeMap<std::net::IpAddr, usize>>,
     /// Wakes the join timer once pulling is allowed.
     pull_gate: Notify,
 }
@@ -277,11 +318,13 @@ impl Cluster {
             .map(|&addr| Peer {
                 addr,
                 queue: Mutex::new(Queue::new(s.max_queue)),
+                corrections: Mutex::new(Queue::new(s.max_queue)),
                 wake: Notify::new(),
                 stats: Mutex::new(PeerStats {
                     state: PeerState::Connecting,
                     since: now,
                     sent: 0,
+                    corrections_sent: 0,
                     received: 0,
                     applied: 0,
                     rejected: 0,
@@ -304,7 +347,8 @@ impl Cluster {
             dead_after: s.dead_after,
             peers,
             join: Mutex::new(Join {
-                ready: alone,
+                ready: alone || s.ready_at_start,
+                pulled: alone,
                 ..Join::default()
             }),
             rejected: Mutex::default(),
@@ -314,6 +358,7 @@ impl Cluster {
             inbound,
             snapshot,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            handshaking: Mutex::default(),
             pull_gate: Notify::new(),
         });
         let mut tasks = vec![tokio::spawn(accept(shared.clone(), listener))];
@@ -347,8 +392,9 @@ impl Cluster {
         self.local
     }
 
-    /// Whether this node has its cluster's table: pulled from a peer, or no
-    /// peer answered within the join timeout, or it has no peers.
+    /// Whether this node has its cluster's table: adopted at the start,
+    /// pulled from a peer, or no peer answered within the join timeout, or
+    /// it has no peers.
     pub fn ready(&self) -> bool {
         lock(&self.shared.join).ready
     }
@@ -371,23 +417,32 @@ impl Cluster {
 
     /// What applying `entries` from `peer` did (`Lb::apply_remote`): counted,
     /// and the pins of this node that won are sent back to it.
+    ///
+    /// Entries whose apply failed are not reported: a snapshot with any of
+    /// those does not add up to its total, and does not complete the join.
     pub fn applied(
         &self,
         peer: usize,
         sent_ms: u64,
-        snapshot: bool,
+        kind: EntriesKind,
         entries: &[SyncEntry],
         applied: &SyncApplied,
     ) {
         let Some(p) = self.shared.peers.get(peer) else {
             return;
         };
+        if kind == EntriesKind::Snapshot {
+            let mut j = lock(&self.shared.join);
+            if j.pulling.is_some_and(|(p, _)| p == peer) {
+                j.pull_entries += entries.len() as u64;
+            }
+        }
         let now = wall_ms();
         {
             let mut st = lock(&p.stats);
-            st.applied += applied.inserted + applied.refreshed;
-            st.rejected += applied.unknown_vip + applied.unknown_backend + applied.dead_backend;
-            if !snapshot {
+            st.applied += applied.applied();
+            st.rejected += applied.not_applied();
+            if kind == EntriesKind::Batch {
                 for e in entries {
                     let lag = wire::lag_ms(now, sent_ms, e);
                     if st.lags.len() == LAG_SAMPLES {
@@ -400,23 +455,34 @@ impl Cluster {
             }
         }
         if !applied.kept_local.is_empty() {
-            self.shared.queue_for(peer, &applied.kept_local);
+            self.shared.correct(peer, &applied.kept_local);
         }
     }
 
-    /// The snapshot `peer` sent has been applied: this node has joined.
+    /// The snapshot `peer` sent has been applied: this node has joined, if
+    /// every one of its `total` entries was applied or counted.
     pub fn snapshot_applied(&self, peer: usize, total: u64) {
         let mut j = lock(&self.shared.join);
-        if j.pulling.is_some_and(|(p, _)| p == peer) {
-            j.pulling = None;
+        if j.pulling.is_none_or(|(p, _)| p != peer) {
+            return;
         }
-        if !j.ready {
-            j.ready = true;
-            j.joined_from = Some(peer);
-            info!(
-                "sync: joined the cluster with the table of {} ({total} entries)",
-                self.shared.peers[peer].addr
+        j.pulling = None;
+        let addr = self.shared.peers[peer].addr;
+        if j.pull_entries != total {
+            warn!(
+                "sync: the table of {addr} came incomplete ({} of {total} entries applied); \
+                 pulling again",
+                j.pull_entries
             );
+            return;
+        }
+        j.pulled = true;
+        j.joined_from = Some(peer);
+        if j.ready {
+            info!("sync: caught up with the table of {addr} ({total} entries)");
+        } else {
+            j.ready = true;
+            info!("sync: joined the cluster with the table of {addr} ({total} entries)");
         }
     }
 
@@ -462,6 +528,7 @@ impl Cluster {
                         state: st.state,
                         since_s: st.since.elapsed().as_secs(),
                         sent: st.sent,
+                        corrections_sent: st.corrections_sent,
                         received: st.received,
                         applied: st.applied,
                         rejected: st.rejected,
@@ -496,15 +563,23 @@ impl Shared {
     }
 
     fn queue_for(&self, peer: usize, entries: &[SyncEntry]) {
-        let p = &self.peers[peer];
+        self.push(peer, &self.peers[peer].queue, entries);
+    }
+
+    /// Queues this node's winning pins to go back to `peer`.
+    fn correct(&self, peer: usize, entries: &[SyncEntry]) {
+        self.push(peer, &self.peers[peer].corrections, entries);
+    }
+
+    fn push(&self, peer: usize, queue: &Mutex<Queue>, entries: &[SyncEntry]) {
         let now = Instant::now();
         {
-            let mut q = lock(&p.queue);
+            let mut q = lock(queue);
             for e in entries {
                 q.push(*e, now);
             }
         }
-        p.wake.notify_one();
+        self.peers[peer].wake.notify_one();
     }
 
     fn set_state(&self, peer: usize, state: PeerState, error: Option<String>) {
@@ -539,11 +614,49 @@ impl Shared {
     /// Whether this connection to `peer` is to ask for its table now.
     fn claim_pull(&self, peer: usize) -> bool {
         let mut j = lock(&self.join);
-        if j.ready || !j.pull_allowed || j.pulling.is_some() {
+        if j.pulled || !j.pull_allowed || j.pulling.is_some() {
+            return false;
+        }
+        if j.refused
+            .get(&peer)
+            .is_some_and(|at| at.elapsed() < REFUSED_RETRY)
+        {
             return false;
         }
         j.pulling = Some((peer, Instant::now()));
+        j.pull_entries = 0;
         true
+    }
+
+    /// `peer` has no table to give yet: ask another.
+    fn pull_refused(&self, peer: usize) {
+        let mut j = lock(&self.join);
+        if j.pulling.is_some_and(|(p, _)| p == peer) {
+            j.pulling = None;
+            // Said once a peer: it is asked again every REFUSED_RETRY.
+            if j.refused.insert(peer, Instant::now()).is_none() {
+                info!(
+                    "sync: {} has not joined its cluster yet and refused its table: asking \
+                     the other peers, and it again later",
+                    self.peers[peer].addr
+                );
+            }
+        }
+    }
+
+    /// Counts a connection from `ip` in its handshake; None (and the
+    /// connection to be closed) when that address has too many already.
+    fn handshake_slot(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut m = lock(&self.handshaking);
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            sh: self.clone(),
+            ip,
+        })
     }
 
     fn pull_progress(&self, peer: usize) -> bool {
@@ -577,6 +690,10 @@ fn describe(why: Reject) -> &'static str {
         Reject::Truncated => "it ended inside a hello or a frame",
         Reject::Malformed => "an authenticated frame that does not parse",
         Reject::UnknownPeer => "it knows the key but is not one of sync.peers",
+        Reject::UnknownAddress => "its address is no peer's (closed before its hello)",
+        Reject::TooManyHandshakes => {
+            "it already had as many connections in their handshake as one address may"
+        }
     }
 }
 
@@ -588,14 +705,25 @@ async fn join_deadline(sh: Arc<Shared>) {
     loop {
         {
             let mut j = lock(&sh.join);
-            if j.ready {
+            if j.pulled {
                 return;
             }
             let stalled = j
                 .pulling
                 .is_none_or(|(_, at)| at.elapsed() >= sh.join_timeout);
+            if stalled && j.ready {
+                // Adopted: its own table stands; peers' new pins still come.
+                j.pulled = true;
+                j.pulling = None;
+                info!(
+                    "sync: no peer sent its table within {}: going on with the adopted one",
+                    crate::fmt::fmt_duration(sh.join_timeout)
+                );
+                return;
+            }
             if stalled {
                 j.ready = true;
+                j.pulled = true;
                 j.pulling = None;
                 warn!(
                     "sync: no peer sent its table within {} ({}): ready alone, as the first \
@@ -750,6 +878,7 @@ async fn run_conn(
 ) -> ConnError {
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Message>(8);
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = write_frames(sh.keepalive, wr, seal, rx);
     let reader = async {
         loop {
@@ -759,7 +888,7 @@ async fn run_conn(
                     Ok(Err(e)) => return e,
                     Err(_) => return ConnError::Timeout("waiting for the peer (no keepalive)"),
                 };
-            if let Err(e) = dispatch(sh, peer, msg, &tx).await {
+            if let Err(e) = dispatch(sh, peer, msg, &tx, &serving).await {
                 return e;
             }
         }
@@ -783,29 +912,48 @@ async fn dispatch(
     peer: usize,
     msg: Message,
     tx: &mpsc::Sender<Message>,
+    serving: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), ConnError> {
-    let inbound = |sent_ms, snapshot, entries: Vec<SyncEntry>| {
+    let inbound = |sent_ms, kind, entries: Vec<SyncEntry>| {
         lock(&sh.peers[peer].stats).received += entries.len() as u64;
         Inbound::Entries {
             peer,
             sent_ms,
-            snapshot,
+            kind,
             entries,
         }
     };
     let forward = match msg {
         // An empty one is a keepalive.
-        Message::Batch { entries, .. } if entries.is_empty() => None,
-        Message::Batch { sent_ms, entries } => Some(inbound(sent_ms, false, entries)),
+        Message::Batch { entries, .. } | Message::Corrections { entries, .. }
+            if entries.is_empty() =>
+        {
+            None
+        }
+        Message::Batch { sent_ms, entries } => Some(inbound(sent_ms, EntriesKind::Batch, entries)),
+        Message::Corrections { sent_ms, entries } => {
+            Some(inbound(sent_ms, EntriesKind::Correction, entries))
+        }
         // Only the table this node asked for, from the peer it asked.
         Message::SnapshotChunk { sent_ms, entries } => sh
             .pull_progress(peer)
-            .then(|| inbound(sent_ms, true, entries)),
+            .then(|| inbound(sent_ms, EntriesKind::Snapshot, entries)),
         Message::SnapshotEnd { total } => sh
             .pull_progress(peer)
             .then_some(Inbound::SnapshotEnd { peer, total }),
+        Message::SnapshotRefused => {
+            sh.pull_refused(peer);
+            None
+        }
         Message::SnapshotRequest => {
-            serve_snapshot(sh, peer, tx.clone());
+            // A node that has not joined has no table to give (it may be
+            // empty or partial); and one snapshot at a time a connection.
+            let ready = lock(&sh.join).ready;
+            if ready && !serving.swap(true, Ordering::AcqRel) {
+                serve_snapshot(sh, peer, tx.clone(), serving.clone());
+            } else if tx.send(Message::SnapshotRefused).await.is_err() {
+                return Err(ConnError::Stopped);
+            }
             None
         }
     };
@@ -817,10 +965,22 @@ async fn dispatch(
 
 /// Streams this node's table to `peer` from a blocking thread, paced by the
 /// connection (a full channel waits for the socket).
-fn serve_snapshot(sh: &Arc<Shared>, peer: usize, tx: mpsc::Sender<Message>) {
+fn serve_snapshot(
+    sh: &Arc<Shared>,
+    peer: usize,
+    tx: mpsc::Sender<Message>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
+) {
     let snapshot = sh.snapshot.clone();
     let addr = sh.peers[peer].addr;
     tokio::task::spawn_blocking(move || {
+        struct Served(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Served {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _served = Served(serving);
         let mut total = 0u64;
         let walked = snapshot.walk(wire::MAX_ENTRIES_PER_FRAME, &mut |entries| {
             total += entries.len() as u64;
@@ -841,8 +1001,9 @@ fn serve_snapshot(sh: &Arc<Shared>, peer: usize, tx: mpsc::Sender<Message>) {
     });
 }
 
-/// Sends `peer`'s queue: in batches of up to `batch` entries, each waiting
-/// at most `flush` for its batch to fill, at most `max_rate` a second.
+/// Sends `peer`'s corrections, then its queue: in batches of up to `batch`
+/// entries, each waiting at most `flush` for its batch to fill, at most
+/// `max_rate` a second (a batch waits for its tokens: no partial frames).
 async fn send_loop(sh: &Arc<Shared>, peer: usize, tx: &mpsc::Sender<Message>) -> ConnError {
     let p = &sh.peers[peer];
     let mut bucket = TokenBucket::new(sh.max_rate, sh.batch as u32, Instant::now());
@@ -852,38 +1013,49 @@ async fn send_loop(sh: &Arc<Shared>, peer: usize, tx: &mpsc::Sender<Message>) ->
         if sh.claim_pull(peer) && tx.send(Message::SnapshotRequest).await.is_err() {
             return ConnError::Stopped;
         }
+        let corrections = lock(&p.corrections).len();
         let (len, oldest) = {
             let q = lock(&p.queue);
             (q.len(), q.oldest())
         };
         let now = Instant::now();
-        let Some(oldest) = oldest else {
-            tokio::select! {
-                () = p.wake.notified() => {}
-                _ = pull_tick.tick() => {}
+        let correcting = corrections > 0;
+        if !correcting {
+            let Some(oldest) = oldest else {
+                tokio::select! {
+                    () = p.wake.notified() => {}
+                    _ = pull_tick.tick() => {}
+                }
+                continue;
+            };
+            let due = oldest + sh.flush;
+            if len < sh.batch && now < due {
+                tokio::select! {
+                    () = p.wake.notified() => {}
+                    () = tokio::time::sleep_until(due.into()) => {}
+                }
+                continue;
             }
-            continue;
-        };
-        let due = oldest + sh.flush;
-        if len < sh.batch && now < due {
-            tokio::select! {
-                () = p.wake.notified() => {}
-                () = tokio::time::sleep_until(due.into()) => {}
-            }
+        }
+        let want = if correcting { corrections } else { len }.min(sh.batch);
+        if !bucket.take_all(want, now) {
+            tokio::time::sleep(bucket.wait_for(want, now)).await;
             continue;
         }
-        let n = bucket.take(len.min(sh.batch), now);
-        if n == 0 {
-            tokio::time::sleep(bucket.wait(now)).await;
-            continue;
-        }
-        let entries = lock(&p.queue).take(n, Instant::now());
-        lock(&p.stats).sent += entries.len() as u64;
-        let batch = Message::Batch {
-            sent_ms: wall_ms(),
-            entries,
+        let queue = if correcting { &p.corrections } else { &p.queue };
+        let entries = lock(queue).take(want, Instant::now());
+        let sent_ms = wall_ms();
+        let msg = {
+            let mut st = lock(&p.stats);
+            st.sent += entries.len() as u64;
+            if correcting {
+                st.corrections_sent += entries.len() as u64;
+                Message::Corrections { sent_ms, entries }
+            } else {
+                Message::Batch { sent_ms, entries }
+            }
         };
-        if tx.send(batch).await.is_err() {
+        if tx.send(msg).await.is_err() {
             return ConnError::Stopped;
         }
     }
@@ -940,13 +1112,21 @@ async fn accept(sh: Arc<Shared>, listener: TcpListener) {
         while conns.try_join_next().is_some() {}
         match listener.accept().await {
             Ok((s, from)) => {
+                // Closed before the handshake: anyone who reaches the port
+                // could otherwise keep the handshake slots full.
                 if !sh
                     .peers
                     .iter()
                     .any(|p| std::net::IpAddr::V4(*p.addr.ip()) == from.ip())
                 {
                     sh.from_unknown_address.fetch_add(1, Ordering::Relaxed);
+                    sh.reject(Reject::UnknownAddress, from);
+                    continue;
                 }
+                let Some(slot) = sh.handshake_slot(from.ip()) else {
+                    sh.reject(Reject::TooManyHandshakes, from);
+                    continue;
+                };
                 let Ok(permit) = sh.handshakes.clone().try_acquire_owned() else {
                     if errors.due() {
                         warn!(
@@ -956,7 +1136,7 @@ async fn accept(sh: Arc<Shared>, listener: TcpListener) {
                     }
                     continue;
                 };
-                conns.spawn(incoming(sh.clone(), s, from, permit));
+                conns.spawn(incoming(sh.clone(), s, from, (permit, slot)));
             }
             Err(e) => {
                 if errors.due() {
@@ -972,7 +1152,7 @@ async fn incoming(
     sh: Arc<Shared>,
     mut s: TcpStream,
     from: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: (tokio::sync::OwnedSemaphorePermit, HandshakeSlot),
 ) {
     let _ = s.set_nodelay(true);
     let shook = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_server(&sh, &mut s))
@@ -985,6 +1165,24 @@ async fn incoming(
     };
     if let ConnError::Reject(r) = e {
         sh.reject(r, from);
+    }
+}
+
+/// A connection's place among those in their handshake from its address.
+struct HandshakeSlot {
+    sh: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut m = lock(&self.sh.handshaking);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -28,29 +28,34 @@ fn entry(i: u32, backend: u16, pinned_ms: u64) -> SyncEntry {
 
 type Table = Arc<Mutex<HashMap<(VipKey, Ipv4Addr), SyncEntry>>>;
 
-/// The rule of the design, for the fake: the later pin wins, ties to the
-/// lower backend.
-fn wins(a: &SyncEntry, b: &SyncEntry) -> bool {
-    (a.pinned_ms, std::cmp::Reverse(a.backend)) > (b.pinned_ms, std::cmp::Reverse(b.backend))
-}
-
+/// `Lb::apply_remote` for the fake: the real rule (`resolve`), every
+/// backend alive but port 9999's, which this node does not know.
 fn apply(table: &Table, entries: &[SyncEntry]) -> SyncApplied {
+    use crate::lb::sync::{Pin, Resolution, resolve};
     let mut t = table.lock().unwrap();
     let mut out = SyncApplied::default();
     for e in entries {
-        match t.get(&(e.vip, e.client)) {
-            Some(mine) if mine.backend == e.backend && mine.pinned_ms == e.pinned_ms => {
-                out.refreshed += 1;
-            }
-            Some(mine) if wins(mine, e) => out.kept_local.push(*mine),
-            _ => {
-                if e.backend.port() == 9999 {
-                    out.unknown_backend += 1;
-                    continue;
-                }
-                t.insert((e.vip, e.client), *e);
+        if e.backend.port() == 9999 {
+            out.unknown_backend += 1;
+            continue;
+        }
+        let pin = |e: &SyncEntry| Pin {
+            backend: e.backend,
+            pinned_ms: e.pinned_ms,
+        };
+        let mine = t.get(&(e.vip, e.client)).copied();
+        match resolve(mine.as_ref().map(pin), pin(e), true) {
+            Resolution::Insert => {
                 out.inserted += 1;
+                t.insert((e.vip, e.client), *e);
             }
+            Resolution::Lower => {
+                out.lowered += 1;
+                t.insert((e.vip, e.client), *e);
+            }
+            Resolution::Refresh => out.refreshed += 1,
+            Resolution::KeepLocal => out.kept_local.push(mine.expect("a local pin")),
+            Resolution::DeadBackend => out.dead_backend += 1,
         }
     }
     out
@@ -101,6 +106,7 @@ fn settings(listen: SocketAddrV4, peers: &[SocketAddrV4], secret: [u8; 32]) -> S
         join_timeout: Duration::from_millis(500),
         keepalive: Duration::from_millis(50),
         dead_after: Duration::from_millis(400),
+        ready_at_start: false,
     }
 }
 
@@ -134,11 +140,11 @@ async fn node_with(s: Settings, table: Table, before: impl FnOnce(&mut Cluster))
                 Inbound::Entries {
                     peer,
                     sent_ms,
-                    snapshot,
+                    kind,
                     entries,
                 } => {
                     let applied = apply(&t, &entries);
-                    c.applied(peer, sent_ms, snapshot, &entries, &applied);
+                    c.applied(peer, sent_ms, kind, &entries, &applied);
                 }
                 Inbound::SnapshotEnd { peer, total } => c.snapshot_applied(peer, total),
             }
@@ -206,8 +212,8 @@ async fn two_nodes_join_exchange_and_converge() {
     })
     .await;
 
-    // Both nodes pinned client 20000 at once, differently: the later pin
-    // (B's) wins on both, whichever way the entries cross.
+    // Both nodes pinned client 20000 at once, differently: the earlier pin
+    // (A's) wins on both, whichever way the entries cross.
     let mine = entry(20_000, 82, 5_000);
     let theirs = entry(20_000, 83, 6_000);
     a.table
@@ -224,8 +230,8 @@ async fn two_nodes_join_exchange_and_converge() {
         "one backend for client 20000",
         Duration::from_secs(5),
         || {
-            get(&a.table, &mine).map(|e| e.backend) == Some(theirs.backend)
-                && get(&b.table, &mine).map(|e| e.backend) == Some(theirs.backend)
+            get(&a.table, &mine).map(|e| e.backend) == Some(mine.backend)
+                && get(&b.table, &mine).map(|e| e.backend) == Some(mine.backend)
         },
     )
     .await;
@@ -581,4 +587,251 @@ async fn idle_connections_stay_up_and_a_silent_peer_is_dropped() {
         "{:?}",
         t0.elapsed()
     );
+}
+
+/// A node as `node`, whose daemon ready itself at the start (its table was
+/// adopted).
+fn adopted(mut s: Settings) -> Settings {
+    s.ready_at_start = true;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_node_is_ready_at_once_and_catches_up_in_the_background() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(
+        settings(a_addr, &[b_addr], SECRET),
+        table_of((0..100).map(|i| entry(i, 80, 1_000))),
+    )
+    .await;
+    until("A ready alone", Duration::from_secs(5), || {
+        a.cluster.ready()
+    })
+    .await;
+    // B restarted with its table: ready before any peer answered, so that
+    // its routes never go; A's table still arrives.
+    let b = node(
+        adopted(settings(b_addr, &[a_addr], SECRET)),
+        table_of([entry(500, 81, 1_000)]),
+    )
+    .await;
+    assert!(b.cluster.ready(), "an adopted node waits for nothing");
+    until("B caught up", Duration::from_secs(5), || {
+        b.cluster.status().joined_from == Some(a_addr)
+    })
+    .await;
+    assert_eq!(b.table.lock().unwrap().len(), 101);
+    assert!(b.cluster.ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_joined_refuses_its_table_and_the_joiner_asks_another() {
+    let (c_addr, c2_addr, n_addr, r_addr) = (free_port(), free_port(), free_port(), free_port());
+    // N has not joined (its daemon does not let it pull yet): its partial
+    // table must not become C's.
+    let (n, _) = node_not_pulling(
+        settings(n_addr, &[c_addr, c2_addr], SECRET),
+        table_of((0..5).map(|i| entry(i, 80, 1))),
+    )
+    .await;
+    // With N its only peer, C refuses N's table and ends up ready alone,
+    // as the first node of a cluster.
+    let c = node(settings(c_addr, &[n_addr], SECRET), table_of([])).await;
+    until("C ready alone", Duration::from_secs(5), || {
+        c.cluster.ready()
+    })
+    .await;
+    assert_eq!(c.cluster.status().joined_from, None);
+    assert!(c.table.lock().unwrap().is_empty(), "N's table was taken");
+    drop(c);
+
+    // With N and a ready R, C joins with R's table whichever it asked first.
+    let r = node(
+        adopted(settings(r_addr, &[c2_addr], SECRET)),
+        table_of((100..150).map(|i| entry(i, 81, 1))),
+    )
+    .await;
+    let c = node(settings(c2_addr, &[n_addr, r_addr], SECRET), table_of([])).await;
+    until("C joined", Duration::from_secs(5), || {
+        c.cluster.status().joined_from.is_some()
+    })
+    .await;
+    assert_eq!(c.cluster.status().joined_from, Some(r_addr));
+    assert_eq!(c.table.lock().unwrap().len(), 50);
+    assert!(!n.ready());
+    drop(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_does_not_add_up_does_not_complete_the_join() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(
+        adopted(settings(a_addr, &[b_addr], SECRET)),
+        table_of((0..300).map(|i| entry(i, 80, 1))),
+    )
+    .await;
+    // B's main loop fails to apply the first part of the first table it
+    // gets (a map error): that table is not a join; it pulls again.
+    let (tx, mut rx) = mpsc::channel(INBOUND_DEPTH);
+    let table = table_of([]);
+    let cluster = Cluster::start(
+        settings(b_addr, &[a_addr], SECRET),
+        Arc::new(FakeSnapshot(table.clone())),
+        tx,
+    )
+    .await
+    .unwrap();
+    cluster.allow_pull();
+    let b = Arc::new(cluster);
+    let (c, t) = (b.clone(), table.clone());
+    let _main = tokio::spawn(async move {
+        let mut failed = false;
+        while let Some(m) = rx.recv().await {
+            match m {
+                Inbound::Entries {
+                    peer,
+                    sent_ms,
+                    kind,
+                    entries,
+                } => {
+                    if kind == EntriesKind::Snapshot && !failed {
+                        failed = true;
+                        continue;
+                    }
+                    let applied = apply(&t, &entries);
+                    c.applied(peer, sent_ms, kind, &entries, &applied);
+                }
+                Inbound::SnapshotEnd { peer, total } => c.snapshot_applied(peer, total),
+            }
+        }
+    });
+    until("B joined", Duration::from_secs(5), || b.ready()).await;
+    let st = b.status();
+    assert_eq!(st.joined_from, Some(a_addr));
+    assert_eq!(st.peers[0].received, 600, "the table twice: {st:?}");
+    assert_eq!(table.lock().unwrap().len(), 300);
+    drop(a);
+}
+
+/// A connection to `to` from `from_ip`, held open.
+async fn connect_from(from_ip: Ipv4Addr, to: SocketAddrV4) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddrV4::new(from_ip, 0).into()).unwrap();
+    s.connect(to.into()).await.unwrap()
+}
+
+/// How long until `s` is closed by the other side (None: not within 3 s).
+async fn closed_after(mut s: tokio::net::TcpStream) -> Option<Duration> {
+    use tokio::io::AsyncReadExt as _;
+    let t0 = Instant::now();
+    let mut buf = [0; 256];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_hold_the_handshake_slots() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(settings(a_addr, &[b_addr], SECRET), table_of([])).await;
+    let rejected = |why: &str| a.cluster.status().rejected.get(why).copied().unwrap_or(0);
+    // More connections from an address no peer has than there are slots:
+    // each is closed at once, before a hello.
+    let stranger = Ipv4Addr::new(127, 0, 0, 3);
+    let mut held = Vec::new();
+    for _ in 0..(MAX_HANDSHAKES + 16) {
+        held.push(connect_from(stranger, a_addr).await);
+    }
+    for s in held {
+        let after = closed_after(s).await;
+        assert!(
+            after.is_some_and(|d| d < Duration::from_millis(500)),
+            "a stranger's connection held: {after:?}"
+        );
+    }
+    assert_eq!(rejected("unknown_address"), MAX_HANDSHAKES as u64 + 16);
+    assert_eq!(
+        a.cluster.status().from_unknown_address,
+        MAX_HANDSHAKES as u64 + 16
+    );
+
+    // From a peer's address, silent: a few may wait in their handshake,
+    // for the handshake timeout; the rest are closed at once.
+    let peer_ip = *b_addr.ip();
+    let mut held = Vec::new();
+    for _ in 0..(MAX_HANDSHAKES_PER_SOURCE + 6) {
+        held.push(connect_from(peer_ip, a_addr).await);
+    }
+    // All read at once, timed from one start.
+    let waits: Vec<_> = held
+        .into_iter()
+        .map(|s| tokio::spawn(closed_after(s)))
+        .collect();
+    let mut times = Vec::new();
+    for w in waits {
+        times.push(w.await.unwrap().expect("closed within 3 s"));
+    }
+    times.sort();
+    let quick = times
+        .iter()
+        .filter(|d| **d < Duration::from_millis(500))
+        .count();
+    assert_eq!(quick, 6, "{times:?}");
+    assert!(
+        times[6..].iter().all(|d| *d < Duration::from_millis(1500)),
+        "{times:?}"
+    );
+    until("too many counted", Duration::from_secs(2), || {
+        rejected("too_many_handshakes") == 6
+    })
+    .await;
+
+    // The real peer gets in.
+    let b = node(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    until("A and B up", Duration::from_secs(5), || {
+        a.cluster.status().peers[0].state == PeerState::Up
+            && b.cluster.status().peers[0].state == PeerState::Up
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_are_counted_and_not_timed() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let early = entry(1, 82, 5_000);
+    let a = node(adopted(settings(a_addr, &[b_addr], SECRET)), table_of([])).await;
+    let b = node(
+        adopted(settings(b_addr, &[a_addr], SECRET)),
+        table_of([early]),
+    )
+    .await;
+    until("both caught up", Duration::from_secs(5), || {
+        a.cluster.status().joined_from.is_some() && b.cluster.status().joined_from.is_some()
+    })
+    .await;
+    // A re-picked client 1 later: B answers with its earlier pin.
+    let late = entry(1, 83, 9_000);
+    a.table
+        .lock()
+        .unwrap()
+        .insert((late.vip, late.client), late);
+    a.cluster.publish(&[late]);
+    until("A corrected", Duration::from_secs(5), || {
+        get(&a.table, &late) == Some(early)
+    })
+    .await;
+    let (sa, sb) = (a.cluster.status(), b.cluster.status());
+    let (pa, pb) = (&sa.peers[0], &sb.peers[0]);
+    assert_eq!(pb.corrections_sent, 1, "{pb:?}");
+    // Every entry received is either applied or not.
+    assert_eq!(pb.received, pb.applied + pb.rejected, "{pb:?}");
+    assert_eq!(pa.received, pa.applied + pa.rejected, "{pa:?}");
+    assert_eq!((pb.applied, pb.rejected), (0, 1), "{pb:?}");
+    // A's lag is of B's batches only: B sent a snapshot and a correction.
+    assert_eq!(pa.lag_count, 0, "{pa:?}");
+    assert_eq!(pb.lag_count, 1, "{pb:?}");
 }

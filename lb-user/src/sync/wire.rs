@@ -92,10 +92,14 @@ pub enum Reject {
     Malformed,
     /// An authenticated node that is not one of `peers`.
     UnknownPeer,
+    /// A connection from an address no peer has: closed before its hello.
+    UnknownAddress,
+    /// More connections in their handshake from one address than allowed.
+    TooManyHandshakes,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 9] = [
+    pub const ALL: [Reject; 11] = [
         Reject::Magic,
         Reject::Version,
         Reject::Handshake,
@@ -105,6 +109,8 @@ impl Reject {
         Reject::Truncated,
         Reject::Malformed,
         Reject::UnknownPeer,
+        Reject::UnknownAddress,
+        Reject::TooManyHandshakes,
     ];
 
     /// Its label in metrics and status.
@@ -119,6 +125,8 @@ impl Reject {
             Reject::Truncated => "truncated",
             Reject::Malformed => "malformed",
             Reject::UnknownPeer => "unknown_peer",
+            Reject::UnknownAddress => "unknown_address",
+            Reject::TooManyHandshakes => "too_many_handshakes",
         }
     }
 }
@@ -280,6 +288,15 @@ pub enum Message {
     },
     /// The table has been sent: `total` entries.
     SnapshotEnd { total: u64 },
+    /// No table for this request: the sender has not joined its cluster
+    /// yet (its table may be empty or partial), or is sending one already.
+    SnapshotRefused,
+    /// The sender's pins that won over pins this node sent it (not timed
+    /// for the lag: they answer this node's entries).
+    Corrections {
+        sent_ms: u64,
+        entries: Vec<SyncEntry>,
+    },
 }
 
 mod kind {
@@ -287,6 +304,8 @@ mod kind {
     pub const SNAPSHOT_REQUEST: u8 = 2;
     pub const SNAPSHOT_CHUNK: u8 = 3;
     pub const SNAPSHOT_END: u8 = 4;
+    pub const SNAPSHOT_REFUSED: u8 = 5;
+    pub const CORRECTIONS: u8 = 6;
 }
 
 /// Seals one direction's frames: numbers them and signs them.
@@ -382,6 +401,10 @@ fn encode_message(msg: &Message) -> (u8, Vec<u8>) {
             (kind::SNAPSHOT_CHUNK, entries_payload(*sent_ms, entries))
         }
         Message::SnapshotEnd { total } => (kind::SNAPSHOT_END, total.to_be_bytes().to_vec()),
+        Message::SnapshotRefused => (kind::SNAPSHOT_REFUSED, Vec::new()),
+        Message::Corrections { sent_ms, entries } => {
+            (kind::CORRECTIONS, entries_payload(*sent_ms, entries))
+        }
     }
 }
 
@@ -416,6 +439,11 @@ fn decode_message(kind: u8, p: &[u8]) -> Result<Message, Reject> {
         kind::SNAPSHOT_END if p.len() == 8 => Ok(Message::SnapshotEnd {
             total: u64::from_be_bytes(p.try_into().expect("8 bytes")),
         }),
+        kind::SNAPSHOT_REFUSED if p.is_empty() => Ok(Message::SnapshotRefused),
+        kind::CORRECTIONS => {
+            let (sent_ms, entries) = decode_entries(p)?;
+            Ok(Message::Corrections { sent_ms, entries })
+        }
         _ => Err(Reject::Malformed),
     }
 }
@@ -527,6 +555,11 @@ mod tests {
                 entries: vec![entry(3)],
             },
             Message::SnapshotEnd { total: 12345 },
+            Message::SnapshotRefused,
+            Message::Corrections {
+                sent_ms: 7,
+                entries: vec![entry(4), entry(5)],
+            },
             Message::Batch {
                 sent_ms: 5,
                 entries: vec![],
