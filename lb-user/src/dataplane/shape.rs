@@ -270,10 +270,7 @@ mod tests {
         let m = mismatch(&want, 4096, &have).expect("mismatch");
         assert_eq!(
             m.detail,
-            format!(
-                "9 entries instead of {}",
-                lb_common::global_counter::COUNT
-            )
+            format!("9 entries instead of {}", lb_common::global_counter::COUNT)
         );
         assert_eq!(m.hint, "");
         // The ring buffer's capacity is its size in bytes.
