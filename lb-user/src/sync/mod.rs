@@ -410,6 +410,31 @@ impl Cluster {
         }
     }
 
+    /// Pulls a peer's table again, in the background: this node stays ready
+    /// and keeps serving. For a node whose own view of a VIP was wrong for a
+    /// while (every backend down here only): the pins it made then lose to
+    /// the peers' earlier ones, but it hears of those only from a pull (the
+    /// corrections it got meanwhile named backends it thought dead). Nothing
+    /// when a pull is already due or under way; a pull from no peer ends
+    /// after the join timeout, as at the start.
+    pub fn catch_up(&self) {
+        {
+            let mut j = lock(&self.shared.join);
+            if !j.ready || !j.pulled || self.shared.peers.is_empty() {
+                return;
+            }
+            j.pulled = false;
+            j.pulling = None;
+            j.pull_allowed = true;
+            j.refused.clear();
+        }
+        info!("sync: pulling a peer's table again to catch up");
+        self.shared.pull_gate.notify_one();
+        // Not kept with the others: it ends by itself within two join
+        // timeouts, also when the transport is gone.
+        tokio::spawn(join_deadline(self.shared.clone()));
+    }
+
     /// Queues this node's own new or changed pins for every peer.
     pub fn publish(&self, entries: &[SyncEntry]) {
         self.shared.publish(entries);

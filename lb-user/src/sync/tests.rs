@@ -625,6 +625,38 @@ async fn an_adopted_node_is_ready_at_once_and_catches_up_in_the_background() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_node_catches_up_again_on_demand() {
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = node(
+        adopted(settings(a_addr, &[b_addr], SECRET)),
+        table_of((0..10).map(|i| entry(i, 80, 1_000))),
+    )
+    .await;
+    let b = node(settings(b_addr, &[a_addr], SECRET), table_of([])).await;
+    until("B joined", Duration::from_secs(5), || {
+        b.cluster.status().joined_from == Some(a_addr)
+    })
+    .await;
+    assert_eq!(b.table.lock().unwrap().len(), 10);
+    // A learns pins B never hears of as they are made (as when B thought
+    // their backends dead and refused them): only a new pull brings them.
+    a.table
+        .lock()
+        .unwrap()
+        .extend((10..25).map(|i| entry(i, 80, 1_000)).map(|e| ((e.vip, e.client), e)));
+    b.cluster.catch_up();
+    assert!(b.cluster.ready(), "catching up never stops serving");
+    until("B caught up", Duration::from_secs(5), || {
+        b.table.lock().unwrap().len() == 25
+    })
+    .await;
+    until("the pull is over", Duration::from_secs(5), || {
+        lock(&b.cluster.shared.join).pulled
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_has_not_joined_refuses_its_table_and_the_joiner_asks_another() {
     let (c_addr, c2_addr, n_addr, r_addr) = (free_port(), free_port(), free_port(), free_port());
     // N has not joined (its daemon does not let it pull yet): its partial
