@@ -441,6 +441,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 0,
             warming: false,
+            warming_why: None,
             announce: None,
             counters: VipStats {
                 new_clients: base + 1,
@@ -530,6 +531,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            warming_why: None,
             announce: None,
             counters: VipStats {
                 packets: 1,
@@ -666,6 +668,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 2,
             warming: false,
+            warming_why: None,
             announce: None,
             counters: VipStats::default(),
             backends,
@@ -699,6 +702,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 0,
             warming: false,
+            warming_why: None,
             announce,
             counters: VipStats::default(),
             backends: Vec::new(),

@@ -151,6 +151,19 @@ pub struct Vip {
     /// results: its table stays empty until then, so that no client is
     /// pinned from a partial view of its backends.
     pub warming_up: Option<Instant>,
+    /// `Some` while the VIP warms up again because every backend of it went
+    /// down while it served (`warming_up` is then the moment the last one
+    /// did): rebuilt from the first backend back, its table would send every
+    /// client arriving to that one backend, and keep them there.
+    pub rewarm: Option<Rewarm>,
+}
+
+/// A VIP's re-warm after it lost every backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewarm {
+    /// Set when the first backend is back: the VIP serves then, or before
+    /// if every backend is back first.
+    pub serve_by: Option<Instant>,
 }
 
 impl Vip {
