@@ -362,7 +362,7 @@ impl<M: Maps> Lb<M> {
         self.write_backend(vi, bi)?;
         let report = self.rebuild(vi)?;
         let now_alive = self.vips[vi].backends[bi].alive();
-        if self.vips[vi].warming_up.is_some() {
+        if self.vips[vi].warming_up.is_some() || self.vips[vi].rewarm.is_some() {
             info!("{name}: backend {addr} {state}: {reason}");
             let served = self.serve_if_warm(vi, Instant::now())?;
             return Ok(Some(served.unwrap_or_default()));
@@ -377,7 +377,7 @@ impl<M: Maps> Lb<M> {
             info!("{name}: backend {addr} {state}: {reason}");
         }
         if was_alive && !now_alive {
-            self.rewarm_if_dark(vi, Instant::now());
+            self.rewarm_if_dark(vi);
         }
         Ok(Some(report))
     }
@@ -446,17 +446,21 @@ impl<M: Maps> Lb<M> {
             .min()
     }
 
-    /// Puts VIP `vi`, serving, back into warm-up if no backend of it is
-    /// alive any more (seen at `now`): see `Vip::rewarm`. Its table is all
-    /// empty already (no backend is in service), so nothing is written.
-    fn rewarm_if_dark(&mut self, vi: usize, now: Instant) {
+    /// Marks VIP `vi`, serving, for a re-warm if no backend of it is alive
+    /// any more: see `Vip::rewarm`. Its table is all empty already (no
+    /// backend is in service), so nothing is written; it warms up once the
+    /// first backend is back (until then it has no alive backend, which is
+    /// what it is withdrawn for).
+    fn rewarm_if_dark(&mut self, vi: usize) {
         let v = &mut self.vips[vi];
-        if v.warming_up.is_some() || v.backends.is_empty() || v.backends.iter().any(Backend::alive)
+        if v.warming_up.is_some()
+            || v.rewarm.is_some()
+            || v.backends.is_empty()
+            || v.backends.iter().any(Backend::alive)
         {
             return;
         }
         self.generation += 1;
-        v.warming_up = Some(now);
         v.rewarm = Some(Rewarm::default());
         warn!(
             "VIP {}: every backend is down; once one is back, it waits up to {} for the others \
@@ -469,11 +473,13 @@ impl<M: Maps> Lb<M> {
     /// Why VIP `vi` is warming up, for status output (`None`: it is not).
     pub fn warming_why(&self, vi: usize, now: Instant) -> Option<String> {
         let v = &self.vips[vi];
-        v.warming_up?;
+        if v.warming_up.is_none() && v.rewarm.is_none() {
+            return None;
+        }
         Some(match v.rewarm.map(|r| r.serve_by) {
             None => "not serving until every backend's first check is in".to_owned(),
             Some(None) => format!(
-                "every backend was down; once one is back, waiting up to {} for the others \
+                "every backend is down; once one is back, waiting up to {} for the others \
                  before serving again",
                 fmt_duration(rewarm_window(v))
             ),
@@ -501,9 +507,10 @@ impl<M: Maps> Lb<M> {
     /// is known (a backend whose first result was due by `now` counts as
     /// down): its table is written once, from the whole set.
     fn serve_if_warm(&mut self, vi: usize, now: Instant) -> Result<Option<RebuildReport>> {
-        let Some(since) = self.vips[vi].warming_up else {
+        let since = self.vips[vi].warming_up;
+        if since.is_none() && self.vips[vi].rewarm.is_none() {
             return Ok(None);
-        };
+        }
         let name = self.vips[vi].name.clone();
         // Every overdue backend is counted down in the books first, so that
         // a failed write cannot leave one overdue (its deadline past, the
@@ -512,8 +519,9 @@ impl<M: Maps> Lb<M> {
         for (bi, b) in self.vips[vi].backends.iter_mut().enumerate() {
             if b.health.is_none() && b.first_result_by.is_some_and(|t| t <= now) {
                 b.health = Some(State::Down);
-                let waited =
-                    fmt_duration(Duration::from_millis(since.elapsed().as_millis() as u64));
+                let waited = fmt_duration(Duration::from_millis(
+                    since.map_or(0, |t| t.elapsed().as_millis() as u64),
+                ));
                 b.reason = match b.checks_blocked.take() {
                     Some(e) => format!(
                         "checks cannot run: {e} (for {waited} since the VIP's start; this \
@@ -550,6 +558,7 @@ impl<M: Maps> Lb<M> {
                     // Still dark: the wait starts again with the next one back.
                     _ if up == 0 => {
                         v.rewarm = Some(Rewarm::default());
+                        v.warming_up = None;
                         return Ok(None);
                     }
                     None => {
@@ -557,6 +566,7 @@ impl<M: Maps> Lb<M> {
                         v.rewarm = Some(Rewarm {
                             serve_by: Some(now.checked_add(window).unwrap_or(now)),
                         });
+                        v.warming_up = Some(now);
                         self.generation += 1;
                         info!(
                             "VIP {}: every backend was down; {up} of {all} back: waiting up to \
@@ -575,14 +585,17 @@ impl<M: Maps> Lb<M> {
             v.rewarm = None;
             let report = rebuild(&mut self.maps, v)?;
             info!(
-                "VIP {} serving again: {up} of {all} backends up, {} ms after the last went down \
+                "VIP {} serving again: {up} of {all} backends up, {} ms after the first was back \
                  ({} slots written)",
                 v.name,
-                now.saturating_duration_since(since).as_millis(),
+                since.map_or(0, |t| now.saturating_duration_since(t).as_millis()),
                 report.slots_written
             );
             return Ok(Some(report));
         }
+        let Some(since) = since else {
+            return Ok(None);
+        };
         if v.backends.iter().any(|b| b.health.is_none()) {
             return Ok(None);
         }
@@ -633,10 +646,10 @@ impl<M: Maps> Lb<M> {
         self.write_backend(vi, bi)?;
         if was_alive != now_alive {
             self.rebuild(vi)?;
-            if self.vips[vi].warming_up.is_some() {
+            if self.vips[vi].warming_up.is_some() || self.vips[vi].rewarm.is_some() {
                 self.serve_if_warm(vi, Instant::now())?;
             } else if !now_alive {
-                self.rewarm_if_dark(vi, Instant::now());
+                self.rewarm_if_dark(vi);
             }
         }
         Ok(())
@@ -779,10 +792,10 @@ fn write_empty_table<M: Maps>(maps: &mut M, base: u32, size: u32) -> Result<()> 
 }
 
 /// Rebuilds `v`'s Maglev table and writes the slots that changed; nothing
-/// while it warms up (its table stays empty until `serve_if_warm` writes it
-/// whole).
+/// while it warms up or waits to re-warm (its table stays empty until
+/// `serve_if_warm` writes it whole).
 fn rebuild<M: Maps>(maps: &mut M, v: &mut Vip) -> Result<RebuildReport> {
-    if v.warming_up.is_some() {
+    if v.warming_up.is_some() || v.rewarm.is_some() {
         return Ok(RebuildReport::default());
     }
     let t0 = Instant::now();

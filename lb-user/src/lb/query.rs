@@ -204,7 +204,10 @@ impl<M: Maps> Lb<M> {
                 table_size: v.info.ring_size,
                 affinity_timeout_s: Duration::from_nanos(v.info.affinity_timeout_ns).as_secs_f64(),
                 alive_backends: v.backends.iter().filter(|b| b.alive()).count(),
-                warming: v.warming_up.is_some(),
+                // A VIP waiting to re-warm is not warming up for the gate
+                // yet (it has no alive backend: that is why it is not
+                // announced), but status says what it waits for.
+                warming: v.warming_up.is_some() || v.rewarm.is_some(),
                 warming_why: self.warming_why(vi, std::time::Instant::now()),
                 announce: None,
                 counters: stats,

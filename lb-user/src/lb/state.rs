@@ -151,10 +151,11 @@ pub struct Vip {
     /// results: its table stays empty until then, so that no client is
     /// pinned from a partial view of its backends.
     pub warming_up: Option<Instant>,
-    /// `Some` while the VIP warms up again because every backend of it went
-    /// down while it served (`warming_up` is then the moment the last one
-    /// did): rebuilt from the first backend back, its table would send every
-    /// client arriving to that one backend, and keep them there.
+    /// `Some` once every backend of the VIP went down while it served, until
+    /// it serves again: its table stays empty, and from the first backend
+    /// back it warms up (`warming_up` is then set) until every backend is
+    /// back or `serve_by`. Rebuilt from the first backend back, its table
+    /// would send every client arriving to that one, and keep them there.
     pub rewarm: Option<Rewarm>,
 }
 

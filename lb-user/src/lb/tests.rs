@@ -1003,7 +1003,8 @@ fn a_vip_that_lost_every_backend_serves_again_once_all_are_back() {
     let whole = serving.vips()[0].table.clone();
     let mut lb = dark_web();
     let v = &lb.vips()[0];
-    assert!(v.warming_up.is_some() && v.rewarm.is_some(), "re-warming");
+    assert!(v.rewarm.is_some(), "re-warming");
+    assert!(v.warming_up.is_none(), "not warming up before one is back");
     assert_eq!(filled(&lb, 0), 0);
     assert_eq!(
         lb.warm_up_deadline(),
@@ -1011,12 +1012,16 @@ fn a_vip_that_lost_every_backend_serves_again_once_all_are_back() {
         "nothing to wait for while dark"
     );
     let why = lb.warming_why(0, Instant::now()).unwrap();
-    assert!(why.contains("every backend was down"), "{why}");
+    assert!(why.contains("every backend is down"), "{why}");
 
     // Back one by one: the table stays empty, nobody is pinned to the first.
     let before = Instant::now();
     mark(&mut lb, &[10], State::Up);
     let deadline = lb.warm_up_deadline().expect("a deadline once one is back");
+    assert!(
+        lb.vips()[0].warming_up.is_some(),
+        "warming up once one is back"
+    );
     let h = &lb.vips()[0].backends[0].health_cfg;
     assert!(deadline >= before + h.interval * h.rise, "{deadline:?}");
     let why = lb.warming_why(0, Instant::now()).unwrap();
@@ -1068,8 +1073,9 @@ fn a_rewarm_waits_again_when_the_first_back_goes_down_again() {
     mark(&mut lb, &[10], State::Down);
     assert_eq!(lb.warm_up_deadline(), None);
     lb.warm_up_tick(deadline).unwrap();
+    let v = &lb.vips()[0];
     assert!(
-        lb.vips()[0].warming_up.is_some(),
+        v.rewarm.is_some() && v.warming_up.is_none(),
         "still dark: still waiting"
     );
     mark(&mut lb, &[11], State::Up);
@@ -1169,7 +1175,7 @@ fn a_backend_added_during_a_rewarm_does_not_hold_it_past_the_deadline() {
         lb.warm_up_tick(at).unwrap();
     }
     let v = &lb.vips()[0];
-    assert!(v.warming_up.is_none());
+    assert!(v.warming_up.is_none() && v.rewarm.is_none());
     assert_eq!(lb.warm_up_deadline(), None);
     assert!(filled(&lb, 0) > 0);
     assert!(!ring_of(&lb, 0).contains(&id_of(&lb, "web", 13)));
