@@ -13,7 +13,7 @@ use std::{
 use lb_user::api::BackendState;
 use stickylb_tests::{
     daemon::{Daemon, PinGuard},
-    netns::{Topology, TopologyOptions},
+    netns::{Topology, TopologyOptions, wait_for},
     traffic::{Load, sweep},
 };
 
@@ -74,7 +74,15 @@ fn clients_spread_over_every_backend_after_all_were_down() {
     let load = Load::start(&topo, &clients, Duration::from_secs(15));
     thread::sleep(Duration::from_millis(300));
     topo.start_server(0).unwrap();
-    thread::sleep(GAP);
+    let back = Instant::now();
+    // Meanwhile status says what the VIP waits for.
+    let mut said = None;
+    wait_for(GAP, || {
+        said = d.vips().ok().and_then(|v| v[0].warming_why.clone());
+        said.as_deref()
+            .is_some_and(|w| w.contains("more for the others"))
+    });
+    thread::sleep(GAP.saturating_sub(back.elapsed()));
     for i in 1..BACKENDS {
         topo.start_server(i).unwrap();
     }
@@ -102,12 +110,17 @@ fn clients_spread_over_every_backend_after_all_were_down() {
         samples.iter().filter(|s| s.backend.is_none()).count(),
         started.elapsed().as_millis()
     );
+    println!("rewarm: status while backend 0 alone was back: {said:?}");
     assert_eq!(failed, 0, "{after:?}");
     // A third each expected; all on backend 0 is the herd.
     assert!(
         counts[0] <= CLIENTS / 2 && counts.iter().all(|&n| n >= CLIENTS / 8),
         "clients herded after the recovery: per backend {counts:?}\n{}",
         d.log_text()
+    );
+    assert!(
+        said.as_deref().is_some_and(|w| w.contains("waiting up to")),
+        "status did not say why the VIP waited: {said:?}"
     );
     let log = d.log_text();
     assert!(
