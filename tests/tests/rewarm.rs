@@ -127,5 +127,42 @@ fn clients_spread_over_every_backend_after_all_were_down() {
         log.contains("every backend is down") && log.contains("serving again"),
         "the log does not say why the VIP waited:\n{log}"
     );
+
+    // Again, with backend 2 staying down: the VIP serves at its deadline
+    // (the daemon's warm-up timer), from backends 0 and 1.
+    for i in 0..BACKENDS {
+        topo.kill_server(i);
+    }
+    assert!(
+        d.wait_backends(Duration::from_secs(5), |s, _| s == BackendState::Down),
+        "backends down: {:?}",
+        d.vips()
+    );
+    let load = Load::start(&topo, &clients, Duration::from_secs(15));
+    topo.start_server(0).unwrap();
+    let back = Instant::now();
+    thread::sleep(Duration::from_millis(300));
+    topo.start_server(1).unwrap();
+    let served = wait_for(Duration::from_secs(6), || {
+        d.vips()
+            .is_ok_and(|v| !v[0].warming && v[0].alive_backends == 2)
+    });
+    let took = back.elapsed();
+    thread::sleep(Duration::from_millis(300));
+    drop(load.finish());
+    let after = sweep(&topo, &clients);
+    let counts = per_backend(&after);
+    println!(
+        "rewarm: backend 2 staying down: serving {} ms after backend 0's server was back; \
+         clients per backend {counts:?} ({} failed)",
+        took.as_millis(),
+        after.iter().filter(|b| b.is_none()).count()
+    );
+    assert!(served, "not serving by the deadline: {:?}", d.vips());
+    assert!(
+        counts[0] <= CLIENTS * 3 / 4 && counts[1] >= CLIENTS / 8 && counts[2] == 0,
+        "clients herded after the recovery: per backend {counts:?}\n{}",
+        d.log_text()
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
