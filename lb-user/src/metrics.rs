@@ -449,6 +449,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 0,
             warming: false,
+            warming_why: None,
             announce: None,
             counters: VipStats {
                 new_clients: base + 1,
@@ -538,6 +539,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            warming_why: None,
             announce: None,
             counters: VipStats {
                 packets: 1,
@@ -674,6 +676,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 2,
             warming: false,
+            warming_why: None,
             announce: None,
             counters: VipStats::default(),
             backends,
@@ -707,6 +710,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 0,
             warming: false,
+            warming_why: None,
             announce,
             counters: VipStats::default(),
             backends: Vec::new(),

@@ -374,6 +374,10 @@ pub struct VipStatus {
     /// until then (false from a daemon that predates warm-up: serving).
     #[serde(default)]
     pub warming: bool,
+    /// While `warming`: why, and until when (absent from a daemon that
+    /// predates the re-warm after every backend was down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warming_why: Option<String>,
     /// Absent when the daemon announces nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<VipAnnounce>,

@@ -62,6 +62,7 @@ fn status() -> StatusReply {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            warming_why: None,
             announce: None,
             counters: VipStats {
                 packets: 1,

@@ -178,10 +178,11 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
             v.affinity_timeout_s,
             v.alive_backends,
             v.backends.len(),
-            if v.warming {
-                "  WARMING UP: not serving until every backend's first check is in"
-            } else {
-                ""
+            match (v.warming, &v.warming_why) {
+                (false, _) => String::new(),
+                (true, Some(why)) => format!("  WARMING UP: {why}"),
+                (true, None) =>
+                    "  WARMING UP: not serving until every backend's first check is in".to_owned(),
             }
         )?;
         if let Some(a) = &v.announce {
@@ -349,6 +350,7 @@ mod tests {
             affinity_timeout_s: 300.0,
             alive_backends: 1,
             warming: false,
+            warming_why: None,
             announce: None,
             counters: Default::default(),
             backends: vec![BackendStatus {

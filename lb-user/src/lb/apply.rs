@@ -238,6 +238,7 @@ impl<M: Maps> Lb<M> {
             table_current: false,
             backends,
             warming_up: Some(now),
+            rewarm: None,
         };
         for b in &v.backends {
             self.maps.set_backend(b.id, b.info(v.id))?;
@@ -375,7 +376,7 @@ impl<M: Maps> Lb<M> {
 /// How long after its checker starts a result may take to reach the books
 /// (the channel, an event loop held up by a long map write or a loaded
 /// machine), beyond the probe's own bound.
-const FIRST_RESULT_SLACK: Duration = Duration::from_secs(1);
+pub(super) const FIRST_RESULT_SLACK: Duration = Duration::from_secs(1);
 
 /// By when a new backend's first check result is due, counted from `now`.
 /// A backstop, not an expectation: the probe is bounded by its timeout

@@ -40,7 +40,7 @@ pub use self::{
     maps::Maps,
     plan::Plan,
     query::{FlowsCollector, FlowsQuery},
-    state::{Backend, BackendSerial, BackendSpec, Vip, VipSpec},
+    state::{Backend, BackendSerial, BackendSpec, Rewarm, Vip, VipSpec},
 };
 pub use crate::api::{
     BackendChange, BackendState, BackendStatus, FlowEntry, LookupResult, MacSource, PlanReport,
@@ -50,7 +50,7 @@ use crate::fmt::{fmt_duration, fmt_mac};
 use crate::{
     config::{self, BackendConfig, Config, Problem, VipConfig},
     dataplane::{Dataplane, DataplaneError},
-    health::{Outcome, State},
+    health::{self, Outcome, State},
 };
 
 #[derive(Debug, Error)]
@@ -217,6 +217,7 @@ impl<M: Maps> Lb<M> {
                 backends,
                 // Adopted while serving: it keeps serving.
                 warming_up,
+                rewarm: None,
             });
         }
         // Adopted backend ids that were not adopted above (their VIP or they
@@ -361,7 +362,7 @@ impl<M: Maps> Lb<M> {
         self.write_backend(vi, bi)?;
         let report = self.rebuild(vi)?;
         let now_alive = self.vips[vi].backends[bi].alive();
-        if self.vips[vi].warming_up.is_some() {
+        if self.vips[vi].warming_up.is_some() || self.vips[vi].rewarm.is_some() {
             info!("{name}: backend {addr} {state}: {reason}");
             let served = self.serve_if_warm(vi, Instant::now())?;
             return Ok(Some(served.unwrap_or_default()));
@@ -374,6 +375,9 @@ impl<M: Maps> Lb<M> {
             );
         } else {
             info!("{name}: backend {addr} {state}: {reason}");
+        }
+        if was_alive && !now_alive {
+            self.rewarm_if_dark(vi);
         }
         Ok(Some(report))
     }
@@ -428,13 +432,65 @@ impl<M: Maps> Lb<M> {
     /// When the next backend's first result is due, of all VIPs warming up:
     /// the daemon calls `warm_up_tick` then.
     pub fn warm_up_deadline(&self) -> Option<Instant> {
+        let rewarms = self
+            .vips
+            .iter()
+            .filter_map(|v| v.rewarm.and_then(|r| r.serve_by));
         self.vips
             .iter()
             .filter(|v| v.warming_up.is_some())
             .flat_map(|v| v.backends.iter())
             .filter(|b| b.health.is_none())
             .filter_map(|b| b.first_result_by)
+            .chain(rewarms)
             .min()
+    }
+
+    /// Marks VIP `vi`, serving, for a re-warm if no backend of it is alive
+    /// any more: see `Vip::rewarm`. Its table is all empty already (no
+    /// backend is in service), so nothing is written; it warms up once the
+    /// first backend is back (until then it has no alive backend, which is
+    /// what it is withdrawn for).
+    fn rewarm_if_dark(&mut self, vi: usize) {
+        let v = &mut self.vips[vi];
+        if v.warming_up.is_some()
+            || v.rewarm.is_some()
+            || v.backends.is_empty()
+            || v.backends.iter().any(Backend::alive)
+        {
+            return;
+        }
+        self.generation += 1;
+        v.rewarm = Some(Rewarm::default());
+        warn!(
+            "VIP {}: every backend is down; once one is back, it waits up to {} for the others \
+             before serving again",
+            v.name,
+            fmt_duration(rewarm_window(v))
+        );
+    }
+
+    /// Why VIP `vi` is warming up, for status output (`None`: it is not).
+    pub fn warming_why(&self, vi: usize, now: Instant) -> Option<String> {
+        let v = &self.vips[vi];
+        if v.warming_up.is_none() && v.rewarm.is_none() {
+            return None;
+        }
+        Some(match v.rewarm.map(|r| r.serve_by) {
+            None => "not serving until every backend's first check is in".to_owned(),
+            Some(None) => format!(
+                "every backend is down; once one is back, waiting up to {} for the others \
+                 before serving again",
+                fmt_duration(rewarm_window(v))
+            ),
+            Some(Some(by)) => format!(
+                "every backend was down; waiting up to {} more for the others before serving \
+                 again",
+                fmt_duration(Duration::from_millis(
+                    by.saturating_duration_since(now).as_millis() as u64
+                ))
+            ),
+        })
     }
 
     /// Counts as down every backend of a VIP warming up whose first result
@@ -451,9 +507,10 @@ impl<M: Maps> Lb<M> {
     /// is known (a backend whose first result was due by `now` counts as
     /// down): its table is written once, from the whole set.
     fn serve_if_warm(&mut self, vi: usize, now: Instant) -> Result<Option<RebuildReport>> {
-        let Some(since) = self.vips[vi].warming_up else {
+        let since = self.vips[vi].warming_up;
+        if since.is_none() && self.vips[vi].rewarm.is_none() {
             return Ok(None);
-        };
+        }
         let name = self.vips[vi].name.clone();
         // Every overdue backend is counted down in the books first, so that
         // a failed write cannot leave one overdue (its deadline past, the
@@ -462,8 +519,9 @@ impl<M: Maps> Lb<M> {
         for (bi, b) in self.vips[vi].backends.iter_mut().enumerate() {
             if b.health.is_none() && b.first_result_by.is_some_and(|t| t <= now) {
                 b.health = Some(State::Down);
-                let waited =
-                    fmt_duration(Duration::from_millis(since.elapsed().as_millis() as u64));
+                let waited = fmt_duration(Duration::from_millis(
+                    since.map_or(0, |t| t.elapsed().as_millis() as u64),
+                ));
                 b.reason = match b.checks_blocked.take() {
                     Some(e) => format!(
                         "checks cannot run: {e} (for {waited} since the VIP's start; this \
@@ -492,6 +550,52 @@ impl<M: Maps> Lb<M> {
             return Err(e);
         }
         let v = &mut self.vips[vi];
+        if let Some(Rewarm { serve_by }) = v.rewarm {
+            let up = v.backends.iter().filter(|b| b.alive()).count();
+            let all = v.backends.len();
+            if up < all {
+                match serve_by {
+                    // Still dark: the wait starts again with the next one back.
+                    _ if up == 0 => {
+                        v.rewarm = Some(Rewarm::default());
+                        v.warming_up = None;
+                        return Ok(None);
+                    }
+                    None => {
+                        let window = rewarm_window(v);
+                        v.rewarm = Some(Rewarm {
+                            serve_by: Some(now.checked_add(window).unwrap_or(now)),
+                        });
+                        v.warming_up = Some(now);
+                        self.generation += 1;
+                        info!(
+                            "VIP {}: every backend was down; {up} of {all} back: waiting up to \
+                             {} for the others before serving again",
+                            v.name,
+                            fmt_duration(window)
+                        );
+                        return Ok(None);
+                    }
+                    Some(by) if by > now => return Ok(None),
+                    Some(_) => {}
+                }
+            }
+            self.generation += 1;
+            v.warming_up = None;
+            v.rewarm = None;
+            let report = rebuild(&mut self.maps, v)?;
+            info!(
+                "VIP {} serving again: {up} of {all} backends up, {} ms after the first was back \
+                 ({} slots written)",
+                v.name,
+                since.map_or(0, |t| now.saturating_duration_since(t).as_millis()),
+                report.slots_written
+            );
+            return Ok(Some(report));
+        }
+        let Some(since) = since else {
+            return Ok(None);
+        };
         if v.backends.iter().any(|b| b.health.is_none()) {
             return Ok(None);
         }
@@ -542,6 +646,11 @@ impl<M: Maps> Lb<M> {
         self.write_backend(vi, bi)?;
         if was_alive != now_alive {
             self.rebuild(vi)?;
+            if self.vips[vi].warming_up.is_some() || self.vips[vi].rewarm.is_some() {
+                self.serve_if_warm(vi, Instant::now())?;
+            } else if !now_alive {
+                self.rewarm_if_dark(vi);
+            }
         }
         Ok(())
     }
@@ -683,10 +792,10 @@ fn write_empty_table<M: Maps>(maps: &mut M, base: u32, size: u32) -> Result<()> 
 }
 
 /// Rebuilds `v`'s Maglev table and writes the slots that changed; nothing
-/// while it warms up (its table stays empty until `serve_if_warm` writes it
-/// whole).
+/// while it warms up or waits to re-warm (its table stays empty until
+/// `serve_if_warm` writes it whole).
 fn rebuild<M: Maps>(maps: &mut M, v: &mut Vip) -> Result<RebuildReport> {
-    if v.warming_up.is_some() {
+    if v.warming_up.is_some() || v.rewarm.is_some() {
         return Ok(RebuildReport::default());
     }
     let t0 = Instant::now();
@@ -728,4 +837,23 @@ fn rebuild<M: Maps>(maps: &mut M, v: &mut Vip) -> Result<RebuildReport> {
         build_us,
         write_us: t1.elapsed().as_micros() as u64,
     })
+}
+
+/// How long a VIP re-warming (`Vip::rewarm`) waits, once its first backend is
+/// back, for the others: long enough for a backend that came back at the
+/// same moment to pass its `rise` checks, each backend by its own settings
+/// — `rise` intervals, the checks' start spread and a probe's timeout, and
+/// the cold start's slack for a result to reach the books.
+fn rewarm_window(v: &Vip) -> Duration {
+    v.backends
+        .iter()
+        .map(|b| {
+            let h = &b.health_cfg;
+            h.interval
+                .saturating_mul(h.rise.max(1))
+                .saturating_add(health::first_result_within(h.interval, h.timeout))
+                .saturating_add(apply::FIRST_RESULT_SLACK)
+        })
+        .max()
+        .unwrap_or_default()
 }

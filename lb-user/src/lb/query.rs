@@ -153,7 +153,7 @@ impl<M: Maps> Lb<M> {
         restarts_of: impl Fn(BackendSerial) -> u64,
     ) -> Result<Vec<VipStatus>> {
         let mut out = Vec::new();
-        for v in &self.vips {
+        for (vi, v) in self.vips.iter().enumerate() {
             let stats = self.maps.vip_stats(v.id)?;
             // Backend ids are small (below MAX_BACKENDS): counted by index.
             let mut slots_of = vec![0usize; MAX_BACKENDS as usize];
@@ -204,7 +204,11 @@ impl<M: Maps> Lb<M> {
                 table_size: v.info.ring_size,
                 affinity_timeout_s: Duration::from_nanos(v.info.affinity_timeout_ns).as_secs_f64(),
                 alive_backends: v.backends.iter().filter(|b| b.alive()).count(),
-                warming: v.warming_up.is_some(),
+                // A VIP waiting to re-warm is not warming up for the gate
+                // yet (it has no alive backend: that is why it is not
+                // announced), but status says what it waits for.
+                warming: v.warming_up.is_some() || v.rewarm.is_some(),
+                warming_why: self.warming_why(vi, std::time::Instant::now()),
                 announce: None,
                 counters: stats,
                 backends,

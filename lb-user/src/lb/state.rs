@@ -151,6 +151,20 @@ pub struct Vip {
     /// results: its table stays empty until then, so that no client is
     /// pinned from a partial view of its backends.
     pub warming_up: Option<Instant>,
+    /// `Some` once every backend of the VIP went down while it served, until
+    /// it serves again: its table stays empty, and from the first backend
+    /// back it warms up (`warming_up` is then set) until every backend is
+    /// back or `serve_by`. Rebuilt from the first backend back, its table
+    /// would send every client arriving to that one, and keep them there.
+    pub rewarm: Option<Rewarm>,
+}
+
+/// A VIP's re-warm after it lost every backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewarm {
+    /// Set when the first backend is back: the VIP serves then, or before
+    /// if every backend is back first.
+    pub serve_by: Option<Instant>,
 }
 
 impl Vip {

@@ -1,7 +1,10 @@
 //! The reconcile logic against `FakeMaps`: adoption, plan/apply, the order
 //! of map writes. No root, no kernel.
 
-use std::net::SocketAddrV4;
+use std::{
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
 
 use lb_common::{NO_BACKEND, VipKey, backend_flags};
 
@@ -977,4 +980,203 @@ fn no_machine_problems(
     _: &crate::config::VipConfig,
 ) -> Vec<crate::config::Problem> {
     Vec::new()
+}
+
+/// Marks the backends `octets` of VIP "web" `state`, in that order.
+fn mark(lb: &mut Lb<FakeMaps>, octets: &[u8], state: State) {
+    for &o in octets {
+        lb.set_health(id_of(lb, "web", o), state, "test").unwrap();
+    }
+}
+
+/// VIP "web" with backends .10, .11, .12 serving, then all three down.
+fn dark_web() -> Lb<FakeMaps> {
+    let mut lb = started(&web(&[(10, 1), (11, 1), (12, 1)]));
+    mark(&mut lb, &[10, 11, 12], State::Down);
+    lb.maps_mut().take_log();
+    lb
+}
+
+#[test]
+fn a_vip_that_lost_every_backend_serves_again_once_all_are_back() {
+    let serving = started(&web(&[(10, 1), (11, 1), (12, 1)]));
+    let whole = serving.vips()[0].table.clone();
+    let mut lb = dark_web();
+    let v = &lb.vips()[0];
+    assert!(v.rewarm.is_some(), "re-warming");
+    assert!(v.warming_up.is_none(), "not warming up before one is back");
+    assert_eq!(filled(&lb, 0), 0);
+    assert_eq!(
+        lb.warm_up_deadline(),
+        None,
+        "nothing to wait for while dark"
+    );
+    let why = lb.warming_why(0, Instant::now()).unwrap();
+    assert!(why.contains("every backend is down"), "{why}");
+
+    // Back one by one: the table stays empty, nobody is pinned to the first.
+    let before = Instant::now();
+    mark(&mut lb, &[10], State::Up);
+    let deadline = lb.warm_up_deadline().expect("a deadline once one is back");
+    assert!(
+        lb.vips()[0].warming_up.is_some(),
+        "warming up once one is back"
+    );
+    let h = &lb.vips()[0].backends[0].health_cfg;
+    assert!(deadline >= before + h.interval * h.rise, "{deadline:?}");
+    let why = lb.warming_why(0, Instant::now()).unwrap();
+    assert!(why.contains("more for the others"), "{why}");
+    mark(&mut lb, &[11], State::Up);
+    assert_eq!(filled(&lb, 0), 0);
+    assert_eq!(ring_writes(&lb.maps_mut().take_log()), 0);
+    // The last: one rebuild, from all three, the table they had before.
+    mark(&mut lb, &[12], State::Up);
+    let v = &lb.vips()[0];
+    assert!(v.warming_up.is_none() && v.rewarm.is_none());
+    assert_eq!(lb.warm_up_deadline(), None);
+    assert_eq!(ring_writes(&lb.maps_mut().take_log()), 1);
+    assert_eq!(ring_of(&lb, 0), whole);
+    assert_eq!(lb.warming_why(0, Instant::now()), None);
+    // Serving as before: a later change is applied at once.
+    mark(&mut lb, &[11], State::Down);
+    assert!(lb.vips()[0].warming_up.is_none());
+    assert_eq!(ring_writes(&lb.maps_mut().take_log()), 1);
+}
+
+#[test]
+fn a_rewarm_serves_at_its_deadline_without_a_backend_that_stays_down() {
+    let mut lb = dark_web();
+    mark(&mut lb, &[10, 11], State::Up);
+    let deadline = lb.warm_up_deadline().unwrap();
+    lb.warm_up_tick(deadline - Duration::from_millis(1))
+        .unwrap();
+    assert!(lb.vips()[0].warming_up.is_some());
+    assert_eq!(filled(&lb, 0), 0);
+    lb.warm_up_tick(deadline).unwrap();
+    assert!(lb.vips()[0].warming_up.is_none());
+    assert_eq!(lb.warm_up_deadline(), None);
+    assert_eq!(ring_writes(&lb.maps_mut().take_log()), 1);
+    let up = [id_of(&lb, "web", 10), id_of(&lb, "web", 11)];
+    let ring = ring_of(&lb, 0);
+    assert!(ring.iter().all(|s| up.contains(s)), "the two that are up");
+    assert!(up.iter().all(|id| ring.contains(id)), "both of them");
+    // The one that stayed down joins later like any recovered backend.
+    mark(&mut lb, &[12], State::Up);
+    assert!(ring_of(&lb, 0).contains(&id_of(&lb, "web", 12)));
+}
+
+#[test]
+fn a_rewarm_waits_again_when_the_first_back_goes_down_again() {
+    let mut lb = dark_web();
+    mark(&mut lb, &[10], State::Up);
+    let deadline = lb.warm_up_deadline().unwrap();
+    mark(&mut lb, &[10], State::Down);
+    assert_eq!(lb.warm_up_deadline(), None);
+    lb.warm_up_tick(deadline).unwrap();
+    let v = &lb.vips()[0];
+    assert!(
+        v.rewarm.is_some() && v.warming_up.is_none(),
+        "still dark: still waiting"
+    );
+    mark(&mut lb, &[11], State::Up);
+    assert!(lb.warm_up_deadline().unwrap() >= deadline);
+    assert_eq!(filled(&lb, 0), 0);
+}
+
+#[test]
+fn no_rewarm_while_one_backend_stays_up() {
+    let mut lb = started(&web(&[(10, 1), (11, 1), (12, 1)]));
+    mark(&mut lb, &[10, 11], State::Down);
+    assert!(lb.vips()[0].warming_up.is_none());
+    assert_eq!(lb.warm_up_deadline(), None);
+    lb.maps_mut().take_log();
+    mark(&mut lb, &[10], State::Up);
+    assert_eq!(ring_writes(&lb.maps_mut().take_log()), 1, "at once");
+    assert!(ring_of(&lb, 0).contains(&id_of(&lb, "web", 10)));
+    // A drained backend still alive keeps the VIP serving, too.
+    lb.set_drain("web", addr(12), true).unwrap();
+    mark(&mut lb, &[10], State::Down);
+    assert!(lb.vips()[0].warming_up.is_none());
+}
+
+#[test]
+fn a_vip_that_lost_every_mac_rewarms_too() {
+    let mut lb = started(&web(&[(10, 1)]));
+    let id = id_of(&lb, "web", 10);
+    // Configured MACs never go away: lose it as a learned one would.
+    let mut lb2 = {
+        let mut cfg = web(&[(10, 1)]);
+        cfg.vips[0].backends[0].mac = None;
+        let mut lb2 = Lb::start(FakeMaps::default(), &cfg).unwrap();
+        lb2.set_neighbour_mac(id, Some([2, 0, 0, 0, 0, 10]))
+            .unwrap();
+        lb2.set_health(id, State::Up, "test").unwrap();
+        lb2
+    };
+    assert!(lb2.vips()[0].warming_up.is_none());
+    lb2.set_neighbour_mac(id, None).unwrap();
+    assert!(lb2.vips()[0].rewarm.is_some());
+    lb2.set_neighbour_mac(id, Some([2, 0, 0, 0, 0, 10]))
+        .unwrap();
+    assert!(
+        lb2.vips()[0].warming_up.is_none(),
+        "its only backend is back"
+    );
+    assert!(filled(&lb2, 0) > 0);
+    // The configured one, for contrast, is untouched by the neighbour table.
+    lb.set_neighbour_mac(id, None).unwrap();
+    assert!(lb.vips()[0].warming_up.is_none());
+}
+
+#[test]
+fn reloads_and_live_changes_during_a_rewarm_keep_it_going() {
+    let mut lb = dark_web();
+    mark(&mut lb, &[10], State::Up);
+    // A reload with a new table size and a new backend: still re-warming.
+    lb.apply_config(&config(&[(
+        "web",
+        80,
+        509,
+        &[(10, 1), (11, 1), (12, 1), (13, 1)],
+    )]))
+    .unwrap();
+    let v = &lb.vips()[0];
+    assert_eq!(v.info.ring_size, 509);
+    assert!(v.rewarm.is_some());
+    assert_eq!(filled(&lb, 0), 0);
+    lb.set_weight("web", addr(10), 3).unwrap();
+    lb.set_drain("web", addr(11), true).unwrap();
+    lb.set_drain("web", addr(11), false).unwrap();
+    assert_eq!(filled(&lb, 0), 0);
+    mark(&mut lb, &[11, 12], State::Up);
+    assert!(lb.vips()[0].warming_up.is_some(), ".13 is not known yet");
+    // Removing the one missing: every backend left is alive, so it serves.
+    lb.remove_backend(0, addr(13)).unwrap();
+    assert!(lb.vips()[0].warming_up.is_none());
+    let ring = ring_of(&lb, 0);
+    assert_eq!(ring, lb.vips()[0].table);
+    for o in [10, 11, 12] {
+        assert!(ring.contains(&id_of(&lb, "web", o)), ".{o} in the table");
+    }
+}
+
+#[test]
+fn a_backend_added_during_a_rewarm_does_not_hold_it_past_the_deadline() {
+    let mut lb = dark_web();
+    lb.add_backend("web", addr(13), 1, Some([2, 0, 0, 0, 0, 13]), |_, _| {
+        Vec::new()
+    })
+    .unwrap();
+    mark(&mut lb, &[10, 11, 12], State::Up);
+    for _ in 0..4 {
+        let Some(at) = lb.warm_up_deadline() else {
+            break;
+        };
+        lb.warm_up_tick(at).unwrap();
+    }
+    let v = &lb.vips()[0];
+    assert!(v.warming_up.is_none() && v.rewarm.is_none());
+    assert_eq!(lb.warm_up_deadline(), None);
+    assert!(filled(&lb, 0) > 0);
+    assert!(!ring_of(&lb, 0).contains(&id_of(&lb, "web", 13)));
 }
