@@ -1161,6 +1161,7 @@ async fn serve(
         }
         // Health, warm-up, reloads, live changes, maintenance and the
         // cluster all come through this loop: the routes follow them here.
+        d.catch_up_after_rewarm();
         d.sync_announce();
     }
 }

@@ -32,6 +32,8 @@ pub(super) struct NodeSync {
     apply_errors: Every,
     /// The transport was told it may pull a peer's table.
     pull_allowed: bool,
+    /// `Lb::rewarmed` when last looked at.
+    rewarmed: u64,
 }
 
 /// Starts the sync of `cfg`: the data path's events on first (so that
@@ -83,6 +85,7 @@ pub(super) async fn start(
             epoch,
             apply_errors: Every::new(std::time::Duration::from_secs(10)),
             pull_allowed: false,
+            rewarmed: lb.rewarmed(),
         },
         rx,
     ))
@@ -166,6 +169,21 @@ impl Daemon {
         if !s.pull_allowed && self.lb.warm_up_deadline().is_none() {
             s.pull_allowed = true;
             s.cluster.allow_pull();
+        }
+    }
+
+    /// Pulls a peer's table again once a VIP serves after every backend was
+    /// down here. Going dark one backend at a time, this node re-pinned
+    /// clients to the backends it still saw; where its peers saw no change
+    /// their earlier pins win, but the corrections they sent named backends
+    /// this node thought dead, and were refused. Now that they are back, the
+    /// peers' table brings this node's pins in line with theirs.
+    pub(super) fn catch_up_after_rewarm(&mut self) {
+        let Some(s) = &mut self.sync else { return };
+        let n = self.lb.rewarmed();
+        if n != s.rewarmed {
+            s.rewarmed = n;
+            s.cluster.catch_up();
         }
     }
 

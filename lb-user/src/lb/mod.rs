@@ -99,6 +99,10 @@ pub struct Lb<M: Maps = Dataplane> {
     /// and `flows` queries keyed by id are only good for the epoch they
     /// were made in. Shared with the census thread.
     id_epoch: Arc<AtomicU64>,
+    /// Re-warms ended (a VIP serving again after every backend was down):
+    /// the pins this node made while its view was going dark may differ
+    /// from its peers', which a sync then pulls again.
+    rewarmed: u64,
 }
 
 impl<M: Maps> Lb<M> {
@@ -133,6 +137,7 @@ impl<M: Maps> Lb<M> {
             generation: 0,
             serials: state::Serials::default(),
             id_epoch: Arc::default(),
+            rewarmed: 0,
         };
         lb.adopt(cfg)?;
         Ok(lb)
@@ -471,6 +476,12 @@ impl<M: Maps> Lb<M> {
     }
 
     /// Why VIP `vi` is warming up, for status output (`None`: it is not).
+    /// How many re-warms have ended (VIPs serving again after every backend
+    /// was down).
+    pub fn rewarmed(&self) -> u64 {
+        self.rewarmed
+    }
+
     pub fn warming_why(&self, vi: usize, now: Instant) -> Option<String> {
         let v = &self.vips[vi];
         if v.warming_up.is_none() && v.rewarm.is_none() {
@@ -581,6 +592,7 @@ impl<M: Maps> Lb<M> {
                 }
             }
             self.generation += 1;
+            self.rewarmed += 1;
             v.warming_up = None;
             v.rewarm = None;
             let report = rebuild(&mut self.maps, v)?;

@@ -1029,10 +1029,16 @@ fn a_vip_that_lost_every_backend_serves_again_once_all_are_back() {
     mark(&mut lb, &[11], State::Up);
     assert_eq!(filled(&lb, 0), 0);
     assert_eq!(ring_writes(&lb.maps_mut().take_log()), 0);
+    assert_eq!(lb.rewarmed(), 0, "not over yet");
     // The last: one rebuild, from all three, the table they had before.
     mark(&mut lb, &[12], State::Up);
     let v = &lb.vips()[0];
     assert!(v.warming_up.is_none() && v.rewarm.is_none());
+    assert_eq!(
+        lb.rewarmed(),
+        1,
+        "counted once it serves again (a sync pulls then)"
+    );
     assert_eq!(lb.warm_up_deadline(), None);
     assert_eq!(ring_writes(&lb.maps_mut().take_log()), 1);
     assert_eq!(ring_of(&lb, 0), whole);
@@ -1092,6 +1098,7 @@ fn no_rewarm_while_one_backend_stays_up() {
     lb.maps_mut().take_log();
     mark(&mut lb, &[10], State::Up);
     assert_eq!(ring_writes(&lb.maps_mut().take_log()), 1, "at once");
+    assert_eq!(lb.rewarmed(), 0);
     assert!(ring_of(&lb, 0).contains(&id_of(&lb, "web", 10)));
     // A drained backend still alive keeps the VIP serving, too.
     lb.set_drain("web", addr(12), true).unwrap();

@@ -640,10 +640,11 @@ async fn a_ready_node_catches_up_again_on_demand() {
     assert_eq!(b.table.lock().unwrap().len(), 10);
     // A learns pins B never hears of as they are made (as when B thought
     // their backends dead and refused them): only a new pull brings them.
-    a.table
-        .lock()
-        .unwrap()
-        .extend((10..25).map(|i| entry(i, 80, 1_000)).map(|e| ((e.vip, e.client), e)));
+    a.table.lock().unwrap().extend(
+        (10..25)
+            .map(|i| entry(i, 80, 1_000))
+            .map(|e| ((e.vip, e.client), e)),
+    );
     b.cluster.catch_up();
     assert!(b.cluster.ready(), "catching up never stops serving");
     until("B caught up", Duration::from_secs(5), || {
