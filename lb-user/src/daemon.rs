@@ -517,7 +517,9 @@ impl Daemon {
                     attached,
                     unloading: self.unloading,
                     maintenance: self.maintenance.is_on(),
-                    cluster_ready,
+                    // A VIP back from having no alive backend waits, as a
+                    // joining node does, for its peers' table.
+                    cluster_ready: cluster_ready && !self.held_for_catch_up(v.cfg.address),
                     warming: v.warming_up.is_some(),
                     alive_backends: alive,
                 };

@@ -614,18 +614,38 @@ fn a_node_that_cannot_reach_the_backends_withdraws_and_the_others_serve() {
         &late[..late.len().min(5)]
     );
     assert!(frames_back > 0, "node 2 serves again once it announces");
-    // Clients do move here (see docs/testing.md): node 2's checks mark the
-    // backends down one by one and up one by one, and in between it re-pins
-    // the clients it carries to the backends it still (or already) sees;
-    // the sync hands those later pins to the nodes that saw no change. What
-    // holds is that they converge: one backend per client, whichever node.
+    // While node 2 loses its backends one by one (its checks' jitter), the
+    // clients the router still sends it are re-pinned there to the backends
+    // it still sees: those requests are answered by another backend. Its
+    // peers, which saw no change, keep their earlier pins (the earliest live
+    // pin wins), so no client moves once node 2 is out; and when it serves
+    // again (re-warmed: once every backend is back) it pulls their table,
+    // so no client moves after the undo either.
+    assert_eq!(
+        (phases[1], phases[2]),
+        (0, 0),
+        "clients moved while node 2 was out or after it came back"
+    );
     thread::sleep(Duration::from_secs(1));
     let (sets, failed_after) = answers(&c, &clients, 3);
     let split = sets.iter().filter(|s| s.len() != 1).count();
+    let not_home = sets
+        .iter()
+        .enumerate()
+        .filter(|(k, s)| s.len() == 1 && !s.contains(&before[*k]))
+        .count();
     eprintln!(
         "scenario 6, after the undo: {failed_after} of {} requests failed, {split} clients \
-         answered by two backends over 3 rounds",
+         answered by two backends over 3 rounds, {not_home} by another backend than before \
+         the cut",
         3 * CLIENTS
+    );
+    assert_eq!(not_home, 0, "clients not back on their backend");
+    let log = c.daemon(2).log_text();
+    assert!(
+        log.contains("pulling a peer's table again to catch up")
+            && log.contains("caught up with the table of"),
+        "node 2 pulled its peers' table once it served again:\n{log}"
     );
     assert_eq!(failed_after, 0);
     assert_eq!(split, 0, "clients answered by two backends: {sets:?}");

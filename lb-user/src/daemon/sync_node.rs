@@ -34,6 +34,11 @@ pub(super) struct NodeSync {
     pull_allowed: bool,
     /// `Lb::rewarmed` when last looked at.
     rewarmed: u64,
+    /// While a catch-up after a re-warm runs: the addresses announced when
+    /// it began. The others (the VIP that re-warmed among them) wait for it,
+    /// so that the router sends them nothing this node would answer from
+    /// the pins it made while going dark.
+    held: Option<Vec<std::net::Ipv4Addr>>,
 }
 
 /// Starts the sync of `cfg`: the data path's events on first (so that
@@ -86,6 +91,7 @@ pub(super) async fn start(
             apply_errors: Every::new(std::time::Duration::from_secs(10)),
             pull_allowed: false,
             rewarmed: lb.rewarmed(),
+            held: None,
         },
         rx,
     ))
@@ -179,12 +185,26 @@ impl Daemon {
     /// this node thought dead, and were refused. Now that they are back, the
     /// peers' table brings this node's pins in line with theirs.
     pub(super) fn catch_up_after_rewarm(&mut self) {
-        let Some(s) = &mut self.sync else { return };
         let n = self.lb.rewarmed();
+        let announced = self.announced();
+        let Some(s) = &mut self.sync else { return };
         if n != s.rewarmed {
             s.rewarmed = n;
             s.cluster.catch_up();
+            s.held = Some(announced);
+        } else if s.held.is_some() && s.cluster.caught_up() {
+            s.held = None;
         }
+    }
+
+    /// Whether the VIPs on `addr` wait for a catch-up before they are
+    /// announced (see `catch_up_after_rewarm`).
+    pub(super) fn held_for_catch_up(&self, addr: std::net::Ipv4Addr) -> bool {
+        self.sync.as_ref().is_some_and(|s| {
+            s.held
+                .as_ref()
+                .is_some_and(|was| !was.contains(&addr) && !s.cluster.caught_up())
+        })
     }
 
     /// Hands the transport fresh identities: after anything that may have

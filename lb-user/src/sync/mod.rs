@@ -435,6 +435,12 @@ impl Cluster {
         tokio::spawn(join_deadline(self.shared.clone()));
     }
 
+    /// Whether no pull is due or under way (the join, or a catch-up).
+    pub fn caught_up(&self) -> bool {
+        let j = lock(&self.shared.join);
+        j.ready && j.pulled
+    }
+
     /// Queues this node's own new or changed pins for every peer.
     pub fn publish(&self, entries: &[SyncEntry]) {
         self.shared.publish(entries);
