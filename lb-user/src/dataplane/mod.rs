@@ -521,11 +521,9 @@ fn affinity_one_by_one(
     Ok(())
 }
 
-/// The reader of `SLB_SYNC_EVENTS`. `Send`, and its fd is readable (epoll)
-/// when events wait, so the daemon can wrap it in
-/// `tokio::io::unix::AsyncFd`. The kernel wakes a reader only when it had
-/// caught up, so drain until `drain` returns less than asked before
-/// waiting on the fd again.
+/// The reader of `SLB_SYNC_EVENTS`. `Send`. The program submits its events
+/// without waking anyone (a wakeup costs the forwarding CPU several µs), so
+/// the daemon drains on a timer: until `drain` returns less than asked.
 pub struct SyncEvents {
     ring: RingBuf<MapData>,
 }
