@@ -284,6 +284,25 @@ impl Node {
     }
 }
 
+/// Whether the announce table of namespace `ns` holds the VIP's route of
+/// stickylb's protocol; by namespace name, for a thread that has no
+/// `Cluster` (`Cluster::node_announces` for a node).
+pub fn announces_in(ns: &str) -> Result<bool> {
+    let text = sh(Command::new("ip").args([
+        "-n",
+        ns,
+        "route",
+        "show",
+        "table",
+        &ANNOUNCE_TABLE.to_string(),
+        "proto",
+        &ANNOUNCE_PROTOCOL.to_string(),
+    ]))?;
+    Ok(text
+        .split_whitespace()
+        .any(|w| w == VIP.to_string() || w == format!("{VIP}/32")))
+}
+
 pub struct ClusterOptions {
     pub nodes: usize,
     pub backends: usize,
@@ -626,17 +645,7 @@ impl Cluster {
     /// Whether node `i`'s table holds the VIP's route of stickylb's
     /// protocol (announced by its daemon, or put there by `add_vip_route`).
     pub fn node_announces(&self, i: usize) -> Result<bool> {
-        let text = self.nodes[i].ns.ip(&[
-            "route",
-            "show",
-            "table",
-            &ANNOUNCE_TABLE.to_string(),
-            "proto",
-            &ANNOUNCE_PROTOCOL.to_string(),
-        ])?;
-        Ok(text
-            .split_whitespace()
-            .any(|w| w == VIP.to_string() || w == format!("{VIP}/32")))
+        announces_in(&self.nodes[i].ns.name)
     }
 
     /// Waits until backend `b`'s state on node `i` satisfies `pred`.
