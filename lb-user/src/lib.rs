@@ -19,6 +19,7 @@ mod limits;
 mod metrics;
 mod neigh;
 mod netdev;
+mod netlink;
 pub mod runtime;
 pub mod sync;
 pub mod util;

@@ -39,14 +39,16 @@ use std::{
 use lb_user::{
     api::{BackendState, StatusReply},
     control::{self, Request},
-    dataplane::{AttachMode, Dataplane, LINK_PIN_NAME, LoadOptions},
+    dataplane::{Dataplane, LINK_PIN_NAME},
     runtime::{RECORD_DIR, Record},
 };
 
 use crate::{
     daemon::{Daemon, PinGuard},
     netns::{
-        ChildGuard, KeptTopology, Netns, Reaper, Result, backend_addr, enter_path, sh, wait_for,
+        ChildGuard, KeptTopology, Netns, Reaper, Result, add_bridge, attach_peer_xdp, backend_addr,
+        client_addrs, daemon_config, plug_into_bridge, sh, start_backend_server, vip_on_loopback,
+        wait_for,
     },
 };
 
@@ -282,6 +284,25 @@ impl Node {
     }
 }
 
+/// Whether the announce table of namespace `ns` holds the VIP's route of
+/// stickylb's protocol; by namespace name, for a thread that has no
+/// `Cluster` (`Cluster::node_announces` for a node).
+pub fn announces_in(ns: &str) -> Result<bool> {
+    let text = sh(Command::new("ip").args([
+        "-n",
+        ns,
+        "route",
+        "show",
+        "table",
+        &ANNOUNCE_TABLE.to_string(),
+        "proto",
+        &ANNOUNCE_PROTOCOL.to_string(),
+    ]))?;
+    Ok(text
+        .split_whitespace()
+        .any(|w| w == VIP.to_string() || w == format!("{VIP}/32")))
+}
+
 pub struct ClusterOptions {
     pub nodes: usize,
     pub backends: usize,
@@ -393,28 +414,13 @@ impl Cluster {
 
     fn wire(&mut self) -> Result<()> {
         let cidr = |a: Ipv4Addr, p: u8| format!("{a}/{p}");
-        let br = &self.bridge;
-        br.ip(&["link", "add", "br0", "type", "bridge"])?;
-        br.ip(&["link", "set", "br0", "up"])?;
-        let mut hosts: Vec<(&Netns, String)> = vec![(&self.router, "p-rt".into())];
-        hosts.extend(
-            self.nodes
-                .iter()
-                .map(|n| (&n.ns, format!("p-n{}", n.index))),
-        );
-        hosts.extend(
-            self.backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (b, format!("p-b{i}"))),
-        );
-        for (host, port) in &hosts {
-            br.ip(&[
-                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
-            ])?;
-            br.ip(&["link", "set", port, "master", "br0"])?;
-            br.ip(&["link", "set", port, "up"])?;
-            host.ip(&["link", "set", "eth0", "up"])?;
+        add_bridge(&self.bridge)?;
+        plug_into_bridge(&self.bridge, &self.router, "p-rt")?;
+        for n in &self.nodes {
+            plug_into_bridge(&self.bridge, &n.ns, &format!("p-n{}", n.index))?;
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            plug_into_bridge(&self.bridge, b, &format!("p-b{i}"))?;
         }
         // Router: the clients' link, forwarding, L4 multipath hashing (per
         // namespace: set here, not in the root namespace).
@@ -470,86 +476,38 @@ impl Cluster {
                 "dev",
                 "eth0",
             ])?;
-            b.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            vip_on_loopback(b, VIP)?;
             b.ip(&["route", "add", "default", "via", &ROUTER_ADDR.to_string()])?;
-            for (k, v) in [("arp_ignore", "1"), ("arp_announce", "2")] {
-                b.sysctl(&format!("net.ipv4.conf.all.{k}"), v)?;
-                b.sysctl(&format!("net.ipv4.conf.eth0.{k}"), v)?;
-            }
         }
-        // Clients: many source addresses, the router as gateway.
-        let mut batch = vec![format!("addr add {} dev eth0", cidr(CLIENT_MAIN_ADDR, 16))];
-        batch.extend(
-            self.clients
-                .iter()
-                .map(|a| format!("addr add {} dev eth0", cidr(*a, 16))),
-        );
-        batch.push(format!("route add default via {ROUTER_CLIENT_ADDR}"));
-        self.client.ip_batch(&batch)?;
-        // As in `Topology`: veth leaves TCP checksums partial, which XDP_TX
-        // on the node loses; the clients compute them.
-        sh(self
-            .client
-            .command("ethtool")
-            .args(["-K", "eth0", "tx", "off"]))?;
-        // XDP_TX on a veth in driver mode needs an XDP program on its peer:
+        // Clients: many source addresses, the router as gateway; as in
+        // `Topology`, their TCP checksums computed before the wire.
+        client_addrs(
+            &self.client,
+            CLIENT_MAIN_ADDR,
+            &self.clients,
+            &[format!("route add default via {ROUTER_CLIENT_ADDR}")],
+        )?;
         // stickylb's program with no VIP on every node's bridge port.
-        let path = self.bridge.path();
-        let pins = self.peer_pins.clone();
-        thread::spawn(move || -> Result<()> {
-            enter_path(&path);
-            for (i, pin) in pins.iter().enumerate() {
-                fs::create_dir_all(pin).map_err(|e| e.to_string())?;
-                let mut dp = Dataplane::load(&LoadOptions {
-                    affinity_capacity: 1024,
-                    pin_dir: None,
-                })
-                .map_err(|e| format!("{e:#}"))?;
-                dp.attach_pinned(
-                    &format!("p-n{i}"),
-                    AttachMode::Driver,
-                    None,
-                    &pin.join(LINK_PIN_NAME),
-                )
-                .map_err(|e| format!("{e:#}"))?;
-            }
-            Ok(())
-        })
-        .join()
-        .map_err(|_| "peer XDP thread panicked")??;
-        Ok(())
+        attach_peer_xdp(
+            &self.bridge,
+            self.peer_pins
+                .iter()
+                .enumerate()
+                .map(|(i, pin)| (format!("p-n{i}"), pin.clone()))
+                .collect(),
+        )
     }
 
     /// Starts (or restarts) backend `i`'s HTTP server; waits until it listens.
     pub fn start_server(&mut self, i: usize) -> Result<()> {
         self.servers[i] = None;
-        let ready = self.tmp.join(format!("b{i}.ready"));
-        let log = self.tmp.join(format!("b{i}.log"));
-        let _ = fs::remove_file(&ready);
-        let mut child = ChildGuard(
-            self.backends[i]
-                .command(&self.server_bin)
-                .args(["--name", &format!("backend-{i}"), "--listen", "0.0.0.0:80"])
-                .arg("--ready-file")
-                .arg(&ready)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(fs::File::create(&log).map_err(|e| e.to_string())?)
-                .spawn()
-                .map_err(|e| format!("start slb-backend: {e}"))?,
-        );
-        let mut exited = None;
-        crate::netns::wait_for(Duration::from_secs(10), || {
-            exited = child.exited();
-            ready.exists() || exited.is_some()
-        });
-        if !ready.exists() {
-            return Err(format!(
-                "backend {i} did not start ({exited:?}): {}",
-                fs::read_to_string(&log).unwrap_or_default()
-            ));
-        }
-        self.servers[i] = Some(child);
+        self.servers[i] = Some(start_backend_server(
+            &self.backends[i],
+            &self.server_bin,
+            &self.tmp,
+            i,
+            None,
+        )?);
         Ok(())
     }
 
@@ -570,25 +528,14 @@ impl Cluster {
     /// `[sync]`).
     pub fn config(&self, node: usize, health: &str, extra_vip: &str, extra: &str) -> String {
         let n = &self.nodes[node];
-        let mut s = format!(
-            "interface = \"eth0\"\n\
-             xdp_mode = \"driver\"\n\
-             pin_path = \"{}\"\n\
-             control_socket = \"{}\"\n\
-             metrics_listen = \"127.0.0.1:9321\"\n\
-             affinity_capacity = 65536\n\n\
-             [health]\n{health}\n\n\
-             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n{extra_vip}\n",
-            n.pin.0.display(),
-            n.control_socket().display(),
-        );
-        for i in 0..self.backends.len() {
-            s += &format!(
-                "\n[[vip.backend]]\naddress = \"{}\"\nport = 80\n",
-                backend_addr(i)
-            );
-        }
-        s + extra
+        daemon_config(
+            &n.pin.0,
+            &n.control_socket(),
+            VIP,
+            self.backends.len(),
+            health,
+            extra_vip,
+        ) + extra
     }
 
     /// The cluster's shared sync key (`[sync] key_file`): written once into
@@ -698,17 +645,7 @@ impl Cluster {
     /// Whether node `i`'s table holds the VIP's route of stickylb's
     /// protocol (announced by its daemon, or put there by `add_vip_route`).
     pub fn node_announces(&self, i: usize) -> Result<bool> {
-        let text = self.nodes[i].ns.ip(&[
-            "route",
-            "show",
-            "table",
-            &ANNOUNCE_TABLE.to_string(),
-            "proto",
-            &ANNOUNCE_PROTOCOL.to_string(),
-        ])?;
-        Ok(text
-            .split_whitespace()
-            .any(|w| w == VIP.to_string() || w == format!("{VIP}/32")))
+        announces_in(&self.nodes[i].ns.name)
     }
 
     /// Waits until backend `b`'s state on node `i` satisfies `pred`.

@@ -322,6 +322,160 @@ pub fn client_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
 }
 
+/// Makes the bridge `br0` in namespace `br`.
+pub fn add_bridge(br: &Netns) -> Result<()> {
+    br.ip(&["link", "add", "br0", "type", "bridge"])?;
+    br.ip(&["link", "set", "br0", "up"])?;
+    Ok(())
+}
+
+/// Plugs `host` into `br0` of namespace `br`: a veth whose bridge end is
+/// `port` and whose other end is `host`'s `eth0`, both up.
+pub fn plug_into_bridge(br: &Netns, host: &Netns, port: &str) -> Result<()> {
+    br.ip(&[
+        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+    ])?;
+    br.ip(&["link", "set", port, "master", "br0"])?;
+    br.ip(&["link", "set", port, "up"])?;
+    host.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// A backend's `vip`: on loopback, never answered for in ARP, so frames to
+/// the VIP only reach it when a load balancer forwards them.
+pub fn vip_on_loopback(backend: &Netns, vip: Ipv4Addr) -> Result<()> {
+    backend.ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
+    for (k, v) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+        backend.sysctl(&format!("net.ipv4.conf.all.{k}"), v)?;
+        backend.sysctl(&format!("net.ipv4.conf.eth0.{k}"), v)?;
+    }
+    Ok(())
+}
+
+/// The client namespace's addresses (`main` and `clients`, all /`PREFIX`
+/// on eth0) and then `more` `ip` lines, in one batch; and its
+/// TCP checksums computed before the wire: veth leaves them partial, XDP_TX
+/// loses that mark, and the backend would drop the segment (a NIC computes
+/// them on the wire).
+pub fn client_addrs(
+    client: &Netns,
+    main: Ipv4Addr,
+    clients: &[Ipv4Addr],
+    more: &[String],
+) -> Result<()> {
+    let mut batch = vec![format!("addr add {main}/{PREFIX} dev eth0")];
+    batch.extend(
+        clients
+            .iter()
+            .map(|a| format!("addr add {a}/{PREFIX} dev eth0")),
+    );
+    batch.extend_from_slice(more);
+    client.ip_batch(&batch)?;
+    sh(client.command("ethtool").args(["-K", "eth0", "tx", "off"]))?;
+    Ok(())
+}
+
+/// XDP_TX on a veth in driver mode needs an XDP program on its peer:
+/// stickylb's own program with no VIP, which passes every frame, on each
+/// `(port, pin folder)` of namespace `bridge`. The links are pinned so they
+/// outlive this process when the network is kept.
+pub fn attach_peer_xdp(bridge: &Netns, ports: Vec<(String, PathBuf)>) -> Result<()> {
+    let path = bridge.path();
+    thread::spawn(move || -> Result<()> {
+        enter_path(&path);
+        for (port, pin) in &ports {
+            fs::create_dir_all(pin).map_err(|e| e.to_string())?;
+            let mut dp = Dataplane::load(&LoadOptions {
+                affinity_capacity: 1024,
+                pin_dir: None,
+            })
+            .map_err(|e| format!("{e:#}"))?;
+            dp.attach_pinned(port, AttachMode::Driver, None, &pin.join(LINK_PIN_NAME))
+                .map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "peer XDP thread panicked")?
+}
+
+/// Starts backend `i`'s HTTP server (`server_bin`, named `backend-<i>`, on
+/// :80) in `ns`, its ready file and stderr log in `tmp`; waits until it
+/// listens.
+pub fn start_backend_server(
+    ns: &Netns,
+    server_bin: &Path,
+    tmp: &Path,
+    i: usize,
+    redis: Option<SocketAddrV4>,
+) -> Result<ChildGuard> {
+    let ready = tmp.join(format!("b{i}.ready"));
+    let log = tmp.join(format!("b{i}.log"));
+    let _ = fs::remove_file(&ready);
+    let mut cmd = ns.command(server_bin);
+    cmd.args(["--name", &format!("backend-{i}"), "--listen", "0.0.0.0:80"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // Not the caller's stderr: a kept network's servers outlive the
+        // command that started them and must not hold its terminal/pipe.
+        .stderr(fs::File::create(&log).map_err(|e| e.to_string())?);
+    if let Some(r) = redis {
+        cmd.args(["--redis", &r.to_string()]);
+    }
+    let mut child = ChildGuard(cmd.spawn().map_err(|e| format!("start slb-backend: {e}"))?);
+    let mut exited = None;
+    wait_for(Duration::from_secs(10), || {
+        exited = child.exited();
+        ready.exists() || exited.is_some()
+    });
+    if ready.exists() {
+        return Ok(child);
+    }
+    let why = match exited {
+        Some(status) => format!("it exited ({status})"),
+        None => "no ready file after 10 s".to_string(),
+    };
+    let stderr = fs::read_to_string(&log).unwrap_or_default();
+    Err(format!(
+        "backend {i} did not start listening: {why}; its stderr: {:?}",
+        stderr.trim()
+    ))
+}
+
+/// A daemon config on `eth0` in driver mode: one TCP VIP `web` on `vip`:80
+/// whose backends are `backend_addr(0..backends)`:80; `health` is the
+/// `[health]` table, `extra_vip` is appended to the `[[vip]]` table.
+pub fn daemon_config(
+    pin_path: &Path,
+    control_socket: &Path,
+    vip: Ipv4Addr,
+    backends: usize,
+    health: &str,
+    extra_vip: &str,
+) -> String {
+    let mut s = format!(
+        "interface = \"eth0\"\n\
+         xdp_mode = \"driver\"\n\
+         pin_path = \"{}\"\n\
+         control_socket = \"{}\"\n\
+         metrics_listen = \"127.0.0.1:9321\"\n\
+         affinity_capacity = 65536\n\n\
+         [health]\n{health}\n\n\
+         [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\n{extra_vip}\n",
+        pin_path.display(),
+        control_socket.display()
+    );
+    for i in 0..backends {
+        s += &format!(
+            "\n[[vip.backend]]\naddress = \"{}\"\nport = 80\n",
+            backend_addr(i)
+        );
+    }
+    s
+}
+
 pub struct TopologyOptions {
     pub backends: usize,
     pub clients: usize,
@@ -437,21 +591,11 @@ impl Topology {
     }
 
     fn wire(&mut self) -> Result<()> {
-        let br = &self.bridge;
-        br.ip(&["link", "add", "br0", "type", "bridge"])?;
-        br.ip(&["link", "set", "br0", "up"])?;
-        let mut hosts: Vec<(&Netns, String)> =
-            vec![(&self.client, "p-cl".into()), (&self.lb, "p-lb".into())];
+        add_bridge(&self.bridge)?;
+        plug_into_bridge(&self.bridge, &self.client, "p-cl")?;
+        plug_into_bridge(&self.bridge, &self.lb, "p-lb")?;
         for (i, b) in self.backends.iter().enumerate() {
-            hosts.push((b, format!("p-b{i}")));
-        }
-        for (host, port) in &hosts {
-            br.ip(&[
-                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
-            ])?;
-            br.ip(&["link", "set", port, "master", "br0"])?;
-            br.ip(&["link", "set", port, "up"])?;
-            host.ip(&["link", "set", "eth0", "up"])?;
+            plug_into_bridge(&self.bridge, b, &format!("p-b{i}"))?;
         }
         let cidr = |a: Ipv4Addr| format!("{a}/{PREFIX}");
         // Load balancer: its own address, and the VIP so it answers ARP
@@ -460,62 +604,19 @@ impl Topology {
             .ip(&["addr", "add", &cidr(LB_ADDR), "dev", "eth0"])?;
         self.lb
             .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
-        // Backends: the VIP on loopback, never answering ARP for it, so
-        // frames to the VIP only reach them when the LB forwards them.
         for (i, b) in self.backends.iter().enumerate() {
             b.ip(&["addr", "add", &cidr(backend_addr(i)), "dev", "eth0"])?;
-            b.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-            for (k, v) in [("arp_ignore", "1"), ("arp_announce", "2")] {
-                b.sysctl(&format!("net.ipv4.conf.all.{k}"), v)?;
-                b.sysctl(&format!("net.ipv4.conf.eth0.{k}"), v)?;
-            }
+            vip_on_loopback(b, VIP)?;
         }
         // Clients: many source addresses on one interface.
-        let mut batch = vec![format!("addr add {} dev eth0", cidr(CLIENT_MAIN_ADDR))];
-        batch.extend(
-            self.clients
-                .iter()
-                .map(|a| format!("addr add {} dev eth0", cidr(*a))),
-        );
-        self.client.ip_batch(&batch)?;
-        // veth leaves TCP checksums partial; XDP_TX loses that mark, and the
-        // backend would drop the segment. A NIC computes them on the wire.
-        sh(self
-            .client
-            .command("ethtool")
-            .args(["-K", "eth0", "tx", "off"]))?;
-        // XDP_TX on a veth in driver mode needs an XDP program on the peer;
-        // stickylb's own program with no VIP passes every frame. Its link is
-        // pinned so it outlives this process when the topology is kept.
-        let path = self.bridge.path();
-        let pin = self.peer_pin.clone();
-        thread::spawn(move || -> Result<()> {
-            enter_path(&path);
-            fs::create_dir_all(&pin).map_err(|e| e.to_string())?;
-            let mut dp = Dataplane::load(&LoadOptions {
-                affinity_capacity: 1024,
-                pin_dir: None,
-            })
-            .map_err(|e| format!("{e:#}"))?;
-            dp.attach_pinned("p-lb", AttachMode::Driver, None, &pin.join(LINK_PIN_NAME))
-                .map_err(|e| format!("{e:#}"))?;
-            Ok(())
-        })
-        .join()
-        .map_err(|_| "peer XDP thread panicked")??;
-        Ok(())
+        client_addrs(&self.client, CLIENT_MAIN_ADDR, &self.clients, &[])?;
+        attach_peer_xdp(&self.bridge, vec![("p-lb".into(), self.peer_pin.clone())])
     }
 
     /// Adds a host on the bridge with `addr`; its namespace.
     pub fn add_host(&mut self, name: &str, addr: Ipv4Addr) -> Result<&Netns> {
         let ns = Netns::new(&format!("{}-{name}", self.id))?;
-        let port = format!("p-{name}");
-        self.bridge.ip(&[
-            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ])?;
-        self.bridge.ip(&["link", "set", &port, "master", "br0"])?;
-        self.bridge.ip(&["link", "set", &port, "up"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
+        plug_into_bridge(&self.bridge, &ns, &format!("p-{name}"))?;
         ns.ip(&["addr", "add", &format!("{addr}/{PREFIX}"), "dev", "eth0"])?;
         self.hosts.push(ns);
         Ok(self.hosts.last().expect("just pushed"))
@@ -563,40 +664,14 @@ impl Topology {
         // The old server must be gone (killed and reaped) before the new one
         // binds port 80: two listeners on one port is EADDRINUSE.
         self.servers[i] = None;
-        let ready = self.tmp.join(format!("b{i}.ready"));
-        let log = self.tmp.join(format!("b{i}.log"));
-        let _ = fs::remove_file(&ready);
-        let mut cmd = self.backends[i].command(&self.server_bin);
-        cmd.args(["--name", &format!("backend-{i}"), "--listen", "0.0.0.0:80"])
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            // Not the caller's stderr: a kept topology's servers outlive the
-            // command that started them and must not hold its terminal/pipe.
-            .stderr(fs::File::create(&log).map_err(|e| e.to_string())?);
-        if let Some(r) = self.redis {
-            cmd.args(["--redis", &r.to_string()]);
-        }
-        let mut child = ChildGuard(cmd.spawn().map_err(|e| format!("start slb-backend: {e}"))?);
-        let mut exited = None;
-        wait_for(Duration::from_secs(10), || {
-            exited = child.0.try_wait().ok().flatten();
-            ready.exists() || exited.is_some()
-        });
-        if ready.exists() {
-            self.servers[i] = Some(child);
-            return Ok(());
-        }
-        let why = match exited {
-            Some(status) => format!("it exited ({status})"),
-            None => "no ready file after 10 s".to_string(),
-        };
-        let stderr = fs::read_to_string(&log).unwrap_or_default();
-        Err(format!(
-            "backend {i} did not start listening: {why}; its stderr: {:?}",
-            stderr.trim()
-        ))
+        self.servers[i] = Some(start_backend_server(
+            &self.backends[i],
+            &self.server_bin,
+            &self.tmp,
+            i,
+            self.redis,
+        )?);
+        Ok(())
     }
 
     /// Kills backend `i`'s server (its host stays up: connections are refused).
@@ -614,25 +689,14 @@ impl Topology {
     /// A daemon config for this network; `extra_vip` is appended to the
     /// `[[vip]]` table (e.g. "affinity_timeout = \"10s\"").
     pub fn config(&self, pin_path: &Path, health: &str, extra_vip: &str) -> String {
-        let mut s = format!(
-            "interface = \"eth0\"\n\
-             xdp_mode = \"driver\"\n\
-             pin_path = \"{}\"\n\
-             control_socket = \"{}\"\n\
-             metrics_listen = \"127.0.0.1:9321\"\n\
-             affinity_capacity = 65536\n\n\
-             [health]\n{health}\n\n\
-             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n{extra_vip}\n",
-            pin_path.display(),
-            self.tmp.join("ctl.sock").display()
-        );
-        for i in 0..self.backends.len() {
-            s += &format!(
-                "\n[[vip.backend]]\naddress = \"{}\"\nport = 80\n",
-                backend_addr(i)
-            );
-        }
-        s
+        daemon_config(
+            pin_path,
+            &self.tmp.join("ctl.sock"),
+            VIP,
+            self.backends.len(),
+            health,
+            extra_vip,
+        )
     }
 
     pub fn control_socket(&self) -> PathBuf {

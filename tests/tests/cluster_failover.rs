@@ -15,7 +15,6 @@ use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
     path::Path,
-    process::Command,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -30,7 +29,7 @@ use lb_user::{
     control::{self, Request},
 };
 use stickylb_tests::{
-    cluster::{ANNOUNCE_PROTOCOL, ANNOUNCE_TABLE, Cluster, ClusterOptions, FAST_HEALTH, VIP},
+    cluster::{Cluster, ClusterOptions, FAST_HEALTH, VIP, announces_in},
     traffic::{Load, Sample, sweep_in},
 };
 
@@ -175,25 +174,10 @@ fn a_node_killed_under_load_leaves_the_router_and_no_client_moves() {
     assert_eq!(moved_after, 0);
 }
 
-/// The route of node `ns`'s table, read as `Cluster::node_announces` does,
-/// by namespace name (for a thread that has no `Cluster`).
+/// The route of node `ns`'s table, as `Cluster::node_announces` reads it;
+/// no answer (the namespace going away) is no route.
 fn announced_in(ns: &str) -> bool {
-    let out = Command::new("ip")
-        .args([
-            "-n",
-            ns,
-            "route",
-            "show",
-            "table",
-            &ANNOUNCE_TABLE.to_string(),
-            "proto",
-            &ANNOUNCE_PROTOCOL.to_string(),
-        ])
-        .output()
-        .expect("ip route");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .any(|w| w == VIP.to_string() || w == format!("{VIP}/32"))
+    announces_in(ns).unwrap_or(false)
 }
 
 fn status_at(socket: &Path) -> Option<StatusReply> {

@@ -8,18 +8,14 @@
 //! `ip rule` points at the table they never route anything; if one ever
 //! did by mistake, a blackhole drops the traffic rather than looping it.
 
-use std::{
-    io,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+use std::{io, net::Ipv4Addr};
 
-const NLMSG_ERROR: u16 = 2;
+use crate::netlink::{self, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, attr, header, u16_at, u32_at};
+
 const NLMSG_DONE: u16 = 3;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
@@ -30,11 +26,8 @@ const RTN_BLACKHOLE: u8 = 6;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 /// In a delete: match a route of any scope.
 const RT_SCOPE_NOWHERE: u8 = 255;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const SOL_NETLINK: libc::c_int = 270;
 /// Makes the kernel honour a dump request's filters (Linux 4.20+).
 const NETLINK_GET_STRICT_CHK: libc::c_int = 12;
-const NLMSG_HDR: usize = 16;
 const RTMSG: usize = 12;
 
 /// One IPv4 route as a dump shows it (the fields the announcer reads).
@@ -55,22 +48,6 @@ pub enum Op {
     /// Delete the route to that prefix of that protocol (any type or scope);
     /// another protocol's route to it is left alone.
     Delete,
-}
-
-fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-fn header(buf: &mut [u8], kind: u16, flags: u16, seq: u32) {
-    let len = buf.len() as u32;
-    buf[0..4].copy_from_slice(&len.to_ne_bytes());
-    buf[4..6].copy_from_slice(&kind.to_ne_bytes());
-    buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-    buf[8..12].copy_from_slice(&seq.to_ne_bytes());
 }
 
 /// The rtmsg's one-byte table: the table itself when it fits, else
@@ -131,14 +108,6 @@ pub fn dump_request(seq: u32, table: u32, protocol: u8) -> Vec<u8> {
     req
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
 /// What one received datagram holds.
 #[derive(Debug, Default, PartialEq)]
 pub struct Reply {
@@ -193,20 +162,13 @@ fn parse_route(body: &[u8]) -> Option<Route> {
         protocol: msg[5],
     };
     let mut dst = None;
-    let mut at = RTMSG;
-    while at + 4 <= body.len() {
-        let len = usize::from(u16_at(body, at)?);
-        let kind = u16_at(body, at + 2)? & NLA_TYPE_MASK;
-        if len < 4 || at + len > body.len() {
-            return None;
-        }
-        let payload = &body[at + 4..at + len];
+    for a in netlink::checked_attrs(&body[RTMSG..]) {
+        let (kind, payload) = a.ok()?;
         match kind {
             RTA_DST => dst = Some(Ipv4Addr::from(<[u8; 4]>::try_from(payload).ok()?)),
             RTA_TABLE => route.table = u32_at(payload, 0)?,
             _ => {}
         }
-        at += len.next_multiple_of(4);
     }
     route.dst = dst?;
     Some(route)
@@ -214,56 +176,24 @@ fn parse_route(body: &[u8]) -> Option<Route> {
 
 /// A NETLINK_ROUTE socket of this network namespace.
 pub struct Socket {
-    fd: OwnedFd,
+    socket: netlink::Socket,
     seq: u32,
 }
 
 impl Socket {
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let on: libc::c_int = 1;
-        // SAFETY: a valid descriptor and an int option of the right size.
+        let socket = netlink::Socket::open()?;
         // Refused by a kernel before 4.20: dumps are then filtered here.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                SOL_NETLINK,
-                NETLINK_GET_STRICT_CHK,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        Ok(Self { fd, seq: 0 })
+        socket.try_set_option(NETLINK_GET_STRICT_CHK, 1);
+        Ok(Self { socket, seq: 0 })
     }
 
     fn send(&self, req: &[u8]) -> io::Result<()> {
-        // SAFETY: req is valid for its length; the kernel is the default
-        // destination of a netlink socket.
-        if unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.socket.send(req)
     }
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<Reply> {
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        parse(&buf[..n as usize])
+        parse(self.socket.recv(buf)?)
     }
 
     fn next_seq(&mut self) -> u32 {

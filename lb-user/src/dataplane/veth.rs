@@ -6,10 +6,10 @@
 
 use std::io;
 
+use crate::netlink::{self, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, attr, attrs, u16_at, u32_at};
+
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
 const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
@@ -22,7 +22,6 @@ const IFLA_XDP_DRV_PROG_ID: u16 = 5;
 const XDP_ATTACHED_DRV: u8 = 1;
 const XDP_ATTACHED_MULTI: u8 = 4;
 const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// What rtnetlink says about one interface.
 #[derive(Debug, Default, PartialEq)]
@@ -55,17 +54,9 @@ pub fn veth_peer_without_xdp(ifindex: u32) -> io::Result<Option<String>> {
     }))
 }
 
-fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
 fn get_link(ifindex: u32, netnsid: Option<i32>) -> io::Result<Link> {
     let mut req = Vec::with_capacity(64);
-    req.extend_from_slice(&[0; 16]); // nlmsghdr, filled in below
+    req.extend_from_slice(&[0; NLMSG_HDR]); // nlmsghdr, filled in below
     // ifinfomsg: family, pad, type, index, flags, change.
     req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
     req.extend_from_slice(&(ifindex as i32).to_ne_bytes());
@@ -78,67 +69,19 @@ fn get_link(ifindex: u32, netnsid: Option<i32>) -> io::Result<Link> {
     if let Some(id) = netnsid {
         attr(&mut req, IFLA_TARGET_NETNSID, &id.to_ne_bytes());
     }
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    netlink::header(&mut req, RTM_GETLINK, NLM_F_REQUEST, 1);
 
-    // SAFETY: plain socket(2); the descriptor is owned by `fd` below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh descriptor nothing else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    // SAFETY: req is valid for its length; the kernel is the default
-    // destination of a netlink socket.
-    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let socket = netlink::Socket::open()?;
+    socket.send(&req)?;
     let mut buf = vec![0u8; 32 * 1024];
-    // SAFETY: buf is valid for writes of its length.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    parse_reply(&buf[..n as usize])
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Netlink attributes: (type, payload).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = usize::from(u16_at(b, 0)?);
-        let kind = u16_at(b, 2)? & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let payload = &b[4..len];
-        b = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
-        Some((kind, payload))
-    })
+    parse_reply(socket.recv(&mut buf)?)
 }
 
 fn parse_reply(b: &[u8]) -> io::Result<Link> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "short rtnetlink reply");
     let len = u32_at(b, 0).ok_or_else(bad)? as usize;
     let kind = u16_at(b, 4).ok_or_else(bad)?;
-    let msg = b.get(16..len).ok_or_else(bad)?;
+    let msg = b.get(NLMSG_HDR..len).ok_or_else(bad)?;
     if kind == NLMSG_ERROR {
         let errno = u32_at(msg, 0).ok_or_else(bad)? as i32;
         return Err(io::Error::from_raw_os_error(-errno));
