@@ -30,8 +30,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, BackendInfo, ForwardingMode, OwnMac,
-    PIN_BUDGET_WINDOW_NS, SyncEvent, VipInfo, VipStats, coarse_secs, global_counter, proto, select,
-    sync_kind,
+    PIN_BUDGET_WINDOW_NS, SyncEvent, SyncSettings, VipInfo, VipStats, coarse_secs, global_counter,
+    proto, select, sync_kind,
 };
 use maps::{
     AFFINITY, BACKEND_STATS, BACKENDS, OWN_MAC, PIN_BUDGET, RING, SYNC, SYNC_EVENTS, VIP_STATS,
@@ -222,7 +222,7 @@ fn pick_backend(
     } else {
         sync_kind::NEW
     };
-    let event = if sync_enabled() {
+    let event = if sync_settings().is_some() {
         reserve_event(key, &entry, kind)
     } else {
         None
@@ -261,10 +261,10 @@ fn pick_backend(
 /// The daemon drains the ring on a timer instead (`sync::events`).
 const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
 
-/// Whether the daemon turned sync events on.
+/// The sync settings, if the daemon turned sync events on.
 #[inline(always)]
-fn sync_enabled() -> bool {
-    SYNC.get(0).is_some_and(|s| s.enabled != 0)
+fn sync_settings() -> Option<&'static SyncSettings> {
+    SYNC.get(0).filter(|s| s.enabled != 0)
 }
 
 /// A sync event for `entry` of `key`, filled in and reserved in the ring,
@@ -295,12 +295,9 @@ fn reserve_event(
 /// entry).
 #[inline(always)]
 fn announce_refresh(key: &AffinityKey, entry: &mut AffinityValue, now: u64) {
-    let Some(settings) = SYNC.get(0) else {
+    let Some(settings) = sync_settings() else {
         return;
     };
-    if settings.enabled == 0 {
-        return;
-    }
     let now_s = coarse_secs(now);
     if now_s.wrapping_sub(entry.synced_s) < settings.refresh_s {
         return;
