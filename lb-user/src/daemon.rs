@@ -1085,11 +1085,10 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// CONTRACT (issue #10): whether this node has what it needs from its
-    /// cluster to announce its VIPs: with peers configured, its own table
-    /// adopted from the last run (ready at once), or a ready peer's table
-    /// pulled, or none answered within join_timeout. The announcer gates on
-    /// it; the sync sets it.
+    /// Whether this node has what it needs from its cluster to announce its
+    /// VIPs: with peers configured, its own table adopted from the last run
+    /// (ready at once), or a ready peer's table pulled, or none answered
+    /// within join_timeout. The announcer gates on it; the sync sets it.
     fn cluster_ready(&self) -> bool {
         self.sync.as_ref().is_none_or(|s| s.cluster.ready())
     }

@@ -186,9 +186,15 @@ impl Daemon {
     /// peers' table brings this node's pins in line with theirs.
     pub(super) fn catch_up_after_rewarm(&mut self) {
         let n = self.lb.rewarmed();
-        let announced = self.announced();
+        // The addresses are walked only when a re-warm ended, not on every
+        // pass of the loop.
+        let announced = self
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.rewarmed != n)
+            .then(|| self.announced());
         let Some(s) = &mut self.sync else { return };
-        if n != s.rewarmed {
+        if let Some(announced) = announced {
             s.rewarmed = n;
             s.cluster.catch_up();
             s.held = Some(announced);

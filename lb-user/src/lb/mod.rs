@@ -475,13 +475,13 @@ impl<M: Maps> Lb<M> {
         );
     }
 
-    /// Why VIP `vi` is warming up, for status output (`None`: it is not).
     /// How many re-warms have ended (VIPs serving again after every backend
     /// was down).
     pub fn rewarmed(&self) -> u64 {
         self.rewarmed
     }
 
+    /// Why VIP `vi` is warming up, for status output (`None`: it is not).
     pub fn warming_why(&self, vi: usize, now: Instant) -> Option<String> {
         let v = &self.vips[vi];
         if v.warming_up.is_none() && v.rewarm.is_none() {
