@@ -165,7 +165,7 @@ mod tests {
     fn each_entry_reads_its_own_field() {
         // Every field set to a distinct value: each accessor must return its
         // field's, and `since`/`add` must treat every field.
-        let vip: VipStats = bytemuck::cast(core::array::from_fn::<u64, 12, _>(|i| 10 + i as u64));
+        let vip: VipStats = bytemuck::cast(core::array::from_fn::<u64, 18, _>(|i| 10 + i as u64));
         for (i, c) in VipStats::COUNTERS.iter().enumerate() {
             assert_eq!((c.get)(&vip), 10 + i as u64, "{}", c.name);
         }
@@ -218,11 +218,19 @@ mod tests {
             drop_loop: 10,
             not_pinned_syn: 11,
             not_pinned_udp_budget: 12,
+            drop_no_neigh: 13,
+            drop_no_route: 14,
+            too_big_icmp: 15,
+            drop_too_big: 16,
+            icmp_forwarded: 17,
+            icmp_relayed: 18,
         };
         assert_eq!(
             v.status_line().to_string(),
             "packets 1  bytes 2  new clients 3  affinity hits 4  re-picked: expired 5 dead 6  \
-             probed 7  dropped: no backend 8 fragment 9 loop 10  not pinned: syn 11 udp budget 12"
+             probed 7  dropped: no backend 8 fragment 9 loop 10  not pinned: syn 11 udp budget 12  \
+             tunnel dropped: no neighbour 13 no route 14  too big: icmp sent 15 dropped 16  \
+             icmp: forwarded 17 relayed 18"
         );
         let b = BackendStats {
             packets: 1,

@@ -55,9 +55,11 @@ pub mod map_names {
     /// One `SyncSettings` (index 0): whether the program writes sync events,
     /// and how often it announces a busy pin again.
     pub const SYNC: &str = "SLB_SYNC";
+    /// One `TunnelSettings` (index 0): the outer header of the tunnel modes.
+    pub const TUNNEL: &str = "SLB_TUNNEL";
 
     /// Every map the XDP program defines.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         VIPS,
         BACKENDS,
         RING,
@@ -69,8 +71,26 @@ pub mod map_names {
         OWN_MAC,
         SYNC_EVENTS,
         SYNC,
+        TUNNEL,
     ];
 }
+
+/// The decap program's maps (`stickylb decap`, lb-ebpf's `stickylb-decap`).
+pub mod decap_map_names {
+    /// One `DecapSettings` (index 0).
+    pub const CFG: &str = "SLB_DECAP_CFG";
+    /// LPM trie `DecapSourceKey` → `u8` (1): the accepted outer sources.
+    pub const SOURCES: &str = "SLB_DECAP_SRC";
+    /// Per-CPU `u64`, indexed by `decap_counter`.
+    pub const STATS: &str = "SLB_DECAP_STATS";
+
+    pub const ALL: [&str; 3] = [CFG, SOURCES, STATS];
+}
+
+/// Name of the decap program (the function name in lb-ebpf's decap.rs).
+pub const DECAP_PROGRAM_NAME: &str = "stickylb_decap";
+/// Most source prefixes the decap program accepts.
+pub const MAX_DECAP_SOURCES: u32 = 256;
 
 /// The shape of each map as the kernel reports it (`bpf_map_info`): what a
 /// map pinned by an earlier run must match to be adopted. The XDP program's
@@ -81,8 +101,8 @@ pub mod map_shapes {
 
     use crate::{
         AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS, OwnMac,
-        PinBudget, RING_POOL_SIZE, SYNC_RING_BYTES, SyncSettings, VipInfo, VipKey, VipStats,
-        global_counter, map_names,
+        PinBudget, RING_POOL_SIZE, SYNC_RING_BYTES, SyncSettings, TunnelSettings, VipInfo, VipKey,
+        VipStats, global_counter, map_names,
     };
 
     /// `BPF_MAP_TYPE_*` numbers (uapi/linux/bpf.h).
@@ -127,7 +147,7 @@ pub mod map_shapes {
     }
 
     /// Every map, in `map_names::ALL` order.
-    pub const ALL: [MapShape; 11] = [
+    pub const ALL: [MapShape; 12] = [
         shape(
             map_names::VIPS,
             kind::HASH,
@@ -218,6 +238,14 @@ pub mod map_shapes {
             Some(1),
             0,
         ),
+        shape(
+            map_names::TUNNEL,
+            kind::ARRAY,
+            4,
+            size_of::<TunnelSettings>(),
+            Some(1),
+            0,
+        ),
     ];
 }
 
@@ -293,8 +321,10 @@ pub mod backend_flags {
     pub const IN_USE: u16 = 1 << 1;
 }
 
-/// IP protocol numbers a VIP can have.
+/// IP protocol numbers a VIP can have (and the ones the tunnels use).
 pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
 }
@@ -357,6 +387,11 @@ pub mod global_counter {
         /// to forwards it; forwarding it here too would hand its backend a
         /// second copy. Counted only once the daemon wrote `SLB_OWN_MAC`.
         PASS_OTHER_HOST = "pass_other_host",
+        /// An ICMP error (destination unreachable, time exceeded) quoting
+        /// neither a VIP's flow nor a tunnel frame of this node's: left to
+        /// the stack. (ICMP that is not an error, such as echo, counts as
+        /// `pass_not_tcp_udp`, as before.)
+        PASS_ICMP_UNMATCHED = "pass_icmp_unmatched",
         /// Not a frame: a sync event (`SLB_SYNC_EVENTS`) the program could
         /// not write because the ring was full. The frame was forwarded.
         SYNC_EVENTS_LOST = "sync_events_lost",
@@ -365,6 +400,28 @@ pub mod global_counter {
     /// The counters above that count frames passed to the stack (all but
     /// the last, which counts lost sync events).
     pub const PASSED: core::ops::Range<u32> = 0..SYNC_EVENTS_LOST;
+}
+
+/// Indices into the decap program's `SLB_DECAP_STATS` per-CPU array.
+pub mod decap_counter {
+    indexed_counters! {
+        /// IP-in-IP from an accepted source to this backend: decapsulated.
+        DECAP_IPIP = "decap_ipip",
+        /// GUE from an accepted source to this backend: decapsulated.
+        DECAP_GUE = "decap_gue",
+        /// A tunnel frame from a source that is not an accepted load
+        /// balancer's: dropped (the backend is not an open relay).
+        REJECT_SOURCE = "reject_source",
+        /// A tunnel frame from an accepted source to another address than
+        /// this backend's: dropped.
+        REJECT_DEST = "reject_dest",
+        /// A tunnel frame whose inner packet is not a whole IPv4 header (or
+        /// is a fragment of the outer packet): dropped.
+        REJECT_MALFORMED = "reject_malformed",
+        /// Anything else (not IPv4, not IP-in-IP, not to the GUE port):
+        /// passed unchanged.
+        PASS_NOT_TUNNEL = "pass_not_tunnel",
+    }
 }
 
 #[cfg(test)]
@@ -376,7 +433,7 @@ mod tests {
         // The indices are the pinned map's layout: a counter of an earlier
         // run must keep its slot.
         use super::global_counter::*;
-        assert_eq!(COUNT, 11);
+        assert_eq!(COUNT, 12);
         assert_eq!(
             (
                 PASS_SHORT_ETH,
@@ -384,17 +441,18 @@ mod tests {
                 PASS_MULTICAST_DST,
                 PASS_VLAN,
                 PASS_OTHER_HOST,
+                PASS_ICMP_UNMATCHED,
                 SYNC_EVENTS_LOST
             ),
-            (0, 6, 7, 8, 9, 10)
+            (0, 6, 7, 8, 9, 10, 11)
         );
-        assert_eq!(PASSED, 0..10);
+        assert_eq!(PASSED, 0..11);
         assert_eq!(NAMES[PASS_NOT_VIP as usize], "pass_not_vip");
     }
 
     #[test]
     fn every_map_has_its_shape_in_order() {
-        let names: [&str; 11] = core::array::from_fn(|i| map_shapes::ALL[i].name);
+        let names: [&str; 12] = core::array::from_fn(|i| map_shapes::ALL[i].name);
         assert_eq!(names, map_names::ALL);
     }
 

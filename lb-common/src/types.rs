@@ -86,6 +86,16 @@ pub enum ForwardingMode {
     /// of every entry written before the mode existed.
     #[default]
     Dsr = 0,
+    /// IP-in-IP (IPv4 protocol 4): an outer IPv4 header from
+    /// `TunnelSettings`' source to the backend's address; the backend (any
+    /// routed subnet) strips it with `stickylb decap` and answers the client
+    /// directly from the VIP on loopback.
+    Ipip = 1,
+    /// GUE variant 1 (RFC draft-ietf-intarea-gue): outer IPv4 + UDP to the
+    /// backend's address, port `TunnelSettings::gue_port`, the inner IPv4
+    /// packet right after the UDP header. The UDP source port comes from the
+    /// client hash, so the backend's NIC spreads clients over its queues.
+    Gue = 2,
 }
 
 impl ForwardingMode {
@@ -97,10 +107,29 @@ impl ForwardingMode {
     /// wrote): the XDP program drops such a VIP's frames rather than guess.
     pub const fn from_u8(v: u8) -> Option<Self> {
         const DSR: u8 = ForwardingMode::Dsr as u8;
+        const IPIP: u8 = ForwardingMode::Ipip as u8;
+        const GUE: u8 = ForwardingMode::Gue as u8;
         match v {
             DSR => Some(Self::Dsr),
+            IPIP => Some(Self::Ipip),
+            GUE => Some(Self::Gue),
             _ => None,
         }
+    }
+
+    /// Bytes the mode adds in front of the client's IPv4 packet.
+    pub const fn overhead(self) -> u32 {
+        match self {
+            Self::Dsr => 0,
+            Self::Ipip => IPIP_OVERHEAD,
+            Self::Gue => GUE_OVERHEAD,
+        }
+    }
+
+    /// Whether the backend is reached by encapsulation (routed, next hop
+    /// from the kernel's FIB) rather than on this segment by its MAC.
+    pub const fn is_tunnel(self) -> bool {
+        !matches!(self, Self::Dsr)
     }
 }
 
@@ -123,12 +152,14 @@ impl TryFrom<u8> for ForwardingMode {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct BackendInfo {
-    /// Destination MAC written into frames forwarded to this backend.
+    /// Destination MAC written into frames forwarded to this backend (DSR).
+    /// Unused, and zero, for a tunnel VIP's backend: the next hop's MAC
+    /// comes from the kernel's FIB per frame.
     pub mac: [u8; 6],
     /// `backend_flags::*`.
     pub flags: u16,
-    /// Backend address, network byte order. Not used to forward (DSR keeps
-    /// the VIP as destination); kept so the map explains itself.
+    /// Backend address, network byte order. DSR does not use it (the VIP
+    /// stays the destination); the tunnel modes send the outer header to it.
     pub addr: [u8; 4],
     /// Backend port, network byte order; informational like `addr`.
     pub port: [u8; 2],
@@ -258,6 +289,63 @@ impl OwnMac {
     }
 }
 
+/// Outer IPv4 header + IPv4 protocol 4: what IP-in-IP adds.
+pub const IPIP_OVERHEAD: u32 = 20;
+/// Outer IPv4 header + UDP header (GUE variant 1 has no header of its own).
+pub const GUE_OVERHEAD: u32 = 28;
+/// The GUE port when the configuration names none.
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// The outer TTL when the configuration names none.
+pub const DEFAULT_TUNNEL_TTL: u8 = 64;
+
+/// Value of `SLB_TUNNEL` (its one entry), written by the daemon: how the
+/// tunnel modes build the outer header. All zero (no daemon, or one without
+/// a tunnel VIP): a tunnel VIP's frames are dropped as `drop_no_route`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TunnelSettings {
+    /// Outer source address (network byte order): this node's address.
+    pub src_addr: [u8; 4],
+    /// IP-in-IP only, when `src_prefix_len` > 0: the outer source is taken
+    /// per client from this prefix (network byte order, host bits zero), its
+    /// host bits from the client hash, so that a backend NIC hashing on
+    /// the outer addresses spreads clients over its queues.
+    pub src_prefix: [u8; 4],
+    /// Length of `src_prefix` (0: off, the outer source is `src_addr`).
+    pub src_prefix_len: u8,
+    /// The outer header's TTL.
+    pub ttl: u8,
+    /// GUE destination port, network byte order.
+    pub gue_port: [u8; 2],
+    pub _pad: [u8; 4],
+}
+
+/// Value of the decap program's `SLB_DECAP_CFG` (its one entry), written by
+/// `stickylb decap`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DecapSettings {
+    /// The backend's own address (network byte order): the only outer
+    /// destination accepted. All zero: nothing is decapsulated.
+    pub local_addr: [u8; 4],
+    /// GUE port accepted, network byte order; 0: GUE off.
+    pub gue_port: [u8; 2],
+    /// Nonzero: IP-in-IP accepted.
+    pub ipip: u8,
+    pub _pad: u8,
+}
+
+/// Key of the decap program's `SLB_DECAP_SRC` (an LPM trie): a load-balancer
+/// source prefix whose tunnel packets are accepted. Laid out as the kernel's
+/// `bpf_lpm_trie_key`: the prefix length, then the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DecapSourceKey {
+    pub prefix_len: u32,
+    /// Network byte order.
+    pub addr: [u8; 4],
+}
+
 /// A record of `SLB_SYNC_EVENTS` (a ring buffer the daemon drains and sends
 /// to its peers): the program pinned a client, re-pinned one, or refreshed a
 /// pin whose peers' copies must not expire. Written only while sync is on.
@@ -311,6 +399,14 @@ pub mod vip_families {
     pub const DROPS: Family = Family {
         name: "vip_drops_total",
         help: "Frames dropped, by reason.",
+    };
+    pub const TOO_BIG: Family = Family {
+        name: "vip_too_big_total",
+        help: "Frames that would not fit the egress MTU once encapsulated, by what was done.",
+    };
+    pub const ICMP: Family = Family {
+        name: "vip_icmp_total",
+        help: "ICMP errors about a client's flow, by what was done with them.",
     };
     pub const NOT_PINNED: Family = Family {
         name: "vip_not_pinned_total",
@@ -395,6 +491,50 @@ counter_struct! {
             help: "UDP frames of new clients forwarded by the Maglev table without pinning: the VIP's budget of new UDP pins on this CPU was spent.",
             metrics: [Reason(&vip_families::NOT_PINNED, "udp_budget")],
         }
+        /// Tunnel modes. The client keeps its pin: TCP sends again, and the
+        /// daemon's health checks through the same next hop keep its
+        /// neighbour entry resolved.
+        drop_no_neigh {
+            label: "tunnel dropped: no neighbour",
+            help: "Frames dropped: the kernel has no resolved neighbour (MAC) for the next hop to the backend.",
+            metrics: [Reason(&vip_families::DROPS, "no_neighbour")],
+        }
+        /// Tunnel modes: unreachable, blackhole or prohibit route, forwarding
+        /// off on the interface, or no tunnel source configured.
+        drop_no_route {
+            label: "tunnel dropped: no route",
+            help: "Frames dropped: the kernel's FIB has no usable route to the backend.",
+            metrics: [Reason(&vip_families::DROPS, "no_route")],
+        }
+        /// The ICMP message advertises the MTU minus the mode's overhead.
+        too_big_icmp {
+            label: "too big: icmp sent",
+            help: "Frames too big for the egress MTU once encapsulated, with DF set: answered with ICMP fragmentation needed.",
+            metrics: [Reason(&vip_families::TOO_BIG, "icmp_sent")],
+        }
+        /// Without DF, or too short to quote, nothing can be answered.
+        drop_too_big {
+            label: "too big: dropped",
+            help: "Frames too big for the egress MTU once encapsulated that could not be answered with ICMP (no DF): dropped.",
+            metrics: [
+                Reason(&vip_families::DROPS, "too_big"),
+                Reason(&vip_families::TOO_BIG, "dropped"),
+            ],
+        }
+        /// Sent toward the VIP by a router on the path back to the client;
+        /// the backend needs it for path MTU discovery.
+        icmp_forwarded {
+            label: "icmp: forwarded",
+            help: "ICMP errors sent to the VIP about a client's flow, forwarded to that client's backend.",
+            metrics: [Reason(&vip_families::ICMP, "forwarded")],
+        }
+        /// A router between this node and the backend could not pass an
+        /// encapsulated frame: the client is told the MTU that fits.
+        icmp_relayed {
+            label: "icmp: relayed",
+            help: "ICMP fragmentation needed about an encapsulated frame of the VIP, relayed to the client with the MTU minus the overhead.",
+            metrics: [Reason(&vip_families::ICMP, "relayed")],
+        }
     }
 }
 
@@ -430,7 +570,10 @@ const _: () = {
     assert!(size_of::<BackendInfo>() == 16);
     assert!(size_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityValue>() == 24);
-    assert!(size_of::<VipStats>() == 96);
+    assert!(size_of::<VipStats>() == 144);
+    assert!(size_of::<TunnelSettings>() == 16);
+    assert!(size_of::<DecapSettings>() == 8);
+    assert!(size_of::<DecapSourceKey>() == 8);
     assert!(size_of::<PinBudget>() == 16);
     assert!(size_of::<OwnMac>() == 8);
     assert!(size_of::<BackendStats>() == 24);
@@ -456,6 +599,9 @@ mod pod {
     unsafe impl aya::Pod for OwnMac {}
     unsafe impl aya::Pod for SyncEvent {}
     unsafe impl aya::Pod for SyncSettings {}
+    unsafe impl aya::Pod for TunnelSettings {}
+    unsafe impl aya::Pod for DecapSettings {}
+    unsafe impl aya::Pod for DecapSourceKey {}
 }
 
 #[cfg(test)]
@@ -516,5 +662,15 @@ mod tests {
             "a pre-mode pinned entry (zero) must read as DSR"
         );
         assert_eq!(ForwardingMode::try_from(u8::MAX), Err(u8::MAX));
+        for m in [ForwardingMode::Ipip, ForwardingMode::Gue] {
+            assert_eq!(ForwardingMode::from_u8(m.as_u8()), Some(m));
+            assert!(m.is_tunnel());
+        }
+        assert_eq!(
+            (ForwardingMode::Ipip.as_u8(), ForwardingMode::Gue.as_u8()),
+            (1, 2),
+            "the values in pinned maps"
+        );
+        assert!(!ForwardingMode::Dsr.is_tunnel());
     }
 }

@@ -1,11 +1,13 @@
 //! stickylb's data path: pin every client (by IP address) of a VIP to one
-//! backend and forward its frames there the way the VIP says (L2 DSR only,
-//! today).
+//! backend and forward its frames there the way the VIP says (L2 DSR,
+//! IP-in-IP or GUE).
 //!
 //! Per frame: parse (parse.rs) → VIP lookup → affinity entry, or a Maglev slot
 //! for a new client → forward by the VIP's `ForwardingMode` (DSR: rewrite
-//! the MACs) → `XDP_TX`. Anything that is not a VIP's TCP/UDP traffic is
-//! passed to the kernel untouched.
+//! the MACs; IP-in-IP/GUE: encapsulate, next hop from the kernel's FIB; see
+//! forward.rs) → `XDP_TX` or `XDP_REDIRECT`. ICMP errors about a client's
+//! flow follow that client (icmp.rs). Anything else that is not a VIP's
+//! TCP/UDP traffic is passed to the kernel untouched.
 //!
 //! While the daemon has sync on (`SLB_SYNC`), every pin and re-pin, and at
 //! most every refresh interval a busy pin, is also written to
@@ -19,6 +21,8 @@
 #![no_std]
 #![no_main]
 
+mod forward;
+mod icmp;
 mod maps;
 mod parse;
 
@@ -34,16 +38,16 @@ use lb_common::{
     proto, select, sync_kind,
 };
 use maps::{
-    AFFINITY, BACKEND_STATS, BACKENDS, OWN_MAC, PIN_BUDGET, RING, SYNC, SYNC_EVENTS, VIP_STATS,
-    VIPS, count_global,
+    AFFINITY, BACKENDS, OWN_MAC, PIN_BUDGET, RING, SYNC, SYNC_EVENTS, VIP_STATS, VIPS, count_global,
 };
-use parse::{Flow, parse};
+use parse::{Flow, NotFlow, parse};
 
 #[xdp]
 pub fn stickylb(ctx: XdpContext) -> u32 {
     let flow = match parse(&ctx) {
         Ok(flow) => flow,
-        Err(counter) => {
+        Err(NotFlow::Icmp(l4)) => return icmp::handle(&ctx, l4),
+        Err(NotFlow::Pass(counter)) => {
             count_global(counter);
             return xdp_action::XDP_PASS;
         }
@@ -110,30 +114,7 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
         return xdp_action::XDP_DROP;
     };
 
-    match mode {
-        // L2 DSR: the frame goes out unchanged but for its MACs; the backend
-        // owns the VIP on loopback and answers the client directly. It is
-        // sent from our interface's MAC. Without a daemon to write ours,
-        // the destination MAC stands in (the frame came to us).
-        ForwardingMode::Dsr => {
-            match own {
-                Some((mac, _)) => eth.src_addr = mac,
-                None => eth.src_addr = eth.dst_addr,
-            }
-            eth.dst_addr = backend.mac;
-        }
-    }
-
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    stats.packets += 1;
-    stats.bytes += len;
-    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU value.
-        let b = unsafe { &mut *b };
-        b.packets += 1;
-        b.bytes += len;
-    }
-    xdp_action::XDP_TX
+    forward::send(ctx, mode, own, backend_id, &backend, flow.client, stats)
 }
 
 /// The client's backend: its affinity entry if live and the backend alive,
@@ -247,7 +228,7 @@ fn pick_backend(
     } else {
         stats.repick_dead += 1;
     }
-    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
+    if let Some(b) = maps::BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU value.
         unsafe { (*b).new_clients += 1 };
     }

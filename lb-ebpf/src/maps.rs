@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendInfo, BackendStats, DEFAULT_AFFINITY_CAPACITY, MAX_BACKENDS,
-    MAX_VIPS, OwnMac, PinBudget, RING_POOL_SIZE, SYNC_RING_BYTES, SyncSettings, VipInfo, VipKey,
-    VipStats, global_counter,
+    MAX_VIPS, OwnMac, PinBudget, RING_POOL_SIZE, SYNC_RING_BYTES, SyncSettings, TunnelSettings,
+    VipInfo, VipKey, VipStats, global_counter,
 };
 
 /// Which (address, port, protocol) are VIPs, and how each is balanced.
@@ -65,6 +65,10 @@ pub static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_RING_BYTES, 0);
 /// Whether to write sync events, and how often to announce a busy pin.
 #[map(name = "SLB_SYNC")]
 pub static SYNC: Array<SyncSettings> = Array::with_max_entries(1, 0);
+
+/// How the tunnel modes build the outer header (the daemon writes it).
+#[map(name = "SLB_TUNNEL")]
+pub static TUNNEL: Array<TunnelSettings> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count_global(index: u32) {

@@ -37,9 +37,24 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Parses the frame; `Err` carries the `global_counter` to count it under.
+/// Why a frame is not a TCP/UDP flow.
+pub enum NotFlow {
+    /// Passed to the stack, counted under this `global_counter`.
+    Pass(u32),
+    /// An unfragmented ICMP packet (IPv4 header at `EthHdr::LEN`, ICMP
+    /// header at this offset from the frame's start): `icmp::handle`'s.
+    Icmp(usize),
+}
+
+impl From<u32> for NotFlow {
+    fn from(counter: u32) -> Self {
+        Self::Pass(counter)
+    }
+}
+
+/// Parses the frame; `Err` says what else it is.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Flow, u32> {
+pub fn parse(ctx: &XdpContext) -> Result<Flow, NotFlow> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(global_counter::PASS_SHORT_ETH)?;
     // SAFETY: ptr_at checked the header lies inside the frame.
     match u16::from_be(unsafe { (*eth).ether_type }) {
@@ -47,19 +62,19 @@ pub fn parse(ctx: &XdpContext) -> Result<Flow, u32> {
         // Counted apart from other protocols: a tagged frame is never
         // forwarded, since the MAC rewrite would send it out untagged or
         // into a VLAN the backend is not in (see docs/architecture.md).
-        ETH_P_8021Q | ETH_P_8021AD => return Err(global_counter::PASS_VLAN),
-        _ => return Err(global_counter::PASS_NOT_IPV4),
+        ETH_P_8021Q | ETH_P_8021AD => return Err(global_counter::PASS_VLAN.into()),
+        _ => return Err(global_counter::PASS_NOT_IPV4.into()),
     }
     let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(global_counter::PASS_BAD_IPV4)?;
     // SAFETY: as above.
     let ip = unsafe { &*ip };
     let ihl = usize::from(ip.vihl & 0x0f) * 4;
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return Err(global_counter::PASS_BAD_IPV4);
+        return Err(global_counter::PASS_BAD_IPV4.into());
     }
     let frags = u16::from_be_bytes(ip.frags);
     if frags & IP_OFFSET_MASK != 0 {
-        return Err(global_counter::PASS_FRAGMENT);
+        return Err(global_counter::PASS_FRAGMENT.into());
     }
     // IP options are skipped, not refused: DSR leaves the IP header alone.
     let l4 = EthHdr::LEN + ihl;
@@ -78,7 +93,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Flow, u32> {
             // SAFETY: checked by ptr_at.
             (unsafe { (*udp).dst }, false)
         }
-        _ => return Err(global_counter::PASS_NOT_TCP_UDP),
+        proto::ICMP if frags & IP_MF == 0 => return Err(NotFlow::Icmp(l4)),
+        _ => return Err(global_counter::PASS_NOT_TCP_UDP.into()),
     };
     Ok(Flow {
         eth,

@@ -27,3 +27,7 @@ pub mod util;
 /// The compiled XDP program, embedded at build time by build.rs.
 pub static XDP_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stickylb-xdp"));
+
+/// The compiled decap program (`stickylb decap`), embedded likewise.
+pub static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stickylb-decap"));

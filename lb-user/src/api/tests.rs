@@ -77,6 +77,7 @@ fn status() -> StatusReply {
                 drop_loop: 10,
                 not_pinned_syn: 11,
                 not_pinned_udp_budget: 12,
+                ..Default::default()
             },
             backends: vec![
                 backend(BackendState::Up),

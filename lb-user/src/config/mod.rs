@@ -22,12 +22,14 @@ mod restart;
 mod sync;
 #[cfg(test)]
 mod testutil;
+mod tunnel;
 mod validate;
 
 pub use announce::{AnnounceConfig, DEFAULT_ROUTE_PROTOCOL, DEFAULT_WITHDRAW_DELAY};
 pub use environment::backend_machine_problems;
 pub use raw::parse_mac;
 pub use sync::{SyncConfig, load_key as load_sync_key};
+pub use tunnel::{TunnelConfig, parse_prefix};
 pub use validate::backend_problems;
 
 use std::{
@@ -80,6 +82,9 @@ pub struct Config {
     /// `[sync]`: the affinity sync with peer nodes; `None`: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncConfig>,
+    /// `[tunnel]`: the outer header of the tunnel modes (defaults when the
+    /// section is absent).
+    pub tunnel: TunnelConfig,
     /// Serialized as `vip`, like the file, so a printed config loads back.
     #[serde(rename = "vip")]
     pub vips: Vec<VipConfig>,
@@ -132,6 +137,12 @@ pub enum Forwarding {
     /// L2 direct server return: only MAC addresses are rewritten.
     #[default]
     Dsr,
+    /// IP-in-IP to the backend's address (any routed subnet); the backend
+    /// runs `stickylb decap`.
+    Ipip,
+    /// GUE (outer IPv4 + UDP to `[tunnel] gue_port`) to the backend's
+    /// address; the backend runs `stickylb decap`.
+    Gue,
 }
 
 /// One backend of a VIP.
@@ -366,6 +377,8 @@ impl From<Forwarding> for lb_common::ForwardingMode {
     fn from(f: Forwarding) -> Self {
         match f {
             Forwarding::Dsr => Self::Dsr,
+            Forwarding::Ipip => Self::Ipip,
+            Forwarding::Gue => Self::Gue,
         }
     }
 }
@@ -374,6 +387,8 @@ impl fmt::Display for Forwarding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Dsr => "dsr",
+            Self::Ipip => "ipip",
+            Self::Gue => "gue",
         })
     }
 }

@@ -46,6 +46,8 @@ pub(super) struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     sync: Option<super::sync::RawSync>,
+    #[serde(default)]
+    tunnel: Option<super::tunnel::RawTunnel>,
     #[serde(default, rename = "vip")]
     vips: Vec<RawVip>,
 }
@@ -165,6 +167,10 @@ impl RawConfig {
             announce: self.announce.map(super::announce::RawAnnounce::resolve),
             health,
             sync: self.sync.map(super::sync::RawSync::resolve),
+            tunnel: self
+                .tunnel
+                .map(super::tunnel::RawTunnel::resolve)
+                .unwrap_or_default(),
             vips,
         }
     }
@@ -280,7 +286,7 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     de_duration(d).map(Some)
 }
 
-fn de_ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Addr, D::Error> {
+pub(super) fn de_ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Addr, D::Error> {
     de_str(d, "an IPv4 address string like \"10.0.0.1\"", parse_ipv4)
 }
 

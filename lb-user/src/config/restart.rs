@@ -79,6 +79,7 @@ mod tests {
             // Applied by a reload.
             announce: _,
             health: _,
+            tunnel: _,
             vips: _,
         } = parse(MINIMAL);
         vec![
