@@ -24,7 +24,7 @@ use aya::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendInfo, BackendStats, OwnMac, PROGRAM_NAME, RING_POOL_SIZE,
-    SyncSettings, VipInfo, VipKey, VipStats, global_counter, map_names,
+    SyncSettings, TunnelSettings, VipInfo, VipKey, VipStats, global_counter, map_names,
 };
 use thiserror::Error;
 
@@ -176,6 +176,7 @@ pub struct Dataplane {
     global_stats: PerCpuArray<MapData, u64>,
     own_mac: Array<MapData, OwnMac>,
     sync: Array<MapData, SyncSettings>,
+    tunnel: Array<MapData, TunnelSettings>,
     /// The sync ring's reader until `sync_events` hands it out.
     sync_events: Option<RingBuf<MapData>>,
 }
@@ -333,6 +334,21 @@ impl Dataplane {
         self.own_mac
             .set(0, value, 0)
             .map_err(map_err(map_names::OWN_MAC, "set"))
+    }
+
+    /// Tells the program how to build the tunnel modes' outer header (all
+    /// zero: it cannot, and drops a tunnel VIP's frames as `drop_no_route`).
+    pub fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()> {
+        self.tunnel
+            .set(0, settings, 0)
+            .map_err(map_err(map_names::TUNNEL, "set"))
+    }
+
+    /// What `set_tunnel` wrote (all zero on a fresh load).
+    pub fn tunnel(&self) -> Result<TunnelSettings> {
+        self.tunnel
+            .get(&0, 0)
+            .map_err(map_err(map_names::TUNNEL, "get"))
     }
 
     /// The MAC `set_own_mac` wrote, if any.
