@@ -20,6 +20,8 @@ mod state;
 pub mod sync;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tunnel_tests;
 
 use std::{
     collections::{BTreeSet, HashMap},
