@@ -348,3 +348,32 @@ fn a_vip_back_to_dsr_takes_its_backends_macs_from_the_neighbour_table() {
     let s = lb.status(|_, _| 0, |_| 0).unwrap();
     assert_eq!(s[0].backends[2].state, BackendState::UpNoMac);
 }
+
+#[test]
+fn a_backend_added_live_to_a_tunnel_vip_is_routed_and_refused_a_mac() {
+    let mut lb = started(&config(Forwarding::Ipip, ""));
+    let addr = std::net::SocketAddrV4::new(Ipv4Addr::new(10, 9, 7, 14), 80);
+    let refused = lb
+        .add_backend("web", addr, 1, Some([2, 0, 0, 0, 0, 0x14]), |_, _| {
+            Vec::new()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.starts_with(
+            "backend 10.9.7.14:80 mac: 02:00:00:00:00:14 is set, but the VIP forwards by ipip"
+        ),
+        "{refused}"
+    );
+    let id = lb
+        .add_backend("web", addr, 1, None, |_, _| Vec::new())
+        .unwrap();
+    let b = lb.vips()[0].backends.iter().find(|b| b.id == id).unwrap();
+    assert!(b.routed() && !b.alive(), "not checked yet");
+    lb.set_health(id, State::Up, "test").unwrap();
+    let b = lb.vips()[0].backends.iter().find(|b| b.id == id).unwrap();
+    assert!(b.alive(), "alive on its check alone");
+    assert!(lb.vips()[0].table.contains(&id));
+    let info = lb.maps().backends[id as usize];
+    assert_eq!((info.mac, info.addr), ([0; 6], [10, 9, 7, 14]));
+}
