@@ -301,6 +301,34 @@ fn a_vip_moving_to_a_tunnel_keeps_its_clients_and_ids() {
 }
 
 #[test]
+fn a_restart_that_moves_a_vip_back_to_dsr_keeps_the_backends_on_the_link() {
+    let mut pinned = started(&config(Forwarding::Gue, "")).into_maps();
+    pinned.take_log();
+    let mut dsr = config(Forwarding::Dsr, "");
+    for b in &mut dsr.vips[0].backends {
+        b.mac = None;
+    }
+    let on_link: std::collections::HashMap<Ipv4Addr, [u8; 6]> = [11, 12, 13]
+        .map(|o| (Ipv4Addr::new(10, 9, 0, o), [2, 0, 0, 0, 0, o]))
+        .into();
+    let lb = Lb::start_with_neighbours(pinned.clone(), &dsr, on_link).unwrap();
+    let log = &lb.maps().log;
+    assert!(
+        !log.iter().any(|op| matches!(op, Op::WriteRing { .. })),
+        "{log:?}"
+    );
+    assert!(
+        lb.vips()[0]
+            .backends
+            .iter()
+            .all(|b| b.alive() && !b.routed())
+    );
+    // Without the table, the same restart takes them all out.
+    let lb = Lb::start(pinned, &dsr).unwrap();
+    assert!(lb.vips()[0].backends.iter().all(|b| !b.alive()));
+}
+
+#[test]
 fn a_vip_back_to_dsr_takes_its_backends_macs_from_the_neighbour_table() {
     let mut lb = started(&config(Forwarding::Ipip, ""));
     let table = lb.vips()[0].table.clone();
