@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use super::{
-    BackendConfig, Config, Problem, Problems, VipConfig,
+    BackendConfig, Config, Forwarding, Problem, Problems, VipConfig,
     validate::{MAX_INTERFACE_LEN, is_valid_interface_name, vip_label},
 };
 use crate::{fmt::fmt_mac, neigh, netdev};
@@ -73,7 +73,96 @@ impl Config {
         self.check_socket_folder(&mut out);
         self.check_backends_on_this_machine(&mut out);
         self.check_sync_environment(&mut out);
+        self.tunnel_problems(&TunnelMachine::read(&self.interface), &mut out);
         out.0
+    }
+
+    /// The outer source of the tunnel modes on this machine: `[tunnel]
+    /// source`, else the interface's primary IPv4 address. `None`: neither
+    /// (`check_environment` refuses that when a VIP uses a tunnel).
+    pub fn tunnel_source(&self) -> Option<Ipv4Addr> {
+        self.tunnel
+            .source
+            .or_else(|| netdev::addresses().primary_ipv4(&self.interface))
+    }
+
+    /// The `SLB_TUNNEL` entry for this file on this machine.
+    pub fn tunnel_settings(&self) -> lb_common::TunnelSettings {
+        self.tunnel
+            .settings(self.tunnel_source().unwrap_or(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// What the tunnel modes need of this machine, checked only when a VIP
+    /// uses one: forwarding on the interface (`bpf_fib_lookup` answers
+    /// "forwarding disabled" for an interface that does not forward, and
+    /// every frame would be dropped), and an outer source that is this
+    /// host's (the ICMP errors routers send about the tunnel come back to
+    /// it, and the backends' decap accepts only the sources it was given).
+    fn tunnel_problems(&self, m: &TunnelMachine, out: &mut Problems) {
+        let Some((first, vip)) = self
+            .vips
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.forwarding != Forwarding::Dsr)
+        else {
+            return;
+        };
+        // A missing interface is reported on its own.
+        if m.forwarding == Some(false) {
+            let others = self
+                .vips
+                .iter()
+                .filter(|v| v.forwarding != Forwarding::Dsr)
+                .count()
+                - 1;
+            out.push(
+                "interface",
+                format!(
+                    "forwarding is off on {iface} (net.ipv4.conf.{key}.forwarding = 0), but \
+                     {label}{more} forwards by {mode}: the kernel's route lookup from XDP \
+                     (bpf_fib_lookup) refuses to route for an interface that does not \
+                     forward, so every tunnelled frame would be dropped; enable it with \
+                     `sysctl -w net.ipv4.conf.{key}.forwarding=1` (and keep it in \
+                     /etc/sysctl.d/ across reboots)",
+                    iface = self.interface,
+                    key = sysctl_name(&self.interface),
+                    label = vip_label(first, &vip.name),
+                    more = match others {
+                        0 => String::new(),
+                        n => format!(" (and {n} other VIP{})", if n == 1 { "" } else { "s" }),
+                    },
+                    mode = vip.forwarding,
+                ),
+            );
+        }
+        match self.tunnel.source {
+            None if m.primary.is_none() && m.forwarding.is_some() => out.push(
+                "tunnel source",
+                format!(
+                    "is not set and {iface} has no IPv4 address to send tunnelled frames \
+                     from ({label} forwards by {mode}): add one (`ip addr add ADDR/LEN dev \
+                     {iface}`) or set source = \"...\" in [tunnel] to one of this host's \
+                     addresses",
+                    iface = self.interface,
+                    label = vip_label(first, &vip.name),
+                    mode = vip.forwarding,
+                ),
+            ),
+            Some(s) if !m.local.contains(&s) && !s.is_loopback() && !s.is_unspecified() => {
+                out.push(
+                    "tunnel source",
+                    format!(
+                        "{s} is not an address of this host: the ICMP errors routers send \
+                         about tunnelled frames would go to whoever holds it, and the \
+                         backends' decap would accept frames from a source this node does \
+                         not own; give one of this host's addresses (`ip -4 addr` lists \
+                         them), or leave source out to use {iface}'s primary address",
+                        iface = self.interface,
+                    ),
+                );
+            }
+            _ => {}
+        }
     }
 
     /// The daemon refuses a socket folder others could replace the socket
@@ -161,6 +250,35 @@ pub fn backend_machine_problems(
     out.0
 }
 
+/// The name of `iface` in a sysctl key: a dot in an interface name (a VLAN
+/// such as eth0.100) is written as '/', since dots separate the key's parts.
+fn sysctl_name(iface: &str) -> String {
+    iface.replace('.', "/")
+}
+
+/// What the tunnel checks read of this machine.
+#[derive(Debug, Default)]
+struct TunnelMachine {
+    /// `net.ipv4.conf.<interface>.forwarding`; `None`: unreadable (no
+    /// such interface).
+    forwarding: Option<bool>,
+    /// The interface's primary IPv4 address.
+    primary: Option<Ipv4Addr>,
+    /// Every IPv4 address of this host.
+    local: Vec<Ipv4Addr>,
+}
+
+impl TunnelMachine {
+    fn read(interface: &str) -> Self {
+        let addrs = netdev::addresses();
+        Self {
+            forwarding: netdev::ipv4_forwarding(interface),
+            primary: addrs.primary_ipv4(interface),
+            local: addrs.ipv4.iter().map(|(_, a)| *a).collect(),
+        }
+    }
+}
+
 /// This host's addresses and its routers, as the kernel knows them in the
 /// daemon's network namespace.
 struct Machine {
@@ -187,7 +305,7 @@ impl Machine {
         }
     }
 
-    fn address_problem(&self, address: Ipv4Addr) -> Option<String> {
+    fn address_problem(&self, address: Ipv4Addr, forwarding: Forwarding) -> Option<String> {
         // A loopback address is refused by `validate` already, and every
         // host holds one.
         if address.is_loopback() {
@@ -200,7 +318,10 @@ impl Machine {
                  of another machine that serves the VIP"
             ));
         }
-        self.gateways.contains(&address).then(|| {
+        // DSR leaves the VIP as the destination, so the router sends the
+        // frame back; a tunnel addresses the outer header to the router
+        // itself, which loops nothing (and may well run the decap).
+        (forwarding == Forwarding::Dsr && self.gateways.contains(&address)).then(|| {
             format!(
                 "{address} is this host's default gateway: the router would send the VIP's \
                  frames straight back here, and they would loop; give the address of a \
@@ -218,9 +339,13 @@ impl Machine {
     ) {
         // The VIP's own address is refused by `validate` already.
         if b.address != vip.address
-            && let Some(why) = self.address_problem(b.address)
+            && let Some(why) = self.address_problem(b.address, vip.forwarding)
         {
             out.push(format!("{label} address"), why);
+        }
+        // A tunnel VIP's backend has no MAC (`validate` refuses one).
+        if vip.forwarding != Forwarding::Dsr {
+            return;
         }
         let Some(mac) = b.mac else { return };
         if let Some((iface, _)) = self.addrs.macs.iter().find(|(_, m)| **m == mac) {
@@ -385,6 +510,164 @@ mod tests {
                         && p[0].message.contains("chmod go-w"),
                     "{p:?}"
                 );
+            }
+        }
+    }
+
+    mod tunnel {
+        use std::net::Ipv4Addr;
+
+        use super::super::{Machine, TunnelMachine};
+        use crate::config::{Config, Forwarding, Problems, testutil::*};
+
+        /// Two VIPs forwarding by `modes`, on interface `iface`.
+        fn config(iface: &str, modes: [Forwarding; 2], tunnel: &str) -> Config {
+            let mut c = parse(&format!(
+                "interface = \"{iface}\"\n[tunnel]\n{tunnel}\n\
+                 [[vip]]\nname = \"a\"\naddress = \"192.0.2.10\"\nport = 80\n\
+                 [[vip.backend]]\naddress = \"10.9.0.11\"\nport = 80\n\
+                 [[vip]]\nname = \"b\"\naddress = \"192.0.2.10\"\nport = 443\n\
+                 [[vip.backend]]\naddress = \"10.9.0.11\"\nport = 443\n"
+            ));
+            for (v, m) in c.vips.iter_mut().zip(modes) {
+                v.forwarding = m;
+            }
+            c
+        }
+
+        fn machine(forwarding: Option<bool>, primary: Option<[u8; 4]>) -> TunnelMachine {
+            TunnelMachine {
+                forwarding,
+                primary: primary.map(Ipv4Addr::from),
+                local: primary
+                    .into_iter()
+                    .map(Ipv4Addr::from)
+                    .chain([Ipv4Addr::new(198, 51, 100, 1)])
+                    .collect(),
+            }
+        }
+
+        fn found(c: &Config, m: &TunnelMachine) -> Vec<String> {
+            let mut out = Problems::default();
+            c.tunnel_problems(m, &mut out);
+            out.0.iter().map(ToString::to_string).collect()
+        }
+
+        #[test]
+        fn forwarding_off_is_refused_with_the_command_that_fixes_it() {
+            let c = config("eth0", [Forwarding::Dsr, Forwarding::Gue], "");
+            assert_eq!(
+                found(&c, &machine(Some(false), Some([192, 0, 2, 2]))),
+                [
+                    "interface: forwarding is off on eth0 (net.ipv4.conf.eth0.forwarding = 0), \
+                  but vip \"b\" forwards by gue: the kernel's route lookup from XDP \
+                  (bpf_fib_lookup) refuses to route for an interface that does not forward, \
+                  so every tunnelled frame would be dropped; enable it with `sysctl -w \
+                  net.ipv4.conf.eth0.forwarding=1` (and keep it in /etc/sysctl.d/ across \
+                  reboots)"
+                ]
+            );
+            assert_eq!(
+                found(&c, &machine(Some(true), Some([192, 0, 2, 2]))),
+                Vec::<String>::new()
+            );
+            // A VLAN's dots are slashes in a sysctl key; the others are counted.
+            let c = config("eth0.100", [Forwarding::Ipip, Forwarding::Gue], "");
+            let p = found(&c, &machine(Some(false), Some([192, 0, 2, 2])));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(
+                p[0].contains("vip \"a\" (and 1 other VIP) forwards by ipip")
+                    && p[0].contains("`sysctl -w net.ipv4.conf.eth0/100.forwarding=1`"),
+                "{p:?}"
+            );
+        }
+
+        #[test]
+        fn dsr_alone_needs_nothing_of_the_tunnel() {
+            let c = config("eth0", [Forwarding::Dsr; 2], "source = \"203.0.113.9\"");
+            assert_eq!(found(&c, &machine(Some(false), None)), Vec::<String>::new());
+        }
+
+        #[test]
+        fn an_unset_source_needs_an_address_on_the_interface() {
+            let c = config("eth0", [Forwarding::Ipip, Forwarding::Dsr], "");
+            assert_eq!(
+                found(&c, &machine(Some(true), None)),
+                [
+                    "tunnel source: is not set and eth0 has no IPv4 address to send tunnelled \
+                  frames from (vip \"a\" forwards by ipip): add one (`ip addr add ADDR/LEN \
+                  dev eth0`) or set source = \"...\" in [tunnel] to one of this host's \
+                  addresses"
+                ]
+            );
+            // A missing interface is reported on its own, once.
+            assert_eq!(found(&c, &machine(None, None)), Vec::<String>::new());
+            // Set, it need not be on the interface: any of this host's.
+            let c = config(
+                "eth0",
+                [Forwarding::Ipip, Forwarding::Dsr],
+                "source = \"198.51.100.1\"",
+            );
+            assert_eq!(found(&c, &machine(Some(true), None)), Vec::<String>::new());
+        }
+
+        #[test]
+        fn a_source_that_is_not_this_hosts_is_refused() {
+            let c = config(
+                "eth0",
+                [Forwarding::Gue, Forwarding::Gue],
+                "source = \"203.0.113.9\"",
+            );
+            let p = found(&c, &machine(Some(true), Some([192, 0, 2, 2])));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(
+                p[0].starts_with("tunnel source: 203.0.113.9 is not an address of this host")
+                    && p[0].ends_with("or leave source out to use eth0's primary address"),
+                "{p:?}"
+            );
+        }
+
+        #[test]
+        fn the_settings_default_to_the_interfaces_address() {
+            // lo always holds 127.0.0.1 (its first address).
+            let mut c = config("lo", [Forwarding::Gue, Forwarding::Dsr], "");
+            assert_eq!(c.tunnel_source(), Some(Ipv4Addr::LOCALHOST));
+            assert_eq!(c.tunnel_settings().src_addr, [127, 0, 0, 1]);
+            c.tunnel.source = Some(Ipv4Addr::new(192, 0, 2, 1));
+            assert_eq!(c.tunnel_settings().src_addr, [192, 0, 2, 1]);
+            c.interface = "nosuchnic0".into();
+            c.tunnel.source = None;
+            assert_eq!(c.tunnel_source(), None);
+            assert_eq!(c.tunnel_settings().src_addr, [0; 4]);
+        }
+
+        /// The router check is DSR's (the VIP stays the destination, so the
+        /// router sends the frame back); a tunnel addresses the router
+        /// itself. This host's own address is wrong in every mode.
+        #[test]
+        fn a_gateway_is_a_possible_tunnel_backend_but_this_host_is_not() {
+            let gw = Ipv4Addr::new(10, 9, 0, 1);
+            let m = Machine {
+                interface: "eth0".into(),
+                addrs: crate::netdev::Addresses {
+                    ipv4: vec![("eth0".into(), Ipv4Addr::new(10, 9, 0, 2))],
+                    macs: Default::default(),
+                },
+                gateways: vec![gw],
+                router_macs: vec![],
+            };
+            for (octet, mode, want) in [
+                (1, Forwarding::Dsr, 1),
+                (1, Forwarding::Gue, 0),
+                (1, Forwarding::Ipip, 0),
+                (2, Forwarding::Dsr, 1),
+                (2, Forwarding::Gue, 1),
+            ] {
+                let mut c = config("eth0", [mode, mode], "");
+                c.vips[0].backends[0].address = Ipv4Addr::new(10, 9, 0, octet);
+                let mut out = Problems::default();
+                m.backend_problems(&c.vips[0].backends[0], &c.vips[0], "b", &mut out);
+                assert_eq!(out.0.len(), want, "10.9.0.{octet} {mode}: {:?}", out.0);
             }
         }
     }
