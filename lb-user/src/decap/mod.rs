@@ -528,6 +528,8 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
              an interface runs one, so the decap program cannot be added. {}",
             if name == lb_common::PROGRAM_NAME {
                 "It is stickylb's load balancer: a backend does not run one on the same interface"
+            } else if name == DECAP_PROGRAM_NAME {
+                "It is a decap program attached with another --pin-dir: give that one"
             } else {
                 "Remove it first (`ip link set dev IF xdp off`, or the tool that attached it)"
             }
