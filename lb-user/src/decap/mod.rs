@@ -538,6 +538,27 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     // Fresh maps: what an earlier, detached program left is not adopted.
     remove_pins(&pins)?;
     ensure_pin_dir(&pins.dir)?;
+    if let Err(e) = attach_new(opts, address, &pins, &mut warnings) {
+        // Nothing half made stays pinned (and so attached) behind an error.
+        let _ = remove_pins(&pins);
+        return Err(e);
+    }
+    Ok(AttachReport {
+        updated: false,
+        status: status_of(&opts.pin_dir, iface)?,
+        warnings,
+    })
+}
+
+/// Loads the program with its maps pinned in `pins`, writes the settings,
+/// attaches it and pins the link.
+fn attach_new(
+    opts: &AttachOptions,
+    address: Ipv4Addr,
+    pins: &Pins,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let iface = opts.interface.as_str();
     let mut loader = EbpfLoader::new();
     for name in decap_map_names::ALL {
         loader.map_pin_path(name, pins.map(name));
@@ -553,8 +574,7 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     prog.load()
         .context("the kernel refused the decap program")?;
     // Settings before attaching: the first frame already meets them.
-    let mut maps = Maps::open(&pins)?;
-    maps.write(address, opts)?;
+    Maps::open(pins)?.write(address, opts)?;
     let tries: &[(XdpMode, &str)] = match opts.mode {
         XdpModeChoice::Auto => &[(XdpMode::Driver, "driver"), (XdpMode::Skb, "skb")],
         XdpModeChoice::Driver => &[(XdpMode::Driver, "driver")],
@@ -572,7 +592,6 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         }
     }
     let Some(id) = attached else {
-        let _ = remove_pins(&pins);
         let (mode, e) = refused.expect("a mode was tried");
         return Err(e.context(format!(
             "cannot attach the decap program to {iface} in {mode} mode{}",
@@ -590,15 +609,11 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     }
     let link = prog.take_link(id).context("take the XDP link")?;
     let link = FdLink::try_from(link).context("the kernel gave no BPF link (kernel < 5.9?)")?;
-    if let Err(e) = link.pin(pins.link()) {
-        let _ = remove_pins(&pins);
-        return Err(e).with_context(|| format!("pin the XDP link at {}", pins.link().display()));
-    }
-    Ok(AttachReport {
-        updated: false,
-        status: status_of(&opts.pin_dir, iface)?,
-        warnings,
-    })
+    // Until pinned, the link lives only as long as this process: an error
+    // here leaves nothing attached.
+    link.pin(pins.link())
+        .with_context(|| format!("pin the XDP link at {}", pins.link().display()))?;
+    Ok(())
 }
 
 /// The interface's primary IPv4 address: the first the kernel lists.
