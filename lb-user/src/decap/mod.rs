@@ -486,7 +486,6 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         None => primary_ipv4(iface)?,
     };
     let pins = Pins::new(&opts.pin_dir, iface);
-    ensure_pin_dir(&pins.dir)?;
     let mut warnings = Vec::new();
     match pin_state(&pins, ifindex)? {
         PinState::Ours { mode, .. } => {
@@ -523,16 +522,20 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         .with_context(|| format!("ask the kernel which XDP programs {iface} has"))?;
     if let Some((mode, id)) = xdp.programs().next() {
         let name = program_name(id).unwrap_or_else(|| "?".into());
+        let hint = if name == lb_common::PROGRAM_NAME {
+            "It is stickylb's load balancer: a backend does not run one on the same interface"
+                .to_owned()
+        } else if name == DECAP_PROGRAM_NAME {
+            "It is a decap program attached with another --pin-dir: give that one".to_owned()
+        } else {
+            format!(
+                "Remove it first (`ip link set dev {iface} xdp off`, or with the tool that \
+                 attached it)"
+            )
+        };
         bail!(
             "{iface} already has an XDP program attached in {mode} mode (id {id}, name {name}); \
-             an interface runs one, so the decap program cannot be added. {}",
-            if name == lb_common::PROGRAM_NAME {
-                "It is stickylb's load balancer: a backend does not run one on the same interface"
-            } else if name == DECAP_PROGRAM_NAME {
-                "It is a decap program attached with another --pin-dir: give that one"
-            } else {
-                "Remove it first (`ip link set dev IF xdp off`, or the tool that attached it)"
-            }
+             an interface runs one, so the decap program cannot be added. {hint}"
         );
     }
     // Fresh maps: what an earlier, detached program left is not adopted.
