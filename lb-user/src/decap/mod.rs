@@ -6,7 +6,8 @@
 //! No daemon: the link and the maps are pinned under `<pin dir>/<interface>/`
 //! (`link`, `SLB_DECAP_CFG`, `SLB_DECAP_SRC`, `SLB_DECAP_STATS`), so the
 //! program keeps working after the command exits, and a later `attach` on
-//! the same interface adopts the pinned maps and rewrites them in place:
+//! the same interface adopts the pinned maps and rewrites them in place
+//! (and, after an upgrade, swaps this build's program into the pinned link):
 //! the program is never detached, no frame is missed.
 
 pub mod check;
@@ -28,6 +29,7 @@ use aya::{
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        xdp::XdpLink,
     },
 };
 use lb_common::{
@@ -488,8 +490,18 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     let pins = Pins::new(&opts.pin_dir, iface);
     let mut warnings = Vec::new();
     match pin_state(&pins, ifindex)? {
-        PinState::Ours { mode, .. } => {
+        PinState::Ours {
+            mode, program_id, ..
+        } => {
+            // Opening them typed checks their key and value sizes, before a
+            // program is loaded on them.
             let mut maps = Maps::open(&pins)?;
+            if replace_program(&pins, program_id)? {
+                warnings.push(format!(
+                    "the program on {iface} was another build's: replaced by this one's in the \
+                     same link (no frame missed)"
+                ));
+            }
             maps.write(address, opts)?;
             let asked = match opts.mode {
                 XdpModeChoice::Auto => None,
@@ -553,6 +565,58 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     })
 }
 
+/// This build's program, loaded with the maps pinned in `pins` (adopted,
+/// or created and pinned there).
+fn load_program(pins: &Pins) -> anyhow::Result<aya::Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for name in decap_map_names::ALL {
+        loader.map_pin_path(name, pins.map(name));
+    }
+    let mut ebpf = loader
+        .load(DECAP_OBJECT)
+        .context("load the decap object (are you root, with BPF enabled?)")?;
+    decap_program(&mut ebpf)?
+        .load()
+        .context("the kernel refused the decap program")?;
+    Ok(ebpf)
+}
+
+fn decap_program(ebpf: &mut aya::Ebpf) -> anyhow::Result<&mut Xdp> {
+    ebpf.program_mut(DECAP_PROGRAM_NAME)
+        .context("the decap object has no program stickylb_decap")?
+        .try_into()
+        .context("stickylb_decap is not an XDP program")
+}
+
+/// When the pinned link runs another program than this build's (an
+/// upgrade), puts this build's in its place: the kernel swaps the link's
+/// program atomically, so the interface is never without one. Whether it
+/// did. Programs are compared by tag (a hash of the instructions, map
+/// references left out).
+fn replace_program(pins: &Pins, running: u32) -> anyhow::Result<bool> {
+    let running_tag = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == running)
+        .map(|p| p.tag());
+    let mut ebpf = load_program(pins)?;
+    let prog = decap_program(&mut ebpf)?;
+    let ours = prog.info().context("read the loaded program's info")?.tag();
+    if running_tag == Some(ours) {
+        return Ok(false);
+    }
+    let link = pins.link();
+    let pinned = PinnedLink::from_pin(&link)
+        .with_context(|| format!("open the XDP link pinned at {}", link.display()))?;
+    let xdp_link = XdpLink::try_from(FdLink::from(pinned))
+        .with_context(|| format!("{} is not an XDP link", link.display()))?;
+    let id = prog
+        .attach_to_link(xdp_link)
+        .context("replace the program in the pinned link")?;
+    // The pin keeps the link; our handle on it may go.
+    drop(prog.take_link(id));
+    Ok(true)
+}
+
 /// Loads the program with its maps pinned in `pins`, writes the settings,
 /// attaches it and pins the link.
 fn attach_new(
@@ -562,20 +626,8 @@ fn attach_new(
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let iface = opts.interface.as_str();
-    let mut loader = EbpfLoader::new();
-    for name in decap_map_names::ALL {
-        loader.map_pin_path(name, pins.map(name));
-    }
-    let mut ebpf = loader
-        .load(DECAP_OBJECT)
-        .context("load the decap object (are you root, with BPF enabled?)")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(DECAP_PROGRAM_NAME)
-        .context("the decap object has no program stickylb_decap")?
-        .try_into()
-        .context("stickylb_decap is not an XDP program")?;
-    prog.load()
-        .context("the kernel refused the decap program")?;
+    let mut ebpf = load_program(pins)?;
+    let prog = decap_program(&mut ebpf)?;
     // Settings before attaching: the first frame already meets them.
     Maps::open(pins)?.write(address, opts)?;
     let tries: &[(XdpMode, &str)] = match opts.mode {
