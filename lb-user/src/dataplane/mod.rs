@@ -30,6 +30,7 @@ use thiserror::Error;
 
 use ring::RingMem;
 pub use shape::pinned_shape;
+pub use veth::{XdpOnLink, xdp_on_link};
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -599,22 +600,6 @@ impl Dataplane {
         self.sync
             .get(&0, 0)
             .map_err(map_err(map_names::SYNC, "get"))
-    }
-}
-
-impl Dataplane {
-    /// Sets how the tunnel modes build the outer header (`SLB_TUNNEL`).
-    pub fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()> {
-        self.tunnel
-            .set(0, settings, 0)
-            .map_err(map_err(map_names::TUNNEL, "set"))
-    }
-
-    /// What `set_tunnel` wrote (all zero on a fresh load).
-    pub fn tunnel_settings(&self) -> Result<TunnelSettings> {
-        self.tunnel
-            .get(&0, 0)
-            .map_err(map_err(map_names::TUNNEL, "get"))
     }
 }
 

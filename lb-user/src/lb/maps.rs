@@ -85,7 +85,7 @@ impl Maps for Dataplane {
         Dataplane::global_stats(self)
     }
     fn tunnel(&self) -> Result<TunnelSettings> {
-        Dataplane::tunnel_settings(self)
+        Dataplane::tunnel(self)
     }
     fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()> {
         Dataplane::set_tunnel(self, settings)
