@@ -525,3 +525,118 @@ fn udp_the_checks_datagram_goes_through_the_tunnel_and_its_reply_is_matched() {
         );
     }
 }
+
+// ---------------------------------------------------------------- daemon
+
+const STICKYLB: &str = env!("CARGO_BIN_EXE_stickylb-under-test");
+
+/// The daemon probes an `ipip` VIP's backend both ways: its own address
+/// (a real listener) and through the tunnel (the responder), from the
+/// interface's address; `status` shows both verdicts; `tunnel = false`
+/// leaves only the first.
+#[test]
+fn the_daemon_checks_a_tunnel_vips_backend_through_the_tunnel_by_default() {
+    use lb_user::api::BackendState;
+    use stickylb_tests::{
+        daemon::{Daemon, PinGuard},
+        netns::wait_for,
+    };
+    let n = net();
+    let id = n.lb.name.trim_end_matches("-lb").to_owned();
+    let pin = PinGuard(std::path::Path::new("/sys/fs/bpf").join(&id));
+    let dir = std::env::temp_dir().join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = Remove(dir.clone());
+    let socket = dir.join("stickylb.sock");
+    // The backend's own service, which its own check connects to.
+    let _listener =
+        n.be.enter(|| std::net::TcpListener::bind((BE, 80)).unwrap());
+    let config = |vip_health: &str| {
+        format!(
+            "interface = \"eth0\"\nxdp_mode = \"skb\"\npin_path = \"{}\"\n\
+             control_socket = \"{}\"\nmetrics_listen = \"off\"\naffinity_capacity = 65536\n\n\
+             [health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\n\
+             fall = 1\n\n[tunnel]\nttl = {TTL}\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nforwarding = \"ipip\"\n\n\
+             [vip.health]\n{vip_health}\n\n\
+             [[vip.backend]]\naddress = \"{BE}\"\nport = 80\nmac = \"02:00:00:00:00:01\"\n",
+            pin.0.display(),
+            socket.display()
+        )
+    };
+    let responder = Responder::start(&n.be, Encap::Ipip, |_| Reply::SynAck);
+    let mut d = Daemon::start_in(
+        &n.lb,
+        &dir,
+        socket.clone(),
+        STICKYLB.as_ref(),
+        &config(""),
+        &[],
+    )
+    .unwrap();
+    let backend = |d: &Daemon| d.vips().unwrap()[0].backends[0].clone();
+    let check_is = |d: &Daemon, state: BackendState, detail: &str| {
+        wait_for(Duration::from_secs(5), || {
+            let b = backend(d);
+            b.state == state && b.check.as_deref() == Some(detail)
+        })
+    };
+    assert!(
+        check_is(
+            &d,
+            BackendState::Up,
+            "connected; SYN-ACK through the ipip tunnel to 192.0.2.80:80"
+        ),
+        "{:?}\n{}",
+        backend(&d),
+        d.log_text()
+    );
+    let (code, out, err) = d.cli(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("connected; SYN-ACK through the ipip tunnel to 192.0.2.80:80 in "),
+        "{out}"
+    );
+    let syn = responder.seen()[0].clone();
+    assert_eq!(
+        syn.outer.source,
+        LB.octets(),
+        "from the interface's address"
+    );
+    assert_eq!(syn.outer.time_to_live, TTL - 1);
+
+    // The decap (here: the responder) goes away: the backend's host itself
+    // answers protocol unreachable, and the backend goes down although its
+    // own address still answers.
+    drop(responder);
+    let down = "10.81.2.10 answered ICMP protocol unreachable through the ipip tunnel to \
+                192.0.2.80:80: nothing there takes IP-in-IP (is the decap attached? `stickylb \
+                decap attach` on the backend) (the check of its own address passed: connected)";
+    assert!(
+        check_is(&d, BackendState::Down, down),
+        "{:?}\n{}",
+        backend(&d),
+        d.log_text()
+    );
+
+    // Without the tunnel probe only the backend's own address is checked.
+    std::fs::write(&d.config, config("tunnel = false")).unwrap();
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        check_is(&d, BackendState::Up, "connected"),
+        "{:?}\n{}",
+        backend(&d),
+        d.log_text()
+    );
+    d.stop().unwrap();
+}
+
+/// Removes a scratch folder on drop.
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
