@@ -640,3 +640,92 @@ impl Drop for Remove {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+// ---------------------------------------------------------------- real decap
+
+/// The backend's half-open connections to the VIP: none once the probe's
+/// RST went through.
+fn syn_recv(be: &Netns) -> String {
+    let out = be
+        .command("ss")
+        .args(["-Htn", "state", "syn-recv"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Against `stickylb decap` on the backend and a real listener on the VIP
+/// on its lo: both modes pass and leave no half-open connection; without
+/// the VIP on lo they time out; with the decap detached the backend's host
+/// answers ICMP at once.
+#[test]
+fn against_the_real_decap_a_listener_on_the_vip_passes_and_a_missing_vip_or_decap_fails() {
+    let n = net();
+    let id = n.lb.name.trim_end_matches("-lb").to_owned();
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/slb-test-{id}"));
+    let _pins = Remove(pin_dir.clone());
+    let decap = |args: &[&str]| {
+        let out =
+            n.be.command(STICKYLB)
+                .arg("decap")
+                .args(args)
+                .arg("--pin-dir")
+                .arg(&pin_dir)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "stickylb decap {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    decap(&["attach", "-i", "eth0", "--allow", &LB.to_string()]);
+    stickylb_tests::netns::vip_on_loopback(&n.be, VIP).unwrap();
+    let _listener =
+        n.be.enter(|| std::net::TcpListener::bind((VIP, 80)).unwrap());
+
+    for (encap, name) in [(Encap::Ipip, "ipip"), (GUE, "gue")] {
+        let o = run1(&n.lb, probe(encap, 80, TunnelCheck::Tcp));
+        assert!(o.ok, "{encap:?}: {o:?}");
+        assert_eq!(
+            o.detail,
+            format!("SYN-ACK through the {name} tunnel to 192.0.2.80:80")
+        );
+        // The backend's SYN-ACK retries would keep it for seconds: the
+        // probe's RST, decapsulated, closes it.
+        assert!(
+            stickylb_tests::netns::wait_for(Duration::from_secs(1), || syn_recv(&n.be).is_empty()),
+            "half-open after the {name} probe: {}",
+            syn_recv(&n.be)
+        );
+    }
+    let o = run1(&n.lb, probe(Encap::Ipip, 81, TunnelCheck::Tcp));
+    assert!(!o.ok, "{o:?}");
+    assert!(o.detail.starts_with("RST through the ipip tunnel"), "{o:?}");
+
+    // The VIP leaves lo: the decapsulated SYN is for nobody here.
+    n.be.ip(&["addr", "del", &format!("{VIP}/32"), "dev", "lo"])
+        .unwrap();
+    for encap in [Encap::Ipip, GUE] {
+        let o = run1(&n.lb, probe(encap, 80, TunnelCheck::Tcp));
+        assert!(!o.ok && !o.local, "{o:?}");
+        assert!(o.detail.starts_with("no answer through the"), "{o:?}");
+        assert!(o.detail.contains("192.0.2.80 is not on its lo"), "{o:?}");
+    }
+    n.be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
+        .unwrap();
+    assert!(run1(&n.lb, probe(Encap::Ipip, 80, TunnelCheck::Tcp)).ok);
+
+    // The decap goes: the backend's kernel takes neither IP-in-IP nor GUE.
+    decap(&["detach", "-i", "eth0"]);
+    let o = run1(&n.lb, probe(Encap::Ipip, 80, TunnelCheck::Tcp));
+    assert!(!o.ok && !o.local, "{o:?}");
+    assert!(o.detail.contains("ICMP protocol unreachable"), "{o:?}");
+    let o = run1(&n.lb, probe(GUE, 80, TunnelCheck::Tcp));
+    assert!(!o.ok && !o.local, "{o:?}");
+    assert!(
+        o.detail.contains("ICMP port unreachable for UDP port 6080"),
+        "{o:?}"
+    );
+}
