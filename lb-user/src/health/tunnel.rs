@@ -388,8 +388,9 @@ struct Tunnel {
     ttl: u8,
 }
 
-/// How often a probe looks for an ICMP error on its tunnel socket. The
-/// kernel sets the error but its poll does not wake a reader for it.
+/// How often a probe looks for an ICMP error on its tunnel socket: a
+/// pending error (`SO_ERROR`) is all that socket can tell, and it is not
+/// registered with the reactor for so little; a look costs one syscall.
 const ERROR_POLL: Duration = Duration::from_millis(20);
 
 impl Tunnel {
