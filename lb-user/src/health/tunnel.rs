@@ -26,8 +26,11 @@
 //!
 //! This host's own TCP knows nothing of the probe's connection: it answers
 //! the SYN-ACK with an RST of its own, routed to the VIP like any packet of
-//! this host's. That does no harm (a backend that gets it drops the same
-//! half-open connection our RST does) and needs no firewall rule.
+//! this host's. Where that route leads back to a load balancer, the RST is
+//! forwarded like a client's packet from this host's address (the probed
+//! backend closes the same half-open connection our RST does; another drops
+//! it, knowing no such connection). Stopping it would need a firewall rule,
+//! which the daemon does not make.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read as _};
