@@ -121,8 +121,8 @@ impl TunnelProbe {
         }
     }
 
-    /// "through the ipip tunnel to 192.0.2.10:80", the words every detail
-    /// of this probe starts with.
+    /// "through the ipip tunnel to 192.0.2.10:80", which every detail of
+    /// this probe holds.
     fn path(&self) -> String {
         format!("through the {} tunnel to {}", self.encap.name(), self.vip)
     }
@@ -155,8 +155,8 @@ impl TunnelProbe {
                 Some(Answer::SynAck) => {
                     let rst = ipv4_tcp(ours, self.vip, expect.ack, 0, tcp_flags::RST);
                     // The verdict is in: a lost RST only leaves the backend
-                    // a half-open connection, which this host's own RST and
-                    // the backend's SYN-ACK retries close.
+                    // a half-open connection until its SYN-ACK retries give
+                    // up, as a lost client's would.
                     let _ = tunnel.send(&rst);
                     return Ok(format!("SYN-ACK {}", self.path()));
                 }
