@@ -314,15 +314,82 @@ fn attach_refuses_an_interface_with_another_xdp_program() {
         "{err}"
     );
     assert!(err.contains("stickylb's load balancer"), "{err}");
-    assert!(!bed.pins().join("link").exists());
+    assert!(!bed.pins().exists(), "a refused attach pins nothing");
     fs::remove_file(&pin).unwrap();
+}
+
+/// Both namespaces have an eth0: pins made for one are not taken for the
+/// other's, whatever the interface indices.
+#[test]
+fn pins_of_another_namespaces_interface_are_not_adopted() {
+    let bed = Bed::up();
+    bed.attach(&[&LB.to_string()]);
+    let in_lb = |args: &[&str]| {
+        let out = bed
+            .lb
+            .command(STICKYLB)
+            .arg("decap")
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&bed.pin_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = in_lb(&["attach", "-i", "eth0", "--allow", "10.78.0.2"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("not to eth0 here"), "{err}");
+    let (code, out, err) = in_lb(&["detach", "-i", "eth0"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let (code, out, _) = in_lb(&["status", "-i", "eth0"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.starts_with("eth0: not attached (the pinned link is attached to interface #"),
+        "{out}"
+    );
+    // The backend's is untouched.
+    let st = bed.status();
+    assert_eq!(st["attached"], true);
+    assert_eq!(
+        st["settings"]["sources"],
+        serde_json::json!(["10.78.0.1/32"])
+    );
+    assert!(
+        !bed.lb
+            .ip(&["link", "show", "eth0"])
+            .unwrap()
+            .contains("xdp")
+    );
 }
 
 #[test]
 fn ipip_and_gue_from_a_load_balancer_reach_the_vip_socket() {
+    delivered_in("driver");
+}
+
+/// Generic XDP hands the stack the skb the program shortened: the same.
+#[test]
+fn ipip_and_gue_reach_the_vip_socket_in_skb_mode_too() {
+    delivered_in("skb");
+}
+
+fn delivered_in(mode: &str) {
     let bed = Bed::up();
     vip_on_loopback(&bed.be, VIP).unwrap();
-    bed.attach(&[&LB.to_string()]);
+    bed.decap_ok(&[
+        "attach",
+        "-i",
+        "eth0",
+        "--allow",
+        &LB.to_string(),
+        "--xdp-mode",
+        mode,
+    ]);
+    assert_eq!(bed.status()["mode"], mode);
     let sock = bed.vip_socket();
 
     bed.send_ipip(LB, b"through ip-in-ip");

@@ -486,7 +486,6 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         None => primary_ipv4(iface)?,
     };
     let pins = Pins::new(&opts.pin_dir, iface);
-    ensure_pin_dir(&pins.dir)?;
     let mut warnings = Vec::new();
     match pin_state(&pins, ifindex)? {
         PinState::Ours { mode, .. } => {
@@ -523,19 +522,46 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         .with_context(|| format!("ask the kernel which XDP programs {iface} has"))?;
     if let Some((mode, id)) = xdp.programs().next() {
         let name = program_name(id).unwrap_or_else(|| "?".into());
+        let hint = if name == lb_common::PROGRAM_NAME {
+            "It is stickylb's load balancer: a backend does not run one on the same interface"
+                .to_owned()
+        } else if name == DECAP_PROGRAM_NAME {
+            "It is a decap program attached with another --pin-dir: give that one".to_owned()
+        } else {
+            format!(
+                "Remove it first (`ip link set dev {iface} xdp off`, or with the tool that \
+                 attached it)"
+            )
+        };
         bail!(
             "{iface} already has an XDP program attached in {mode} mode (id {id}, name {name}); \
-             an interface runs one, so the decap program cannot be added. {}",
-            if name == lb_common::PROGRAM_NAME {
-                "It is stickylb's load balancer: a backend does not run one on the same interface"
-            } else {
-                "Remove it first (`ip link set dev IF xdp off`, or the tool that attached it)"
-            }
+             an interface runs one, so the decap program cannot be added. {hint}"
         );
     }
     // Fresh maps: what an earlier, detached program left is not adopted.
     remove_pins(&pins)?;
     ensure_pin_dir(&pins.dir)?;
+    if let Err(e) = attach_new(opts, address, &pins, &mut warnings) {
+        // Nothing half made stays pinned (and so attached) behind an error.
+        let _ = remove_pins(&pins);
+        return Err(e);
+    }
+    Ok(AttachReport {
+        updated: false,
+        status: status_of(&opts.pin_dir, iface)?,
+        warnings,
+    })
+}
+
+/// Loads the program with its maps pinned in `pins`, writes the settings,
+/// attaches it and pins the link.
+fn attach_new(
+    opts: &AttachOptions,
+    address: Ipv4Addr,
+    pins: &Pins,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let iface = opts.interface.as_str();
     let mut loader = EbpfLoader::new();
     for name in decap_map_names::ALL {
         loader.map_pin_path(name, pins.map(name));
@@ -551,8 +577,7 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     prog.load()
         .context("the kernel refused the decap program")?;
     // Settings before attaching: the first frame already meets them.
-    let mut maps = Maps::open(&pins)?;
-    maps.write(address, opts)?;
+    Maps::open(pins)?.write(address, opts)?;
     let tries: &[(XdpMode, &str)] = match opts.mode {
         XdpModeChoice::Auto => &[(XdpMode::Driver, "driver"), (XdpMode::Skb, "skb")],
         XdpModeChoice::Driver => &[(XdpMode::Driver, "driver")],
@@ -570,7 +595,6 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         }
     }
     let Some(id) = attached else {
-        let _ = remove_pins(&pins);
         let (mode, e) = refused.expect("a mode was tried");
         return Err(e.context(format!(
             "cannot attach the decap program to {iface} in {mode} mode{}",
@@ -588,15 +612,11 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     }
     let link = prog.take_link(id).context("take the XDP link")?;
     let link = FdLink::try_from(link).context("the kernel gave no BPF link (kernel < 5.9?)")?;
-    if let Err(e) = link.pin(pins.link()) {
-        let _ = remove_pins(&pins);
-        return Err(e).with_context(|| format!("pin the XDP link at {}", pins.link().display()));
-    }
-    Ok(AttachReport {
-        updated: false,
-        status: status_of(&opts.pin_dir, iface)?,
-        warnings,
-    })
+    // Until pinned, the link lives only as long as this process: an error
+    // here leaves nothing attached.
+    link.pin(pins.link())
+        .with_context(|| format!("pin the XDP link at {}", pins.link().display()))?;
+    Ok(())
 }
 
 /// The interface's primary IPv4 address: the first the kernel lists.
