@@ -130,18 +130,6 @@ fn tunnel_probe(
     })
 }
 
-/// The tunnel modes' outer source: `[tunnel] source`, else the first
-/// (primary) IPv4 address of `interface`.
-fn tunnel_source(tunnel: &TunnelConfig, interface: &str) -> Option<Ipv4Addr> {
-    tunnel.source.or_else(|| {
-        netdev::addresses()
-            .ipv4
-            .into_iter()
-            .find(|(i, _)| i == interface)
-            .map(|(_, a)| a)
-    })
-}
-
 struct Daemon {
     lb: Lb,
     cfg: Config,
@@ -223,11 +211,10 @@ impl Daemon {
             .vips()
             .iter()
             .any(|v| v.cfg.forwarding != Forwarding::Dsr);
-        let source = if tunnel_vips {
-            tunnel_source(tunnel, &self.cfg.interface)
-        } else {
-            None
-        };
+        // The source the data path encapsulates from (written by the last
+        // start or reload), so probes and clients' frames share it.
+        let written = Ipv4Addr::from(self.lb.tunnel().src_addr);
+        let source = (tunnel_vips && !written.is_unspecified()).then_some(written);
         let mut wanted = HashMap::new();
         let mut unprobed = Vec::new();
         for v in self.lb.vips() {
@@ -1429,17 +1416,5 @@ mod tests {
                 expect: Some(b"pong".to_vec()),
             }
         );
-    }
-
-    #[test]
-    fn the_tunnel_source_is_the_configured_one_else_the_interfaces_first_address() {
-        let set = TunnelConfig {
-            source: Some(Ipv4Addr::new(10, 9, 9, 9)),
-            ..TunnelConfig::default()
-        };
-        assert_eq!(tunnel_source(&set, "lo"), set.source);
-        let unset = TunnelConfig::default();
-        assert_eq!(tunnel_source(&unset, "lo"), Some(Ipv4Addr::LOCALHOST));
-        assert_eq!(tunnel_source(&unset, "no-such-if0"), None);
     }
 }

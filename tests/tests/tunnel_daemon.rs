@@ -19,8 +19,10 @@ use stickylb_tests::{
 const STICKYLB: &str = env!("CARGO_BIN_EXE_stickylb-under-test");
 const BACKEND: &str = env!("CARGO_BIN_EXE_slb-backend");
 
-const FAST_HEALTH: &str =
-    "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
+/// No probe through the tunnel: these backends run no decap (the probe is
+/// tests/tests/tunnel_health.rs's).
+const FAST_HEALTH: &str = "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n\
+     tunnel = false";
 
 /// Two VIPs on the topology's VIP address: "tun-ipip" (port 80) and
 /// "tun-gue" (port 8080), each with every backend's port 80; `tunnel`: the
