@@ -559,11 +559,13 @@ fn the_daemon_checks_a_tunnel_vips_backend_through_the_tunnel_by_default() {
              fall = 1\n\n[tunnel]\nttl = {TTL}\n\n\
              [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nforwarding = \"ipip\"\n\n\
              [vip.health]\n{vip_health}\n\n\
-             [[vip.backend]]\naddress = \"{BE}\"\nport = 80\nmac = \"02:00:00:00:00:01\"\n",
+             [[vip.backend]]\naddress = \"{BE}\"\nport = 80\n",
             pin.0.display(),
             socket.display()
         )
     };
+    // bpf_fib_lookup, and so the daemon's check of the machine, needs it.
+    n.lb.sysctl("net.ipv4.conf.eth0.forwarding", "1").unwrap();
     let responder = Responder::start(&n.be, Encap::Ipip, |_| Reply::SynAck);
     let mut d = Daemon::start_in(
         &n.lb,
