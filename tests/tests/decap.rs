@@ -291,6 +291,72 @@ fn attach_status_update_in_place_and_detach() {
     assert_eq!(st["attached"], false);
 }
 
+/// What an upgrade looks like: the pinned link runs another program (here
+/// the load balancer's, standing in for an older build's decap). `attach`
+/// puts this build's into the same link, on the same maps.
+#[test]
+fn attach_puts_this_builds_program_into_the_pinned_link() {
+    use aya::programs::{
+        Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    };
+    let bed = Bed::up();
+    vip_on_loopback(&bed.be, VIP).unwrap();
+    bed.attach(&[&LB.to_string()]);
+    let link_id = bed.status()["link_id"].as_u64().unwrap();
+    let mut other = aya::EbpfLoader::new()
+        .map_max_entries(lb_common::map_names::AFFINITY, 1024)
+        .load(lb_user::XDP_OBJECT)
+        .unwrap();
+    let prog: &mut Xdp = other
+        .program_mut(lb_common::PROGRAM_NAME)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    prog.load().unwrap();
+    let pinned = PinnedLink::from_pin(bed.pins().join("link")).unwrap();
+    let id = prog
+        .attach_to_link(XdpLink::try_from(FdLink::from(pinned)).unwrap())
+        .unwrap();
+    drop(prog.take_link(id));
+    let name_of = |id: u64| {
+        aya::programs::loaded_programs()
+            .flatten()
+            .find(|p| u64::from(p.id()) == id)
+            .and_then(|p| p.name_as_str().map(str::to_owned))
+    };
+    let st = bed.status();
+    assert_eq!(st["attached"], true);
+    assert_eq!(
+        name_of(st["program_id"].as_u64().unwrap()).as_deref(),
+        Some("stickylb")
+    );
+
+    let (code, out, err) = bed.decap(&["attach", "-i", "eth0", "--allow", &LB.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("updated in place"), "{out}");
+    assert!(
+        err.contains("replaced by this one's in the same link"),
+        "{err}"
+    );
+    let st = bed.status();
+    assert_eq!(st["link_id"].as_u64(), Some(link_id));
+    assert_eq!(
+        name_of(st["program_id"].as_u64().unwrap()).as_deref(),
+        Some("stickylb_decap")
+    );
+    // On the same maps: what the status reads is what the program uses.
+    let sock = bed.vip_socket();
+    bed.send_ipip(LB, b"after the upgrade");
+    assert_eq!(received(&sock), from_client(b"after the upgrade"));
+    assert_eq!(bed.counter("decap_ipip"), 1);
+
+    // The same build again: nothing to replace.
+    let (_, _, err) = bed.decap(&["attach", "-i", "eth0", "--allow", &LB.to_string()]);
+    assert!(!err.contains("replaced"), "{err}");
+}
+
 #[test]
 fn attach_refuses_an_interface_with_another_xdp_program() {
     let bed = Bed::up();
@@ -314,15 +380,82 @@ fn attach_refuses_an_interface_with_another_xdp_program() {
         "{err}"
     );
     assert!(err.contains("stickylb's load balancer"), "{err}");
-    assert!(!bed.pins().join("link").exists());
+    assert!(!bed.pins().exists(), "a refused attach pins nothing");
     fs::remove_file(&pin).unwrap();
+}
+
+/// Both namespaces have an eth0: pins made for one are not taken for the
+/// other's, whatever the interface indices.
+#[test]
+fn pins_of_another_namespaces_interface_are_not_adopted() {
+    let bed = Bed::up();
+    bed.attach(&[&LB.to_string()]);
+    let in_lb = |args: &[&str]| {
+        let out = bed
+            .lb
+            .command(STICKYLB)
+            .arg("decap")
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&bed.pin_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = in_lb(&["attach", "-i", "eth0", "--allow", "10.78.0.2"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("not to eth0 here"), "{err}");
+    let (code, out, err) = in_lb(&["detach", "-i", "eth0"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let (code, out, _) = in_lb(&["status", "-i", "eth0"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.starts_with("eth0: not attached (the pinned link is attached to interface #"),
+        "{out}"
+    );
+    // The backend's is untouched.
+    let st = bed.status();
+    assert_eq!(st["attached"], true);
+    assert_eq!(
+        st["settings"]["sources"],
+        serde_json::json!(["10.78.0.1/32"])
+    );
+    assert!(
+        !bed.lb
+            .ip(&["link", "show", "eth0"])
+            .unwrap()
+            .contains("xdp")
+    );
 }
 
 #[test]
 fn ipip_and_gue_from_a_load_balancer_reach_the_vip_socket() {
+    delivered_in("driver");
+}
+
+/// Generic XDP hands the stack the skb the program shortened: the same.
+#[test]
+fn ipip_and_gue_reach_the_vip_socket_in_skb_mode_too() {
+    delivered_in("skb");
+}
+
+fn delivered_in(mode: &str) {
     let bed = Bed::up();
     vip_on_loopback(&bed.be, VIP).unwrap();
-    bed.attach(&[&LB.to_string()]);
+    bed.decap_ok(&[
+        "attach",
+        "-i",
+        "eth0",
+        "--allow",
+        &LB.to_string(),
+        "--xdp-mode",
+        mode,
+    ]);
+    assert_eq!(bed.status()["mode"], mode);
     let sock = bed.vip_socket();
 
     bed.send_ipip(LB, b"through ip-in-ip");

@@ -439,3 +439,30 @@ fn unset_settings_decapsulate_nothing() {
         }],
     );
 }
+
+/// The embedded decap object defines the maps and the program lb-common
+/// names (what `stickylb decap` opens and pins). No root needed.
+#[test]
+fn the_decap_object_defines_every_name_lb_common_declares() {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let elf = object::File::parse(lb_user::DECAP_OBJECT).expect("the decap object parses");
+    assert_eq!(elf.architecture(), object::Architecture::Bpf);
+    let section_of = |name: &str| {
+        elf.symbols()
+            .find(|s| s.name() == Ok(name))
+            .and_then(|s| s.section_index())
+            .and_then(|i| elf.section_by_index(i).ok())
+            .and_then(|s| s.name().ok().map(str::to_owned))
+    };
+    for map in lb_common::decap_map_names::ALL {
+        assert!(
+            map.len() <= 15,
+            "map name {map} is longer than the kernel keeps"
+        );
+        assert_eq!(section_of(map).as_deref(), Some("maps"), "map {map}");
+    }
+    assert_eq!(
+        section_of(lb_common::DECAP_PROGRAM_NAME).as_deref(),
+        Some("xdp")
+    );
+}
