@@ -77,4 +77,21 @@ fn xdp_cost_and_live_rate_produce_figures() {
         generated.iter().all(|&v| v > 0.0),
         "generated {generated:?}"
     );
+    // Every forwarding mode and both references ran (each run checks that its
+    // frames reached the sink in the mode's shape).
+    let ran: Vec<&str> = s.json["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter_map(|r| r["forwarder"].as_str())
+        .collect();
+    for f in [
+        "stickylb DSR",
+        "stickylb ipip",
+        "stickylb gue",
+        "floor forwarder",
+        "floor-encap",
+    ] {
+        assert!(ran.contains(&f), "no live run of {f}: {ran:?}");
+    }
 }

@@ -1,7 +1,9 @@
 //! Live forwarding rate on veth: frames generated in the kernel (BPF_PROG_TEST_RUN
 //! in live-frames mode), forwarded by the XDP program under test with XDP_TX,
-//! counted and dropped by a sink XDP program. stickylb and the floor forwarder
-//! (tests/bench-ebpf's `floor-fwd`) run on the same wire, one after the other.
+//! counted and dropped by a sink XDP program. stickylb in each forwarding
+//! mode (DSR, IP-in-IP, GUE), the floor forwarder (tests/bench-ebpf's
+//! `floor-fwd`) and the encapsulating floor (`floor-encap`) run on the same
+//! wire, one after the other.
 //!
 //! ```text
 //!   ns <id>-gen                                 ns <id>-lb
@@ -13,15 +15,25 @@
 //! frames the load balancer forwards come back out of l0 to g0: the backend
 //! (the sink) necessarily sits on l0's peer. The sink attached there is also
 //! the XDP program that the peer of an XDP_TX-ing veth needs in driver mode.
+//!
+//! The tunnel modes take their next hop from the kernel's FIB: l0 has an
+//! address and forwarding on, and the backends' subnet is routed via g0's
+//! address, whose (permanent) neighbour entry is g0's MAC. The FIB's egress
+//! interface is then l0 itself, so the encapsulated frames leave by XDP_TX
+//! to the sink too.
 
 use std::{
+    net::Ipv4Addr,
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use bench_ebpf::{GenConfig, sink_counter};
-use lb_common::{DEFAULT_AFFINITY_TIMEOUT_NS, VipKey, proto};
+use lb_common::{
+    DEFAULT_AFFINITY_TIMEOUT_NS, DEFAULT_GUE_PORT, DEFAULT_TUNNEL_TTL, ForwardingMode,
+    IPIP_OVERHEAD, TunnelSettings, VipKey, VipStats, global_counter, proto,
+};
 use lb_user::dataplane::AttachMode;
 use serde_json::json;
 
@@ -29,10 +41,13 @@ use super::{
     Ctx, Plot, Section, Table,
     objects::{RefProgram, Reference},
     plot, progress,
-    xdp_cost::{FRAME_LEN, Lb, VIP_PORT, VipSpec, client_addr, err, pin_to_last_cpu, udp64},
+    xdp_cost::{
+        FRAME_LEN, Lb, VIP_PORT, VipSpec, XDP_TX, client_addr, err, pin_to_last_cpu, udp64,
+    },
 };
 use crate::{
-    LB_MAC, VIP,
+    LB_MAC, VIP, backend_addr,
+    fibnet::BACKEND_NET,
     netns::{Netns, Reaper, wait_for},
 };
 
@@ -42,6 +57,11 @@ const GEN_MAC: [u8; 6] = [0x02, 0x67, 0x65, 0x6e, 0x00, 0x01];
 /// send back to the MAC it came from. XDP_TX on l0 delivers every frame to
 /// g0 whatever its destination MAC, where the sink counts it.
 const BACKEND_MAC: [u8; 6] = [0x02, 0x67, 0x65, 0x6e, 0x00, 0x02];
+/// l0's address: the tunnel modes' outer source.
+const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
+/// g0's address: the gateway of the LB's route to the backends' subnet, so
+/// that the FIB's next hop is the sink's MAC.
+const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 2);
 /// Frames per batch of the live-frames run (the kernel's default, NAPI's 64).
 const BATCH: u32 = 64;
 
@@ -81,6 +101,8 @@ impl Knobs {
 struct Wire {
     sink: RefProgram,
     gen_ifindex: u32,
+    /// l0's index in the LB's namespace.
+    lb_ifindex: u32,
     lb: Netns,
     gen_ns: Netns,
     /// Removes the namespaces if this process dies without unwinding.
@@ -120,31 +142,47 @@ impl Wire {
         ])?;
         gen_ns.ip(&["link", "set", "g0", "up"])?;
         lb.ip(&["link", "set", "l0", "up"])?;
+        gen_ns.ip(&["addr", "add", &format!("{GEN_ADDR}/24"), "dev", "g0"])?;
+        // The tunnel modes' next hop: the kernel's FIB, which the helper only
+        // consults for an interface with forwarding on; a permanent neighbour
+        // entry, so that no ARP ever crosses the wire.
+        lb.ip_batch(&[
+            format!("addr add {LB_ADDR}/24 dev l0"),
+            format!(
+                "neigh replace {GEN_ADDR} lladdr {} dev l0 nud permanent",
+                mac_str(GEN_MAC)
+            ),
+            format!("route add {BACKEND_NET} via {GEN_ADDR} dev l0"),
+        ])?;
+        lb.sysctl("net.ipv4.conf.l0.forwarding", "1")?;
+        let lb_ifindex = lb.enter(|| ifindex(c"l0"))?;
         let (sink, gen_ifindex) = gen_ns.enter(|| -> Result<(RefProgram, u32), String> {
             let mut sink = RefProgram::load(Reference::Sink).map_err(err("load the sink"))?;
             sink.attach("g0", AttachMode::Driver)
                 .map_err(err("attach the sink to g0 (driver mode)"))?;
-            // SAFETY: a valid NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(c"g0".as_ptr()) };
-            if ifindex == 0 {
-                return Err("g0 has no ifindex".into());
-            }
-            Ok((sink, ifindex))
+            Ok((sink, ifindex(c"g0")?))
         })?;
         Ok(Self {
             sink,
             gen_ifindex,
+            lb_ifindex,
             lb,
             gen_ns,
             _reaper: reaper,
         })
     }
 
-    fn sink_frames(&self) -> Result<u64, String> {
+    /// Frames and bytes the sink received.
+    fn sink_counts(&self) -> Result<(u64, u64), String> {
         self.sink
             .sink_counts()
-            .map(|c| c[sink_counter::FRAMES as usize])
-            .map_err(err("read the sink's counter"))
+            .map(|c| {
+                (
+                    c[sink_counter::FRAMES as usize],
+                    c[sink_counter::BYTES as usize],
+                )
+            })
+            .map_err(err("read the sink's counters"))
     }
 
     /// Runs the generator in live-frames mode on g0 (from a thread in the
@@ -170,18 +208,73 @@ impl Wire {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Subject {
-    Stickylb,
-    Floor,
+/// The index of interface `name` in the calling thread's namespace.
+fn ifindex(name: &std::ffi::CStr) -> Result<u32, String> {
+    // SAFETY: a valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(format!("{name:?} has no ifindex")),
+        i => Ok(i),
+    }
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Subject {
+    Stickylb(ForwardingMode),
+    Floor,
+    FloorEncap,
+}
+
+/// The order of the runs of one client count: each reference right before
+/// the modes measured against it.
+const SUBJECTS: [Subject; 5] = [
+    Subject::Floor,
+    Subject::Stickylb(ForwardingMode::Dsr),
+    Subject::FloorEncap,
+    Subject::Stickylb(ForwardingMode::Ipip),
+    Subject::Stickylb(ForwardingMode::Gue),
+];
 
 impl Subject {
     fn name(self) -> &'static str {
         match self {
-            Self::Stickylb => "stickylb",
+            Self::Stickylb(ForwardingMode::Dsr) => "stickylb DSR",
+            Self::Stickylb(ForwardingMode::Ipip) => "stickylb ipip",
+            Self::Stickylb(ForwardingMode::Gue) => "stickylb gue",
             Self::Floor => "floor forwarder",
+            Self::FloorEncap => "floor-encap",
         }
+    }
+
+    /// The reference a stickylb mode is compared with: the floor
+    /// forwarder for DSR, the encapsulating floor for the tunnel modes.
+    fn reference(self) -> Option<Self> {
+        match self {
+            Self::Stickylb(m) if m.is_tunnel() => Some(Self::FloorEncap),
+            Self::Stickylb(_) => Some(Self::Floor),
+            Self::Floor | Self::FloorEncap => None,
+        }
+    }
+
+    /// Bytes every frame of this forwarder must have at the sink.
+    fn frame_len_out(self) -> u64 {
+        FRAME_LEN as u64
+            + u64::from(match self {
+                Self::Stickylb(m) => m.overhead(),
+                Self::Floor => 0,
+                Self::FloorEncap => IPIP_OVERHEAD,
+            })
+    }
+}
+
+/// The tunnel settings of the tunnel runs: l0's address, the defaults.
+fn tunnel_settings() -> TunnelSettings {
+    TunnelSettings {
+        src_addr: LB_ADDR.octets(),
+        src_prefix: [0; 4],
+        src_prefix_len: 0,
+        ttl: DEFAULT_TUNNEL_TTL,
+        gue_port: DEFAULT_GUE_PORT.to_be_bytes(),
+        _pad: [0; 4],
     }
 }
 
@@ -189,35 +282,105 @@ impl Subject {
 enum Forwarder {
     Stickylb(Box<Lb>),
     /// Held only to keep it attached.
-    Floor {
+    Reference {
         _attached: RefProgram,
     },
 }
 
 fn attach(wire: &Wire, subject: Subject, k: &Knobs) -> Result<Forwarder, String> {
     match subject {
-        Subject::Stickylb => {
+        Subject::Stickylb(mode) => {
             let vip = VipSpec {
                 key: VipKey::new(VIP, VIP_PORT, proto::UDP),
                 id: 0,
                 timeout_ns: DEFAULT_AFFINITY_TIMEOUT_NS,
             };
-            // One backend: the sink's interface, alive.
-            let lb = Lb::load(k.capacity, &[BACKEND_MAC], &[vip])?;
+            // One backend, alive: in DSR the sink's interface; in the tunnel
+            // modes an address of the routed subnet behind g0.
+            let mut lb = Lb::load(k.capacity, &[BACKEND_MAC], std::slice::from_ref(&vip))?;
+            if mode.is_tunnel() {
+                lb.set_forwarding(&vip, mode)?;
+                lb.dp
+                    .set_tunnel(tunnel_settings())
+                    .map_err(err("write the tunnel settings"))?;
+            }
+            let ifindex = wire.lb_ifindex;
             wire.lb.enter(move || {
                 let mut lb = lb;
+                if mode.is_tunnel() {
+                    check_sample(&mut lb, mode, ifindex)?;
+                }
                 lb.dp
                     .attach("l0", AttachMode::Driver)
                     .map_err(err("attach stickylb to l0 (driver mode)"))?;
                 Ok(Forwarder::Stickylb(Box::new(lb)))
             })
         }
-        Subject::Floor => wire.lb.enter(|| {
-            let mut p = RefProgram::load(Reference::FloorFwd).map_err(err("load floor-fwd"))?;
+        Subject::Floor | Subject::FloorEncap => wire.lb.enter(move || {
+            let (which, name) = if subject == Subject::Floor {
+                (Reference::FloorFwd, "floor-fwd")
+            } else {
+                (Reference::FloorEncap, "floor-encap")
+            };
+            let mut p = RefProgram::load(which).map_err(err(format!("load {name}")))?;
             p.attach("l0", AttachMode::Driver)
-                .map_err(err("attach floor-fwd to l0 (driver mode)"))?;
-            Ok(Forwarder::Floor { _attached: p })
+                .map_err(err(format!("attach {name} to l0 (driver mode)")))?;
+            Ok(Forwarder::Reference { _attached: p })
         }),
+    }
+}
+
+/// One frame through the loaded program, arriving on l0 (a test run from
+/// the LB's namespace, where its FIB lookup is made): it must leave by
+/// XDP_TX to g0's MAC, encapsulated as the mode says, toward the backend,
+/// with the client's packet unchanged behind the outer header.
+fn check_sample(lb: &mut Lb, mode: ForwardingMode, ifindex: u32) -> Result<(), String> {
+    let frame = udp64(GEN_MAC, LB_MAC, client_addr(0), VIP, VIP_PORT);
+    let (action, out) = lb
+        .dp
+        .test_run_from(&frame, ifindex)
+        .map_err(err("BPF_PROG_TEST_RUN stickylb from l0"))?;
+    let ovh = mode.overhead() as usize;
+    let mut why = Vec::new();
+    if action != XDP_TX {
+        why.push(format!("action {action}, not XDP_TX"));
+    }
+    if out.len() != frame.len() + ovh {
+        why.push(format!("{} bytes out of {} in", out.len(), frame.len()));
+    } else {
+        let (proto_out, udp_dst) = match mode {
+            ForwardingMode::Gue => (proto::UDP, Some(DEFAULT_GUE_PORT)),
+            _ => (proto::IPIP, None),
+        };
+        if out[..6] != GEN_MAC || out[6..12] != LB_MAC {
+            why.push("MACs not the FIB's (g0's neighbour entry, l0's own)".into());
+        }
+        if out[14] != 0x45 || out[23] != proto_out {
+            why.push(format!("outer IPv4 {:#04x}, protocol {}", out[14], out[23]));
+        }
+        if out[26..30] != LB_ADDR.octets() || out[30..34] != backend_addr(0).octets() {
+            why.push(format!(
+                "outer addresses {:?} → {:?}",
+                &out[26..30],
+                &out[30..34]
+            ));
+        }
+        if let Some(port) = udp_dst
+            && out[36..38] != port.to_be_bytes()
+        {
+            why.push(format!("UDP destination {:?}", &out[36..38]));
+        }
+        if out[14 + ovh..] != frame[14..] {
+            why.push("inner packet changed".into());
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "stickylb {mode:?}: a sample frame was not encapsulated as expected: {}",
+            why.join("; ")
+        ))
     }
 }
 
@@ -231,7 +394,11 @@ struct Run {
     /// stickylb: new clients and affinity hits during the timed run.
     new_clients: Option<u64>,
     hits: Option<u64>,
+    /// stickylb: frames it dropped (every reason) during the timed run.
+    dropped: Option<u64>,
     received: u64,
+    /// Bytes the sink received.
+    received_bytes: u64,
     seconds: f64,
     kernel_ns_per_frame: f64,
 }
@@ -239,6 +406,10 @@ struct Run {
 impl Run {
     fn mpps(&self) -> f64 {
         self.received as f64 / self.seconds / 1e6
+    }
+
+    fn bytes_per_frame(&self) -> f64 {
+        self.received_bytes as f64 / self.received.max(1) as f64
     }
 
     fn loss_pct(&self) -> f64 {
@@ -249,14 +420,41 @@ impl Run {
     }
 }
 
-fn settle(wire: &Wire) -> Result<u64, String> {
+/// Every reason the program drops a frame.
+fn drops(s: &VipStats) -> u64 {
+    s.drop_no_backend
+        + s.drop_fragment
+        + s.drop_loop
+        + s.drop_no_neigh
+        + s.drop_no_route
+        + s.drop_too_big
+        + s.too_big_icmp
+}
+
+/// Frames stickylb passed to the stack (any reason): none of the
+/// generated frames may be.
+fn passed(lb: &Lb) -> Result<u64, String> {
+    lb.dp
+        .global_stats()
+        .map(|g| {
+            g.iter()
+                .zip(global_counter::NAMES)
+                .filter(|(_, name)| name.starts_with("pass_"))
+                .map(|(n, _)| n)
+                .sum()
+        })
+        .map_err(err("read stickylb's global counters"))
+}
+
+/// The sink's frames and bytes once they stop moving.
+fn settle(wire: &Wire) -> Result<(u64, u64), String> {
     // Frames still in a veth ring are delivered within microseconds; wait
     // until the count stops moving.
-    let mut last = wire.sink_frames()?;
+    let mut last = wire.sink_counts()?;
     let mut stable = 0;
     wait_for(Duration::from_secs(2), || {
         thread::sleep(Duration::from_millis(20));
-        let now = wire.sink_frames().unwrap_or(last);
+        let now = wire.sink_counts().unwrap_or(last);
         stable = if now == last { stable + 1 } else { 0 };
         last = now;
         stable >= 3
@@ -300,16 +498,16 @@ fn one_case(
     let s0 = settle(wire)?;
     let gen0 = g.gen_count().map_err(err("read the generator's count"))?;
     let v0 = match &fwd {
-        Forwarder::Stickylb(lb) => Some(lb.stats(0)?),
-        Forwarder::Floor { .. } => None,
+        Forwarder::Stickylb(lb) => Some((lb.stats(0)?, passed(lb)?)),
+        Forwarder::Reference { .. } => None,
     };
     let (g2, wall, per_frame) = wire.generate(g, &frame, frames)?;
     g = g2;
     let s1 = settle(wire)?;
     let gen1 = g.gen_count().map_err(err("read the generator's count"))?;
     let v1 = match &fwd {
-        Forwarder::Stickylb(lb) => Some(lb.stats(0)?),
-        Forwarder::Floor { .. } => None,
+        Forwarder::Stickylb(lb) => Some((lb.stats(0)?, passed(lb)?)),
+        Forwarder::Reference { .. } => None,
     };
     drop(fwd);
     let generated = gen1 - gen0;
@@ -318,23 +516,51 @@ fn one_case(
             "the generator ran {generated} times for {frames} frames asked"
         ));
     }
-    let d = v0.zip(v1).map(|(a, b)| {
-        (
-            b.packets - a.packets,
-            b.new_clients - a.new_clients,
-            b.affinity_hits - a.affinity_hits,
-        )
-    });
+    let passed_by_lb = v0.zip(v1).map(|(a, b)| b.1 - a.1);
+    let d = v0.zip(v1).map(|(a, b)| b.0.since(&a.0));
+    let (frames_in, bytes_in) = (s1.0 - s0.0, s1.1 - s0.1);
+    // That the frames took the path measured: every frame at the sink has
+    // the length of the forwarder's output (encapsulated or not), and
+    // stickylb forwarded frames and dropped none.
+    if frames_in == 0 || bytes_in != frames_in * subject.frame_len_out() {
+        return Err(format!(
+            "{}: the sink received {frames_in} frames of {bytes_in} bytes, not {} bytes each",
+            subject.name(),
+            subject.frame_len_out()
+        ));
+    }
+    if let Some(d) = &d
+        && (d.packets == 0 || drops(d) != 0 || passed_by_lb != Some(0))
+    {
+        return Err(format!(
+            "{}: stickylb forwarded {} frames, dropped {} ({d:?}) and passed {passed_by_lb:?} \
+             to the stack",
+            subject.name(),
+            d.packets,
+            drops(d)
+        ));
+    }
+    // The wire loses no frame when it works (all of it runs in one softirq,
+    // see the method): most of them lost means the frames did not take the
+    // path measured (and the figures would mean nothing).
+    if frames_in * 2 < generated {
+        return Err(format!(
+            "{}: only {frames_in} of {generated} generated frames reached the sink",
+            subject.name()
+        ));
+    }
     Ok((
         g,
         Run {
             subject,
             clients,
             generated,
-            forwarded: d.map(|d| d.0),
-            new_clients: d.map(|d| d.1),
-            hits: d.map(|d| d.2),
-            received: s1 - s0,
+            forwarded: d.as_ref().map(|d| d.packets),
+            new_clients: d.as_ref().map(|d| d.new_clients),
+            hits: d.as_ref().map(|d| d.affinity_hits),
+            dropped: d.as_ref().map(drops),
+            received: frames_in,
+            received_bytes: bytes_in,
             seconds: wall.as_secs_f64(),
             kernel_ns_per_frame: per_frame.as_nanos() as f64,
         },
@@ -347,7 +573,7 @@ fn measure(k: &Knobs) -> Result<Vec<Run>, String> {
     let mut g = RefProgram::load(Reference::Gen).map_err(err("load the generator"))?;
     let mut runs = Vec::new();
     for &n in k.clients {
-        for subject in [Subject::Stickylb, Subject::Floor] {
+        for subject in SUBJECTS {
             let (g2, run) = one_case(&wire, g, subject, n, k)?;
             g = g2;
             runs.push(run);
@@ -374,31 +600,49 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     };
 
     let mut summary = Table {
-        title: "Mpps received at the sink (64-byte frames)".into(),
+        title: format!(
+            "Mpps received at the sink ({FRAME_LEN}-byte frames in; out: the same in DSR and by the \
+             floor forwarder, {} bytes in IP-in-IP and by floor-encap, {} in GUE)",
+            Subject::FloorEncap.frame_len_out(),
+            Subject::Stickylb(ForwardingMode::Gue).frame_len_out()
+        ),
         headers: [
             "clients",
-            "stickylb Mpps",
-            "floor forwarder Mpps",
-            "stickylb ÷ floor",
-            "stickylb's extra ns/packet",
-            "stickylb loss",
-            "floor loss",
+            "forwarder",
+            "Mpps",
+            "its reference",
+            "÷ reference",
+            "extra ns/packet over the reference",
+            "÷ floor forwarder",
+            "loss",
         ]
         .map(String::from)
         .to_vec(),
         rows: Vec::new(),
     };
     for &n in k.clients {
-        let (s, f) = (get(Subject::Stickylb, n)?, get(Subject::Floor, n)?);
-        summary.rows.push(vec![
-            clients_label(n),
-            format!("{:.2}", s.mpps()),
-            format!("{:.2}", f.mpps()),
-            format!("{:.2}×", s.mpps() / f.mpps()),
-            format!("{:+.0}", 1e3 / s.mpps() - 1e3 / f.mpps()),
-            format!("{:.2} %", s.loss_pct()),
-            format!("{:.2} %", f.loss_pct()),
-        ]);
+        let floor = get(Subject::Floor, n)?;
+        for subject in SUBJECTS {
+            let r = get(subject, n)?;
+            let against = subject.reference().map(|s| get(s, n)).transpose()?;
+            summary.rows.push(vec![
+                clients_label(n),
+                subject.name().into(),
+                format!("{:.2}", r.mpps()),
+                against.map_or_else(|| "–".into(), |f| f.subject.name().to_string()),
+                against.map_or_else(|| "–".into(), |f| format!("{:.2}×", r.mpps() / f.mpps())),
+                against.map_or_else(
+                    || "–".into(),
+                    |f| format!("{:+.0}", 1e3 / r.mpps() - 1e3 / f.mpps()),
+                ),
+                if subject == Subject::Floor {
+                    "–".into()
+                } else {
+                    format!("{:.2}×", r.mpps() / floor.mpps())
+                },
+                format!("{:.2} %", r.loss_pct()),
+            ]);
+        }
     }
     let opt = |v: Option<u64>| v.map_or_else(|| "–".to_string(), |v| v.to_string());
     let mut detail = Table {
@@ -409,7 +653,9 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             "generated",
             "forwarded by stickylb",
             "new clients / affinity hits",
+            "dropped by stickylb",
             "received at sink",
+            "bytes per frame at sink",
             "seconds",
             "Mpps",
             "loss",
@@ -429,7 +675,9 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
                 (Some(n), Some(h)) => format!("{n} / {h}"),
                 _ => "–".into(),
             },
+            opt(r.dropped),
             r.received.to_string(),
+            format!("{:.0}", r.bytes_per_frame()),
             format!("{:.2}", r.seconds),
             format!("{:.2}", r.mpps()),
             format!("{:.2} %", r.loss_pct()),
@@ -441,7 +689,9 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             "forwarded_by_stickylb": r.forwarded,
             "new_clients": r.new_clients,
             "affinity_hits": r.hits,
+            "dropped_by_stickylb": r.dropped,
             "received_at_sink": r.received,
+            "bytes_per_frame_at_sink": r.bytes_per_frame(),
             "seconds": r.seconds,
             "mpps_at_sink": r.mpps(),
             "loss_pct": r.loss_pct(),
@@ -465,12 +715,15 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             "Mpps",
             &bars,
         ),
-        caption: "Mpps received at the sink, stickylb and the floor forwarder".into(),
+        caption: "Mpps received at the sink, stickylb in each mode and the two floors".into(),
     }];
 
     let mut headlines = Vec::new();
     if let Some(&n) = k.clients.last() {
-        let (s, f) = (get(Subject::Stickylb, n)?, get(Subject::Floor, n)?);
+        let (s, f) = (
+            get(Subject::Stickylb(ForwardingMode::Dsr), n)?,
+            get(Subject::Floor, n)?,
+        );
         headlines.push(format!(
             "Live veth: stickylb forwards {:.2} Mpps from {} clients = {:.2}× the floor forwarder \
              ({:.2} Mpps) on the same wire; loss {:.2} % vs {:.2} %",
@@ -481,6 +734,23 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             s.loss_pct(),
             f.loss_pct()
         ));
+        let e = get(Subject::FloorEncap, n)?;
+        let (i, g) = (
+            get(Subject::Stickylb(ForwardingMode::Ipip), n)?,
+            get(Subject::Stickylb(ForwardingMode::Gue), n)?,
+        );
+        headlines.push(format!(
+            "Live veth, tunnel modes ({} clients): stickylb ipip {:.2} Mpps = {:.2}× floor-encap \
+             ({:.2} Mpps), gue {:.2} Mpps = {:.2}×; against DSR {:.2}× and {:.2}×",
+            clients_label(n),
+            i.mpps(),
+            i.mpps() / e.mpps(),
+            e.mpps(),
+            g.mpps(),
+            g.mpps() / e.mpps(),
+            i.mpps() / s.mpps(),
+            g.mpps() / s.mpps(),
+        ));
     }
 
     let method = format!(
@@ -490,16 +760,36 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          (no pins, affinity capacity {cap}) with one UDP VIP and one alive backend on g0's side \
          (with a MAC of its own, not g0's: the program drops a frame it would send back to the MAC \
          it came from), its Maglev table built with `lb_common::maglev`; or the floor forwarder \
-         (tests/bench-ebpf's `floor-fwd`: parse Ethernet + IPv4, swap MACs). Both answer with XDP_TX, \
+         (tests/bench-ebpf's `floor-fwd`: parse Ethernet + IPv4, swap MACs). All answer with XDP_TX, \
          which sends a frame back out of the interface it came in on, so the forwarded frames \
          return to g0: the backend necessarily sits on l0's peer, and there a sink XDP program \
          (tests/bench-ebpf's `sink`, driver mode) counts every frame in a per-CPU array and drops it. It \
          is also the XDP program the peer of an XDP_TX-ing veth needs in driver mode.\n\n\
+         **Forwarding modes.** stickylb runs once per mode on the same wire: DSR as above; \
+         `ipip` and `gue` with the VIP switched to that mode and `SLB_TUNNEL` written (outer \
+         source {lb_addr}, l0's address; TTL {ttl}; GUE port {gue}). Their next hop comes from \
+         the kernel's FIB (`bpf_fib_lookup`): l0 has {lb_addr}/24 and \
+         `net.ipv4.conf.l0.forwarding=1`, the backend's subnet {net} is routed via {gw} (g0's \
+         address) with a permanent neighbour entry holding g0's MAC, so the lookup answers with \
+         l0 itself (XDP_TX) and the sink's MAC. They are compared with the encapsulating floor \
+         (tests/bench-ebpf's `floor-encap`: parse Ethernet + IPv4, `bpf_xdp_adjust_head`, write \
+         an outer IPv4 header with its checksum, swap MACs, XDP_TX; no FIB lookup), DSR with the \
+         floor forwarder. That the frames took the path measured is checked on every run: the \
+         sink's byte count is exactly {FRAME_LEN} bytes per frame (+20 for IP-in-IP and \
+         floor-encap, +28 for GUE), stickylb's VIP counters show frames forwarded and none \
+         dropped (no neighbour, no route, too big, or any other reason) nor passed to the stack, \
+         and at least half of the generated frames reach the sink (on this wire none is lost when \
+         it works); before each tunnel \
+         run one frame is also run through the program from l0 (BPF_PROG_TEST_RUN with l0 as \
+         ingress, in the LB's namespace) and its output checked field by field (XDP_TX, the \
+         FIB's MACs, outer protocol 4 or UDP to the GUE port, outer source and destination, \
+         the client's packet unchanged behind the outer header).\n\n\
          Frames come from BPF_PROG_TEST_RUN in live-frames mode (aya \
          `TestRunAttrs::xdp_live_frames({BATCH})`, ingress interface g0): the kernel runs the \
          generator program (tests/bench-ebpf's `gen`) on each copy of a 64-byte UDP frame to the VIP and \
          really transmits it when it returns XDP_TX, out of g0 to l0. The generator writes the \
-         MACs and a source address from a per-CPU counter modulo the number of clients \
+         whole Ethernet header (a recycled page holds what the forwarder under test left, and an \
+         encapsulating forwarder writes over the first 14 bytes) and a source address from a per-CPU counter modulo the number of clients \
          (1k / 100k{big} addresses from 100.64.0.0), fixing the IPv4 checksum. Each case first \
          sends every client at least once (warm-up) and 300k more frames (to size the timed \
          run), then one live-frames call of about {secs} s from a thread pinned to one CPU. \"Generated\" is the \
@@ -507,10 +797,17 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          sink's count, Mpps = received / wall time of the call, loss = generated − received.\n\n\
          On veth all of this runs in one CPU's softirq context: the generator, the program under \
          test and the sink share the CPU, so the rate is that of the three programs and two veth \
-         hops together, and the difference between stickylb and the floor forwarder is the load \
-         balancer's own extra cost. The wall time includes the kernel installing and removing \
+         hops together, and the difference between stickylb and its reference is the load \
+         balancer's own extra cost (in the tunnel modes, the FIB lookup, the pick and the \
+         affinity table; both write the same outer header, though floor-encap's frames are \
+         always 20 bytes longer and GUE's 28). The wall time includes the kernel installing and removing \
          the XDP dispatcher around the call (two RCU grace periods, a few tens of ms, the same \
-         for both forwarders), so the rates are slightly conservative.",
+         for every forwarder), so the rates are slightly conservative.",
+        lb_addr = LB_ADDR,
+        gw = GEN_ADDR,
+        net = BACKEND_NET,
+        ttl = DEFAULT_TUNNEL_TTL,
+        gue = DEFAULT_GUE_PORT,
         cap = k.capacity,
         big = if k.clients.contains(&1_000_000) {
             " / 1M"
@@ -530,6 +827,12 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             "batch": BATCH,
             "frame_len": FRAME_LEN,
             "affinity_capacity": k.capacity,
+            "tunnel": {
+                "source": LB_ADDR.to_string(),
+                "ttl": DEFAULT_TUNNEL_TTL,
+                "gue_port": DEFAULT_GUE_PORT,
+                "route": format!("{BACKEND_NET} via {GEN_ADDR} dev l0"),
+            },
             "runs": json_runs,
         }),
         headlines,

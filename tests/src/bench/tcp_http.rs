@@ -1,11 +1,13 @@
 //! Benchmark section "TCP and HTTP through the load balancer": the same
 //! namespaces, the same nginx backends and the same clients, aimed in turn
-//! at one backend directly (the ceiling), at stickylb (XDP, DSR), at
+//! at one backend directly (the ceiling), at stickylb (XDP: DSR, and the
+//! IP-in-IP and GUE tunnel modes to backends running `stickylb decap`), at
 //! HAProxy (`mode tcp`, `balance source`, `hash-type consistent`) and at
 //! nginx's stream module (`hash $remote_addr consistent`). HTTP requests/s
 //! and latency percentiles from many client addresses, TCP throughput with
 //! iperf3, and the CPU the load balancer spent per million requests.
 
+mod decap;
 mod loadgen;
 mod procs;
 
@@ -19,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::ForwardingMode;
 use lb_user::api::BackendState;
 use serde_json::{Value, json};
 
@@ -26,10 +29,11 @@ use super::{Ctx, Plot, Section, Table, plot, progress};
 use crate::{
     daemon::{Daemon, PinGuard},
     netns::{
-        CLIENT_MAIN_ADDR, Netns, Topology, TopologyOptions, VIP, backend_addr, backend_of,
-        http_get, wait_for,
+        CLIENT_MAIN_ADDR, LB_ADDR, Netns, Topology, TopologyOptions, VIP, backend_addr, backend_of,
+        http_get, vip_on_loopback, wait_for,
     },
 };
+use decap::Decap;
 use loadgen::{Load, Outcome, Spec};
 use procs::{BpfStats, Proc, ProgStats, WrkResult};
 
@@ -41,6 +45,10 @@ const IPERF_PORT: u16 = 5201;
 /// The proxies' listen addresses, on the LB's eth0 beside the VIP.
 const HAPROXY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 2);
 const NGINX_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 3);
+/// stickylb's tunnel VIPs (on the LB's eth0 and on the backends' lo, as
+/// the DSR VIP).
+const VIP_IPIP: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 4);
+const VIP_GUE: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 5);
 /// wrk's connections (one source address).
 const WRK_CONNS: usize = 64;
 const HEALTH: &str = "kind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 1\nfall = 3";
@@ -49,16 +57,21 @@ const HEALTH: &str = "kind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nri
 enum Target {
     Direct,
     Stickylb,
+    StickylbIpip,
+    StickylbGue,
     Haproxy,
     Nginx,
 }
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 6] = [
     Target::Direct,
     Target::Stickylb,
+    Target::StickylbIpip,
+    Target::StickylbGue,
     Target::Haproxy,
     Target::Nginx,
 ];
+const TUNNELS: [Target; 2] = [Target::StickylbIpip, Target::StickylbGue];
 const PROXIES: [Target; 2] = [Target::Haproxy, Target::Nginx];
 
 impl Target {
@@ -66,6 +79,8 @@ impl Target {
         match self {
             Self::Direct => "direct",
             Self::Stickylb => "stickylb",
+            Self::StickylbIpip => "stickylb_ipip",
+            Self::StickylbGue => "stickylb_gue",
             Self::Haproxy => "haproxy",
             Self::Nginx => "nginx_stream",
         }
@@ -75,6 +90,8 @@ impl Target {
         match self {
             Self::Direct => "direct",
             Self::Stickylb => "stickylb",
+            Self::StickylbIpip => "stickylb ipip",
+            Self::StickylbGue => "stickylb gue",
             Self::Haproxy => "HAProxy",
             Self::Nginx => "nginx stream",
         }
@@ -84,6 +101,8 @@ impl Target {
         match self {
             Self::Direct => "direct to one backend (ceiling)",
             Self::Stickylb => "stickylb (XDP, DSR)",
+            Self::StickylbIpip => "stickylb ipip",
+            Self::StickylbGue => "stickylb gue",
             Self::Haproxy => "HAProxy (mode tcp, balance source)",
             Self::Nginx => "nginx stream (hash $remote_addr)",
         }
@@ -93,8 +112,26 @@ impl Target {
         match self {
             Self::Direct => backend_addr(0),
             Self::Stickylb => VIP,
+            Self::StickylbIpip => VIP_IPIP,
+            Self::StickylbGue => VIP_GUE,
             Self::Haproxy => HAPROXY_ADDR,
             Self::Nginx => NGINX_ADDR,
+        }
+    }
+
+    /// One of stickylb's VIPs: its CPU is the XDP program's and the daemon's.
+    fn is_stickylb(self) -> bool {
+        matches!(
+            self,
+            Self::Stickylb | Self::StickylbIpip | Self::StickylbGue
+        )
+    }
+
+    fn tunnel(self) -> Option<ForwardingMode> {
+        match self {
+            Self::StickylbIpip => Some(ForwardingMode::Ipip),
+            Self::StickylbGue => Some(ForwardingMode::Gue),
+            _ => None,
         }
     }
 }
@@ -160,6 +197,8 @@ struct Pids {
     daemon: Option<u32>,
     /// Program id of the rig's XDP_PASS program on the LB's bridge port.
     peer_prog: Option<u32>,
+    /// Program ids of the backends' decap programs, while attached.
+    decap_progs: Vec<u32>,
 }
 
 /// CPU counters at one instant.
@@ -171,6 +210,8 @@ struct Snap {
     daemon: u64,
     xdp: (u64, u64),
     peer_xdp: (u64, u64),
+    /// The backends' decap programs, summed.
+    decap_xdp: (u64, u64),
 }
 
 fn snap(p: &Pids) -> Snap {
@@ -192,6 +233,11 @@ fn snap(p: &Pids) -> Snap {
             .peer_prog
             .and_then(procs::prog_by_id)
             .map_or((0, 0), |s| (s.run_time_ns, s.run_cnt)),
+        decap_xdp: p
+            .decap_progs
+            .iter()
+            .filter_map(|&id| procs::prog_by_id(id))
+            .fold((0, 0), |(ns, n), s| (ns + s.run_time_ns, n + s.run_cnt)),
     }
 }
 
@@ -208,6 +254,9 @@ struct Acc {
     xdp_runs: u64,
     peer_ns: u64,
     peer_runs: u64,
+    /// The backends' decap programs (tunnel targets).
+    decap_ns: u64,
+    decap_runs: u64,
 }
 
 impl Acc {
@@ -220,16 +269,20 @@ impl Acc {
         self.busy_ticks += total.saturating_sub(d(3) + d(4));
         self.lb_ticks += match t {
             Target::Direct => 0,
-            Target::Stickylb => b.daemon.saturating_sub(a.daemon),
+            Target::Stickylb | Target::StickylbIpip | Target::StickylbGue => {
+                b.daemon.saturating_sub(a.daemon)
+            }
             Target::Haproxy => b.haproxy.saturating_sub(a.haproxy),
             Target::Nginx => b.nginx.saturating_sub(a.nginx),
         };
-        if t == Target::Stickylb {
+        if t.is_stickylb() {
             self.xdp_ns += b.xdp.0.saturating_sub(a.xdp.0);
             self.xdp_runs += b.xdp.1.saturating_sub(a.xdp.1);
         }
         self.peer_ns += b.peer_xdp.0.saturating_sub(a.peer_xdp.0);
         self.peer_runs += b.peer_xdp.1.saturating_sub(a.peer_xdp.1);
+        self.decap_ns += b.decap_xdp.0.saturating_sub(a.decap_xdp.0);
+        self.decap_runs += b.decap_xdp.1.saturating_sub(a.decap_xdp.1);
     }
 
     fn req_s(&self) -> f64 {
@@ -293,9 +346,17 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
     }
-    for a in [HAPROXY_ADDR, NGINX_ADDR] {
+    for a in [HAPROXY_ADDR, NGINX_ADDR, VIP_IPIP, VIP_GUE] {
         topo.lb
             .ip(&["addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
+    }
+    // The tunnel modes' next hop comes from the kernel's FIB, which the XDP
+    // helper only consults for an interface with forwarding on.
+    topo.lb.sysctl("net.ipv4.conf.eth0.forwarding", "1")?;
+    for b in &topo.backends {
+        for v in [VIP_IPIP, VIP_GUE] {
+            vip_on_loopback(b, v)?;
+        }
     }
 
     // nginx backends instead of slb-backend.
@@ -377,6 +438,30 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          [vip.backend.health]\nport = {HTTP_PORT}\n",
         backend_addr(0)
     );
+    for (name, vip, mode) in [("web-ipip", VIP_IPIP, "ipip"), ("web-gue", VIP_GUE, "gue")] {
+        let _ = write!(
+            config,
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = {HTTP_PORT}\n\
+             protocol = \"tcp\"\nforwarding = \"{mode}\"\n"
+        );
+        for i in 0..BACKENDS {
+            let _ = write!(
+                config,
+                "\n[[vip.backend]]\naddress = \"{}\"\nport = {HTTP_PORT}\n",
+                backend_addr(i)
+            );
+        }
+    }
+    let _ = write!(
+        config,
+        "\n[tunnel]\nsource = \"{LB_ADDR}\"\ngue_port = {}\nttl = {}\n",
+        decap::GUE_PORT,
+        lb_common::DEFAULT_TUNNEL_TTL
+    );
+    // The backends decapsulate before the daemon starts: health checks
+    // through the tunnel, where the daemon makes them, need it.
+    let mut decap = Decap::new(&topo, &ctx.stickylb_bin)?;
+    decap.attach(&topo)?;
     let mut daemon = Daemon::start(&topo, &ctx.stickylb_bin, &config, &[])?;
     let stats = BpfStats::enable()?;
 
@@ -389,12 +474,15 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         nginx: nginx.pid(),
         daemon: None,
         peer_prog: Some(peer_prog),
+        decap_progs: Vec::new(),
     };
     let mut res = Results::default();
     let mut xdp_seen = String::new();
+    let mut tunnel_written_by = "";
     for round in 0..plan.rounds {
         // stickylb, with its XDP program attached.
         if round > 0 {
+            decap.attach(&topo)?;
             daemon.restart(&topo, &[])?;
         }
         if !daemon.wait_backends(Duration::from_secs(10), |s, _| s == BackendState::Up) {
@@ -404,7 +492,10 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
                 daemon.log_text()
             ));
         }
-        wait_vip(&topo, &daemon)?;
+        tunnel_written_by = decap::ensure_tunnel_settings(&pin.0)?;
+        for v in [VIP, VIP_IPIP, VIP_GUE] {
+            wait_vip(&topo, &daemon, v)?;
+        }
         let dpid = daemon.child.as_ref().map(|c| c.pid()).ok_or("no daemon")?;
         let progs: Vec<ProgStats> = procs::xdp_progs(dpid);
         if progs.is_empty() {
@@ -414,6 +505,18 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         }
         xdp_seen = format!("{progs:?}");
         pids.daemon = Some(dpid);
+        // The tunnel modes first, while the backends decapsulate; then DSR
+        // with the decap program detached, so that the DSR row (and every
+        // row after it) is measured on the same backends as before.
+        pids.decap_progs = decap.programs()?;
+        for t in TUNNELS {
+            let before = decap.counts(&topo)?;
+            res.measure(&topo, &pids, t, &plan)?;
+            let after = decap.counts(&topo)?;
+            res.note_decap(t, &before, &after)?;
+        }
+        decap.detach(&topo)?;
+        pids.decap_progs.clear();
         res.measure(&topo, &pids, Target::Stickylb, &plan)?;
         // The others with no XDP program on the LB's eth0: the proxies'
         // frames would otherwise also pass through stickylb's program.
@@ -436,7 +539,14 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let stats_how = stats.how();
     drop(stats);
 
-    Ok(report(ctx, &plan, &res, stats_how, &xdp_seen))
+    Ok(report(
+        ctx,
+        &plan,
+        &res,
+        stats_how,
+        &xdp_seen,
+        tunnel_written_by,
+    ))
 }
 
 /// Every run of every round.
@@ -445,6 +555,9 @@ struct Results {
     http: BTreeMap<(&'static str, &'static str), Vec<Acc>>,
     wrk: BTreeMap<&'static str, Vec<WrkResult>>,
     gbits: BTreeMap<&'static str, Vec<f64>>,
+    /// Tunnel targets: frames the backends' decap programs decapsulated
+    /// during each round's runs, summed over the backends.
+    decap: BTreeMap<&'static str, Vec<u64>>,
 }
 
 impl Results {
@@ -465,8 +578,37 @@ impl Results {
         }
         let w = wrk_run(topo, t, plan)?;
         self.wrk.entry(t.key()).or_default().push(w);
-        let g = iperf_run(topo, t, plan)?;
-        self.gbits.entry(t.key()).or_default().push(g);
+        // Not through a tunnel: MTU-sized segments no longer fit the wire
+        // once encapsulated (see the method).
+        if t.tunnel().is_none() {
+            let g = iperf_run(topo, t, plan)?;
+            self.gbits.entry(t.key()).or_default().push(g);
+        }
+        Ok(())
+    }
+
+    /// Records what the backends decapsulated during `t`'s runs, and fails
+    /// unless they decapsulated frames of `t`'s kind: that its requests
+    /// took the tunnel.
+    fn note_decap(
+        &mut self,
+        t: Target,
+        before: &decap::Counts,
+        after: &decap::Counts,
+    ) -> Result<(), String> {
+        let n = match t.tunnel() {
+            Some(ForwardingMode::Ipip) => after.ipip - before.ipip,
+            Some(ForwardingMode::Gue) => after.gue - before.gue,
+            _ => return Ok(()),
+        };
+        let rejected = after.rejected - before.rejected;
+        if n == 0 || rejected != 0 {
+            return Err(format!(
+                "{}: the backends decapsulated {n} frames of its kind and rejected {rejected}",
+                t.short()
+            ));
+        }
+        self.decap.entry(t.key()).or_default().push(n);
         Ok(())
     }
 
@@ -535,9 +677,9 @@ fn wait_http(topo: &Topology, dst: SocketAddrV4, p: &mut Proc) -> Result<(), Str
     ))
 }
 
-fn wait_vip(topo: &Topology, d: &Daemon) -> Result<(), String> {
+fn wait_vip(topo: &Topology, d: &Daemon, vip: Ipv4Addr) -> Result<(), String> {
     let src = topo.clients[0];
-    let dst = SocketAddrV4::new(VIP, HTTP_PORT);
+    let dst = SocketAddrV4::new(vip, HTTP_PORT);
     if wait_for(Duration::from_secs(10), || probe(topo, src, dst).is_some()) {
         return Ok(());
     }
@@ -684,7 +826,14 @@ fn shares(o: &Outcome) -> String {
         .join(" · ")
 }
 
-fn report(ctx: &Ctx, plan: &Plan, res: &Results, stats_how: &str, xdp_seen: &str) -> Section {
+fn report(
+    ctx: &Ctx,
+    plan: &Plan,
+    res: &Results,
+    stats_how: &str,
+    xdp_seen: &str,
+    tunnel_written_by: &str,
+) -> Section {
     let get = |m: Mode, t: Target| res.http(m, t);
     let per_round = |m: Mode, t: Target| -> Vec<f64> {
         res.http
@@ -755,6 +904,8 @@ fn report(ctx: &Ctx, plan: &Plan, res: &Results, stats_how: &str, xdp_seen: &str
                     "machine_busy_cpu_ms_per_1m_requests": num(a.per_m(tck(a.busy_ticks))),
                     "rig_peer_xdp_run_time_ns": a.peer_ns,
                     "rig_peer_xdp_run_cnt": a.peer_runs,
+                    "backends_decap_xdp_run_time_ns": a.decap_ns,
+                    "backends_decap_xdp_run_cnt": a.decap_runs,
                 }),
             );
         }
@@ -791,6 +942,35 @@ fn report(ctx: &Ctx, plan: &Plan, res: &Results, stats_how: &str, xdp_seen: &str
             k(n),
             ratio(sticky, n),
         ));
+        let lat = |t: Target| {
+            get(mode, t).map_or_else(
+                || "—".to_owned(),
+                |a| {
+                    let mut o = a.out.clone();
+                    format!(
+                        "p50 {} / p99 {} ms",
+                        ms(o.percentile_ms(50.0)),
+                        ms(o.percentile_ms(99.0))
+                    )
+                },
+            )
+        };
+        let (i, g) = (
+            rps(mode, Target::StickylbIpip),
+            rps(mode, Target::StickylbGue),
+        );
+        headlines.push(format!(
+            "HTTP {} through stickylb's tunnel modes (encapsulation at the LB, `stickylb decap` on \
+             the backends): ipip {} req/s = {} DSR ({}), gue {} = {} ({}); DSR {}",
+            mode.label(),
+            k(i),
+            ratio(i, sticky),
+            lat(Target::StickylbIpip),
+            k(g),
+            ratio(g, sticky),
+            lat(Target::StickylbGue),
+            lat(Target::Stickylb),
+        ));
     }
 
     // CPU per million requests.
@@ -808,14 +988,26 @@ fn report(ctx: &Ctx, plan: &Plan, res: &Results, stats_how: &str, xdp_seen: &str
             let lb = a.per_m(a.lb_ms());
             let what = match t {
                 Target::Direct => "—".to_owned(),
-                Target::Stickylb => format!(
-                    "{} (XDP {} + daemon {}; {:.1} XDP runs/request, {:.0} ns/run)",
-                    ms(lb),
-                    ms(a.per_m(a.xdp_ns as f64 / 1e6)),
-                    ms(a.per_m(Acc::ticks_ms(a.lb_ticks))),
-                    a.xdp_runs as f64 / a.out.requests.max(1) as f64,
-                    a.xdp_ns as f64 / a.xdp_runs.max(1) as f64,
-                ),
+                Target::Stickylb | Target::StickylbIpip | Target::StickylbGue => {
+                    let mut w = format!(
+                        "{} (XDP {} + daemon {}; {:.1} XDP runs/request, {:.0} ns/run)",
+                        ms(lb),
+                        ms(a.per_m(a.xdp_ns as f64 / 1e6)),
+                        ms(a.per_m(Acc::ticks_ms(a.lb_ticks))),
+                        a.xdp_runs as f64 / a.out.requests.max(1) as f64,
+                        a.xdp_ns as f64 / a.xdp_runs.max(1) as f64,
+                    );
+                    if t.tunnel().is_some() {
+                        let _ = write!(
+                            w,
+                            "; on the backends, not in the LB's figure: decap {} ({:.1} runs/request, {:.0} ns/run)",
+                            ms(a.per_m(a.decap_ns as f64 / 1e6)),
+                            a.decap_runs as f64 / a.out.requests.max(1) as f64,
+                            a.decap_ns as f64 / a.decap_runs.max(1) as f64,
+                        );
+                    }
+                    w
+                }
                 _ => format!("{} (process)", ms(lb)),
             };
             let busy = a.per_m(Acc::ticks_ms(a.busy_ticks));
@@ -853,11 +1045,14 @@ fn report(ctx: &Ctx, plan: &Plan, res: &Results, stats_how: &str, xdp_seen: &str
         };
         let s_added = added(Target::Stickylb);
         per_cpu.push(format!(
-            "{}: stickylb {} req per LB CPU-second (XDP program run time + daemon), HAProxy {} \
-             (stickylb {}), nginx stream {} ({}); whole-machine CPU added per request over \
-             direct, the like-for-like measure: HAProxy {} and nginx stream {} stickylb's",
+            "{}: stickylb {} req per LB CPU-second (XDP program run time + daemon; ipip {}, gue \
+             {}), HAProxy {} (stickylb {}), nginx stream {} ({}); whole-machine CPU added per \
+             request over direct, the like-for-like measure: HAProxy {} and nginx stream {} \
+             stickylb's",
             mode.label(),
             k(s_rate),
+            k(lb_rate(Target::StickylbIpip)),
+            k(lb_rate(Target::StickylbGue)),
             k(h),
             ratio(s_rate, h),
             k(n),
@@ -1023,16 +1218,35 @@ fn report(ctx: &Ctx, plan: &Plan, res: &Results, stats_how: &str, xdp_seen: &str
         "One namespace topology (tests/src/netns.rs): a client namespace with {SOURCES} client addresses, the load \
 balancer's namespace and {BACKENDS} backend namespaces on one bridge, all veth. Every backend runs **nginx** (Debian) with \
 {workers} workers, `return 200 \"backend-N\\n\"` on 0.0.0.0:80 (all addresses, so it also accepts the VIP it holds on \
-loopback for DSR), keep-alive up to 10⁶ requests. Backend 0 also runs an iperf3 server. Four targets, all in the same \
+loopback for DSR), keep-alive up to 10⁶ requests. Backend 0 also runs an iperf3 server. Six targets, all in the same \
 run: **direct** to backend 0 (no load balancer: the ceiling); **stickylb** — the real daemon (`stickylb run`, driver-mode \
 XDP on the LB's eth0, DSR, TCP health checks every 1 s, a second VIP on port {IPERF_PORT} with backend 0 only for \
-iperf3); **HAProxy 2.6** (`mode tcp`, \
+iperf3); **stickylb ipip** and **stickylb gue** — the same daemon, two more VIPs ({VIP_IPIP}, {VIP_GUE}) with the \
+same backends in `forwarding = \"ipip\"` / `\"gue\"` (see below); **HAProxy 2.6** (`mode tcp`, \
 `balance source`, `hash-type consistent`, {workers} threads, health checks every 1 s) on {HAPROXY_ADDR}; **nginx stream** \
 (`hash $remote_addr consistent`, {workers} workers) on {NGINX_ADDR}. The proxies listen on their own /32 on the LB's eth0 \
 and connect to the backends; stickylb's daemon is unloaded (`stickylb unload`: XDP detached) while direct and the proxies are measured, so \
 their frames do not pass through its program. The ceiling is one backend; the load balancers spread over \
 {BACKENDS}, which on {cores} shared cores adds no CPU but does add parallelism (more listening sockets and workers), so a \
 ratio above 1× here is possible, not an error.\n\n\
+**Tunnel modes.** The backends stay on the same segment as the load balancer, but are reached through the tunnel: \
+each tunnel VIP is on every backend's lo (as the DSR VIP), the daemon's `[tunnel]` has source {LB_ADDR} (the LB's \
+eth0), GUE port {gue_port}, and `net.ipv4.conf.eth0.forwarding=1` on the LB (the XDP FIB helper needs it); the \
+encapsulated frame is addressed to the backend's own address, and the FIB's next hop is the backend itself (its \
+neighbour entry, kept resolved by the health checks). Every backend runs `stickylb decap attach --interface eth0 \
+--allow {LB_ADDR} --address <its own> --gue-port {gue_port} --xdp-mode driver` (pins in a folder of its own) for the \
+tunnel targets only: it is attached before the daemon starts, the tunnel targets are measured, and it is detached \
+again before DSR, direct and the proxies, whose rows are thus measured exactly as without tunnel modes. This \
+measures the cost of the encapsulation at the load balancer and of the decapsulation (one more XDP program, on \
+each backend's veth) — not a routed path: no router sits between them. That the requests took the tunnel is \
+checked on every run: the backends' decap counters of the target's kind grew and none rejected a frame. The \
+decap programs' own run time (summed over the backends, from their program ids, with the same BPF statistics) is \
+shown beside the LB's CPU of the tunnel rows, not added to it: it is spent on the backends. The \
+tunnel settings in the program were written by: {tunnel_written_by} (\"bench\": this daemon does not write them \
+from `[tunnel]` yet, so the bench wrote the same values into its pinned `SLB_TUNNEL`). iperf3 is not run through \
+the tunnels: the client's MTU-sized segments no longer fit the 1500-byte wire once 20 or 28 bytes are put in \
+front, and are answered with \"fragmentation needed\" or dropped by design (see docs/tunnels.md on MTU and \
+MSS); HTTP's requests are small, and the answers go from the backend straight to the client as in DSR.\n\n\
 **HTTP from many client addresses.** wrk sends from one source address, and all three load balancers pin a source \
 address to one backend, so wrk alone would measure one backend. The many-client figures come from our own load \
 generator (tests/src/bench/tcp_http/loadgen.rs): {SOURCES} connections, each bound to its own client address, one request \
@@ -1075,6 +1289,7 @@ load balancer's CPU is taken from the clients and backends: req/s is a whole-rig
         wrk_s = plan.wrk_secs,
         iperf_s = plan.iperf_secs,
         cores = procs::nproc(),
+        gue_port = decap::GUE_PORT,
     );
 
     let json = json!({
@@ -1095,6 +1310,13 @@ load balancer's CPU is taken from the clients and backends: req/s is a whole-rig
         },
         "http_many_clients": Value::Object(json_http),
         "wrk_one_client_address": Value::Object(jw),
+        "tunnel": {
+            "vips": {"ipip": VIP_IPIP.to_string(), "gue": VIP_GUE.to_string()},
+            "source": LB_ADDR.to_string(),
+            "gue_port": decap::GUE_PORT,
+            "settings_written_by": tunnel_written_by,
+            "frames_decapsulated_each_round": res.decap.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        },
         "iperf3_gbit_s": res.gbits.iter().map(|(k, v)| (k.to_string(), json!({
             "median": res.gbits.get(k).and_then(|v| median_by(v, |g| *g)).map_or(Value::Null, |g| num(*g)),
             "each_round": v.iter().map(|g| num(*g)).collect::<Vec<_>>(),

@@ -2,8 +2,13 @@
 //! the kernel hands it the same template frame over and over (a page pool of
 //! copies, whose contents persist when pages are recycled), and transmits what
 //! it returns with `XDP_TX` out of the generator's interface. Each frame gets
-//! the configured MACs and the next client address of a per-CPU sequence,
-//! with the IPv4 checksum updated to match.
+//! the whole Ethernet header (the configured MACs, IPv4) and the next client
+//! address of a per-CPU sequence, with the IPv4 checksum updated to match.
+//! The Ethernet header is written whole because a page comes back as the
+//! forwarder under test left it: an encapsulating forwarder writes its outer
+//! headers in front and over the frame's first 14 bytes (it leaves the IPv4
+//! packet alone), which would otherwise turn every recycled frame into a
+//! non-IPv4 one.
 #![no_std]
 #![no_main]
 
@@ -15,6 +20,8 @@ use aya_ebpf::{
 };
 use bench_ebpf::GenConfig;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+const ETH_P_IPV4: u16 = 0x0800;
 
 /// What to write into every frame (one entry, filled by user space).
 #[map(name = "SLB_GEN_CONFIG")]
@@ -55,6 +62,7 @@ pub fn traffic_gen(ctx: XdpContext) -> u32 {
     };
     eth.dst_addr = cfg.dst_mac;
     eth.src_addr = cfg.src_mac;
+    eth.ether_type = ETH_P_IPV4.to_be();
     ip.check = csum_replace4(ip.check, ip.src_addr, client);
     ip.src_addr = client;
     xdp_action::XDP_TX
