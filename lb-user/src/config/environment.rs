@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use super::{
-    BackendConfig, Config, Forwarding, Problem, Problems, VipConfig,
+    BackendConfig, CheckKind, Config, Forwarding, Problem, Problems, Protocol, VipConfig,
     validate::{MAX_INTERFACE_LEN, is_valid_interface_name, vip_label},
 };
 use crate::{fmt::fmt_mac, neigh, netdev};
@@ -134,6 +134,32 @@ impl Config {
                     mode = vip.forwarding,
                 ),
             );
+        }
+        // The probe through the tunnel is answered from the VIP. A host that
+        // holds the VIP itself (so that it answers ARP for it) drops a
+        // received packet from one of its own addresses as a martian
+        // unless accept_local is on, so every probe would time out and
+        // every backend be marked down.
+        if !m.accept_local {
+            for (i, v) in self.vips.iter().enumerate() {
+                let probed = v.backends.iter().any(|b| b.health.tunnel)
+                    && (v.protocol == Protocol::Tcp || v.health.kind == CheckKind::Udp);
+                if v.forwarding != Forwarding::Dsr && probed && m.local.contains(&v.address) {
+                    out.push(
+                        format!("{} address", vip_label(i, &v.name)),
+                        format!(
+                            "{addr} is an address of this host, and the health checks through \
+                             the tunnel are answered from it: the kernel drops packets that \
+                             arrive from one of its own addresses unless accept_local is on, \
+                             so every backend would be marked down; enable it with `sysctl -w \
+                             net.ipv4.conf.{key}.accept_local=1`, or set tunnel = false in the \
+                             VIP's [vip.health] to check the backends' own addresses only",
+                            addr = v.address,
+                            key = sysctl_name(&self.interface),
+                        ),
+                    );
+                }
+            }
         }
         match self.tunnel.source {
             None if m.primary.is_none() && m.forwarding.is_some() => out.push(
@@ -266,12 +292,22 @@ struct TunnelMachine {
     primary: Option<Ipv4Addr>,
     /// Every IPv4 address of this host.
     local: Vec<Ipv4Addr>,
+    /// `accept_local` on the interface or `all` (the kernel takes either).
+    accept_local: bool,
 }
 
 impl TunnelMachine {
     fn read(interface: &str) -> Self {
         let addrs = netdev::addresses();
+        let accept_local = ["all", interface].iter().any(|i| {
+            std::fs::read_to_string(format!(
+                "/proc/sys/net/ipv4/conf/{}/accept_local",
+                sysctl_name(i)
+            ))
+            .is_ok_and(|v| v.trim() != "0")
+        });
         Self {
+            accept_local,
             forwarding: netdev::ipv4_forwarding(interface),
             primary: addrs.primary_ipv4(interface),
             local: addrs.ipv4.iter().map(|(_, a)| *a).collect(),
@@ -537,6 +573,7 @@ mod tests {
 
         fn machine(forwarding: Option<bool>, primary: Option<[u8; 4]>) -> TunnelMachine {
             TunnelMachine {
+                accept_local: false,
                 forwarding,
                 primary: primary.map(Ipv4Addr::from),
                 local: primary
@@ -545,6 +582,29 @@ mod tests {
                     .chain([Ipv4Addr::new(198, 51, 100, 1)])
                     .collect(),
             }
+        }
+
+        #[test]
+        fn a_tunnel_vip_this_host_holds_needs_accept_local_for_its_probes() {
+            let c = config("eth0", [Forwarding::Ipip, Forwarding::Dsr], "");
+            let mut m = machine(Some(true), Some([192, 0, 2, 2]));
+            assert_eq!(found(&c, &m), Vec::<String>::new(), "VIP not held here");
+            m.local.push(Ipv4Addr::new(192, 0, 2, 10));
+            let got = found(&c, &m);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(
+                got[0].starts_with("vip \"a\" address: 192.0.2.10 is an address of this host")
+                    && got[0].contains("sysctl -w net.ipv4.conf.eth0.accept_local=1")
+                    && got[0].contains("tunnel = false"),
+                "{got:?}"
+            );
+            m.accept_local = true;
+            assert_eq!(found(&c, &m), Vec::<String>::new());
+            // Without the probe, nothing is answered from the VIP.
+            let mut off = c.clone();
+            off.vips[0].backends[0].health.tunnel = false;
+            m.accept_local = false;
+            assert_eq!(found(&off, &m), Vec::<String>::new());
         }
 
         fn found(c: &Config, m: &TunnelMachine) -> Vec<String> {

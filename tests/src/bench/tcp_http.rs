@@ -353,6 +353,11 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     // The tunnel modes' next hop comes from the kernel's FIB, which the XDP
     // helper only consults for an interface with forwarding on.
     topo.lb.sysctl("net.ipv4.conf.eth0.forwarding", "1")?;
+    // The LB holds the tunnel VIPs (the clients share its segment and ARP
+    // for them), and the health checks through the tunnel are answered from
+    // the VIP: without accept_local the kernel drops those answers as
+    // coming from one of its own addresses.
+    topo.lb.sysctl("net.ipv4.conf.eth0.accept_local", "1")?;
     for b in &topo.backends {
         for v in [VIP_IPIP, VIP_GUE] {
             vip_on_loopback(b, v)?;
