@@ -35,7 +35,10 @@ pub const fn gue_source_port(client: [u8; 4]) -> u16 {
 impl TunnelSettings {
     /// The outer source address of an IP-in-IP frame of `client`: from the
     /// prefix when one is set (its host bits from [`tunnel_hash`]), else
-    /// `src_addr`. A prefix length over 32 counts as 32.
+    /// `src_addr`. A prefix length over 32 counts as 32. Up to a /30 the
+    /// prefix's network and broadcast addresses are never used (host part 0
+    /// becomes 1, all ones becomes all ones − 1): routers and hosts may
+    /// refuse them as a source. A /31 has no such addresses (RFC 3021).
     #[inline(always)]
     pub const fn ipip_source(&self, client: [u8; 4]) -> [u8; 4] {
         let len = self.src_prefix_len;
@@ -44,7 +47,15 @@ impl TunnelSettings {
         }
         let host_mask = if len >= 32 { 0 } else { u32::MAX >> len };
         let prefix = u32::from_be_bytes(self.src_prefix) & !host_mask;
-        (prefix | (tunnel_hash(client) & host_mask)).to_be_bytes()
+        let mut host = tunnel_hash(client) & host_mask;
+        if len <= 30 {
+            if host == 0 {
+                host = 1;
+            } else if host == host_mask {
+                host = host_mask - 1;
+            }
+        }
+        (prefix | host).to_be_bytes()
     }
 }
 
@@ -104,5 +115,49 @@ mod tests {
             .map(|i| settings([172, 16, 0, 0], 24).ipip_source([198, 18, 1, i as u8])[3])
             .collect();
         assert!(spread.len() > 128, "{}", spread.len());
+    }
+
+    /// Clients whose hash has host part 0 or all ones in a prefix of `len`.
+    fn clients_hashing_to_host(len: u8, host: u32) -> std::vec::Vec<[u8; 4]> {
+        let mask = u32::MAX >> len;
+        (0..1u32 << 20)
+            .map(|i| [198, (18 + (i >> 16)) as u8, (i >> 8) as u8, i as u8])
+            .filter(|&c| tunnel_hash(c) & mask == host & mask)
+            .take(3)
+            .collect()
+    }
+
+    #[test]
+    fn ipip_source_is_never_the_network_or_broadcast_address_up_to_a_30() {
+        // Up to a /16: a /8 would need 2^24 clients to find one of each.
+        for len in [16u8, 24, 28, 30] {
+            let mask = u32::MAX >> len;
+            let s = settings([172, 16, 0, 0], len);
+            let net = u32::from_be_bytes([172, 16, 0, 0]) & !mask;
+            for (host, want) in [(0, 1), (mask, mask - 1)] {
+                let clients = clients_hashing_to_host(len, host);
+                assert!(!clients.is_empty(), "/{len}: no client hashes to {host:#x}");
+                for c in clients {
+                    assert_eq!(
+                        u32::from_be_bytes(s.ipip_source(c)),
+                        net | want,
+                        "/{len}, client {c:?}"
+                    );
+                }
+            }
+            // Every other host part is used as it comes.
+            let others = clients_hashing_to_host(len, 2);
+            assert!(!others.is_empty(), "/{len}");
+            for c in others {
+                assert_eq!(u32::from_be_bytes(s.ipip_source(c)), net | 2);
+            }
+        }
+        // A /31's two addresses are both hosts.
+        let s = settings([172, 16, 0, 0], 31);
+        for host in [0, 1] {
+            for c in clients_hashing_to_host(31, host) {
+                assert_eq!(s.ipip_source(c), [172, 16, 0, host as u8]);
+            }
+        }
     }
 }
