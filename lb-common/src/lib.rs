@@ -417,7 +417,8 @@ pub mod decap_counter {
         /// this backend's: dropped.
         REJECT_DEST = "reject_dest",
         /// A tunnel frame whose inner packet is not a whole IPv4 header (or
-        /// is a fragment of the outer packet): dropped.
+        /// is a fragment of the outer packet), or is Not-ECT in an outer
+        /// header marked CE (RFC 6040 says to drop it): dropped.
         REJECT_MALFORMED = "reject_malformed",
         /// Anything else (not IPv4, not IP-in-IP, not to the GUE port):
         /// passed unchanged.

@@ -16,6 +16,13 @@
 //! a GUE header other than variant 1, an inner that is not a whole IPv4
 //! packet header). The outer checksum is not verified: the inner packet
 //! carries its own, which the stack checks.
+//!
+//! ECN (RFC 6040, normal mode): the load balancer copies the inner ECN
+//! field to the outer header, so a router on the way that marks congestion
+//! marks the outer one. An outer CE is carried into an ECN-capable inner
+//! packet (ECT(0) or ECT(1) becomes CE, its header checksum updated), and
+//! a Not-ECT inner packet in a CE outer one is dropped, as the RFC says
+//! (its sender could not hear the mark): counted `reject_malformed`.
 #![no_std]
 #![no_main]
 
@@ -45,6 +52,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(decap_counter::CO
 const ETH_P_IPV4: u16 = 0x0800;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
+/// The ECN field (the TOS byte's two low bits) and its values.
+const ECN_MASK: u8 = 0b11;
+const ECN_NOT_ECT: u8 = 0;
+const ECN_CE: u8 = 0b11;
 
 #[xdp]
 pub fn stickylb_decap(ctx: XdpContext) -> u32 {
@@ -127,6 +138,9 @@ fn decide(ctx: &XdpContext) -> (u32, u32) {
     if frags & (IP_MF | IP_OFFSET_MASK) != 0 || !whole_inner_ipv4(ctx, inner) {
         return (xdp_action::XDP_DROP, decap_counter::REJECT_MALFORMED);
     }
+    if ip.tos & ECN_MASK == ECN_CE && !carry_ce(ctx, inner) {
+        return (xdp_action::XDP_DROP, decap_counter::REJECT_MALFORMED);
+    }
     if strip(ctx, &eth, inner - EthHdr::LEN).is_none() {
         // Cannot happen with the bounds checked above; dropping is what a
         // kernel without the tunnel module would do too.
@@ -154,6 +168,36 @@ fn whole_inner_ipv4(ctx: &XdpContext, at: usize) -> bool {
         && ihl >= Ipv4Hdr::LEN
         && len >= ihl
         && ctx.data() + at + len <= ctx.data_end()
+}
+
+/// Carries an outer CE mark into the inner IPv4 header at `at` (RFC 6040):
+/// an ECN-capable inner becomes CE, its checksum updated incrementally
+/// (RFC 1624); false if the inner is Not-ECT (to be dropped).
+#[inline(always)]
+fn carry_ce(ctx: &XdpContext, at: usize) -> bool {
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, at) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked the header lies inside the frame, which the
+    // program may write.
+    let inner = unsafe { &mut *inner.cast_mut() };
+    match inner.tos & ECN_MASK {
+        ECN_NOT_ECT => false,
+        ECN_CE => true,
+        _ => {
+            // The checksum word that holds the TOS byte, before and after.
+            let old = u16::from_be_bytes([inner.vihl, inner.tos]);
+            inner.tos |= ECN_CE;
+            let new = u16::from_be_bytes([inner.vihl, inner.tos]);
+            // HC' = ~(~HC + ~m + m'), the sum folded twice.
+            let mut sum =
+                u32::from(!u16::from_be_bytes(inner.check)) + u32::from(!old) + u32::from(new);
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            inner.check = (!(sum as u16)).to_be_bytes();
+            true
+        }
+    }
 }
 
 /// Removes the `len` bytes after the Ethernet header: the frame's Ethernet

@@ -159,6 +159,130 @@ fn the_output_is_an_ipv4_frame_with_the_original_ethernet_header() {
     assert_eq!(rest.len(), d.len() - 20);
 }
 
+/// `packet` (an IPv4 header first, from byte `at`) with its ECN field set
+/// to `ecn` and its header checksum computed again (by etherparse, in full).
+fn with_ecn(mut packet: Vec<u8>, at: usize, ecn: u8) -> Vec<u8> {
+    let (mut ip, _) = etherparse::Ipv4Header::from_slice(&packet[at..]).unwrap();
+    ip.ecn = etherparse::IpEcn::try_new(ecn).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    let bytes = ip.to_bytes();
+    packet[at..at + bytes.len()].copy_from_slice(&bytes);
+    packet
+}
+
+/// The RFC 1071 sum of an IPv4 header, its checksum included: 0xffff when
+/// the checksum is right.
+fn header_sum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+const NOT_ECT: u8 = 0;
+const ECT1: u8 = 1;
+const ECT0: u8 = 2;
+const CE: u8 = 3;
+
+/// RFC 6040's decapsulation table for an outer CE (and an outer mark that
+/// is not CE, which changes nothing): an ECN-capable inner packet becomes
+/// CE, its checksum updated; a Not-ECT one is dropped.
+#[test]
+fn an_outer_ce_mark_is_carried_into_the_inner_packet() {
+    let d = datagram();
+    let inner = |ecn| with_ecn(d.clone(), 0, ecn);
+    let outer_ipip = |outer, inner_ecn| with_ecn(ipip(LB, LOCAL, &inner(inner_ecn)), 14, outer);
+    let outer_gue = |outer, inner_ecn| {
+        with_ecn(
+            gue(LB, LOCAL, DEFAULT_GUE_PORT, &inner(inner_ecn)),
+            14,
+            outer,
+        )
+    };
+    // The expected inner packets, checked once more by the RFC 1071 sum and
+    // against the bytes that must change: TOS and checksum only.
+    let marked = inner(CE);
+    assert_eq!(header_sum(&marked[..20]), 0xffff);
+    for from in [ECT0, ECT1] {
+        let before = inner(from);
+        let changed: Vec<usize> = (0..d.len()).filter(|&i| before[i] != marked[i]).collect();
+        assert!(
+            changed.iter().all(|i| [1, 10, 11].contains(i)),
+            "{changed:?}"
+        );
+        assert_eq!(marked[1], before[1] | 3);
+    }
+    let mut r = rig();
+    run_cases(
+        &mut r,
+        vec![
+            Case {
+                what: "IP-in-IP, outer CE, inner ECT(0): inner marked CE",
+                frame: outer_ipip(CE, ECT0),
+                action: PASS,
+                out: Some(decapsulated(&marked)),
+                counter: decap_counter::DECAP_IPIP,
+            },
+            Case {
+                what: "IP-in-IP, outer CE, inner ECT(1): inner marked CE",
+                frame: outer_ipip(CE, ECT1),
+                action: PASS,
+                out: Some(decapsulated(&marked)),
+                counter: decap_counter::DECAP_IPIP,
+            },
+            Case {
+                what: "IP-in-IP, outer CE, inner CE already: unchanged",
+                frame: outer_ipip(CE, CE),
+                action: PASS,
+                out: Some(decapsulated(&marked)),
+                counter: decap_counter::DECAP_IPIP,
+            },
+            Case {
+                what: "GUE, outer CE, inner ECT(0): inner marked CE",
+                frame: outer_gue(CE, ECT0),
+                action: PASS,
+                out: Some(decapsulated(&marked)),
+                counter: decap_counter::DECAP_GUE,
+            },
+            Case {
+                what: "IP-in-IP, outer CE, inner Not-ECT: dropped",
+                frame: outer_ipip(CE, NOT_ECT),
+                action: DROP,
+                out: None,
+                counter: decap_counter::REJECT_MALFORMED,
+            },
+            Case {
+                what: "GUE, outer CE, inner Not-ECT: dropped",
+                frame: outer_gue(CE, NOT_ECT),
+                action: DROP,
+                out: None,
+                counter: decap_counter::REJECT_MALFORMED,
+            },
+            Case {
+                what: "IP-in-IP, outer ECT(0) as sent, inner ECT(0): unchanged",
+                frame: outer_ipip(ECT0, ECT0),
+                action: PASS,
+                out: Some(decapsulated(&inner(ECT0))),
+                counter: decap_counter::DECAP_IPIP,
+            },
+            Case {
+                what: "IP-in-IP, outer Not-ECT, inner ECT(1): unchanged",
+                frame: outer_ipip(NOT_ECT, ECT1),
+                action: PASS,
+                out: Some(decapsulated(&inner(ECT1))),
+                counter: decap_counter::DECAP_IPIP,
+            },
+        ],
+    );
+    // The program's incremental update is the full sum's result.
+    let (_, out) = r.run(&outer_ipip(CE, ECT0));
+    assert_eq!(header_sum(&out[14..34]), 0xffff);
+}
+
 #[test]
 fn tunnel_frames_from_others_or_to_others_are_dropped() {
     let d = datagram();
