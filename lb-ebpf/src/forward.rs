@@ -231,10 +231,12 @@ fn encapsulate(
         } => (ifindex, smac, dmac),
         Route::FragNeeded { mtu } => {
             // Answered on the frame as it came (not encapsulated), with the
-            // MTU the client's packets must fit to fit once encapsulated.
+            // MTU the client's packets must fit to fit once encapsulated;
+            // below IPv4's minimum no client could use it: dropped.
+            let fits = mtu.saturating_sub(overhead);
             if df
-                && let Some(action) =
-                    crate::icmp::frag_needed_reply(ctx, mtu.saturating_sub(overhead))
+                && fits >= crate::icmp::MIN_MTU
+                && let Some(action) = crate::icmp::frag_needed_reply(ctx, fits)
             {
                 stats.too_big_icmp += 1;
                 return Sent::Not(action);

@@ -45,7 +45,7 @@ const REPLY_LEN: usize = REPLY_QUOTE_AT + QUOTE_LEN;
 const REPLY_TOT_LEN: u16 = (REPLY_LEN - EthHdr::LEN) as u16;
 /// IPv4 requires every link to carry 68 bytes: a smaller MTU is not one a
 /// client could use.
-const MIN_MTU: u16 = 68;
+pub(crate) const MIN_MTU: u16 = 68;
 /// Precedence "internetwork control" (0xc0), as Linux sends its ICMP errors.
 const REPLY_TOS: u8 = 0xc0;
 const REPLY_TTL: u8 = 64;

@@ -636,6 +636,54 @@ fn a_frame_that_fits_only_before_encapsulation_with_df_is_answered_or_dropped() 
     }
 }
 
+/// A route MTU that leaves less than IPv4's minimum (68) once the
+/// encapsulation is taken off is no MTU to advertise: the frame is dropped
+/// and counted, not answered with an MTU no client may use. Exactly 68 is
+/// advertised.
+#[test]
+fn a_route_mtu_that_leaves_less_than_68_is_a_counted_drop() {
+    let net = FibNet::new().unwrap();
+    for (mode, overhead) in [(ForwardingMode::Ipip, 20u16), (ForwardingMode::Gue, 28)] {
+        let mut rig = Rig::tunnel(3, mode);
+        let c = client(19);
+        rig.predict(c).unwrap();
+        let f = segment(c, 40000, 200, DF);
+        // Pinned by a first frame, so that what follows counts a hit only.
+        run(&mut rig, &net, &f);
+        for (mtu, answered) in [(68 + overhead, true), (67 + overhead, false)] {
+            net.ip(&[
+                "route",
+                "replace",
+                BACKEND_NET,
+                "via",
+                &GW.to_string(),
+                "dev",
+                INGRESS,
+                "mtu",
+                "lock",
+                &mtu.to_string(),
+            ])
+            .unwrap();
+            let (action, out, delta) = run(&mut rig, &net, &f);
+            let mut want = zero(&rig);
+            want.vip.affinity_hits = 1;
+            if answered {
+                assert_eq!(action, XDP_TX, "{mode:?}, mtu {mtu}");
+                let (ip, icmp) = Ipv4Header::from_slice(&out[14..]).unwrap();
+                assert_eq!(ip.protocol, IpNumber::ICMP, "{mode:?}");
+                assert_eq!((icmp[0], icmp[1]), (3, 4), "{mode:?}");
+                assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 68, "{mode:?}");
+                want.vip.too_big_icmp = 1;
+            } else {
+                assert_eq!(action, XDP_DROP, "{mode:?}, mtu {mtu}");
+                assert_eq!(out, f, "{mode:?}");
+                want.vip.drop_too_big = 1;
+            }
+            assert_counters(&delta, &want);
+        }
+    }
+}
+
 #[test]
 fn a_frame_too_big_once_encapsulated_without_df_is_dropped() {
     let net = FibNet::new().unwrap();
