@@ -29,7 +29,7 @@ pub use announce::{AnnounceConfig, DEFAULT_ROUTE_PROTOCOL, DEFAULT_WITHDRAW_DELA
 pub use environment::backend_machine_problems;
 pub use raw::parse_mac;
 pub use sync::{SyncConfig, load_key as load_sync_key};
-pub use tunnel::{TunnelConfig, parse_prefix};
+pub use tunnel::{MIN_SOURCE_PREFIX_LEN, TunnelConfig, parse_prefix};
 pub use validate::backend_problems;
 
 use std::{

@@ -183,7 +183,60 @@ pub fn judge(f: &Facts<'_>) -> Vec<Finding> {
             None,
         ),
     });
+    out.extend(forwarding_finding(iface, &get));
     out
+}
+
+/// A warning, never a failure (a host may have to route for other reasons),
+/// when this host forwards: a decapsulated packet whose inner destination
+/// is not one of its addresses would be routed on instead of dropped.
+/// Nothing when neither value can be read.
+fn forwarding_finding(iface: &str, get: &dyn Fn(&str, &str) -> Option<u32>) -> Option<Finding> {
+    let values: Vec<(&str, u32)> = ["all", iface]
+        .into_iter()
+        .filter_map(|n| Some((n, get(n, "forwarding")?)))
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let on: Vec<&str> = values
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(n, _)| *n)
+        .collect();
+    if on.is_empty() {
+        return Some(finding(
+            "forwarding",
+            Level::Ok,
+            "0 (off): a decapsulated packet not addressed to this host is dropped, not routed on"
+                .into(),
+            None,
+        ));
+    }
+    let names: Vec<String> = on
+        .iter()
+        .map(|n| format!("net.ipv4.conf.{n}.forwarding"))
+        .collect();
+    Some(finding(
+        "forwarding",
+        Level::Warn,
+        format!(
+            "1 ({}): this host routes packets that are not addressed to it, so a decapsulated \
+             packet whose inner destination is not one of its addresses (a VIP missing from \
+             lo, or whatever an accepted load-balancer source sends) is routed on from here \
+             instead of dropped. Turn it off unless this host must route; then drop forwarded \
+             packets that arrive on {iface} in the forward chain",
+            names.join(", ")
+        ),
+        Some(format!(
+            "sysctl -w {}",
+            names
+                .iter()
+                .map(|n| format!("{n}=0"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+    ))
 }
 
 fn decap_finding(f: &Facts<'_>) -> Finding {
@@ -416,6 +469,46 @@ mod tests {
         let st = attached();
         let f = run(&[("lo", VIP)], &good_sysctls(), Some(&st));
         assert_eq!(level_of(&f, "decap").level, Level::Warn);
+    }
+
+    #[test]
+    fn forwarding_on_is_a_warning_that_says_how_to_turn_it_off() {
+        let st = attached();
+        let with = |all: u32, eth0: u32| {
+            let mut s = good_sysctls();
+            s.push(("all", "forwarding", all));
+            s.push(("eth0", "forwarding", eth0));
+            run(&[("lo", VIP), ("eth0", HOST)], &s, Some(&st))
+        };
+        let f = with(0, 0);
+        assert_eq!(level_of(&f, "forwarding").level, Level::Ok);
+        assert!(f.iter().all(|x| x.level == Level::Ok), "{f:#?}");
+
+        let f = with(0, 1);
+        let fw = level_of(&f, "forwarding");
+        assert_eq!(fw.level, Level::Warn);
+        assert!(
+            fw.detail.starts_with("1 (net.ipv4.conf.eth0.forwarding): this host routes")
+                && fw.detail.contains("routed on from here instead of dropped"),
+            "{}",
+            fw.detail
+        );
+        assert_eq!(
+            fw.fix.as_deref(),
+            Some("sysctl -w net.ipv4.conf.eth0.forwarding=0")
+        );
+
+        let fw = with(1, 1);
+        let fw = level_of(&fw, "forwarding");
+        assert_eq!(fw.level, Level::Warn);
+        assert_eq!(
+            fw.fix.as_deref(),
+            Some("sysctl -w net.ipv4.conf.all.forwarding=0 net.ipv4.conf.eth0.forwarding=0")
+        );
+        // "all" alone on is warned about too.
+        assert_eq!(level_of(&with(1, 0), "forwarding").level, Level::Warn);
+        // A warning: nothing fails for it.
+        assert!(!with(1, 1).iter().any(|x| x.level == Level::Fail));
     }
 
     #[test]

@@ -76,11 +76,27 @@ impl Serialize for Source {
     }
 }
 
+/// The shortest accepted source prefix: a load balancer's own
+/// `source_prefix` is never shorter, and a shorter one would accept tunnel
+/// frames from a sizeable part of the whole address space.
+pub const MIN_ALLOW_PREFIX_LEN: u8 = crate::config::MIN_SOURCE_PREFIX_LEN;
+
+/// Why `source` (as written) is refused for its length.
+fn too_short(source: &str) -> String {
+    format!(
+        "{source} is shorter than /{MIN_ALLOW_PREFIX_LEN}: accepting tunnel frames from that \
+         much of the address space would make this backend an open relay (anyone there could \
+         send packets through it as any client); give the load balancers' own addresses (their \
+         [tunnel] source) and their source_prefix, which is never shorter than \
+         /{MIN_ALLOW_PREFIX_LEN}"
+    )
+}
+
 impl std::str::FromStr for Source {
     type Err = String;
 
     /// "10.0.0.1" (one address, /32) or "10.0.9.0/24"; host bits must be
-    /// zero, so that what is listed is what is matched.
+    /// zero, so that what is listed is what is matched; at least a /8.
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr, len) = if s.contains('/') {
             crate::config::parse_prefix(s)?
@@ -90,6 +106,9 @@ impl std::str::FromStr for Source {
                 .map_err(|_| format!("{s:?} is not an IPv4 address or prefix"))?;
             (addr, 32)
         };
+        if len < MIN_ALLOW_PREFIX_LEN {
+            return Err(too_short(s));
+        }
         let masked = mask(addr, len);
         if masked != addr {
             return Err(format!(
@@ -469,6 +488,10 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     if opts.allow.is_empty() {
         bail!("no accepted source: give the load balancers' addresses with --allow ADDR[/LEN]");
     }
+    // Parsing refuses these already; a caller may build a `Source` itself.
+    if let Some(s) = opts.allow.iter().find(|s| s.len < MIN_ALLOW_PREFIX_LEN) {
+        bail!("{}", too_short(&s.to_string()));
+    }
     if opts.allow.len() > MAX_DECAP_SOURCES as usize {
         bail!(
             "{} accepted sources; at most {MAX_DECAP_SOURCES} fit: give prefixes instead",
@@ -803,11 +826,41 @@ mod tests {
             "10.0.9.0/24".parse::<Source>().unwrap().to_string(),
             "10.0.9.0/24"
         );
-        assert_eq!("0.0.0.0/0".parse::<Source>().unwrap().len, 0);
+        assert_eq!("10.0.0.0/8".parse::<Source>().unwrap().len, 8);
+        // Shorter than a /8: an open relay.
+        for short in ["0.0.0.0/0", "8.0.0.0/5", "10.0.0.0/7"] {
+            let e = short.parse::<Source>().unwrap_err();
+            assert!(
+                e.starts_with(&format!("{short} is shorter than /8"))
+                    && e.contains("open relay")
+                    && e.contains("[tunnel] source"),
+                "{e}"
+            );
+        }
         let e = "10.0.9.5/24".parse::<Source>().unwrap_err();
         assert!(e.contains("10.0.9.0/24"), "{e}");
         assert!("10.0.9.0/33".parse::<Source>().is_err());
         assert!("lb1".parse::<Source>().is_err());
+    }
+
+    #[test]
+    fn attach_refuses_a_source_shorter_than_a_8_however_it_was_made() {
+        let opts = AttachOptions::new(
+            "stickylb-none0",
+            vec![
+                "10.0.0.1".parse().unwrap(),
+                Source {
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    len: 0,
+                },
+            ],
+            Path::new("/nonexistent/stickylb-decap"),
+        );
+        let e = attach(&opts).unwrap_err().to_string();
+        assert!(
+            e.starts_with("0.0.0.0/0 is shorter than /8") && e.contains("open relay"),
+            "{e}"
+        );
     }
 
     #[test]
