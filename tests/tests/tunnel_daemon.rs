@@ -121,7 +121,12 @@ fn tunnel_vips_run_show_their_mode_and_keep_slb_tunnel_written() {
                 vip \"tun-ipip\" (and 1 other VIP) forwards by ipip: the kernel's route lookup \
                 from XDP (bpf_fib_lookup) refuses to route for an interface that does not \
                 forward, so every tunnelled frame would be dropped; enable it with `sysctl -w \
-                net.ipv4.conf.eth0.forwarding=1` (and keep it in /etc/sysctl.d/ across reboots)"),
+                net.ipv4.conf.eth0.forwarding=1` (and keep it in /etc/sysctl.d/ across \
+                reboots). Forwarding also routes on what the program passes to the stack and is \
+                not addressed to this host (ICMP echo to a VIP, its other ports, fragments), \
+                which with the VIPs routed here bounces between the router and this host: drop \
+                forwarded packets (`iptables -P FORWARD DROP`, or an nftables forward chain \
+                with policy drop), which the program's own frames never meet"),
         "{err}"
     );
     assert!(err.contains("invalid config: 1 problem"), "{err}");

@@ -123,7 +123,12 @@ impl Config {
                      (bpf_fib_lookup) refuses to route for an interface that does not \
                      forward, so every tunnelled frame would be dropped; enable it with \
                      `sysctl -w net.ipv4.conf.{key}.forwarding=1` (and keep it in \
-                     /etc/sysctl.d/ across reboots)",
+                     /etc/sysctl.d/ across reboots). Forwarding also routes on what the \
+                     program passes to the stack and is not addressed to this host (ICMP \
+                     echo to a VIP, its other ports, fragments), which with the VIPs routed \
+                     here bounces between the router and this host: drop forwarded packets \
+                     (`iptables -P FORWARD DROP`, or an nftables forward chain with policy \
+                     drop), which the program's own frames never meet",
                     iface = self.interface,
                     key = sysctl_name(&self.interface),
                     label = vip_label(first, &vip.name),
@@ -624,7 +629,12 @@ mod tests {
                   (bpf_fib_lookup) refuses to route for an interface that does not forward, \
                   so every tunnelled frame would be dropped; enable it with `sysctl -w \
                   net.ipv4.conf.eth0.forwarding=1` (and keep it in /etc/sysctl.d/ across \
-                  reboots)"
+                  reboots). Forwarding also routes on what the program passes to the stack \
+                  and is not addressed to this host (ICMP echo to a VIP, its other ports, \
+                  fragments), which with the VIPs routed here bounces between the router and \
+                  this host: drop forwarded packets (`iptables -P FORWARD DROP`, or an \
+                  nftables forward chain with policy drop), which the program's own frames \
+                  never meet"
                 ]
             );
             assert_eq!(
