@@ -5,8 +5,10 @@
 //!
 //! For a TCP VIP it sends a SYN from the tunnel source (an ephemeral port
 //! of its own) to VIP:port, encapsulated as the XDP program does: an outer
-//! IPv4 header with DF, `[tunnel] ttl`, the inner TOS, ID 0, to the
-//! backend's address, carrying protocol 4 (IP-in-IP, built whole and sent on
+//! IPv4 header with DF, `[tunnel] ttl`, the inner TOS, to the backend's
+//! address (ID 0 for IP-in-IP, which the kernel keeps for a DF packet of
+//! a header-included socket; for GUE the kernel's header, its ID from the
+//! connected socket's counter), carrying protocol 4 (IP-in-IP, built whole and sent on
 //! a raw `IPPROTO_IPIP` socket with `IP_HDRINCL`) or UDP to `gue_port`
 //! (GUE variant 1: the inner packet is the UDP payload; sent from a UDP
 //! socket, UDP checksum 0 as the data path sends it, its source port the
