@@ -488,7 +488,8 @@ mod tests {
         let fw = level_of(&f, "forwarding");
         assert_eq!(fw.level, Level::Warn);
         assert!(
-            fw.detail.starts_with("1 (net.ipv4.conf.eth0.forwarding): this host routes")
+            fw.detail
+                .starts_with("1 (net.ipv4.conf.eth0.forwarding): this host routes")
                 && fw.detail.contains("routed on from here instead of dropped"),
             "{}",
             fw.detail
