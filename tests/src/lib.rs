@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cluster;
 pub mod daemon;
 pub mod netns;
+pub mod routed;
 pub mod traffic;
 
 use std::net::Ipv4Addr;
