@@ -48,8 +48,8 @@ use lb_user::{
 use crate::{
     daemon::{Daemon, PinGuard},
     netns::{
-        ChildGuard, Netns, Reaper, Result, add_bridge, attach_peer_xdp, client_addrs,
-        enter_path, plug_into_bridge, sh, start_backend_server, wait_for,
+        ChildGuard, Netns, Reaper, Result, add_bridge, attach_peer_xdp, client_addrs, enter_path,
+        plug_into_bridge, sh, start_backend_server, wait_for,
     },
 };
 
@@ -214,11 +214,26 @@ impl Routed {
         for (i, (b, mtu)) in self.tunnel.iter().zip(&opts.tunnel_mtus).enumerate() {
             let link = format!("eth-t{i}");
             self.router.ip(&[
-                "link", "add", &link, "mtu", &mtu.to_string(), "type", "veth", "peer", "name",
-                "eth0", "mtu", &mtu.to_string(), "netns", &b.name,
+                "link",
+                "add",
+                &link,
+                "mtu",
+                &mtu.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "mtu",
+                &mtu.to_string(),
+                "netns",
+                &b.name,
             ])?;
             rt.push(format!("link set {link} up"));
-            rt.push(format!("addr add {} dev {link}", cidr(tunnel_gateway(i), 24)));
+            rt.push(format!(
+                "addr add {} dev {link}",
+                cidr(tunnel_gateway(i), 24)
+            ));
         }
         self.router.ip_batch(&rt)?;
         self.router.sysctl("net.ipv4.ip_forward", "1")?;
@@ -650,12 +665,15 @@ pub fn upload(
     sock.connect_timeout(&SocketAddr::V4(dst).into(), timeout)?;
     let mut stream: TcpStream = sock.into();
     let left = |what: &str| {
-        timeout.checked_sub(start.elapsed()).filter(|d| !d.is_zero()).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{what}: no answer within {timeout:?}"),
-            )
-        })
+        timeout
+            .checked_sub(start.elapsed())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{what}: no answer within {timeout:?}"),
+                )
+            })
     };
     let chunk = vec![0x5au8; 64 * 1024];
     let mut sent = 0;
@@ -701,9 +719,18 @@ pub fn download(src: Ipv4Addr, dst: SocketAddrV4, timeout: Duration) -> std::io:
                 )
             })?;
         stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf)? {
-            0 => break,
-            n => received += n as u64,
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received += n as u64,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{received} bytes after {} ms: {e}",
+                        start.elapsed().as_millis()
+                    ),
+                ));
+            }
         }
     }
     Ok(Upload {
