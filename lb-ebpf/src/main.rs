@@ -77,21 +77,11 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
     }
     // SAFETY: parse() bounds-checked the Ethernet header.
     let eth = unsafe { &mut *flow.eth };
-    if eth.dst_addr[0] & 1 != 0 {
-        count_global(global_counter::PASS_MULTICAST_DST);
-        return xdp_action::XDP_PASS;
-    }
-    // Only frames sent to this host. Several nodes share the segment in a
-    // cluster, and a bridge floods a frame to every port when it does not
-    // know (or has forgotten, as when a node goes down) the destination
-    // MAC: each node forwarding its copy would hand the backend duplicates
-    // and hide a dead node from every measurement. One lookup, as before:
-    // the same value is the source MAC of the forwarded frame.
+    // One lookup, as before: the same value is the source MAC of the
+    // forwarded frame.
     let own = OWN_MAC.get(0).and_then(OwnMac::load);
-    if let Some((mac, true)) = own
-        && eth.dst_addr != mac
-    {
-        count_global(global_counter::PASS_OTHER_HOST);
+    if let Some(counter) = not_for_us(&eth.dst_addr, own) {
+        count_global(counter);
         return xdp_action::XDP_PASS;
     }
     // Checked before the pick, so that such a VIP pins no client. A mode
@@ -115,6 +105,27 @@ fn handle_vip(ctx: &XdpContext, flow: &Flow, vip: &VipInfo, stats: &mut VipStats
     };
 
     forward::send(ctx, mode, own, backend_id, &backend, flow.client, stats)
+}
+
+/// Why a VIP's frame to `dst` is not this host's to forward (the
+/// `global_counter` to pass it under), if it is not. `own`: this
+/// interface's MAC (`OwnMac::load`).
+#[inline(always)]
+fn not_for_us(dst: &[u8; 6], own: Option<([u8; 6], bool)>) -> Option<u32> {
+    if dst[0] & 1 != 0 {
+        return Some(global_counter::PASS_MULTICAST_DST);
+    }
+    // Only frames sent to this host. Several nodes share the segment in a
+    // cluster, and a bridge floods a frame to every port when it does not
+    // know (or has forgotten, as when a node goes down) the destination
+    // MAC: each node forwarding its copy would hand the backend duplicates
+    // and hide a dead node from every measurement.
+    if let Some((mac, true)) = own
+        && *dst != mac
+    {
+        return Some(global_counter::PASS_OTHER_HOST);
+    }
+    None
 }
 
 /// The client's backend: its affinity entry if live and the backend alive,
@@ -143,13 +154,7 @@ fn pick_backend(
         known = true;
         if !entry.is_live(now, vip.affinity_timeout_ns) {
             expired = true;
-        } else if let Some(backend) = BACKENDS.get(entry.backend_id)
-            && backend.is_alive()
-            // Ids are reused across VIPs: an entry whose purge was cut
-            // short (daemon killed mid-way) must not follow its old id to
-            // another VIP's backend.
-            && u32::from(backend.vip_id) == vip.vip_id
-        {
+        } else if let Some(backend) = entry_backend(vip, entry.backend_id) {
             if backend.mac == *src_mac {
                 stats.drop_loop += 1;
                 return None;
@@ -310,6 +315,19 @@ fn take_udp_pin(vip: &VipInfo, now: u64) -> bool {
     }
     b.used += 1;
     true
+}
+
+/// The backend a live affinity entry of `vip` names, if it may still be
+/// used: alive, and still this VIP's.
+#[inline(always)]
+fn entry_backend(vip: &VipInfo, backend_id: u32) -> Option<&'static BackendInfo> {
+    BACKENDS.get(backend_id).filter(|b| {
+        b.is_alive()
+            // Ids are reused across VIPs: an entry whose purge was cut
+            // short (daemon killed mid-way) must not follow its old id to
+            // another VIP's backend.
+            && u32::from(b.vip_id) == vip.vip_id
+    })
 }
 
 /// The backend of the client's Maglev slot (see `lb_common::select`).

@@ -6,7 +6,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{VipKey, global_counter, proto};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV4: u16 = 0x0800;
 /// 802.1Q (C-tag) and 802.1ad (S-tag) tag protocol ids.
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
@@ -14,7 +14,8 @@ const TCP_FLAGS_OFFSET: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const IP_MF: u16 = 0x2000;
-const IP_OFFSET_MASK: u16 = 0x1fff;
+pub const IP_DF: u16 = 0x4000;
+pub const IP_OFFSET_MASK: u16 = 0x1fff;
 
 /// A TCP/UDP IPv4 frame, as far as load balancing cares.
 pub struct Flow {
@@ -28,8 +29,9 @@ pub struct Flow {
     pub bare_syn: bool,
 }
 
+/// The `T` at `offset` in the frame, if the frame holds all of it.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     if start + offset + size_of::<T>() > ctx.data_end() {
         return None;
