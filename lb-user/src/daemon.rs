@@ -252,11 +252,14 @@ impl Daemon {
 
     fn refresh_macs(&mut self) {
         let table = neigh::read(&self.cfg.interface);
+        // Routed backends (a tunnel VIP's) need no MAC.
         let ids: Vec<(u32, std::net::Ipv4Addr)> = self
             .lb
             .vips()
             .iter()
-            .flat_map(|v| v.backends.iter().map(|b| (b.id, *b.addr.ip())))
+            .flat_map(|v| v.backends.iter())
+            .filter(|b| !b.routed())
+            .map(|b| (b.id, *b.addr.ip()))
             .collect();
         for (id, ip) in ids {
             if let Some(mac) = table.get(&ip)
@@ -265,6 +268,7 @@ impl Daemon {
                 error!("cannot record the MAC of {ip}: {e}");
             }
         }
+        self.lb.set_neighbour_table(table);
     }
 
     /// Re-reads the config file and makes the running state match it,
@@ -286,9 +290,13 @@ impl Daemon {
             .into_iter()
             .map(str::to_owned)
             .collect();
+        // A VIP the file moves from a tunnel mode to DSR takes its
+        // backends' MACs from the neighbour table as it is now.
+        self.refresh_macs();
         // Planned against the running state, live changes included, so the
-        // report says exactly what this reload changes.
-        let plan = self.lb.plan_config(&new, needs_restart.clone())?;
+        // report says exactly what this reload changes. `[tunnel]` resolves
+        // on the running interface (an unset source is its address).
+        let plan = self.lb.plan_config(&running, needs_restart.clone())?;
         if !needs_restart.is_empty() {
             warn!(
                 "reload: {} changed, which takes a restart (with --fresh for interface, pin_path or affinity_capacity); applying the rest",
@@ -374,6 +382,12 @@ impl Daemon {
                     passed: self.passed()?,
                     clients_counted: counts.as_deref().map(Counts::report),
                     vips: self.vip_status(counts.as_deref())?,
+                    tunnel: self
+                        .lb
+                        .vips()
+                        .iter()
+                        .any(|v| v.cfg.forwarding.is_tunnel())
+                        .then(|| self.lb.tunnel().into()),
                     local_errors: self.local_errors(),
                     sync: self.sync_status(),
                     maintenance: self.maintenance.is_on(),
@@ -785,6 +799,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     let (dp, pinned_link) = load_data_path(&cfg, opts.fresh)?;
     let unmanaged = unmanaged(pinned_link.path.clone());
     let lb = Lb::start(dp, &cfg).map_err(|e| unmanaged(e.into()))?;
+    if cfg.has_tunnel_vips() {
+        let t = crate::api::TunnelStatus::from(lb.tunnel());
+        info!(
+            "tunnel: outer source {}{}, GUE port {}, TTL {}",
+            t.source,
+            t.source_prefix.map_or(String::new(), |p| format!(
+                " (IP-in-IP: per client from {p})"
+            )),
+            t.gue_port,
+            t.ttl
+        );
+    }
     let census = lb
         .maps()
         .table_reader()

@@ -46,6 +46,23 @@ impl Addresses {
     pub fn holds(&self, iface: &str, addr: Ipv4Addr) -> bool {
         self.ipv4.iter().any(|(i, a)| i == iface && *a == addr)
     }
+
+    /// The primary IPv4 address of `iface`: the first it lists (the kernel
+    /// keeps an interface's primary addresses before its secondary ones, in
+    /// the order they were added, as `ip -4 addr show dev IFACE` prints them).
+    pub fn primary_ipv4(&self, iface: &str) -> Option<Ipv4Addr> {
+        self.ipv4.iter().find(|(i, _)| i == iface).map(|(_, a)| *a)
+    }
+}
+
+/// `net.ipv4.conf.<iface>.forwarding` in this network namespace: `None` if
+/// it cannot be read (no such interface).
+pub fn ipv4_forwarding(iface: &str) -> Option<bool> {
+    // /proc/sys/net shows the namespace of the process that reads it, not the
+    // one procfs was mounted in.
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.trim() != "0")
 }
 
 /// Every interface's addresses, from getifaddrs(3) (empty if it fails).

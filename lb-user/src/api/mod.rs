@@ -170,6 +170,30 @@ impl fmt::Display for BackendState {
     }
 }
 
+/// The `SLB_TUNNEL` entry as the daemon wrote it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelStatus {
+    /// The outer source (the configured one, or the interface's address).
+    pub source: Ipv4Addr,
+    /// IP-in-IP's per-client outer sources ("address/length").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix: Option<String>,
+    pub gue_port: u16,
+    pub ttl: u8,
+}
+
+impl From<lb_common::TunnelSettings> for TunnelStatus {
+    fn from(t: lb_common::TunnelSettings) -> Self {
+        Self {
+            source: Ipv4Addr::from(t.src_addr),
+            source_prefix: (t.src_prefix_len > 0)
+                .then(|| format!("{}/{}", Ipv4Addr::from(t.src_prefix), t.src_prefix_len)),
+            gue_port: u16::from_be_bytes(t.gue_port),
+            ttl: t.ttl,
+        }
+    }
+}
+
 /// Where a backend's MAC came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,6 +201,9 @@ pub enum MacSource {
     Config,
     Neighbour,
     Unknown,
+    /// A tunnel VIP's backend: frames are routed to its address and the
+    /// next hop's MAC comes from the kernel's FIB per frame; it has none.
+    Routed,
 }
 
 /// Reply to [`Request::Status`].
@@ -197,6 +224,10 @@ pub struct StatusReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients_counted: Option<ClientsCounted>,
     pub vips: Vec<VipStatus>,
+    /// How tunnelled frames are built; absent when no VIP uses a tunnel
+    /// (and from a daemon that predates the tunnel modes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelStatus>,
     /// The daemon's own problems, which it does not blame on any backend.
     /// Absent from older daemons.
     #[serde(default)]
@@ -369,6 +400,10 @@ pub struct VipStatus {
     pub protocol: String,
     pub table_size: u32,
     pub affinity_timeout_s: f64,
+    /// How frames reach the backends (`dsr` from a daemon that predates
+    /// the tunnel modes).
+    #[serde(default)]
+    pub forwarding: crate::config::Forwarding,
     pub alive_backends: usize,
     /// Waiting for every backend's first check result: its table is empty
     /// until then (false from a daemon that predates warm-up: serving).
@@ -563,6 +598,9 @@ pub struct PlanReport {
     pub removed: Vec<RemovedVip>,
     /// The VIPs afterwards, in the order asked for.
     pub vips: Vec<VipReport>,
+    /// `[tunnel]` settings that change (the `SLB_TUNNEL` entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel: Vec<SettingChange>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -628,6 +666,7 @@ impl PlanReport {
     pub fn is_empty(&self) -> bool {
         self.needs_restart.is_empty()
             && self.removed.is_empty()
+            && self.tunnel.is_empty()
             && self.vips.iter().all(VipReport::is_unchanged)
     }
 }
@@ -695,6 +734,10 @@ impl fmt::Display for PlanReport {
         }
         for r in &self.removed {
             parts.push(format!("VIP {} removed", r.name));
+        }
+        if !self.tunnel.is_empty() {
+            let s: Vec<String> = settings_line(&self.tunnel).collect();
+            parts.push(format!("tunnel: {}", s.join(", ")));
         }
         if !self.needs_restart.is_empty() {
             parts.push(format!(

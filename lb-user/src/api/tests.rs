@@ -60,6 +60,7 @@ fn status() -> StatusReply {
             protocol: "tcp".into(),
             table_size: 1021,
             affinity_timeout_s: 300.0,
+            forwarding: crate::config::Forwarding::Dsr,
             alive_backends: 1,
             warming: false,
             warming_why: None,
@@ -91,6 +92,7 @@ fn status() -> StatusReply {
                 },
             ],
         }],
+        tunnel: None,
         local_errors: Default::default(),
         sync: None,
         maintenance: false,
@@ -179,6 +181,7 @@ fn every_reply_round_trips() {
                 id: 0,
             }],
         }],
+        tunnel: Vec::new(),
     };
     assert_eq!(
         plan.to_string(),

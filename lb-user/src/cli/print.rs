@@ -6,6 +6,7 @@ use lb_common::counters::CounterTable as _;
 use serde::de::DeserializeOwned;
 
 use super::args::{BackendAction, Query};
+use crate::api::MacSource;
 use crate::api::{
     BackendAdded, BackendChanged, BackendRemoved, FlowsReply, LookupReply, MaintenanceReply,
     ReloadReply, StatusReply, VipStatus,
@@ -165,17 +166,30 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
     if let Some(sync) = &s.sync {
         sync_status(out, sync)?;
     }
+    if let Some(t) = &s.tunnel {
+        writeln!(
+            out,
+            "tunnel: outer source {}{}, GUE port {}, TTL {}",
+            t.source,
+            t.source_prefix.as_ref().map_or(String::new(), |p| format!(
+                " (IP-in-IP: per client from {p})"
+            )),
+            t.gue_port,
+            t.ttl
+        )?;
+    }
     for v in &s.vips {
         writeln!(out)?;
         writeln!(
             out,
-            "VIP {} {}:{}/{}  table {}  affinity timeout {}s  {}/{} backends alive{}",
+            "VIP {} {}:{}/{}  table {}  affinity timeout {}s{}  {}/{} backends alive{}",
             v.name,
             v.address,
             v.port,
             v.protocol,
             v.table_size,
             v.affinity_timeout_s,
+            forwarding(v),
             v.alive_backends,
             v.backends.len(),
             match (v.warming, &v.warming_why) {
@@ -202,12 +216,26 @@ fn status(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The VIP's mode in its status line; nothing for DSR, the default, whose
+/// lines read as they always did.
+fn forwarding(v: &VipStatus) -> String {
+    if v.forwarding.is_tunnel() {
+        format!("  forwarding {}", v.forwarding)
+    } else {
+        String::new()
+    }
+}
+
 fn backends(out: &mut dyn Write, s: &StatusReply) -> anyhow::Result<()> {
     for v in &s.vips {
         writeln!(
             out,
-            "VIP {} {}:{}/{}",
-            v.name, v.address, v.port, v.protocol
+            "VIP {} {}:{}/{}{}",
+            v.name,
+            v.address,
+            v.port,
+            v.protocol,
+            forwarding(v)
         )?;
         backend_table(out, v)?;
     }
@@ -232,7 +260,11 @@ fn backend_table(out: &mut dyn Write, v: &VipStatus) -> anyhow::Result<()> {
             b.address.to_string(),
             b.state,
             b.weight,
-            b.mac.as_deref().unwrap_or("(unknown)"),
+            match (&b.mac, b.mac_source) {
+                (Some(m), _) => m.as_str(),
+                (None, MacSource::Routed) => "(routed)",
+                (None, _) => "(unknown)",
+            },
             b.slots,
             b.clients,
             b.counters.packets,
@@ -348,6 +380,7 @@ mod tests {
             protocol: "tcp".into(),
             table_size: 7,
             affinity_timeout_s: 300.0,
+            forwarding: crate::config::Forwarding::Dsr,
             alive_backends: 1,
             warming: false,
             warming_why: None,
@@ -385,6 +418,7 @@ mod tests {
             passed: Default::default(),
             clients_counted: None,
             vips,
+            tunnel: None,
             local_errors: Default::default(),
             sync: None,
             maintenance: false,

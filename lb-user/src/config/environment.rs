@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use super::{
-    BackendConfig, Config, Problem, Problems, VipConfig,
+    BackendConfig, Config, Forwarding, Problem, Problems, VipConfig,
     validate::{MAX_INTERFACE_LEN, is_valid_interface_name, vip_label},
 };
 use crate::{fmt::fmt_mac, neigh, netdev};
@@ -73,7 +73,96 @@ impl Config {
         self.check_socket_folder(&mut out);
         self.check_backends_on_this_machine(&mut out);
         self.check_sync_environment(&mut out);
+        self.tunnel_problems(&TunnelMachine::read(&self.interface), &mut out);
         out.0
+    }
+
+    /// The outer source of the tunnel modes on this machine: `[tunnel]
+    /// source`, else the interface's primary IPv4 address. `None`: neither
+    /// (`check_environment` refuses that when a VIP uses a tunnel).
+    pub fn tunnel_source(&self) -> Option<Ipv4Addr> {
+        self.tunnel
+            .source
+            .or_else(|| netdev::addresses().primary_ipv4(&self.interface))
+    }
+
+    /// The `SLB_TUNNEL` entry for this file on this machine.
+    pub fn tunnel_settings(&self) -> lb_common::TunnelSettings {
+        self.tunnel
+            .settings(self.tunnel_source().unwrap_or(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// What the tunnel modes need of this machine, checked only when a VIP
+    /// uses one: forwarding on the interface (`bpf_fib_lookup` answers
+    /// "forwarding disabled" for an interface that does not forward, and
+    /// every frame would be dropped), and an outer source that is this
+    /// host's (the ICMP errors routers send about the tunnel come back to
+    /// it, and the backends' decap accepts only the sources it was given).
+    fn tunnel_problems(&self, m: &TunnelMachine, out: &mut Problems) {
+        let Some((first, vip)) = self
+            .vips
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.forwarding != Forwarding::Dsr)
+        else {
+            return;
+        };
+        // A missing interface is reported on its own.
+        if m.forwarding == Some(false) {
+            let others = self
+                .vips
+                .iter()
+                .filter(|v| v.forwarding != Forwarding::Dsr)
+                .count()
+                - 1;
+            out.push(
+                "interface",
+                format!(
+                    "forwarding is off on {iface} (net.ipv4.conf.{key}.forwarding = 0), but \
+                     {label}{more} forwards by {mode}: the kernel's route lookup from XDP \
+                     (bpf_fib_lookup) refuses to route for an interface that does not \
+                     forward, so every tunnelled frame would be dropped; enable it with \
+                     `sysctl -w net.ipv4.conf.{key}.forwarding=1` (and keep it in \
+                     /etc/sysctl.d/ across reboots)",
+                    iface = self.interface,
+                    key = sysctl_name(&self.interface),
+                    label = vip_label(first, &vip.name),
+                    more = match others {
+                        0 => String::new(),
+                        n => format!(" (and {n} other VIP{})", if n == 1 { "" } else { "s" }),
+                    },
+                    mode = vip.forwarding,
+                ),
+            );
+        }
+        match self.tunnel.source {
+            None if m.primary.is_none() && m.forwarding.is_some() => out.push(
+                "tunnel source",
+                format!(
+                    "is not set and {iface} has no IPv4 address to send tunnelled frames \
+                     from ({label} forwards by {mode}): add one (`ip addr add ADDR/LEN dev \
+                     {iface}`) or set source = \"...\" in [tunnel] to one of this host's \
+                     addresses",
+                    iface = self.interface,
+                    label = vip_label(first, &vip.name),
+                    mode = vip.forwarding,
+                ),
+            ),
+            Some(s) if !m.local.contains(&s) && !s.is_loopback() && !s.is_unspecified() => {
+                out.push(
+                    "tunnel source",
+                    format!(
+                        "{s} is not an address of this host: the ICMP errors routers send \
+                         about tunnelled frames would go to whoever holds it, and the \
+                         backends' decap would accept frames from a source this node does \
+                         not own; give one of this host's addresses (`ip -4 addr` lists \
+                         them), or leave source out to use {iface}'s primary address",
+                        iface = self.interface,
+                    ),
+                );
+            }
+            _ => {}
+        }
     }
 
     /// The daemon refuses a socket folder others could replace the socket
@@ -161,6 +250,35 @@ pub fn backend_machine_problems(
     out.0
 }
 
+/// The name of `iface` in a sysctl key: a dot in an interface name (a VLAN
+/// such as eth0.100) is written as '/', since dots separate the key's parts.
+fn sysctl_name(iface: &str) -> String {
+    iface.replace('.', "/")
+}
+
+/// What the tunnel checks read of this machine.
+#[derive(Debug, Default)]
+struct TunnelMachine {
+    /// `net.ipv4.conf.<interface>.forwarding`; `None`: unreadable (no
+    /// such interface).
+    forwarding: Option<bool>,
+    /// The interface's primary IPv4 address.
+    primary: Option<Ipv4Addr>,
+    /// Every IPv4 address of this host.
+    local: Vec<Ipv4Addr>,
+}
+
+impl TunnelMachine {
+    fn read(interface: &str) -> Self {
+        let addrs = netdev::addresses();
+        Self {
+            forwarding: netdev::ipv4_forwarding(interface),
+            primary: addrs.primary_ipv4(interface),
+            local: addrs.ipv4.iter().map(|(_, a)| *a).collect(),
+        }
+    }
+}
+
 /// This host's addresses and its routers, as the kernel knows them in the
 /// daemon's network namespace.
 struct Machine {
@@ -187,7 +305,7 @@ impl Machine {
         }
     }
 
-    fn address_problem(&self, address: Ipv4Addr) -> Option<String> {
+    fn address_problem(&self, address: Ipv4Addr, forwarding: Forwarding) -> Option<String> {
         // A loopback address is refused by `validate` already, and every
         // host holds one.
         if address.is_loopback() {
@@ -200,7 +318,10 @@ impl Machine {
                  of another machine that serves the VIP"
             ));
         }
-        self.gateways.contains(&address).then(|| {
+        // DSR leaves the VIP as the destination, so the router sends the
+        // frame back; a tunnel addresses the outer header to the router
+        // itself, which loops nothing (and may well run the decap).
+        (forwarding == Forwarding::Dsr && self.gateways.contains(&address)).then(|| {
             format!(
                 "{address} is this host's default gateway: the router would send the VIP's \
                  frames straight back here, and they would loop; give the address of a \
@@ -218,9 +339,13 @@ impl Machine {
     ) {
         // The VIP's own address is refused by `validate` already.
         if b.address != vip.address
-            && let Some(why) = self.address_problem(b.address)
+            && let Some(why) = self.address_problem(b.address, vip.forwarding)
         {
             out.push(format!("{label} address"), why);
+        }
+        // A tunnel VIP's backend has no MAC (`validate` refuses one).
+        if vip.forwarding != Forwarding::Dsr {
+            return;
         }
         let Some(mac) = b.mac else { return };
         if let Some((iface, _)) = self.addrs.macs.iter().find(|(_, m)| **m == mac) {

@@ -383,6 +383,23 @@ impl From<Forwarding> for lb_common::ForwardingMode {
     }
 }
 
+impl From<lb_common::ForwardingMode> for Forwarding {
+    fn from(f: lb_common::ForwardingMode) -> Self {
+        match f {
+            lb_common::ForwardingMode::Dsr => Self::Dsr,
+            lb_common::ForwardingMode::Ipip => Self::Ipip,
+            lb_common::ForwardingMode::Gue => Self::Gue,
+        }
+    }
+}
+
+impl Forwarding {
+    /// IP-in-IP or GUE: backends reached through the routing table.
+    pub fn is_tunnel(self) -> bool {
+        self != Self::Dsr
+    }
+}
+
 impl fmt::Display for Forwarding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

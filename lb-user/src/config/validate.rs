@@ -10,8 +10,8 @@ use lb_common::{
 };
 
 use super::{
-    BackendConfig, CheckKind, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_PATH, HealthConfig,
-    MAX_WEIGHT, Problem, Problems, Protocol, VipConfig,
+    BackendConfig, CheckKind, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_PATH, Forwarding,
+    HealthConfig, MAX_WEIGHT, Problem, Problems, Protocol, VipConfig,
 };
 use crate::fmt::{fmt_duration, fmt_mac};
 
@@ -39,6 +39,7 @@ impl Config {
         if let Some(a) = &self.announce {
             a.validate(&mut out);
         }
+        self.tunnel.validate(&mut out);
         self.validate_vip_set(&mut out);
         self.validate_sync(&mut out);
         let global_health = health_problems(&self.health);
@@ -80,6 +81,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<Problem> {
         let mut out = Problems::default();
         self.warn_unweighted_vips(&mut out);
+        self.warn_unused_source_prefix(&mut out);
         let mut out = out.0;
         out.extend(self.health_warnings());
         out
@@ -397,8 +399,14 @@ fn validate_backend(
             format!("{label} address"),
             format!(
                 "{} is a loopback address: frames sent to it never reach a backend (this \
-                 host drops them); give the backend's own address on the interface's network",
-                b.address
+                 host drops them); give the backend's own address{}",
+                b.address,
+                // A tunnel VIP's backends may be in any routed subnet.
+                if vip.forwarding == Forwarding::Dsr {
+                    " on the interface's network"
+                } else {
+                    ""
+                }
             ),
         );
     }
@@ -414,7 +422,20 @@ fn validate_backend(
             ),
         );
     }
-    if let Some(mac) = &b.mac {
+    if let Some(mac) = &b.mac
+        && vip.forwarding != Forwarding::Dsr
+    {
+        out.push(
+            format!("{label} mac"),
+            format!(
+                "{} is set, but the VIP forwards by {}: frames are routed to the backend's \
+                 address and the next hop's MAC comes from the kernel's FIB for every \
+                 frame, so a backend MAC is never used; leave mac out",
+                fmt_mac(mac),
+                vip.forwarding
+            ),
+        );
+    } else if let Some(mac) = &b.mac {
         if mac[0] & 1 != 0 {
             out.push(
                 format!("{label} mac"),

@@ -63,6 +63,7 @@ impl Dataplane {
             global_stats: take_map!(ebpf, map_names::GLOBAL_STATS),
             own_mac: take_map!(ebpf, map_names::OWN_MAC),
             sync: take_map!(ebpf, map_names::SYNC),
+            tunnel: take_map!(ebpf, map_names::TUNNEL),
             sync_events: Some(take_map!(ebpf, map_names::SYNC_EVENTS)),
             ebpf,
         })

@@ -24,7 +24,7 @@ use aya::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, BackendInfo, BackendStats, OwnMac, PROGRAM_NAME, RING_POOL_SIZE,
-    SyncSettings, VipInfo, VipKey, VipStats, global_counter, map_names,
+    SyncSettings, TunnelSettings, VipInfo, VipKey, VipStats, global_counter, map_names,
 };
 use thiserror::Error;
 
@@ -176,6 +176,7 @@ pub struct Dataplane {
     global_stats: PerCpuArray<MapData, u64>,
     own_mac: Array<MapData, OwnMac>,
     sync: Array<MapData, SyncSettings>,
+    tunnel: Array<MapData, TunnelSettings>,
     /// The sync ring's reader until `sync_events` hands it out.
     sync_events: Option<RingBuf<MapData>>,
 }
@@ -583,6 +584,22 @@ impl Dataplane {
         self.sync
             .get(&0, 0)
             .map_err(map_err(map_names::SYNC, "get"))
+    }
+}
+
+impl Dataplane {
+    /// Sets how the tunnel modes build the outer header (`SLB_TUNNEL`).
+    pub fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()> {
+        self.tunnel
+            .set(0, settings, 0)
+            .map_err(map_err(map_names::TUNNEL, "set"))
+    }
+
+    /// What `set_tunnel` wrote (all zero on a fresh load).
+    pub fn tunnel_settings(&self) -> Result<TunnelSettings> {
+        self.tunnel
+            .get(&0, 0)
+            .map_err(map_err(map_names::TUNNEL, "get"))
     }
 }
 

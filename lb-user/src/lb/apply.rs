@@ -57,14 +57,14 @@ impl<M: Maps> Lb<M> {
             return Err(LbError::StalePlan);
         }
         self.generation += 1;
-        let (report, work, removed_keys) = plan.into_parts();
+        let (report, work, removed_keys, tunnel) = plan.into_parts();
         let mut old: Vec<Option<Vip>> = std::mem::take(&mut self.vips)
             .into_iter()
             .map(Some)
             .collect();
         let frees_ids = !report.removed.is_empty()
             || report.vips.iter().any(|v| !v.removed_backends.is_empty());
-        let result = self.apply_to(&report, &work, &removed_keys, &mut old);
+        let result = self.apply_to(&report, &work, &removed_keys, tunnel, &mut old);
         if result.is_err() {
             // Keep what was not reached in the books: its maps are as they were.
             self.vips.extend(old.into_iter().flatten());
@@ -89,8 +89,15 @@ impl<M: Maps> Lb<M> {
         plan: &PlanReport,
         work: &[VipWork],
         removed_keys: &[VipKey],
+        tunnel: Option<lb_common::TunnelSettings>,
         old: &mut [Option<Vip>],
     ) -> Result<ApplyReport> {
+        // First: a VIP this plan switches to a tunnel mode must never
+        // forward with the old (or no) outer source.
+        if let Some(t) = tunnel {
+            self.maps.set_tunnel(t)?;
+            self.tunnel = t;
+        }
         for (r, key) in plan.removed.iter().zip(removed_keys) {
             let Some(slot) = old
                 .iter_mut()
@@ -223,7 +230,8 @@ impl<M: Maps> Lb<M> {
             .iter()
             .zip(&w.spec.backends)
             .map(|(b, spec)| {
-                let mut b = Backend::new(b.id, self.serials.next(), spec);
+                let mut b =
+                    Backend::new(b.id, self.serials.next(), spec, cfg.forwarding.is_tunnel());
                 b.first_result_by = Some(first_result_due(&b, now));
                 b
             })
@@ -299,14 +307,20 @@ impl<M: Maps> Lb<M> {
                         .expect("a kept backend is in the running VIP");
                     let mut b = running.swap_remove(i);
                     let before = b.info(v.id);
-                    update_backend(&mut b, bp, spec);
+                    let routed = v.cfg.forwarding.is_tunnel();
+                    update_backend(&mut b, bp, spec, routed, &self.neighbours);
                     if b.info(v.id) != before {
                         written = self.maps.set_backend(b.id, b.info(v.id));
                     }
                     b
                 }
                 BackendChange::Added => {
-                    let mut b = Backend::new(bp.id, self.serials.next(), spec);
+                    let mut b = Backend::new(
+                        bp.id,
+                        self.serials.next(),
+                        spec,
+                        v.cfg.forwarding.is_tunnel(),
+                    );
                     if v.warming_up.is_some() {
                         b.first_result_by = Some(first_result_due(&b, Instant::now()));
                     }
@@ -423,13 +437,25 @@ pub(super) fn restart_push(b: &Backend) -> Duration {
 }
 
 /// Brings a kept backend to `spec`; health and the learned MAC stay.
-fn update_backend(b: &mut Backend, planned: &BackendReport, spec: &BackendSpec) {
+/// `routed`: its VIP forwards through a tunnel (now). A backend whose VIP
+/// goes from a tunnel mode to DSR takes its MAC from `neighbours`: its
+/// health is kept, and so is its place in the table if it is on the link.
+fn update_backend(
+    b: &mut Backend,
+    planned: &BackendReport,
+    spec: &BackendSpec,
+    routed: bool,
+    neighbours: &std::collections::HashMap<std::net::Ipv4Addr, [u8; 6]>,
+) {
     debug_assert_eq!(std::net::SocketAddr::V4(b.addr), planned.address);
     b.weight = spec.cfg.weight;
     b.drained = spec.drained;
     b.health_cfg = spec.cfg.health.clone();
     b.from_config = spec.from_config;
-    if spec.cfg.mac.is_some() {
+    if routed {
+        b.mac = None;
+        b.mac_source = MacSource::Routed;
+    } else if spec.cfg.mac.is_some() {
         b.mac = spec.cfg.mac;
         b.mac_source = MacSource::Config;
     } else if b.mac_source == MacSource::Config {
@@ -437,5 +463,12 @@ fn update_backend(b: &mut Backend, planned: &BackendReport, spec: &BackendSpec) 
         // otherwise: dropping it would take the backend out and re-pin all
         // its clients.
         b.mac_source = MacSource::Neighbour;
+    } else if b.routed() {
+        b.mac = neighbours.get(b.addr.ip()).copied();
+        b.mac_source = if b.mac.is_some() {
+            MacSource::Neighbour
+        } else {
+            MacSource::Unknown
+        };
     }
 }

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lb_common::{
-    AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, RING_POOL_SIZE, VipInfo,
-    VipKey, VipStats, backend_flags, global_counter,
+    AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, RING_POOL_SIZE,
+    TunnelSettings, VipInfo, VipKey, VipStats, backend_flags, global_counter,
 };
 
 use super::maps::{Maps, Result};
@@ -27,6 +27,8 @@ pub enum Op {
     SetAffinity(AffinityKey, AffinityValue),
     /// Affinity entries deleted, by (VIP id, backend id) of each.
     Purge(Vec<(u32, u32)>),
+    /// `SLB_TUNNEL` written.
+    SetTunnel(TunnelSettings),
 }
 
 /// Maps held in memory. Clone it to hand "the pinned state" to a second
@@ -37,6 +39,7 @@ pub struct FakeMaps {
     pub backends: Vec<BackendInfo>,
     pub ring: Vec<u32>,
     pub affinity: BTreeMap<(u32, [u8; 4]), AffinityValue>,
+    pub tunnel: TunnelSettings,
     pub log: Vec<Op>,
     /// Writes that still succeed before every further one fails (None:
     /// all succeed), to see what a kernel error half-way leaves behind.
@@ -50,6 +53,7 @@ impl Default for FakeMaps {
             backends: vec![bytemuck::Zeroable::zeroed(); MAX_BACKENDS as usize],
             ring: vec![0; RING_POOL_SIZE as usize],
             affinity: BTreeMap::new(),
+            tunnel: TunnelSettings::default(),
             log: Vec::new(),
             writes_before_failure: None,
         }
@@ -204,5 +208,16 @@ impl Maps for FakeMaps {
 
     fn global_stats(&self) -> Result<[u64; global_counter::COUNT as usize]> {
         Ok([0; global_counter::COUNT as usize])
+    }
+
+    fn tunnel(&self) -> Result<TunnelSettings> {
+        Ok(self.tunnel)
+    }
+
+    fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()> {
+        self.write()?;
+        self.tunnel = settings;
+        self.log.push(Op::SetTunnel(settings));
+        Ok(())
     }
 }

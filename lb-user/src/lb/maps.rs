@@ -4,8 +4,8 @@
 //! write in order.
 
 use lb_common::{
-    AffinityKey, AffinityValue, BackendInfo, BackendStats, VipInfo, VipKey, VipStats,
-    global_counter,
+    AffinityKey, AffinityValue, BackendInfo, BackendStats, TunnelSettings, VipInfo, VipKey,
+    VipStats, global_counter,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -36,6 +36,9 @@ pub trait Maps {
     fn vip_stats(&self, vip_id: u32) -> Result<VipStats>;
     fn backend_stats(&self, backend_id: u32) -> Result<BackendStats>;
     fn global_stats(&self) -> Result<[u64; global_counter::COUNT as usize]>;
+    /// The outer header of the tunnel modes (`SLB_TUNNEL`).
+    fn tunnel(&self) -> Result<TunnelSettings>;
+    fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()>;
 }
 
 impl Maps for Dataplane {
@@ -80,5 +83,11 @@ impl Maps for Dataplane {
     }
     fn global_stats(&self) -> Result<[u64; global_counter::COUNT as usize]> {
         Dataplane::global_stats(self)
+    }
+    fn tunnel(&self) -> Result<TunnelSettings> {
+        Dataplane::tunnel_settings(self)
+    }
+    fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()> {
+        Dataplane::set_tunnel(self, settings)
     }
 }

@@ -22,7 +22,7 @@ pub mod sync;
 mod tests;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
     sync::{
         Arc,
@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{NO_BACKEND, backend_flags, maglev};
+use lb_common::{ForwardingMode, NO_BACKEND, TunnelSettings, backend_flags, maglev};
 use log::{info, warn};
 use thiserror::Error;
 
@@ -103,6 +103,12 @@ pub struct Lb<M: Maps = Dataplane> {
     /// the pins this node made while its view was going dark may differ
     /// from its peers', which a sync then pulls again.
     rewarmed: u64,
+    /// What `SLB_TUNNEL` holds.
+    tunnel: TunnelSettings,
+    /// The neighbour table as the daemon last read it: the MAC a backend of
+    /// a VIP that goes from a tunnel mode to DSR starts with, so that it
+    /// stays alive through the switch if it is on the link.
+    neighbours: HashMap<Ipv4Addr, [u8; 6]>,
 }
 
 impl<M: Maps> Lb<M> {
@@ -138,6 +144,8 @@ impl<M: Maps> Lb<M> {
             serials: state::Serials::default(),
             id_epoch: Arc::default(),
             rewarmed: 0,
+            tunnel: TunnelSettings::default(),
+            neighbours: HashMap::new(),
         };
         lb.adopt(cfg)?;
         Ok(lb)
@@ -148,6 +156,9 @@ impl<M: Maps> Lb<M> {
     fn adopt(&mut self, cfg: &Config) -> Result<()> {
         let adopted_vips = self.maps.vips()?;
         let adopted_backends = self.maps.backends_in_use()?;
+        // Written again only if the file (or the address it defaults to)
+        // now says otherwise: see `plan_config`.
+        self.tunnel = self.maps.tunnel()?;
         for (key, info) in adopted_vips {
             let Some(vcfg) = cfg.vips.iter().find(|v| state::vip_key(v) == key) else {
                 self.maps.remove_vip(&key)?;
@@ -161,6 +172,10 @@ impl<M: Maps> Lb<M> {
             };
             let table = self.maps.read_ring(info.ring_base, info.ring_size)?;
             let spec = VipSpec::from_config(vcfg);
+            // The mode the previous run forwarded in: its backends are as
+            // that mode has them until the plan switches the VIP.
+            let pinned_mode = ForwardingMode::from_u8(info.forwarding)
+                .map_or(spec.cfg.forwarding, config::Forwarding::from);
             // Backends of this VIP that the config no longer has are not
             // adopted: they are cleared below, before any id is reused.
             let backends = adopted_backends
@@ -170,10 +185,11 @@ impl<M: Maps> Lb<M> {
                     let addr =
                         SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port));
                     let bspec = spec.backends.iter().find(|s| s.addr() == addr)?;
-                    let mut be = Backend::new(id, self.serials.next(), bspec);
+                    let mut be =
+                        Backend::new(id, self.serials.next(), bspec, pinned_mode.is_tunnel());
                     // The MAC in use stays in use until the neighbour table
                     // says otherwise (a configured one wins, as always).
-                    if be.mac.is_none() && b.mac != [0; 6] {
+                    if be.mac.is_none() && !be.routed() && b.mac != [0; 6] {
                         be.mac = Some(b.mac);
                         be.mac_source = MacSource::Neighbour;
                     }
@@ -193,6 +209,7 @@ impl<M: Maps> Lb<M> {
             let mut settings = spec.cfg;
             settings.table_size = info.ring_size;
             settings.affinity_timeout = Duration::from_nanos(info.affinity_timeout_ns);
+            settings.forwarding = pinned_mode;
             // A VIP the previous run was still warming up (its table all
             // empty, some backend's health not known yet) goes on warming
             // up: rebuilt now, its table would come from a partial set.
@@ -247,9 +264,23 @@ impl<M: Maps> Lb<M> {
     /// `needs_restart`: the settings of `new` that differ from the running
     /// ones but only take effect on a restart (the hash seed among them: it
     /// is read from `new` only at start).
+    /// `[tunnel]` is resolved on this machine (`Config::tunnel_settings`:
+    /// an unset source is the interface's address).
     pub fn plan_config(&self, new: &Config, needs_restart: Vec<String>) -> Result<Plan> {
         let desired = new.vips.iter().map(VipSpec::from_config).collect();
-        self.plan(desired, needs_restart)
+        let mut plan = self.plan(desired, needs_restart)?;
+        plan.set_tunnel(&self.tunnel, new.tunnel_settings());
+        Ok(plan)
+    }
+
+    /// What `SLB_TUNNEL` holds (as this daemon wrote or adopted it).
+    pub fn tunnel(&self) -> TunnelSettings {
+        self.tunnel
+    }
+
+    /// Records the neighbour table just read (see `neighbours`).
+    pub fn set_neighbour_table(&mut self, table: HashMap<Ipv4Addr, [u8; 6]>) {
+        self.neighbours = table;
     }
 
     /// Plans and applies `cfg` in one step (a config with restart-only
@@ -638,7 +669,8 @@ impl<M: Maps> Lb<M> {
             return Ok(());
         };
         let b = &mut self.vips[vi].backends[bi];
-        if b.mac_source == MacSource::Config || b.mac == mac {
+        // A routed backend needs no MAC: the FIB gives the next hop's.
+        if b.mac_source == MacSource::Config || b.routed() || b.mac == mac {
             return Ok(());
         }
         self.generation += 1;

@@ -7,7 +7,9 @@
 
 use std::{collections::BTreeSet, fmt};
 
-use lb_common::{MAX_BACKENDS, MAX_VIPS, VipKey};
+use std::net::Ipv4Addr;
+
+use lb_common::{MAX_BACKENDS, MAX_VIPS, TunnelSettings, VipKey};
 
 use super::{
     Lb, LbError, Maps, Result,
@@ -33,6 +35,8 @@ pub struct Plan {
     removed_keys: Vec<VipKey>,
     /// The state this plan was made against (see `Lb::apply`).
     generation: u64,
+    /// The `SLB_TUNNEL` entry to write, if it changes.
+    tunnel: Option<TunnelSettings>,
 }
 
 /// What `apply` needs for one VIP of the plan.
@@ -57,8 +61,21 @@ impl Plan {
         self.generation
     }
 
-    pub(super) fn into_parts(self) -> (PlanReport, Vec<VipWork>, Vec<VipKey>) {
-        (self.report, self.work, self.removed_keys)
+    pub(super) fn into_parts(
+        self,
+    ) -> (
+        PlanReport,
+        Vec<VipWork>,
+        Vec<VipKey>,
+        Option<TunnelSettings>,
+    ) {
+        (self.report, self.work, self.removed_keys, self.tunnel)
+    }
+
+    /// Makes the plan bring `SLB_TUNNEL` from `running` to `wanted`.
+    pub(super) fn set_tunnel(&mut self, running: &TunnelSettings, wanted: TunnelSettings) {
+        self.report.tunnel = tunnel_settings(running, &wanted);
+        self.tunnel = (*running != wanted).then_some(wanted);
     }
 }
 
@@ -74,6 +91,42 @@ fn setting(field: &str, from: impl fmt::Display, to: impl fmt::Display) -> Setti
         from: from.to_string(),
         to: to.to_string(),
     }
+}
+
+/// The `[tunnel]` fields that differ, as the file writes them.
+fn tunnel_settings(old: &TunnelSettings, new: &TunnelSettings) -> Vec<SettingChange> {
+    let mut out = Vec::new();
+    if old.src_addr != new.src_addr {
+        let src = |a: [u8; 4]| {
+            if a == [0; 4] {
+                "(none)".to_owned()
+            } else {
+                Ipv4Addr::from(a).to_string()
+            }
+        };
+        out.push(setting("source", src(old.src_addr), src(new.src_addr)));
+    }
+    if (old.src_prefix, old.src_prefix_len) != (new.src_prefix, new.src_prefix_len) {
+        let prefix = |t: &TunnelSettings| {
+            if t.src_prefix_len == 0 {
+                "(none)".to_owned()
+            } else {
+                format!("{}/{}", Ipv4Addr::from(t.src_prefix), t.src_prefix_len)
+            }
+        };
+        out.push(setting("source_prefix", prefix(old), prefix(new)));
+    }
+    if old.gue_port != new.gue_port {
+        out.push(setting(
+            "gue_port",
+            u16::from_be_bytes(old.gue_port),
+            u16::from_be_bytes(new.gue_port),
+        ));
+    }
+    if old.ttl != new.ttl {
+        out.push(setting("ttl", old.ttl, new.ttl));
+    }
+    out
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -339,10 +392,12 @@ impl<M: Maps> Lb<M> {
                     })
                     .collect(),
                 vips,
+                tunnel: Vec::new(),
             },
             work,
             removed_keys: gone.iter().map(|v| v.key).collect(),
             generation: self.generation,
+            tunnel: None,
         })
     }
 }

@@ -203,6 +203,7 @@ impl<M: Maps> Lb<M> {
                 protocol: v.cfg.protocol.to_string(),
                 table_size: v.info.ring_size,
                 affinity_timeout_s: Duration::from_nanos(v.info.affinity_timeout_ns).as_secs_f64(),
+                forwarding: v.cfg.forwarding,
                 alive_backends: v.backends.iter().filter(|b| b.alive()).count(),
                 // A VIP waiting to re-warm is not warming up for the gate
                 // yet (it has no alive backend: that is why it is not

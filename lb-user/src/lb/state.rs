@@ -65,7 +65,8 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub(super) fn new(id: u32, serial: BackendSerial, spec: &BackendSpec) -> Self {
+    /// `routed`: its VIP forwards through a tunnel, so it has no MAC.
+    pub(super) fn new(id: u32, serial: BackendSerial, spec: &BackendSpec, routed: bool) -> Self {
         let cfg = &spec.cfg;
         Self {
             id,
@@ -75,8 +76,10 @@ impl Backend {
             drained: spec.drained,
             health: None,
             health_cfg: cfg.health.clone(),
-            mac: cfg.mac,
-            mac_source: if cfg.mac.is_some() {
+            mac: cfg.mac.filter(|_| !routed),
+            mac_source: if routed {
+                MacSource::Routed
+            } else if cfg.mac.is_some() {
                 MacSource::Config
             } else {
                 MacSource::Unknown
@@ -89,9 +92,15 @@ impl Backend {
         }
     }
 
-    /// Forwardable: healthy and with a MAC to send to.
+    /// Forwardable: healthy and with a MAC to send to (a routed backend
+    /// needs none).
     pub fn alive(&self) -> bool {
-        self.health == Some(State::Up) && self.mac.is_some()
+        self.health == Some(State::Up) && (self.routed() || self.mac.is_some())
+    }
+
+    /// A tunnel VIP's backend: reached through the routing table, no MAC.
+    pub fn routed(&self) -> bool {
+        self.mac_source == MacSource::Routed
     }
 
     /// Takes new clients.
@@ -102,7 +111,7 @@ impl Backend {
     /// Its entry in the backends map.
     pub fn info(&self, vip_id: u32) -> BackendInfo {
         BackendInfo {
-            mac: self.mac.unwrap_or([0; 6]),
+            mac: self.mac.filter(|_| !self.routed()).unwrap_or([0; 6]),
             flags: backend_flags::IN_USE
                 | if self.alive() {
                     backend_flags::ALIVE
