@@ -12,6 +12,7 @@ mod conncap;
 pub mod control;
 mod daemon;
 pub mod dataplane;
+pub mod decap;
 mod fmt;
 pub mod health;
 pub mod lb;

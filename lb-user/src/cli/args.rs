@@ -1,12 +1,15 @@
 //! The command line's arguments, and the control request each daemon
 //! command sends.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::Request;
+use crate::{
+    api::Request,
+    decap::{DEFAULT_PIN_DIR as DECAP_PIN_DIR, Source, XdpModeChoice},
+};
 
 #[derive(Parser)]
 #[command(
@@ -91,6 +94,14 @@ pub enum Command {
     Check,
     #[command(flatten)]
     Query(Query),
+    /// On a backend: attach, inspect, check and detach the decapsulation
+    /// program that the tunnel modes (forwarding = "ipip" or "gue") need.
+    /// No daemon: the program keeps working after the command exits.
+    #[command(after_long_help = DECAP_HELP)]
+    Decap {
+        #[command(subcommand)]
+        action: DecapAction,
+    },
     /// Print shell completions.
     Completions {
         /// The shell to complete for.
@@ -108,6 +119,105 @@ pub enum Command {
         dir: Option<PathBuf>,
         /// The command whose page to print, e.g. `backend add`; default: stickylb's.
         command: Vec<String>,
+    },
+}
+
+/// What `decap --help` says about the whole of it.
+const DECAP_HELP: &str = "\
+A load balancer forwarding a VIP with forwarding = \"ipip\" or \"gue\" sends each client
+packet to the backend's own address inside an outer IPv4 header (GUE: and a UDP header to
+port 6080). This kernel has no ipip/fou modules, so the backend runs stickylb's own XDP
+program: it strips the outer header of frames from the load balancers (--allow) to this
+host's address (--address) and hands the client's packet to the stack, where the VIP sits
+on lo as in DSR. Other tunnel frames are dropped and counted; all other traffic passes
+untouched.
+
+Typical backend setup:
+  stickylb decap attach --interface eth0 --allow 10.0.0.1 --allow 10.0.0.2
+  ip addr add VIP/32 dev lo
+  sysctl -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+  stickylb decap check --interface eth0 --vip VIP
+
+Pins: <pin dir>/<interface>/{link,SLB_DECAP_CFG,SLB_DECAP_SRC,SLB_DECAP_STATS}
+(default pin dir /sys/fs/bpf/stickylb-decap). See docs/tunnels.md.";
+
+/// `stickylb decap`'s commands.
+#[derive(Subcommand)]
+pub enum DecapAction {
+    /// Attach the decap program to an interface, or, when it is attached
+    /// already, rewrite what it accepts in place (no frame is missed).
+    /// Refused when another XDP program is attached.
+    #[command(
+        after_help = "Examples:\n  stickylb decap attach --interface eth0 --allow 10.0.0.1\n  \
+                      stickylb decap attach -i eth0 --allow 10.0.9.0/24 --no-gue\n  \
+                      stickylb decap attach -i eth0 --allow 10.0.0.1 --address 10.0.5.7 \
+                      --gue-port 7000"
+    )]
+    Attach {
+        /// The interface the tunnelled frames arrive on.
+        #[arg(short, long, value_name = "IF")]
+        interface: String,
+        /// A load balancer's outer source: an address (e.g. its [tunnel]
+        /// source) or a prefix (its source_prefix). Repeat for each; at
+        /// least one. Tunnel frames from anything else are dropped.
+        #[arg(long, value_name = "ADDR[/LEN]", required = true)]
+        allow: Vec<Source>,
+        /// The only outer destination accepted: the backend address the load
+        /// balancers' config names. Default: the interface's primary IPv4.
+        #[arg(long, value_name = "ADDR")]
+        address: Option<Ipv4Addr>,
+        /// UDP port of GUE (the load balancers' [tunnel] gue_port).
+        #[arg(long, value_name = "N", default_value_t = lb_common::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+        /// Do not decapsulate GUE: UDP to the GUE port is ordinary traffic.
+        #[arg(long, conflicts_with = "gue_port")]
+        no_gue: bool,
+        /// Do not decapsulate IP-in-IP: protocol 4 is ordinary traffic
+        /// (which this kernel drops).
+        #[arg(long)]
+        no_ipip: bool,
+        /// XDP mode: driver (native), skb (generic), or auto (driver, else
+        /// skb with a warning). Ignored when updating in place.
+        #[arg(long, value_name = "MODE", default_value = "auto")]
+        xdp_mode: XdpModeChoice,
+        /// Folder on bpffs; the pins go in <DIR>/<IF>/.
+        #[arg(long, value_name = "DIR", default_value = DECAP_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Whether the program is attached, in which mode, what it accepts, and
+    /// its counters (summed over CPUs).
+    Status {
+        /// Only this interface; default: every interface pinned under DIR.
+        #[arg(short, long, value_name = "IF")]
+        interface: Option<String>,
+        /// Folder on bpffs the pins are in.
+        #[arg(long, value_name = "DIR", default_value = DECAP_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Detach the program and remove every pin `attach` made. Nothing
+    /// attached is no error. Tunnelled clients lose service.
+    Detach {
+        /// The interface to detach from.
+        #[arg(short, long, value_name = "IF")]
+        interface: String,
+        /// Folder on bpffs the pins are in.
+        #[arg(long, value_name = "DIR", default_value = DECAP_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Check the backend's prerequisites: the decap program attached with
+    /// sources, each VIP on lo, ARP settings that keep the VIP to itself,
+    /// rp_filter. Each problem with the command that fixes it; the exit
+    /// status is 1 when one fails.
+    Check {
+        /// The interface the tunnelled frames arrive on.
+        #[arg(short, long, value_name = "IF")]
+        interface: String,
+        /// A VIP this backend serves. Repeat for each; at least one.
+        #[arg(long, value_name = "ADDR", required = true)]
+        vip: Vec<Ipv4Addr>,
+        /// Folder on bpffs the pins are in.
+        #[arg(long, value_name = "DIR", default_value = DECAP_PIN_DIR)]
+        pin_dir: PathBuf,
     },
 }
 

@@ -3,6 +3,7 @@
 //! same binary under another name.
 
 mod args;
+mod decap;
 mod lifecycle;
 mod print;
 
@@ -35,6 +36,8 @@ pub fn main() -> ExitCode {
         // The reader has gone (`stickylb flows | head -1`): what it wanted
         // it has, so this is no failure worth a message.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // The command printed why already.
+        Err(e) if e.is::<Failed>() => ExitCode::FAILURE,
         Err(e) => {
             if cli.json {
                 let _ = writeln!(out, "{}", json_error(&e));
@@ -89,6 +92,12 @@ fn json_error(e: &anyhow::Error) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
+/// A command that reported its own failure (`decap check`): exit 1, with
+/// nothing more printed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed")]
+struct Failed;
+
 /// Our own stdout, whose closed pipe is marked as such: an EPIPE from
 /// anywhere else (the control socket of a daemon that closed on us) is a
 /// failure to report.
@@ -133,6 +142,7 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Unload { pin_path } => lifecycle::unload(cli, pin_path.as_deref(), out),
         Command::Check => check(cli, out),
         Command::Query(q) => query(cli, q, out),
+        Command::Decap { action } => decap::run(action, cli.json, out),
         Command::Completions { shell } => {
             // Into a buffer: clap_complete panics on a failed write.
             let mut text = Vec::new();

@@ -30,6 +30,7 @@ use thiserror::Error;
 
 use ring::RingMem;
 pub use shape::pinned_shape;
+pub use veth::{XdpOnLink, xdp_on_link};
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {

@@ -2,7 +2,8 @@
 //! back out of a veth in driver mode is handed to the peer's XDP receive
 //! path, and is dropped when the peer has no XDP program. Asked of the
 //! kernel with one rtnetlink RTM_GETLINK per interface (the peer may be in
-//! another namespace: IFLA_TARGET_NETNSID reaches it).
+//! another namespace: IFLA_TARGET_NETNSID reaches it). The same reply
+//! says which XDP programs an interface has, in which mode (`xdp_on_link`).
 
 use std::io;
 
@@ -19,6 +20,8 @@ const IFLA_XDP: u16 = 43;
 const IFLA_TARGET_NETNSID: u16 = 46;
 const IFLA_XDP_ATTACHED: u16 = 2;
 const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+const IFLA_XDP_HW_PROG_ID: u16 = 7;
 const XDP_ATTACHED_DRV: u8 = 1;
 const XDP_ATTACHED_MULTI: u8 = 4;
 const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
@@ -33,6 +36,29 @@ struct Link {
     peer_netnsid: Option<i32>,
     /// A driver-mode (native) XDP program is attached.
     driver_xdp: bool,
+    xdp: XdpOnLink,
+}
+
+/// The XDP programs attached to an interface, by mode (program ids).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpOnLink {
+    pub driver: Option<u32>,
+    pub skb: Option<u32>,
+    pub hw: Option<u32>,
+}
+
+impl XdpOnLink {
+    /// Every attached program with its mode's name.
+    pub fn programs(&self) -> impl Iterator<Item = (&'static str, u32)> {
+        [("driver", self.driver), ("skb", self.skb), ("hw", self.hw)]
+            .into_iter()
+            .filter_map(|(mode, id)| Some((mode, id?)))
+    }
+}
+
+/// The XDP programs attached to the interface `ifindex` of this namespace.
+pub fn xdp_on_link(ifindex: u32) -> io::Result<XdpOnLink> {
+    get_link(ifindex, None).map(|l| l.xdp)
 }
 
 /// Whether frames the program sends back out of `ifindex` are lost: `Some(the
@@ -108,7 +134,14 @@ fn parse_reply(b: &[u8]) -> io::Result<Link> {
                 for (t, p) in attrs(p) {
                     match t {
                         IFLA_XDP_ATTACHED => attached = p.first().copied().unwrap_or(0),
-                        IFLA_XDP_DRV_PROG_ID => drv_prog = u32_at(p, 0).unwrap_or(0),
+                        IFLA_XDP_DRV_PROG_ID => {
+                            drv_prog = u32_at(p, 0).unwrap_or(0);
+                            link.xdp.driver = Some(drv_prog).filter(|id| *id != 0);
+                        }
+                        IFLA_XDP_SKB_PROG_ID => {
+                            link.xdp.skb = u32_at(p, 0).filter(|id| *id != 0);
+                        }
+                        IFLA_XDP_HW_PROG_ID => link.xdp.hw = u32_at(p, 0).filter(|id| *id != 0),
                         _ => {}
                     }
                 }
@@ -134,6 +167,7 @@ mod tests {
         let lo = crate::netdev::ifindex("lo").unwrap();
         let link = get_link(lo, None).unwrap();
         assert_eq!((link.peer, link.driver_xdp), (None, false), "{link:?}");
+        assert_eq!(link.xdp, XdpOnLink::default());
         assert_eq!(veth_peer_without_xdp(lo).unwrap(), None);
     }
 
