@@ -167,7 +167,7 @@ fn client_backend(
         client,
     };
     // SAFETY: a map value pointer stays valid for the whole program run.
-    if let Some(entry) = unsafe { AFFINITY.get(&key) } {
+    if let Some(entry) = unsafe { AFFINITY.get(key) } {
         // SAFETY: helper without preconditions.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
         if entry.is_live(now, vip.affinity_timeout_ns)
