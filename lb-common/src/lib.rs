@@ -17,6 +17,7 @@ pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod select;
+pub mod tunnel;
 pub mod types;
 
 pub use hash::client_hash;

@@ -499,8 +499,10 @@ counter_struct! {
             help: "Frames dropped: the kernel has no resolved neighbour (MAC) for the next hop to the backend.",
             metrics: [Reason(&vip_families::DROPS, "no_neighbour")],
         }
-        /// Tunnel modes: unreachable, blackhole or prohibit route, forwarding
-        /// off on the interface, or no tunnel source configured.
+        /// Tunnel modes: unreachable, blackhole or prohibit route, a backend
+        /// address that is local, forwarding off on the interface, no tunnel
+        /// source (or GUE port) configured, or no headroom for the outer
+        /// header.
         drop_no_route {
             label: "tunnel dropped: no route",
             help: "Frames dropped: the kernel's FIB has no usable route to the backend.",

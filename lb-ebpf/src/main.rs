@@ -155,6 +155,12 @@ fn pick_backend(
         if !entry.is_live(now, vip.affinity_timeout_ns) {
             expired = true;
         } else if let Some(backend) = entry_backend(vip, entry.backend_id) {
+            // DSR's loop: a backend given the MAC of the router the frame
+            // came from would get it back to us unchanged, still to the VIP.
+            // A tunnel backend's MAC is zero, so this never matches a
+            // station's frame there; a tunnel has no such loop (its frames
+            // are addressed to the backend, see forward::encapsulate), and
+            // the same compare keeps DSR's path free of a mode test.
             if backend.mac == *src_mac {
                 stats.drop_loop += 1;
                 return None;
@@ -177,7 +183,8 @@ fn pick_backend(
         return None;
     };
     // Before pinning: a client must not be pinned by a frame that is not
-    // forwarded.
+    // forwarded. (The loop check above; the tunnel modes' own failures are
+    // known only once the frame is routed, after the pin.)
     if backend.mac == *src_mac {
         stats.drop_loop += 1;
         return None;

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod daemon;
+pub mod fibnet;
 pub mod netns;
 pub mod routed;
 pub mod traffic;
@@ -15,8 +16,8 @@ use std::net::Ipv4Addr;
 
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, PacketBuilderStep};
 use lb_common::{
-    AffinityKey, BackendInfo, BackendStats, VipInfo, VipKey, VipStats, backend_flags,
-    counters::CounterTable, global_counter, maglev, proto, select,
+    AffinityKey, BackendInfo, BackendStats, ForwardingMode, TunnelSettings, VipInfo, VipKey,
+    VipStats, backend_flags, counters::CounterTable, global_counter, maglev, proto, select,
 };
 use lb_user::dataplane::{Dataplane, LoadOptions};
 
@@ -152,8 +153,48 @@ impl Rig {
 
     fn write_backend(&mut self, id: u32) {
         let alive = self.backends[id as usize].alive;
-        let info = backend_info(id, backend_mac(id), alive, self.vip.vip_id);
+        let info = backend_info(id, self.backend_mac_of(id), alive, self.vip.vip_id);
         self.dp.set_backend(id, info).unwrap();
+    }
+
+    /// The MAC the backends map holds for backend `id`: `backend_mac(id)`
+    /// for a DSR VIP, zero for a tunnel VIP (as the daemon writes it: the
+    /// next hop's MAC comes from the FIB).
+    pub fn backend_mac_of(&self, id: u32) -> [u8; 6] {
+        match self.forwarding() {
+            Some(m) if m.is_tunnel() => [0; 6],
+            _ => backend_mac(id),
+        }
+    }
+
+    /// The VIP's forwarding mode (`None`: a value this build does not know).
+    pub fn forwarding(&self) -> Option<ForwardingMode> {
+        ForwardingMode::from_u8(self.vip.forwarding)
+    }
+
+    /// Sets the VIP's forwarding mode, and rewrites the backends' entries
+    /// as the daemon would for it (see `backend_mac_of`).
+    pub fn set_forwarding(&mut self, mode: ForwardingMode) {
+        self.vip.forwarding = mode.as_u8();
+        self.dp.set_vip(self.vip_key, self.vip).unwrap();
+        for id in 0..self.backends.len() as u32 {
+            self.write_backend(id);
+        }
+    }
+
+    /// Writes `SLB_TUNNEL` (`fibnet::settings()` is what the tunnel
+    /// fixtures use).
+    pub fn set_tunnel(&mut self, settings: TunnelSettings) {
+        self.dp.set_tunnel(settings).unwrap();
+    }
+
+    /// The rig with its VIP in `mode` and `fibnet::settings()` written: what
+    /// a tunnel fixture starts from.
+    pub fn tunnel(n: u32, mode: ForwardingMode) -> Self {
+        let mut rig = Self::new(n);
+        rig.set_forwarding(mode);
+        rig.set_tunnel(fibnet::settings());
+        rig
     }
 
     /// Marks a backend alive or dead in the backends map only.
@@ -209,6 +250,12 @@ impl Rig {
 
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.dp.test_run(frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// Runs `frame` as arriving on `net`'s ingress interface, so that the
+    /// program's FIB lookups see `net`'s routes (the tunnel modes).
+    pub fn run_in(&mut self, net: &fibnet::FibNet, frame: &[u8]) -> (u32, Vec<u8>) {
+        net.run(&mut self.dp, frame)
     }
 
     pub fn counters(&self) -> Counters {

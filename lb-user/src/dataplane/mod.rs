@@ -337,6 +337,21 @@ impl Dataplane {
             .map_err(map_err(map_names::OWN_MAC, "set"))
     }
 
+    /// Tells the program how to build the tunnel modes' outer header (all
+    /// zero: it cannot, and drops a tunnel VIP's frames as `drop_no_route`).
+    pub fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()> {
+        self.tunnel
+            .set(0, settings, 0)
+            .map_err(map_err(map_names::TUNNEL, "set"))
+    }
+
+    /// What `set_tunnel` wrote (all zero on a fresh load).
+    pub fn tunnel(&self) -> Result<TunnelSettings> {
+        self.tunnel
+            .get(&0, 0)
+            .map_err(map_err(map_names::TUNNEL, "get"))
+    }
+
     /// The MAC `set_own_mac` wrote, if any.
     pub fn own_mac(&self) -> Result<Option<[u8; 6]>> {
         self.own_mac
