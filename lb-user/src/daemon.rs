@@ -25,11 +25,12 @@ use crate::{
     },
     census::{Census, Counts, FlowsJob},
     config::{
-        CheckKind, Config, HealthConfig, XdpModeSetting, backend_machine_problems, parse_mac,
+        CheckKind, Config, Forwarding, HealthConfig, Protocol, TunnelConfig, VipConfig,
+        XdpModeSetting, backend_machine_problems, parse_mac,
     },
     control::{self, Envelope, Reply, Request},
     dataplane::{AttachMode, Attached, Dataplane, LINK_PIN_NAME, LoadOptions},
-    health::{self, CheckSpec, CheckerHandle, Probe, State},
+    health::{self, CheckSpec, CheckerHandle, Encap, Probe, State, TunnelCheck, TunnelProbe},
     lb::{BackendSerial, Lb},
     metrics, neigh, netdev,
     runtime::{self, PinLock, Record},
@@ -54,6 +55,9 @@ struct Checker {
     generation: u64,
     target: SocketAddr,
     cfg: HealthConfig,
+    /// Its probe through the tunnel, which also depends on the VIP and
+    /// `[tunnel]`.
+    tunnel: Option<TunnelProbe>,
     /// Its supervisor's restarts as last seen by a warm-up tick.
     restarts_seen: u64,
 }
@@ -62,7 +66,7 @@ struct Checker {
 /// unlike its id) and the checker's generation.
 type CheckKey = (BackendSerial, u64);
 
-fn spec(cfg: &HealthConfig) -> CheckSpec {
+fn spec(cfg: &HealthConfig, tunnel: Option<TunnelProbe>) -> CheckSpec {
     CheckSpec {
         probe: match cfg.kind {
             CheckKind::Tcp => Probe::Tcp,
@@ -82,7 +86,60 @@ fn spec(cfg: &HealthConfig) -> CheckSpec {
         timeout: cfg.timeout,
         rise: cfg.rise,
         fall: cfg.fall,
+        tunnel,
     }
+}
+
+/// The probe through the tunnel of a backend at `backend` of `vip`, checked
+/// as `health` says, if it gets one: in the tunnel modes, unless `tunnel =
+/// false`; for a UDP VIP only with a UDP check (its datagram is what is
+/// sent: any other check says nothing of what the service answers). `source`:
+/// the tunnel source as resolved (see [`tunnel_source`]); without one, none.
+fn tunnel_probe(
+    vip: &VipConfig,
+    backend: Ipv4Addr,
+    health: &HealthConfig,
+    tunnel: &TunnelConfig,
+    source: Option<Ipv4Addr>,
+) -> Option<TunnelProbe> {
+    let encap = match vip.forwarding {
+        Forwarding::Dsr => return None,
+        Forwarding::Ipip => Encap::Ipip,
+        Forwarding::Gue => Encap::Gue {
+            port: tunnel.gue_port,
+        },
+    };
+    if !health.tunnel {
+        return None;
+    }
+    let check = match (vip.protocol, health.kind) {
+        (Protocol::Tcp, _) => TunnelCheck::Tcp,
+        (Protocol::Udp, CheckKind::Udp) => TunnelCheck::Udp {
+            payload: health.payload.as_bytes().to_vec(),
+            expect: health.expect.as_ref().map(|e| e.as_bytes().to_vec()),
+        },
+        (Protocol::Udp, _) => return None,
+    };
+    Some(TunnelProbe {
+        encap,
+        source: source?,
+        backend,
+        vip: SocketAddrV4::new(vip.address, vip.port),
+        ttl: tunnel.ttl,
+        check,
+    })
+}
+
+/// The tunnel modes' outer source: `[tunnel] source`, else the first
+/// (primary) IPv4 address of `interface`.
+fn tunnel_source(tunnel: &TunnelConfig, interface: &str) -> Option<Ipv4Addr> {
+    tunnel.source.or_else(|| {
+        netdev::addresses()
+            .ipv4
+            .into_iter()
+            .find(|(i, _)| i == interface)
+            .map(|(_, a)| a)
+    })
 }
 
 struct Daemon {
@@ -154,21 +211,57 @@ impl Daemon {
     /// Starts, restarts or stops checkers so there is exactly one per
     /// backend, with its current settings.
     fn sync_checkers(&mut self) {
+        let tunnel = self.cfg.tunnel.clone();
+        self.sync_checkers_with(&tunnel);
+    }
+
+    /// [`Self::sync_checkers`] with `tunnel` for `[tunnel]` (a reload's
+    /// before it is the daemon's).
+    fn sync_checkers_with(&mut self, tunnel: &TunnelConfig) {
+        let tunnel_vips = self
+            .lb
+            .vips()
+            .iter()
+            .any(|v| v.cfg.forwarding != Forwarding::Dsr);
+        let source = if tunnel_vips {
+            tunnel_source(tunnel, &self.cfg.interface)
+        } else {
+            None
+        };
         let mut wanted = HashMap::new();
+        let mut unprobed = Vec::new();
         for v in self.lb.vips() {
             for b in &v.backends {
                 let port = b.health_cfg.port.unwrap_or(b.addr.port());
                 let target = SocketAddr::V4(SocketAddrV4::new(*b.addr.ip(), port));
                 let label = format!("{}: backend {}", v.name, b.addr);
-                wanted.insert(b.serial, (target, b.health_cfg.clone(), b.health, label));
+                let probe = tunnel_probe(&v.cfg, *b.addr.ip(), &b.health_cfg, tunnel, source);
+                if probe.is_none()
+                    && source.is_none()
+                    && v.cfg.forwarding != Forwarding::Dsr
+                    && b.health_cfg.tunnel
+                {
+                    unprobed.push(label.clone());
+                }
+                wanted.insert(
+                    b.serial,
+                    (target, b.health_cfg.clone(), probe, b.health, label),
+                );
             }
         }
+        if !unprobed.is_empty() {
+            warn!(
+                "no health probe through the tunnel for {}: {} has no IPv4 address and                  [tunnel] source is not set; only the backends' own addresses are checked",
+                unprobed.join(", "),
+                self.cfg.interface
+            );
+        }
         self.checkers.retain(|serial, c| {
-            wanted
-                .get(serial)
-                .is_some_and(|(t, cfg, ..)| *t == c.target && *cfg == c.cfg)
+            wanted.get(serial).is_some_and(|(t, cfg, probe, ..)| {
+                *t == c.target && *cfg == c.cfg && *probe == c.tunnel
+            })
         });
-        for (serial, (target, cfg, state, label)) in wanted {
+        for (serial, (target, cfg, tunnel, state, label)) in wanted {
             if self.checkers.contains_key(&serial) {
                 continue;
             }
@@ -180,7 +273,7 @@ impl Daemon {
                 (serial, generation),
                 label,
                 target,
-                spec(&cfg),
+                spec(&cfg, tunnel.clone()),
                 state,
                 self.health_tx.clone(),
                 health::real_probe(),
@@ -192,6 +285,7 @@ impl Daemon {
                     generation,
                     target,
                     cfg,
+                    tunnel,
                     restarts_seen: 0,
                 },
             );
@@ -322,7 +416,7 @@ impl Daemon {
         }
         let applying = self.lb.apply(plan.clone());
         // Checkers follow the backends the books hold, whatever got applied.
-        self.sync_checkers();
+        self.sync_checkers_with(&applied.tunnel);
         applying.context("reload partly applied (a map write failed); reload again to finish")?;
         self.cfg = applied;
         info!("reload: {summary}");
@@ -1254,5 +1348,97 @@ mod tests {
         );
         assert!(text.ends_with("attach failed"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn vip(forwarding: Forwarding, protocol: Protocol) -> VipConfig {
+        VipConfig {
+            name: "web".into(),
+            address: Ipv4Addr::new(192, 0, 2, 10),
+            port: 80,
+            protocol,
+            affinity_timeout: Duration::from_secs(300),
+            table_size: 7,
+            forwarding,
+            health: HealthConfig::default(),
+            backends: vec![],
+        }
+    }
+
+    #[test]
+    fn tunnel_vips_get_a_tunnel_probe_by_default_and_dsr_vips_never() {
+        const SRC: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+        const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 10);
+        let tunnel = TunnelConfig {
+            gue_port: 7000,
+            ttl: 9,
+            ..TunnelConfig::default()
+        };
+        let h = HealthConfig::default();
+        assert!(h.tunnel, "on by default");
+        let probe =
+            |v: &VipConfig, h: &HealthConfig, src| tunnel_probe(v, BACKEND, h, &tunnel, src);
+        let ipip = vip(Forwarding::Ipip, Protocol::Tcp);
+        assert_eq!(
+            probe(&ipip, &h, Some(SRC)),
+            Some(TunnelProbe {
+                encap: Encap::Ipip,
+                source: SRC,
+                backend: BACKEND,
+                vip: "192.0.2.10:80".parse().unwrap(),
+                ttl: 9,
+                check: TunnelCheck::Tcp,
+            })
+        );
+        // Whatever the check of the backend's own address: TCP VIPs get a SYN.
+        let http = HealthConfig {
+            kind: CheckKind::Http,
+            ..h.clone()
+        };
+        let gue = vip(Forwarding::Gue, Protocol::Tcp);
+        let p = probe(&gue, &http, Some(SRC)).unwrap();
+        assert_eq!(
+            (p.encap, p.check),
+            (Encap::Gue { port: 7000 }, TunnelCheck::Tcp)
+        );
+
+        let off = HealthConfig {
+            tunnel: false,
+            ..h.clone()
+        };
+        assert_eq!(probe(&ipip, &off, Some(SRC)), None);
+        assert_eq!(
+            probe(&vip(Forwarding::Dsr, Protocol::Tcp), &h, Some(SRC)),
+            None
+        );
+        assert_eq!(probe(&ipip, &h, None), None, "no source, no probe");
+
+        // A UDP VIP: only a UDP check says what to send.
+        let udp_vip = vip(Forwarding::Gue, Protocol::Udp);
+        assert_eq!(probe(&udp_vip, &h, Some(SRC)), None);
+        let udp = HealthConfig {
+            kind: CheckKind::Udp,
+            payload: "ping".into(),
+            expect: Some("pong".into()),
+            ..h.clone()
+        };
+        assert_eq!(
+            probe(&udp_vip, &udp, Some(SRC)).unwrap().check,
+            TunnelCheck::Udp {
+                payload: b"ping".to_vec(),
+                expect: Some(b"pong".to_vec()),
+            }
+        );
+    }
+
+    #[test]
+    fn the_tunnel_source_is_the_configured_one_else_the_interfaces_first_address() {
+        let set = TunnelConfig {
+            source: Some(Ipv4Addr::new(10, 9, 9, 9)),
+            ..TunnelConfig::default()
+        };
+        assert_eq!(tunnel_source(&set, "lo"), set.source);
+        let unset = TunnelConfig::default();
+        assert_eq!(tunnel_source(&unset, "lo"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(tunnel_source(&unset, "no-such-if0"), None);
     }
 }

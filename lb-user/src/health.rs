@@ -67,6 +67,10 @@ pub struct CheckSpec {
     pub rise: u32,
     /// Consecutive failed checks that take an up backend down.
     pub fall: u32,
+    /// A probe through the tunnel to the VIP, made with every check (at
+    /// the same time, within the same timeout) in the tunnel modes: both
+    /// must pass. `None`: the check alone decides.
+    pub tunnel: Option<TunnelProbe>,
 }
 
 /// The result of one probe.
@@ -396,7 +400,7 @@ async fn run<K: Clone>(
         // by the latency; a probe that overruns only delays the next, never overlaps it.
         next = later(started, jittered(spec.interval));
         let outcome = tokio::select! {
-            outcome = probe(target, &spec.probe, spec.timeout) => outcome,
+            outcome = check_once(target, &spec, &probe) => outcome,
             () = tx.closed() => return,
         };
         // A local error says nothing about the backend: it neither feeds
@@ -416,6 +420,56 @@ async fn run<K: Clone>(
             return;
         }
         *reached.lock().unwrap_or_else(PoisonError::into_inner) = hysteresis.state();
+    }
+}
+
+/// One check of `spec`: its probe of `target` and, if it has one, its
+/// probe through the tunnel, run at the same time.
+async fn check_once(target: SocketAddr, spec: &CheckSpec, probe: &ProbeFn) -> Outcome {
+    let check = probe(target, &spec.probe, spec.timeout);
+    match &spec.tunnel {
+        None => check.await,
+        Some(tunnel) => {
+            let (check, tunnel) = tokio::join!(check, tunnel.probe(spec.timeout));
+            combine(check, tunnel)
+        }
+    }
+}
+
+/// The verdict of a check and a tunnel probe made together: passed when
+/// both passed; the detail says which failed. A local error of one decides
+/// nothing unless the other failed for the backend's reason.
+pub fn combine(check: Outcome, tunnel: Outcome) -> Outcome {
+    let latency = check.latency.max(tunnel.latency);
+    let (ok, local, detail) = match (check.ok, tunnel.ok) {
+        (true, true) => (true, false, format!("{}; {}", check.detail, tunnel.detail)),
+        (false, true) => (
+            false,
+            check.local,
+            format!(
+                "{} (the tunnel probe passed: {})",
+                check.detail, tunnel.detail
+            ),
+        ),
+        (true, false) => (
+            false,
+            tunnel.local,
+            format!(
+                "{} (the check of its own address passed: {})",
+                tunnel.detail, check.detail
+            ),
+        ),
+        (false, false) => (
+            false,
+            check.local && tunnel.local,
+            format!("{}; {}", check.detail, tunnel.detail),
+        ),
+    };
+    Outcome {
+        ok,
+        latency,
+        detail,
+        local,
     }
 }
 
@@ -584,7 +638,10 @@ fn io_detail(e: &io::Error) -> String {
 
 mod exec;
 mod failure;
+pub mod tunnel;
 mod udp;
+
+pub use tunnel::{Encap, TunnelCheck, TunnelProbe};
 
 use failure::{Failure, io_failure};
 

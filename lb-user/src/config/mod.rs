@@ -190,6 +190,10 @@ pub struct HealthConfig {
     /// without a shell.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// In the tunnel modes (`forwarding = "ipip"` or `"gue"`), also probe
+    /// the VIP through the tunnel (see `health::tunnel`); both must pass.
+    /// Ignored for DSR VIPs.
+    pub tunnel: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +344,7 @@ impl Default for HealthConfig {
             payload: String::new(),
             expect: None,
             command: Vec::new(),
+            tunnel: true,
         }
     }
 }

@@ -104,6 +104,7 @@ struct RawHealth {
     payload: Option<String>,
     expect: Option<String>,
     command: Option<Vec<String>>,
+    tunnel: Option<bool>,
 }
 
 impl RawHealth {
@@ -120,6 +121,7 @@ impl RawHealth {
             payload: self.payload.clone().unwrap_or_else(|| base.payload.clone()),
             expect: self.expect.clone().or_else(|| base.expect.clone()),
             command: self.command.clone().unwrap_or_else(|| base.command.clone()),
+            tunnel: self.tunnel.unwrap_or(base.tunnel),
         }
     }
 }
@@ -424,6 +426,7 @@ port = 80
 [vip.backend.health]
 port = 8080
 fall = 7
+tunnel = false
 
 [[vip.backend]]
 address = "10.0.0.12"
@@ -456,6 +459,7 @@ port = 80
         let overridden = HealthConfig {
             port: Some(8080),
             fall: 7,
+            tunnel: false,
             ..web.clone()
         };
         assert_eq!(c.vips[0].backends[0].health, overridden);

@@ -14,6 +14,7 @@ fn spec(interval: Duration, timeout: Duration) -> CheckSpec {
         timeout,
         rise: 1,
         fall: 1,
+        tunnel: None,
     }
 }
 

@@ -287,6 +287,7 @@ fn tcp_spec(interval_ms: u64) -> CheckSpec {
         timeout: Duration::from_millis(200),
         rise: 2,
         fall: 2,
+        tunnel: None,
     }
 }
 
@@ -375,6 +376,7 @@ async fn slow_probes_do_not_overlap() {
         timeout: Duration::from_millis(250),
         rise: 1,
         fall: 1,
+        tunnel: None,
     };
     let (tx, mut rx) = mpsc::channel(16);
     let _handle = spawn((), addr, spec, None, tx);
@@ -406,4 +408,69 @@ async fn checker_stops_when_the_receiver_is_closed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(l);
+}
+
+// ---- A check and its tunnel probe together ----
+
+fn local(detail: &str) -> Outcome {
+    Outcome {
+        local: true,
+        ..result(false, detail)
+    }
+}
+
+#[test]
+fn a_check_with_its_tunnel_probe_passes_only_when_both_pass_and_says_which_failed() {
+    let tunnel_ok = result(true, "SYN-ACK through the ipip tunnel to 192.0.2.10:80");
+    let tunnel_rst = result(
+        false,
+        "RST through the ipip tunnel to 192.0.2.10:80: nothing listens",
+    );
+    let both = combine(pass(), tunnel_ok.clone());
+    assert!(both.ok && !both.local, "{both:?}");
+    assert_eq!(
+        both.detail,
+        "connected; SYN-ACK through the ipip tunnel to 192.0.2.10:80"
+    );
+    let o = combine(fail(), tunnel_ok.clone());
+    assert!(!o.ok && !o.local, "{o:?}");
+    assert_eq!(
+        o.detail,
+        "connection refused (the tunnel probe passed: SYN-ACK through the ipip tunnel to \
+         192.0.2.10:80)"
+    );
+    let o = combine(pass(), tunnel_rst.clone());
+    assert!(!o.ok && !o.local, "{o:?}");
+    assert_eq!(
+        o.detail,
+        "RST through the ipip tunnel to 192.0.2.10:80: nothing listens (the check of its own \
+         address passed: connected)"
+    );
+    let o = combine(fail(), tunnel_rst);
+    assert!(!o.ok && !o.local, "{o:?}");
+    assert_eq!(
+        o.detail,
+        "connection refused; RST through the ipip tunnel to 192.0.2.10:80: nothing listens"
+    );
+    // The slower of the two is the check's latency.
+    let slow = Outcome {
+        latency: Duration::from_millis(40),
+        ..tunnel_ok
+    };
+    assert_eq!(combine(pass(), slow).latency, Duration::from_millis(40));
+}
+
+#[test]
+fn a_local_error_of_either_half_blames_the_backend_only_if_the_other_does() {
+    let cap = "cannot open a raw socket (needs CAP_NET_RAW)";
+    let o = combine(pass(), local(cap));
+    assert!(!o.ok && o.local, "nothing is known of the backend: {o:?}");
+    let o = combine(local("Too many open files"), result(true, "SYN-ACK"));
+    assert!(!o.ok && o.local, "{o:?}");
+    assert!(combine(local("a"), local("b")).local);
+    // The backend failed one half for a reason of its own: that counts.
+    let o = combine(fail(), local(cap));
+    assert!(!o.ok && !o.local, "{o:?}");
+    let o = combine(local("Too many open files"), result(false, "RST"));
+    assert!(!o.ok && !o.local, "{o:?}");
 }

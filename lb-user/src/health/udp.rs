@@ -8,7 +8,7 @@ use super::{Failure, io_failure};
 
 /// Larger replies are cut here (a datagram cannot be read in parts), which
 /// only matters if `expect` lies beyond: a health reply is small.
-const MAX_REPLY: usize = 4096;
+pub(super) const MAX_REPLY: usize = 4096;
 
 /// Sends `payload` from a socket connected to `target` and waits for one
 /// reply. Connected, so the kernel reports the backend's ICMP port
@@ -46,12 +46,12 @@ pub(super) async fn exchange(
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The start of a reply, printable, for the check's detail.
-fn preview(reply: &[u8]) -> String {
+pub(super) fn preview(reply: &[u8]) -> String {
     const SHOWN: usize = 40;
     let mut s: String = String::from_utf8_lossy(&reply[..reply.len().min(SHOWN)])
         .chars()

@@ -216,6 +216,9 @@ fn health_summary(h: &crate::config::HealthConfig) -> String {
         crate::config::CheckKind::Exec => out += &format!(", command {:?}", h.command),
         crate::config::CheckKind::Tcp => {}
     }
+    if !h.tunnel {
+        out += ", no tunnel probe";
+    }
     out + ")"
 }
 
