@@ -604,13 +604,6 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    /// Sets how the tunnel modes build the outer header (`SLB_TUNNEL`).
-    pub fn set_tunnel(&mut self, settings: TunnelSettings) -> Result<()> {
-        self.tunnel
-            .set(0, settings, 0)
-            .map_err(map_err(map_names::TUNNEL, "set"))
-    }
-
     /// What `set_tunnel` wrote (all zero on a fresh load).
     pub fn tunnel_settings(&self) -> Result<TunnelSettings> {
         self.tunnel
