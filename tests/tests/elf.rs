@@ -58,9 +58,10 @@ fn reference_objects_define_the_names_bench_ebpf_declares() {
     use bench_ebpf::map_names;
     use stickylb_tests::bench::objects::Reference;
 
-    let cases: [(Reference, &[&str]); 4] = [
+    let cases: [(Reference, &[&str]); 5] = [
         (Reference::FloorPass, &[]),
         (Reference::FloorFwd, &[]),
+        (Reference::FloorEncap, &[]),
         (Reference::Sink, &[map_names::SINK_COUNT]),
         (Reference::Gen, &[map_names::GEN_CONFIG, map_names::GEN_SEQ]),
     ];

@@ -1,5 +1,5 @@
 //! The benchmark's reference XDP programs are this package's binaries
-//! (`floor-pass`, `floor-fwd`, `sink`, `gen`, and the VLAN test's TC helper
+//! (`floor-pass`, `floor-fwd`, `floor-encap`, `sink`, `gen`, and the VLAN test's TC helper
 //! `vlan-tag`; stickylb-tests' build script
 //! builds them for the BPF target). This library holds the names and types
 //! they share with the benchmark code that loads them, so it builds for both
@@ -18,6 +18,10 @@ pub mod program_names {
     /// Parses Ethernet + IPv4, swaps the MACs, `XDP_TX`: the least a
     /// forwarder can do.
     pub const FLOOR_FWD: &str = "floor_fwd";
+    /// Parses Ethernet + IPv4, puts an outer IPv4 header (IP-in-IP, with
+    /// its checksum) in front with `bpf_xdp_adjust_head`, swaps the MACs,
+    /// `XDP_TX`: the least an encapsulating forwarder can do.
+    pub const FLOOR_ENCAP: &str = "floor_encap";
     /// Counts every frame in `map_names::SINK_COUNT` and drops it.
     pub const SINK: &str = "sink";
     /// Traffic generator for live-frames mode: rewrites MACs and the source

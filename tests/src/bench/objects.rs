@@ -18,6 +18,10 @@ use thiserror::Error;
 pub static FLOOR_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor-pass"));
 /// Parses Ethernet + IPv4, swaps the MACs, `XDP_TX`: the floor forwarder.
 pub static FLOOR_FWD: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor-fwd"));
+/// Parses Ethernet + IPv4, adds an outer IPv4 header, swaps the MACs,
+/// `XDP_TX`: the floor encapsulating forwarder.
+pub static FLOOR_ENCAP: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor-encap"));
 /// Counts frames per CPU and drops them (receiving end of the live test).
 pub static SINK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sink"));
 /// Live-frames traffic generator (rewrites MACs and the client address).
@@ -28,6 +32,7 @@ pub static GEN: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/g
 pub enum Reference {
     FloorPass,
     FloorFwd,
+    FloorEncap,
     Sink,
     Gen,
 }
@@ -37,6 +42,7 @@ impl Reference {
         match self {
             Self::FloorPass => FLOOR_PASS,
             Self::FloorFwd => FLOOR_FWD,
+            Self::FloorEncap => FLOOR_ENCAP,
             Self::Sink => SINK,
             Self::Gen => GEN,
         }
@@ -46,6 +52,7 @@ impl Reference {
         match self {
             Self::FloorPass => program_names::FLOOR_PASS,
             Self::FloorFwd => program_names::FLOOR_FWD,
+            Self::FloorEncap => program_names::FLOOR_ENCAP,
             Self::Sink => program_names::SINK,
             Self::Gen => program_names::GEN,
         }
@@ -149,6 +156,23 @@ impl RefProgram {
         Ok((res.return_value, res.duration))
     }
 
+    /// Runs the program once on `frame` as if received on interface
+    /// `ifindex` (of the calling thread's namespace), as
+    /// `Dataplane::test_run_from_timed` runs stickylb: the action and the
+    /// time of the run the kernel measured.
+    pub fn test_run_from(&mut self, frame: &[u8], ifindex: u32) -> Result<(u32, Duration)> {
+        let name = self.which.program_name();
+        let ctx = xdp_md(frame.len(), ifindex);
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx);
+        let res = self
+            .program()
+            .test_run(opts)
+            .map_err(Self::prog_err(name, "BPF_PROG_TEST_RUN"))?;
+        Ok((res.return_value, res.duration))
+    }
+
     /// BPF_PROG_TEST_RUN in live-frames mode: runs the program on `frames`
     /// copies of `frame` as if received on interface `ifindex` (of the
     /// calling thread's namespace), `batch` at a time, and really transmits
@@ -161,10 +185,7 @@ impl RefProgram {
         batch: u32,
     ) -> Result<Duration> {
         let name = self.which.program_name();
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let ctx = xdp_md(frame.len(), ifindex);
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.ctx_in = Some(&ctx);
@@ -231,4 +252,11 @@ impl RefProgram {
             source: Box::new(e),
         })
     }
+}
+
+/// A `struct xdp_md` for `ctx_in`: data, data_end (the frame's length),
+/// data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
+    let md: [u32; 6] = [0, len as u32, 0, ifindex, 0, 0];
+    md.iter().flat_map(|v| v.to_ne_bytes()).collect()
 }

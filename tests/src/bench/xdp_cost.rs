@@ -28,8 +28,8 @@ use std::{
 use etherparse::PacketBuilder;
 use lb_common::{
     AFFINITY_REFRESH_NS, AffinityKey, AffinityValue, DEFAULT_AFFINITY_TIMEOUT_NS,
-    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, SyncEvent, VipInfo, VipKey, VipStats, global_counter,
-    maglev, proto, select, sync_kind,
+    DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, ForwardingMode, SyncEvent, VipInfo, VipKey, VipStats,
+    global_counter, maglev, proto, select, sync_kind,
 };
 use lb_user::dataplane::{Dataplane, LoadOptions, SyncEvents};
 use serde_json::{Value, json};
@@ -40,8 +40,8 @@ use super::{
     plot, progress,
 };
 use crate::{
-    LB_MAC, ROUTER_MAC, VIP, backend_identity, backend_info, backend_mac, maglev_members,
-    monotonic_ns,
+    LB_MAC, ROUTER_MAC, VIP, backend_identity, backend_info, backend_mac, fibnet::FibNet,
+    maglev_members, monotonic_ns,
 };
 
 pub(super) const XDP_PASS: u32 = 2;
@@ -115,6 +115,20 @@ pub(super) struct VipSpec {
     pub timeout_ns: u64,
 }
 
+/// The VIP entry of `v`: the whole default-size table at slot 0.
+fn vip_info(v: &VipSpec, mode: ForwardingMode) -> VipInfo {
+    VipInfo {
+        vip_id: v.id,
+        udp_pin_budget: 0,
+        ring_base: 0,
+        ring_size: DEFAULT_TABLE_SIZE,
+        hash_seed: DEFAULT_HASH_SEED,
+        forwarding: mode.as_u8(),
+        _pad: [0; 3],
+        affinity_timeout_ns: v.timeout_ns,
+    }
+}
+
 /// stickylb's real program, loaded without pins, with its VIPs sharing one
 /// Maglev table (the default size) over the given backends.
 pub(super) struct Lb {
@@ -150,19 +164,21 @@ impl Lb {
         dp.write_ring(0, table.iter().enumerate().map(|(s, &b)| (s as u32, b)))
             .map_err(err("write the Maglev table"))?;
         for v in vips {
-            let info = VipInfo {
-                vip_id: v.id,
-                udp_pin_budget: 0,
-                ring_base: 0,
-                ring_size: DEFAULT_TABLE_SIZE,
-                hash_seed: DEFAULT_HASH_SEED,
-                forwarding: lb_common::ForwardingMode::Dsr.as_u8(),
-                _pad: [0; 3],
-                affinity_timeout_ns: v.timeout_ns,
-            };
-            dp.set_vip(v.key, info).map_err(err("set a VIP"))?;
+            dp.set_vip(v.key, vip_info(v, ForwardingMode::Dsr))
+                .map_err(err("set a VIP"))?;
         }
         Ok(Self { dp, table })
+    }
+
+    /// Switches VIP `v` to forwarding `mode`.
+    pub(super) fn set_forwarding(
+        &mut self,
+        v: &VipSpec,
+        mode: ForwardingMode,
+    ) -> Result<(), String> {
+        self.dp
+            .set_vip(v.key, vip_info(v, mode))
+            .map_err(err("set a VIP's forwarding"))
     }
 
     /// The backend the program will pick for a new client.
@@ -254,6 +270,9 @@ impl Knobs {
 enum Method {
     Repeat,
     PerCall,
+    /// Per call, each run given an ingress interface (`struct xdp_md`) of
+    /// a namespace with routes, for the tunnel modes' FIB lookup.
+    PerCallFrom,
 }
 
 impl Method {
@@ -261,6 +280,18 @@ impl Method {
         match self {
             Self::Repeat => format!("repeat {}", count(u64::from(k.repeat))),
             Self::PerCall => format!("{} calls × repeat 1", count(k.calls as u64)),
+            Self::PerCallFrom => format!(
+                "{} calls × repeat 1, from an interface",
+                count(k.calls as u64)
+            ),
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Repeat => "repeat",
+            Self::PerCall => "per_call",
+            Self::PerCallFrom => "per_call_from_interface",
         }
     }
 }
@@ -925,7 +956,142 @@ fn measure(k: &Knobs) -> Result<(Vec<Row>, Value), String> {
         })?;
         rows.push(r);
     }
+    measure_tunnels(k, &macs, &mut rows)?;
     Ok((rows, Value::Object(info)))
+}
+
+/// The forwarding modes' rows, per call from an ingress interface: the
+/// tunnel modes look the backend's next hop up in the kernel's FIB, which
+/// needs a real ingress interface (given in `struct xdp_md`) of a namespace
+/// with routes, found from the calling thread's namespace; and their frames
+/// change shape, so the repeat method cannot time them. The references and
+/// a DSR VIP are timed the same way, on the same interface.
+///
+/// Moves the calling thread into that namespace for good (the measuring
+/// thread, which ends after this).
+fn measure_tunnels(k: &Knobs, macs: &[[u8; 6]], rows: &mut Vec<Row>) -> Result<(), String> {
+    progress("xdp: forwarding modes, per call from an interface");
+    let net = FibNet::new()?;
+    crate::netns::enter_path(&net.path());
+    let ifindex = net.ingress;
+    let mut pass = RefProgram::load(Reference::FloorPass).map_err(err("floor-pass"))?;
+    let mut encap = RefProgram::load(Reference::FloorEncap).map_err(err("floor-encap"))?;
+    let hot = udp64(ROUTER_MAC, LB_MAC, client_addr(0), VIP, VIP_PORT);
+    let same = |n: usize| vec![hot.clone(); n];
+    let same_runs: Vec<Vec<Vec<u8>>> = (0..k.runs).map(|_| same(k.calls)).collect();
+    for (key, path, program, expect) in [
+        (
+            "floor_pass_from",
+            "floor: XDP_PASS program",
+            &mut pass,
+            XDP_PASS,
+        ),
+        (
+            "floor_encap_from",
+            "floor: encapsulating forwarder (Eth+IPv4, adjust_head, outer IPv4 + checksum, swap MACs)",
+            &mut encap,
+            XDP_TX,
+        ),
+    ] {
+        let mut r = per_call(
+            key,
+            path,
+            &same(k.calls),
+            &same_runs,
+            expect,
+            &mut ref_run_from(program, ifindex),
+        )?;
+        r.checked = "return codes".into();
+        rows.push(r);
+    }
+
+    let spec = sticky_spec();
+    for (mode, name) in [
+        (ForwardingMode::Dsr, "dsr"),
+        (ForwardingMode::Ipip, "ipip"),
+        (ForwardingMode::Gue, "gue"),
+    ] {
+        let mut lb = Lb::load(k.capacity, macs, std::slice::from_ref(&spec))?;
+        lb.set_forwarding(&spec, mode)?;
+        lb.dp
+            .set_tunnel(crate::fibnet::settings())
+            .map_err(err("write the tunnel settings"))?;
+        lb.prefill(spec.id, std::iter::once(0))?;
+        let s0 = lb.stats(spec.id)?;
+        let key: &'static str = match mode {
+            ForwardingMode::Dsr => "dsr_hit_from",
+            ForwardingMode::Ipip => "ipip_hit_from",
+            ForwardingMode::Gue => "gue_hit_from",
+        };
+        let mut r = per_call(
+            key,
+            &format!("stickylb {name}: affinity hit, 1 client in table"),
+            &same(k.calls),
+            &same_runs,
+            XDP_TX,
+            &mut lb_run_from(&mut lb, ifindex),
+        )?;
+        confirm(
+            &mut r,
+            &lb.stats(spec.id)?.since(&s0),
+            "affinity hits",
+            |d| d.affinity_hits,
+        )?;
+        rows.push(r);
+        if mode == ForwardingMode::Dsr {
+            continue;
+        }
+        // Every call a client never seen: a miss, the Maglev pick, the
+        // insert, then the encapsulation.
+        let fresh = |run: usize| {
+            let base = (1 << 21) + (run * k.calls) as u32;
+            frames_of(base..base + k.calls as u32, VIP_PORT)
+        };
+        let warm = fresh(0);
+        let runs: Vec<Vec<Vec<u8>>> = (1..=k.runs).map(fresh).collect();
+        let s0 = lb.stats(spec.id)?;
+        let key: &'static str = if mode == ForwardingMode::Ipip {
+            "ipip_new_from"
+        } else {
+            "gue_new_from"
+        };
+        let mut r = per_call(
+            key,
+            &format!("stickylb {name}: new client"),
+            &warm,
+            &runs,
+            XDP_TX,
+            &mut lb_run_from(&mut lb, ifindex),
+        )?;
+        confirm(&mut r, &lb.stats(spec.id)?.since(&s0), "new clients", |d| {
+            d.new_clients
+        })?;
+        rows.push(r);
+    }
+    Ok(())
+}
+
+fn lb_run_from(
+    lb: &mut Lb,
+    ifindex: u32,
+) -> impl FnMut(&[u8], u32) -> Result<(u32, Duration), String> + '_ {
+    move |f: &[u8], n: u32| {
+        debug_assert_eq!(n, 1, "one run per call");
+        lb.dp
+            .test_run_from_timed(f, ifindex)
+            .map_err(err("BPF_PROG_TEST_RUN stickylb from an interface"))
+    }
+}
+
+fn ref_run_from(
+    p: &mut RefProgram,
+    ifindex: u32,
+) -> impl FnMut(&[u8], u32) -> Result<(u32, Duration), String> + '_ {
+    move |f: &[u8], n: u32| {
+        debug_assert_eq!(n, 1, "one run per call");
+        p.test_run_from(f, ifindex)
+            .map_err(err("BPF_PROG_TEST_RUN reference from an interface"))
+    }
 }
 
 fn sticky_spec() -> VipSpec {
@@ -954,6 +1120,13 @@ fn short_label(key: &str, big: &str) -> String {
         "hit_1k_call" => "hit, 1k clients, random".into(),
         "hit_big" => format!("hit, {big} clients, same"),
         "hit_big_call" => format!("hit, {big} clients, random"),
+        "floor_pass_from" => "floor: XDP_PASS".into(),
+        "floor_encap_from" => "floor: encapsulating forwarder".into(),
+        "dsr_hit_from" => "dsr, hit".into(),
+        "ipip_hit_from" => "ipip, hit".into(),
+        "ipip_new_from" => "ipip, new client".into(),
+        "gue_hit_from" => "gue, hit".into(),
+        "gue_new_from" => "gue, new client".into(),
         other => other.into(),
     }
 }
@@ -984,10 +1157,13 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let floor = |m: Method| match m {
         Method::Repeat => find("floor_fwd"),
         Method::PerCall => find("floor_fwd_call"),
+        // The tunnel rows are compared with the encapsulating floor.
+        Method::PerCallFrom => find("floor_encap_from"),
     };
     let pass_floor = |m: Method| match m {
         Method::Repeat => find("floor_pass"),
         Method::PerCall => find("floor_pass_call"),
+        Method::PerCallFrom => find("floor_pass_from"),
     };
 
     let mut table = Table {
@@ -1024,7 +1200,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         json_rows.push(json!({
             "key": r.key,
             "path": r.path,
-            "method": match r.method { Method::Repeat => "repeat", Method::PerCall => "per_call" },
+            "method": r.method.key(),
             "ns_per_packet": ns,
             "runs_ns": r.runs,
             "ratio_to_floor_forwarder": ratio,
@@ -1065,6 +1241,17 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             ),
             caption: "Per-call cost, including the kernel's timing of one run".into(),
         },
+        Plot {
+            file: "bench-xdp-cost-tunnel.svg".into(),
+            svg: plot::bars(
+                "XDP cost per call from an interface (repeat 1): the forwarding modes",
+                "ns",
+                &bars(Method::PerCallFrom),
+            ),
+            caption: "Per-call cost of each forwarding mode next to the encapsulating floor, \
+                      every run from an ingress interface (the FIB lookup's)"
+                .into(),
+        },
     ];
 
     let hit_row = rows
@@ -1087,7 +1274,23 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let new_wake = find("new_client_sync_wake_call")?;
     let refresh = find("refresh_call")?;
     let refresh_sync = find("refresh_sync_call")?;
+    let from = |key: &str| find(key);
+    let fe = floor(Method::PerCallFrom)?;
+    let tunnel_headline = format!(
+        "XDP cost of the tunnel modes (per call from an interface, FIB lookup included): \
+         ipip affinity hit {} ns = {:.2}× the encapsulating floor ({} ns), new client {} ns; \
+         gue affinity hit {} ns = {:.2}×, new client {} ns; dsr affinity hit timed the same way {} ns",
+        plot::fmt_num(from("ipip_hit_from")?),
+        from("ipip_hit_from")? / fe,
+        plot::fmt_num(fe),
+        plot::fmt_num(from("ipip_new_from")?),
+        plot::fmt_num(from("gue_hit_from")?),
+        from("gue_hit_from")? / fe,
+        plot::fmt_num(from("gue_new_from")?),
+        plot::fmt_num(from("dsr_hit_from")?),
+    );
     let headlines = vec![
+        tunnel_headline,
         format!(
             "XDP cost: stickylb affinity hit {} ns/packet = {:.2}× the floor forwarder (median of \
              the ratios to a floor run just before each stickylb run; the floor's own median: {} ns)",
@@ -1173,7 +1376,22 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          row should cost what the batched one does. *Hit + refresh*: every call is \
          another client of a set pre-filled as last seen two seconds ago, so that each packet \
          takes the coarse refresh (the write of its last-seen time), and with sync on also \
-         announces the entry (never announced before).",
+         announces the entry (never announced before).\n\n\
+         *Per call, from an interface* (the forwarding modes): the tunnel modes look up the \
+         backend's next hop with `bpf_fib_lookup`, which needs a real ingress interface, so \
+         every run is given one (`struct xdp_md` with the ingress ifindex of a veth in a \
+         namespace of the bench's own, with forwarding on, a route to the backends' subnet and \
+         a permanent neighbour for its gateway: `tests/src/fibnet.rs`), from a thread inside \
+         that namespace; and an encapsulated frame changes shape, so only repeat-1 runs time \
+         it (each call starts from a fresh copy of the frame). The references are timed the \
+         same way on the same interface: the XDP_PASS program and tests/bench-ebpf's \
+         `floor-encap` (parses Ethernet + IPv4 with bounds checks, `bpf_xdp_adjust_head`, \
+         writes an outer IPv4 header with its checksum, the MACs swapped, XDP_TX: the least \
+         an encapsulating forwarder does, with no next-hop lookup), against which this \
+         method's ratios are taken. *Affinity hit*: one client pre-filled, the same frame \
+         every call; *new client*: a client never seen every call. One VIP per mode (a program \
+         loaded for each), the same backends; the DSR row is the same hit with the MAC rewrite, \
+         for the cost of the mode alone.",
         cap = k.capacity,
         tsize = DEFAULT_TABLE_SIZE,
         rep = count(u64::from(k.repeat)),
