@@ -328,8 +328,8 @@ pub fn frag_needed_reply(ctx: &XdpContext, mtu: u16) -> Option<u32> {
 /// already: it is not to be sent).
 #[inline(always)]
 fn resize(ctx: &XdpContext, shift: i32) -> bool {
-    // The tail first: shrinking never fails on a frame that long, and the
-    // head is moved over fewer bytes.
+    // The length to keep is counted from the frame's start before `shift`
+    // moves it; cutting a frame known to be that long cannot fail.
     let len = (ctx.data_end() - ctx.data()) as i32;
     let keep = REPLY_LEN as i32 + shift;
     if len < keep {
