@@ -892,7 +892,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
     }
     let (dp, pinned_link) = load_data_path(&cfg, opts.fresh)?;
     let unmanaged = unmanaged(pinned_link.path.clone());
-    let lb = Lb::start(dp, &cfg).map_err(|e| unmanaged(e.into()))?;
+    let lb = Lb::start_with_neighbours(dp, &cfg, neigh::read(&cfg.interface))
+        .map_err(|e| unmanaged(e.into()))?;
     if cfg.has_tunnel_vips() {
         let t = crate::api::TunnelStatus::from(lb.tunnel());
         info!(

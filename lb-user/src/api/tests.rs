@@ -188,6 +188,17 @@ fn every_reply_round_trips() {
         "VIP web: renamed from www table_size 251 -> 509 +10.0.0.12:80 -10.0.0.10:80; \
          VIP old removed; needs a restart to apply: interface"
     );
+    let tunnel_only = PlanReport {
+        tunnel: vec![SettingChange {
+            field: "gue_port".into(),
+            from: "6080".into(),
+            to: "7000".into(),
+        }],
+        ..PlanReport::default()
+    };
+    assert!(!tunnel_only.is_empty());
+    assert_eq!(tunnel_only.to_string(), "tunnel: gue_port 6080 -> 7000");
+    round_trip(&tunnel_only);
     round_trip(&ReloadReply {
         changed: true,
         diff: plan.to_string(),

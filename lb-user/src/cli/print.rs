@@ -518,6 +518,48 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_a_tunnel_vips_mode_its_settings_and_routed_backends() {
+        let mut v = vip();
+        v.forwarding = crate::config::Forwarding::Gue;
+        v.backends[0].state = BackendState::Up;
+        v.backends[0].mac_source = MacSource::Routed;
+        let mut s = status(vec![v]);
+        s.tunnel = Some(crate::api::TunnelStatus {
+            source: "192.0.2.2".parse().unwrap(),
+            source_prefix: Some("10.200.0.0/16".into()),
+            gue_port: 6080,
+            ttl: 64,
+        });
+        let text = printed(&Query::Status, serde_json::to_value(&s).unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "tunnel: outer source 192.0.2.2 (IP-in-IP: per client from 10.200.0.0/16), GUE port \
+             6080, TTL 64"
+        );
+        assert_eq!(
+            lines[3],
+            "VIP web 192.0.2.10:80/tcp  table 7  affinity timeout 300s  forwarding gue  1/1 \
+             backends alive"
+        );
+        assert_eq!(
+            lines[6],
+            "  10.0.0.11:80           up              1 (routed)                 0       0          0            0  connected in 0.2ms; 2 passed tcp checks"
+        );
+        let text = printed(&Query::Backends, serde_json::to_value(&s).unwrap());
+        assert!(
+            text.starts_with("VIP web 192.0.2.10:80/tcp  forwarding gue\n  BACKEND"),
+            "{text}"
+        );
+        // A reply of a daemon that predates the modes reads as DSR.
+        let mut old = serde_json::to_value(status(vec![vip()])).unwrap();
+        old["vips"][0].as_object_mut().unwrap().remove("forwarding");
+        let parsed: StatusReply = serde_json::from_value(old).unwrap();
+        assert_eq!(parsed.vips[0].forwarding, crate::config::Forwarding::Dsr);
+        assert_eq!(parsed.tunnel, None);
+    }
+
+    #[test]
     fn status_says_when_a_vip_is_warming_up() {
         let mut v = vip();
         v.warming = true;

@@ -513,4 +513,162 @@ mod tests {
             }
         }
     }
+
+    mod tunnel {
+        use std::net::Ipv4Addr;
+
+        use super::super::{Machine, TunnelMachine};
+        use crate::config::{Config, Forwarding, Problems, testutil::*};
+
+        /// Two VIPs forwarding by `modes`, on interface `iface`.
+        fn config(iface: &str, modes: [Forwarding; 2], tunnel: &str) -> Config {
+            let mut c = parse(&format!(
+                "interface = \"{iface}\"\n[tunnel]\n{tunnel}\n\
+                 [[vip]]\nname = \"a\"\naddress = \"192.0.2.10\"\nport = 80\n\
+                 [[vip.backend]]\naddress = \"10.9.0.11\"\nport = 80\n\
+                 [[vip]]\nname = \"b\"\naddress = \"192.0.2.10\"\nport = 443\n\
+                 [[vip.backend]]\naddress = \"10.9.0.11\"\nport = 443\n"
+            ));
+            for (v, m) in c.vips.iter_mut().zip(modes) {
+                v.forwarding = m;
+            }
+            c
+        }
+
+        fn machine(forwarding: Option<bool>, primary: Option<[u8; 4]>) -> TunnelMachine {
+            TunnelMachine {
+                forwarding,
+                primary: primary.map(Ipv4Addr::from),
+                local: primary
+                    .into_iter()
+                    .map(Ipv4Addr::from)
+                    .chain([Ipv4Addr::new(198, 51, 100, 1)])
+                    .collect(),
+            }
+        }
+
+        fn found(c: &Config, m: &TunnelMachine) -> Vec<String> {
+            let mut out = Problems::default();
+            c.tunnel_problems(m, &mut out);
+            out.0.iter().map(ToString::to_string).collect()
+        }
+
+        #[test]
+        fn forwarding_off_is_refused_with_the_command_that_fixes_it() {
+            let c = config("eth0", [Forwarding::Dsr, Forwarding::Gue], "");
+            assert_eq!(
+                found(&c, &machine(Some(false), Some([192, 0, 2, 2]))),
+                [
+                    "interface: forwarding is off on eth0 (net.ipv4.conf.eth0.forwarding = 0), \
+                  but vip \"b\" forwards by gue: the kernel's route lookup from XDP \
+                  (bpf_fib_lookup) refuses to route for an interface that does not forward, \
+                  so every tunnelled frame would be dropped; enable it with `sysctl -w \
+                  net.ipv4.conf.eth0.forwarding=1` (and keep it in /etc/sysctl.d/ across \
+                  reboots)"
+                ]
+            );
+            assert_eq!(
+                found(&c, &machine(Some(true), Some([192, 0, 2, 2]))),
+                Vec::<String>::new()
+            );
+            // A VLAN's dots are slashes in a sysctl key; the others are counted.
+            let c = config("eth0.100", [Forwarding::Ipip, Forwarding::Gue], "");
+            let p = found(&c, &machine(Some(false), Some([192, 0, 2, 2])));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(
+                p[0].contains("vip \"a\" (and 1 other VIP) forwards by ipip")
+                    && p[0].contains("`sysctl -w net.ipv4.conf.eth0/100.forwarding=1`"),
+                "{p:?}"
+            );
+        }
+
+        #[test]
+        fn dsr_alone_needs_nothing_of_the_tunnel() {
+            let c = config("eth0", [Forwarding::Dsr; 2], "source = \"203.0.113.9\"");
+            assert_eq!(found(&c, &machine(Some(false), None)), Vec::<String>::new());
+        }
+
+        #[test]
+        fn an_unset_source_needs_an_address_on_the_interface() {
+            let c = config("eth0", [Forwarding::Ipip, Forwarding::Dsr], "");
+            assert_eq!(
+                found(&c, &machine(Some(true), None)),
+                [
+                    "tunnel source: is not set and eth0 has no IPv4 address to send tunnelled \
+                  frames from (vip \"a\" forwards by ipip): add one (`ip addr add ADDR/LEN \
+                  dev eth0`) or set source = \"...\" in [tunnel] to one of this host's \
+                  addresses"
+                ]
+            );
+            // A missing interface is reported on its own, once.
+            assert_eq!(found(&c, &machine(None, None)), Vec::<String>::new());
+            // Set, it need not be on the interface: any of this host's.
+            let c = config(
+                "eth0",
+                [Forwarding::Ipip, Forwarding::Dsr],
+                "source = \"198.51.100.1\"",
+            );
+            assert_eq!(found(&c, &machine(Some(true), None)), Vec::<String>::new());
+        }
+
+        #[test]
+        fn a_source_that_is_not_this_hosts_is_refused() {
+            let c = config(
+                "eth0",
+                [Forwarding::Gue, Forwarding::Gue],
+                "source = \"203.0.113.9\"",
+            );
+            let p = found(&c, &machine(Some(true), Some([192, 0, 2, 2])));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(
+                p[0].starts_with("tunnel source: 203.0.113.9 is not an address of this host")
+                    && p[0].ends_with("or leave source out to use eth0's primary address"),
+                "{p:?}"
+            );
+        }
+
+        #[test]
+        fn the_settings_default_to_the_interfaces_address() {
+            // lo always holds 127.0.0.1 (its first address).
+            let mut c = config("lo", [Forwarding::Gue, Forwarding::Dsr], "");
+            assert_eq!(c.tunnel_source(), Some(Ipv4Addr::LOCALHOST));
+            assert_eq!(c.tunnel_settings().src_addr, [127, 0, 0, 1]);
+            c.tunnel.source = Some(Ipv4Addr::new(192, 0, 2, 1));
+            assert_eq!(c.tunnel_settings().src_addr, [192, 0, 2, 1]);
+            c.interface = "nosuchnic0".into();
+            c.tunnel.source = None;
+            assert_eq!(c.tunnel_source(), None);
+            assert_eq!(c.tunnel_settings().src_addr, [0; 4]);
+        }
+
+        /// The router check is DSR's (the VIP stays the destination, so the
+        /// router sends the frame back); a tunnel addresses the router
+        /// itself. This host's own address is wrong in every mode.
+        #[test]
+        fn a_gateway_is_a_possible_tunnel_backend_but_this_host_is_not() {
+            let gw = Ipv4Addr::new(10, 9, 0, 1);
+            let m = Machine {
+                interface: "eth0".into(),
+                addrs: crate::netdev::Addresses {
+                    ipv4: vec![("eth0".into(), Ipv4Addr::new(10, 9, 0, 2))],
+                    macs: Default::default(),
+                },
+                gateways: vec![gw],
+                router_macs: vec![],
+            };
+            for (octet, mode, want) in [
+                (1, Forwarding::Dsr, 1),
+                (1, Forwarding::Gue, 0),
+                (1, Forwarding::Ipip, 0),
+                (2, Forwarding::Dsr, 1),
+                (2, Forwarding::Gue, 1),
+            ] {
+                let mut c = config("eth0", [mode, mode], "");
+                c.vips[0].backends[0].address = Ipv4Addr::new(10, 9, 0, octet);
+                let mut out = Problems::default();
+                m.backend_problems(&c.vips[0].backends[0], &c.vips[0], "b", &mut out);
+                assert_eq!(out.0.len(), want, "10.9.0.{octet} {mode}: {:?}", out.0);
+            }
+        }
+    }
 }

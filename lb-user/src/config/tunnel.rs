@@ -234,3 +234,217 @@ fn ser_prefix<S: serde::Serializer>(p: &Option<(Ipv4Addr, u8)>, s: S) -> Result<
         None => s.serialize_none(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use lb_common::TunnelSettings;
+
+    use crate::config::{Forwarding, testutil::*};
+
+    /// MINIMAL's VIP forwarding by `mode`, with a `[tunnel]` of `section`.
+    fn with(mode: &str, section: &str) -> String {
+        doc(
+            &format!("[tunnel]\n{section}\n"),
+            &format!("forwarding = \"{mode}\""),
+            "",
+        )
+    }
+
+    #[test]
+    fn defaults_and_explicit_values() {
+        let c = parse(MINIMAL);
+        assert_eq!(c.tunnel, super::TunnelConfig::default());
+        assert_eq!((c.tunnel.gue_port, c.tunnel.ttl), (6080, 64));
+        assert_eq!((c.tunnel.source, c.tunnel.source_prefix), (None, None));
+        let c = parse(&with(
+            "ipip",
+            "source = \"192.0.2.1\"\nsource_prefix = \"10.200.0.0/16\"\ngue_port = 7000\nttl = 1",
+        ));
+        assert_eq!(c.vips[0].forwarding, Forwarding::Ipip);
+        assert_eq!(c.tunnel.source, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(
+            c.tunnel.source_prefix,
+            Some((Ipv4Addr::new(10, 200, 0, 0), 16))
+        );
+        assert_eq!((c.tunnel.gue_port, c.tunnel.ttl), (7000, 1));
+        for (mode, want) in [
+            ("dsr", Forwarding::Dsr),
+            ("ipip", Forwarding::Ipip),
+            ("gue", Forwarding::Gue),
+        ] {
+            assert_eq!(parse(&with(mode, "")).vips[0].forwarding, want);
+        }
+        let e = syntax_error(&with("vxlan", ""));
+        assert!(e.contains("vxlan"), "{e}");
+        let e = syntax_error(&with("gue", "gue-port = 1"));
+        assert!(e.contains("gue-port"), "{e}");
+    }
+
+    #[test]
+    fn settings_are_the_data_paths_entry() {
+        let c = parse(&with(
+            "ipip",
+            "source_prefix = \"10.200.0.0/16\"\ngue_port = 7000\nttl = 9",
+        ));
+        assert_eq!(
+            c.tunnel.settings(Ipv4Addr::new(192, 0, 2, 1)),
+            TunnelSettings {
+                src_addr: [192, 0, 2, 1],
+                src_prefix: [10, 200, 0, 0],
+                src_prefix_len: 16,
+                ttl: 9,
+                gue_port: [0x1b, 0x58],
+                _pad: [0; 4],
+            }
+        );
+        let plain = parse(MINIMAL).tunnel.settings(Ipv4Addr::UNSPECIFIED);
+        assert_eq!((plain.src_prefix_len, plain.src_addr), (0, [0; 4]));
+        assert_eq!(plain.gue_port, 6080u16.to_be_bytes());
+    }
+
+    #[test]
+    fn zero_port_and_ttl_are_refused_saying_why() {
+        assert_only_problem(
+            &with("gue", "gue_port = 0"),
+            "tunnel gue_port",
+            "is 0: GUE frames go to this UDP port",
+        );
+        assert_only_problem(
+            &with("gue", "ttl = 0"),
+            "tunnel ttl",
+            "is 0: the first router would drop",
+        );
+        // Every problem at once.
+        let p = problems(&with("gue", "gue_port = 0\nttl = 0"));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("(default 6080)") && p[1].contains("(default 64)"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_on_the_wire_is_refused() {
+        for s in ["0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255"] {
+            assert_only_problem(
+                &with("ipip", &format!("source = \"{s}\"")),
+                "tunnel source",
+                &format!("{s} cannot be the source of a packet on the wire"),
+            );
+        }
+    }
+
+    #[test]
+    fn a_source_prefix_is_a_network_of_8_to_32_bits() {
+        for ok in [
+            "10.0.0.0/8",
+            "10.200.0.0/16",
+            "10.200.3.0/24",
+            "10.200.3.7/32",
+        ] {
+            parse(&with("ipip", &format!("source_prefix = \"{ok}\"")));
+        }
+        for short in ["0.0.0.0/0", "10.0.0.0/7", "8.0.0.0/5"] {
+            let p = problems(&with("ipip", &format!("source_prefix = \"{short}\"")));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(
+                p[0].starts_with(&format!(
+                    "tunnel source_prefix: {short}: the length must be 8 to 32"
+                )) && p[0].contains("routed back to this load balancer"),
+                "{p:?}"
+            );
+        }
+        assert_only_problem(
+            &with("ipip", "source_prefix = \"10.200.3.1/16\""),
+            "tunnel source_prefix",
+            "10.200.3.1/16 has host bits set: the host bits come from the client hash; write \
+             the network, 10.200.0.0/16",
+        );
+        let e = syntax_error(&with("ipip", "source_prefix = \"10.200.0.0/33\""));
+        assert!(e.contains("not a prefix length"), "{e}");
+        let e = syntax_error(&with("ipip", "source_prefix = \"10.200.0.0\""));
+        assert!(e.contains("is not a prefix"), "{e}");
+    }
+
+    #[test]
+    fn a_prefix_without_an_ipip_vip_is_warned_about_not_refused() {
+        let warned = |text: &str| -> Vec<String> {
+            parse(text)
+                .warnings()
+                .iter()
+                .map(ToString::to_string)
+                .filter(|w| w.starts_with("tunnel source_prefix"))
+                .collect()
+        };
+        let w = warned(&with("gue", "source_prefix = \"10.200.0.0/16\""));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "tunnel source_prefix: 10.200.0.0/16 is set but no VIP forwards by IP-in-IP"
+            ) && w[0].contains("GUE VIPs (vip \"web\" among them)")
+                && w[0].contains("UDP source port"),
+            "{w:?}"
+        );
+        let w = warned(&with("dsr", "source_prefix = \"10.200.0.0/16\""));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].ends_with("it has no effect"), "{w:?}");
+        assert_eq!(
+            warned(&with("ipip", "source_prefix = \"10.200.0.0/16\"")),
+            Vec::<String>::new()
+        );
+        assert_eq!(warned(&with("gue", "")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_mac_on_a_tunnel_vips_backend_is_refused() {
+        for mode in ["ipip", "gue"] {
+            let text = doc(
+                "",
+                &format!("forwarding = \"{mode}\""),
+                "mac = \"02:00:00:00:00:0b\"",
+            );
+            assert_only_problem(
+                &text,
+                "vip \"web\" backend 10.0.0.11:80 mac",
+                &format!(
+                    "02:00:00:00:00:0b is set, but the VIP forwards by {mode}: frames are \
+                     routed to the backend's address and the next hop's MAC comes from the \
+                     kernel's FIB for every frame, so a backend MAC is never used; leave mac out"
+                ),
+            );
+        }
+        // The same rule for a backend added at run time.
+        let c = parse(&with("gue", ""));
+        let mut b = backend(&c).clone();
+        b.mac = Some([2, 0, 0, 0, 0, 0x0b]);
+        let p = crate::config::backend_problems(&b, &c.vips[0]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "backend 10.0.0.11:80 mac");
+        // DSR takes one, as always.
+        parse(&doc("", "", "mac = \"02:00:00:00:00:0b\""));
+    }
+
+    #[test]
+    fn a_tunnel_vips_backend_is_not_told_to_be_on_the_interfaces_network() {
+        let dsr = problems(&doc("", "", "").replace("10.0.0.11", "127.0.0.5"));
+        assert!(dsr[0].ends_with("on the interface's network"), "{dsr:?}");
+        let gue = problems(&with("gue", "").replace("10.0.0.11", "127.0.0.5"));
+        assert_eq!(gue.len(), 1, "{gue:?}");
+        assert!(
+            gue[0].ends_with("give the backend's own address"),
+            "{gue:?}"
+        );
+    }
+
+    #[test]
+    fn serializes_back() {
+        let c = parse(&with(
+            "ipip",
+            "source = \"192.0.2.1\"\nsource_prefix = \"10.200.0.0/16\"\ngue_port = 7000",
+        ));
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(parse(&text), c);
+    }
+}

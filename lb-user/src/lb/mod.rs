@@ -20,6 +20,8 @@ mod state;
 pub mod sync;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tunnel_tests;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -118,7 +120,19 @@ impl<M: Maps> Lb<M> {
     /// ids, tables and liveness, so nothing moves, and what already matches
     /// is not written again.
     pub fn start(maps: M, cfg: &Config) -> Result<Self> {
+        Self::start_with_neighbours(maps, cfg, HashMap::new())
+    }
+
+    /// `start`, knowing the neighbour table: a VIP the file moved from a
+    /// tunnel mode to DSR while no daemon ran keeps the backends that are on
+    /// the link alive through the switch (see `neighbours`).
+    pub fn start_with_neighbours(
+        maps: M,
+        cfg: &Config,
+        neighbours: HashMap<Ipv4Addr, [u8; 6]>,
+    ) -> Result<Self> {
         let mut lb = Self::adopted(maps, cfg)?;
+        lb.neighbours = neighbours;
         let plan = lb.plan_config(cfg, Vec::new())?;
         if !plan.is_empty() && !lb.vips.is_empty() {
             // What the file changed while no daemon ran (a fresh start adds

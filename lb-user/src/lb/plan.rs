@@ -20,7 +20,7 @@ use crate::{
         BackendChange, BackendReport, PlanReport, RemovedBackend, RemovedVip, SettingChange,
         VipChange, VipReport,
     },
-    config::VipConfig,
+    config::{Forwarding, VipConfig},
     fmt::{fmt_duration, fmt_mac},
 };
 
@@ -160,7 +160,14 @@ fn vip_settings(old: &VipConfig, new: &VipConfig) -> Vec<SettingChange> {
     out
 }
 
-fn backend_settings(old: &BackendSpec, new: &BackendSpec) -> Vec<SettingChange> {
+/// `old_mode`, `new_mode`: the VIP's forwarding before and after (a tunnel
+/// VIP's backends have no MAC: they are routed).
+fn backend_settings(
+    old: &BackendSpec,
+    new: &BackendSpec,
+    old_mode: Forwarding,
+    new_mode: Forwarding,
+) -> Vec<SettingChange> {
     let mut out = Vec::new();
     if old.cfg.weight != new.cfg.weight {
         out.push(setting("weight", old.cfg.weight, new.cfg.weight));
@@ -169,8 +176,16 @@ fn backend_settings(old: &BackendSpec, new: &BackendSpec) -> Vec<SettingChange> 
         out.push(setting("drained", yes_no(old.drained), yes_no(new.drained)));
     }
     if old.cfg.mac != new.cfg.mac {
-        let mac = |m: Option<[u8; 6]>| m.map_or("(neighbour table)".to_owned(), |m| fmt_mac(&m));
-        out.push(setting("mac", mac(old.cfg.mac), mac(new.cfg.mac)));
+        let mac = |m: Option<[u8; 6]>, mode: Forwarding| match m {
+            Some(m) => fmt_mac(&m),
+            None if mode.is_tunnel() => "(routed)".to_owned(),
+            None => "(neighbour table)".to_owned(),
+        };
+        out.push(setting(
+            "mac",
+            mac(old.cfg.mac, old_mode),
+            mac(new.cfg.mac, new_mode),
+        ));
     }
     if old.cfg.health != new.cfg.health {
         let h = &new.cfg.health;
@@ -338,7 +353,12 @@ impl<M: Maps> Lb<M> {
                         Some(r) => (
                             r.id,
                             BackendChange::Kept {
-                                settings: backend_settings(&r.spec(), b),
+                                settings: backend_settings(
+                                    &r.spec(),
+                                    b,
+                                    old.map_or(spec.cfg.forwarding, |v| v.cfg.forwarding),
+                                    spec.cfg.forwarding,
+                                ),
                             },
                         ),
                         None => (
