@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod daemon;
+pub mod decap;
 pub mod fibnet;
 pub mod netns;
 pub mod routed;

@@ -126,8 +126,8 @@ pub enum Command {
 const DECAP_HELP: &str = "\
 A load balancer forwarding a VIP with forwarding = \"ipip\" or \"gue\" sends each client
 packet to the backend's own address inside an outer IPv4 header (GUE: and a UDP header to
-port 6080). This kernel has no ipip/fou modules, so the backend runs stickylb's own XDP
-program: it strips the outer header of frames from the load balancers (--allow) to this
+port 6080). The backend needs no ipip/fou kernel module: it runs stickylb's own XDP
+program, which strips the outer header of frames from the load balancers (--allow) to this
 host's address (--address) and hands the client's packet to the stack, where the VIP sits
 on lo as in DSR. Other tunnel frames are dropped and counted; all other traffic passes
 untouched.
@@ -173,7 +173,7 @@ pub enum DecapAction {
         #[arg(long, conflicts_with = "gue_port")]
         no_gue: bool,
         /// Do not decapsulate IP-in-IP: protocol 4 is ordinary traffic
-        /// (which this kernel drops).
+        /// (which a kernel without the ipip module drops).
         #[arg(long)]
         no_ipip: bool,
         /// XDP mode: driver (native), skb (generic), or auto (driver, else
@@ -421,6 +421,40 @@ mod tests {
         cmd.build();
         walk(&cmd, "", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn decap_attach_needs_a_source_and_one_gue_choice() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["stickylb", "decap", "attach", "-i", "eth0"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        assert!(parse(&[]).is_err(), "no --allow");
+        assert!(parse(&["--allow", "10.0.0.1", "--gue-port", "7000", "--no-gue"]).is_err());
+        assert!(parse(&["--allow", "10.0.0.5/24"]).is_err(), "host bits");
+        let cli = parse(&["--allow", "10.0.0.1", "--allow", "10.9.0.0/24", "--no-gue"]).unwrap();
+        let Command::Decap {
+            action:
+                DecapAction::Attach {
+                    allow,
+                    no_gue,
+                    gue_port,
+                    xdp_mode,
+                    pin_dir,
+                    ..
+                },
+        } = cli.command
+        else {
+            panic!("not decap attach");
+        };
+        assert_eq!(allow.len(), 2);
+        assert!(no_gue);
+        assert_eq!(gue_port, lb_common::DEFAULT_GUE_PORT);
+        assert_eq!(xdp_mode, XdpModeChoice::Auto);
+        assert_eq!(pin_dir, PathBuf::from("/sys/fs/bpf/stickylb-decap"));
     }
 
     #[test]

@@ -31,12 +31,13 @@ pub(super) fn run(action: &DecapAction, json: bool, out: &mut dyn Write) -> anyh
                 pin_dir: pin_dir.clone(),
             };
             let report = decap::attach(&opts)?;
-            for w in &report.warnings {
-                super::to_stderr(&format!("warning: {w}"));
-            }
+            // Under --json the warnings are in the report: stderr stays empty.
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
                 return Ok(());
+            }
+            for w in &report.warnings {
+                super::to_stderr(&format!("warning: {w}"));
             }
             let st = &report.status;
             writeln!(

@@ -6,7 +6,8 @@
 //! No daemon: the link and the maps are pinned under `<pin dir>/<interface>/`
 //! (`link`, `SLB_DECAP_CFG`, `SLB_DECAP_SRC`, `SLB_DECAP_STATS`), so the
 //! program keeps working after the command exits, and a later `attach` on
-//! the same interface adopts the pinned maps and rewrites them in place:
+//! the same interface adopts the pinned maps and rewrites them in place
+//! (and, after an upgrade, swaps this build's program into the pinned link):
 //! the program is never detached, no frame is missed.
 
 pub mod check;
@@ -28,6 +29,7 @@ use aya::{
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        xdp::XdpLink,
     },
 };
 use lb_common::{
@@ -486,11 +488,20 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         None => primary_ipv4(iface)?,
     };
     let pins = Pins::new(&opts.pin_dir, iface);
-    ensure_pin_dir(&pins.dir)?;
     let mut warnings = Vec::new();
     match pin_state(&pins, ifindex)? {
-        PinState::Ours { mode, .. } => {
+        PinState::Ours {
+            mode, program_id, ..
+        } => {
+            // Opening them typed checks their key and value sizes, before a
+            // program is loaded on them.
             let mut maps = Maps::open(&pins)?;
+            if replace_program(&pins, program_id)? {
+                warnings.push(format!(
+                    "the program on {iface} was another build's: replaced by this one's in the \
+                     same link (no frame missed)"
+                ));
+            }
             maps.write(address, opts)?;
             let asked = match opts.mode {
                 XdpModeChoice::Auto => None,
@@ -523,19 +534,40 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         .with_context(|| format!("ask the kernel which XDP programs {iface} has"))?;
     if let Some((mode, id)) = xdp.programs().next() {
         let name = program_name(id).unwrap_or_else(|| "?".into());
+        let hint = if name == lb_common::PROGRAM_NAME {
+            "It is stickylb's load balancer: a backend does not run one on the same interface"
+                .to_owned()
+        } else if name == DECAP_PROGRAM_NAME {
+            "It is a decap program attached with another --pin-dir: give that one".to_owned()
+        } else {
+            format!(
+                "Remove it first (`ip link set dev {iface} xdp off`, or with the tool that \
+                 attached it)"
+            )
+        };
         bail!(
             "{iface} already has an XDP program attached in {mode} mode (id {id}, name {name}); \
-             an interface runs one, so the decap program cannot be added. {}",
-            if name == lb_common::PROGRAM_NAME {
-                "It is stickylb's load balancer: a backend does not run one on the same interface"
-            } else {
-                "Remove it first (`ip link set dev IF xdp off`, or the tool that attached it)"
-            }
+             an interface runs one, so the decap program cannot be added. {hint}"
         );
     }
     // Fresh maps: what an earlier, detached program left is not adopted.
     remove_pins(&pins)?;
     ensure_pin_dir(&pins.dir)?;
+    if let Err(e) = attach_new(opts, address, &pins, &mut warnings) {
+        // Nothing half made stays pinned (and so attached) behind an error.
+        let _ = remove_pins(&pins);
+        return Err(e);
+    }
+    Ok(AttachReport {
+        updated: false,
+        status: status_of(&opts.pin_dir, iface)?,
+        warnings,
+    })
+}
+
+/// This build's program, loaded with the maps pinned in `pins` (adopted,
+/// or created and pinned there).
+fn load_program(pins: &Pins) -> anyhow::Result<aya::Ebpf> {
     let mut loader = EbpfLoader::new();
     for name in decap_map_names::ALL {
         loader.map_pin_path(name, pins.map(name));
@@ -543,16 +575,61 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     let mut ebpf = loader
         .load(DECAP_OBJECT)
         .context("load the decap object (are you root, with BPF enabled?)")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(DECAP_PROGRAM_NAME)
+    decap_program(&mut ebpf)?
+        .load()
+        .context("the kernel refused the decap program")?;
+    Ok(ebpf)
+}
+
+fn decap_program(ebpf: &mut aya::Ebpf) -> anyhow::Result<&mut Xdp> {
+    ebpf.program_mut(DECAP_PROGRAM_NAME)
         .context("the decap object has no program stickylb_decap")?
         .try_into()
-        .context("stickylb_decap is not an XDP program")?;
-    prog.load()
-        .context("the kernel refused the decap program")?;
+        .context("stickylb_decap is not an XDP program")
+}
+
+/// When the pinned link runs another program than this build's (an
+/// upgrade), puts this build's in its place: the kernel swaps the link's
+/// program atomically, so the interface is never without one. Whether it
+/// did. Programs are compared by tag (a hash of the instructions, map
+/// references left out).
+fn replace_program(pins: &Pins, running: u32) -> anyhow::Result<bool> {
+    let running_tag = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == running)
+        .map(|p| p.tag());
+    let mut ebpf = load_program(pins)?;
+    let prog = decap_program(&mut ebpf)?;
+    let ours = prog.info().context("read the loaded program's info")?.tag();
+    if running_tag == Some(ours) {
+        return Ok(false);
+    }
+    let link = pins.link();
+    let pinned = PinnedLink::from_pin(&link)
+        .with_context(|| format!("open the XDP link pinned at {}", link.display()))?;
+    let xdp_link = XdpLink::try_from(FdLink::from(pinned))
+        .with_context(|| format!("{} is not an XDP link", link.display()))?;
+    let id = prog
+        .attach_to_link(xdp_link)
+        .context("replace the program in the pinned link")?;
+    // The pin keeps the link; our handle on it may go.
+    drop(prog.take_link(id));
+    Ok(true)
+}
+
+/// Loads the program with its maps pinned in `pins`, writes the settings,
+/// attaches it and pins the link.
+fn attach_new(
+    opts: &AttachOptions,
+    address: Ipv4Addr,
+    pins: &Pins,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let iface = opts.interface.as_str();
+    let mut ebpf = load_program(pins)?;
+    let prog = decap_program(&mut ebpf)?;
     // Settings before attaching: the first frame already meets them.
-    let mut maps = Maps::open(&pins)?;
-    maps.write(address, opts)?;
+    Maps::open(pins)?.write(address, opts)?;
     let tries: &[(XdpMode, &str)] = match opts.mode {
         XdpModeChoice::Auto => &[(XdpMode::Driver, "driver"), (XdpMode::Skb, "skb")],
         XdpModeChoice::Driver => &[(XdpMode::Driver, "driver")],
@@ -570,7 +647,6 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
         }
     }
     let Some(id) = attached else {
-        let _ = remove_pins(&pins);
         let (mode, e) = refused.expect("a mode was tried");
         return Err(e.context(format!(
             "cannot attach the decap program to {iface} in {mode} mode{}",
@@ -588,15 +664,11 @@ pub fn attach(opts: &AttachOptions) -> anyhow::Result<AttachReport> {
     }
     let link = prog.take_link(id).context("take the XDP link")?;
     let link = FdLink::try_from(link).context("the kernel gave no BPF link (kernel < 5.9?)")?;
-    if let Err(e) = link.pin(pins.link()) {
-        let _ = remove_pins(&pins);
-        return Err(e).with_context(|| format!("pin the XDP link at {}", pins.link().display()));
-    }
-    Ok(AttachReport {
-        updated: false,
-        status: status_of(&opts.pin_dir, iface)?,
-        warnings,
-    })
+    // Until pinned, the link lives only as long as this process: an error
+    // here leaves nothing attached.
+    link.pin(pins.link())
+        .with_context(|| format!("pin the XDP link at {}", pins.link().display()))?;
+    Ok(())
 }
 
 /// The interface's primary IPv4 address: the first the kernel lists.
