@@ -525,3 +525,207 @@ fn udp_the_checks_datagram_goes_through_the_tunnel_and_its_reply_is_matched() {
         );
     }
 }
+
+// ---------------------------------------------------------------- daemon
+
+const STICKYLB: &str = env!("CARGO_BIN_EXE_stickylb-under-test");
+
+/// The daemon probes an `ipip` VIP's backend both ways: its own address
+/// (a real listener) and through the tunnel (the responder), from the
+/// interface's address; `status` shows both verdicts; `tunnel = false`
+/// leaves only the first.
+#[test]
+fn the_daemon_checks_a_tunnel_vips_backend_through_the_tunnel_by_default() {
+    use lb_user::api::BackendState;
+    use stickylb_tests::{
+        daemon::{Daemon, PinGuard},
+        netns::wait_for,
+    };
+    let n = net();
+    let id = n.lb.name.trim_end_matches("-lb").to_owned();
+    let pin = PinGuard(std::path::Path::new("/sys/fs/bpf").join(&id));
+    let dir = std::env::temp_dir().join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = Remove(dir.clone());
+    let socket = dir.join("stickylb.sock");
+    // The backend's own service, which its own check connects to.
+    let _listener =
+        n.be.enter(|| std::net::TcpListener::bind((BE, 80)).unwrap());
+    let config = |vip_health: &str| {
+        format!(
+            "interface = \"eth0\"\nxdp_mode = \"skb\"\npin_path = \"{}\"\n\
+             control_socket = \"{}\"\nmetrics_listen = \"off\"\naffinity_capacity = 65536\n\n\
+             [health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\n\
+             fall = 1\n\n[tunnel]\nttl = {TTL}\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nforwarding = \"ipip\"\n\n\
+             [vip.health]\n{vip_health}\n\n\
+             [[vip.backend]]\naddress = \"{BE}\"\nport = 80\nmac = \"02:00:00:00:00:01\"\n",
+            pin.0.display(),
+            socket.display()
+        )
+    };
+    let responder = Responder::start(&n.be, Encap::Ipip, |_| Reply::SynAck);
+    let mut d = Daemon::start_in(
+        &n.lb,
+        &dir,
+        socket.clone(),
+        STICKYLB.as_ref(),
+        &config(""),
+        &[],
+    )
+    .unwrap();
+    let backend = |d: &Daemon| d.vips().unwrap()[0].backends[0].clone();
+    let check_is = |d: &Daemon, state: BackendState, detail: &str| {
+        wait_for(Duration::from_secs(5), || {
+            let b = backend(d);
+            b.state == state && b.check.as_deref() == Some(detail)
+        })
+    };
+    assert!(
+        check_is(
+            &d,
+            BackendState::Up,
+            "connected; SYN-ACK through the ipip tunnel to 192.0.2.80:80"
+        ),
+        "{:?}\n{}",
+        backend(&d),
+        d.log_text()
+    );
+    let (code, out, err) = d.cli(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("connected; SYN-ACK through the ipip tunnel to 192.0.2.80:80 in "),
+        "{out}"
+    );
+    let syn = responder.seen()[0].clone();
+    assert_eq!(
+        syn.outer.source,
+        LB.octets(),
+        "from the interface's address"
+    );
+    assert_eq!(syn.outer.time_to_live, TTL - 1);
+
+    // The decap (here: the responder) goes away: the backend's host itself
+    // answers protocol unreachable, and the backend goes down although its
+    // own address still answers.
+    drop(responder);
+    let down = "10.81.2.10 answered ICMP protocol unreachable through the ipip tunnel to \
+                192.0.2.80:80: nothing there takes IP-in-IP (is the decap attached? `stickylb \
+                decap attach` on the backend) (the check of its own address passed: connected)";
+    assert!(
+        check_is(&d, BackendState::Down, down),
+        "{:?}\n{}",
+        backend(&d),
+        d.log_text()
+    );
+
+    // Without the tunnel probe only the backend's own address is checked.
+    std::fs::write(&d.config, config("tunnel = false")).unwrap();
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        check_is(&d, BackendState::Up, "connected"),
+        "{:?}\n{}",
+        backend(&d),
+        d.log_text()
+    );
+    d.stop().unwrap();
+}
+
+/// Removes a scratch folder on drop.
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- real decap
+
+/// The backend's half-open connections to the VIP: none once the probe's
+/// RST went through.
+fn syn_recv(be: &Netns) -> String {
+    let out = be
+        .command("ss")
+        .args(["-Htn", "state", "syn-recv"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Against `stickylb decap` on the backend and a real listener on the VIP
+/// on its lo: both modes pass and leave no half-open connection; without
+/// the VIP on lo they time out; with the decap detached the backend's host
+/// answers ICMP at once.
+#[test]
+fn against_the_real_decap_a_listener_on_the_vip_passes_and_a_missing_vip_or_decap_fails() {
+    let n = net();
+    let id = n.lb.name.trim_end_matches("-lb").to_owned();
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/slb-test-{id}"));
+    let _pins = Remove(pin_dir.clone());
+    let decap = |args: &[&str]| {
+        let out =
+            n.be.command(STICKYLB)
+                .arg("decap")
+                .args(args)
+                .arg("--pin-dir")
+                .arg(&pin_dir)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "stickylb decap {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    decap(&["attach", "-i", "eth0", "--allow", &LB.to_string()]);
+    stickylb_tests::netns::vip_on_loopback(&n.be, VIP).unwrap();
+    let _listener =
+        n.be.enter(|| std::net::TcpListener::bind((VIP, 80)).unwrap());
+
+    for (encap, name) in [(Encap::Ipip, "ipip"), (GUE, "gue")] {
+        let o = run1(&n.lb, probe(encap, 80, TunnelCheck::Tcp));
+        assert!(o.ok, "{encap:?}: {o:?}");
+        assert_eq!(
+            o.detail,
+            format!("SYN-ACK through the {name} tunnel to 192.0.2.80:80")
+        );
+        // The backend's SYN-ACK retries would keep it for seconds: the
+        // probe's RST, decapsulated, closes it.
+        assert!(
+            stickylb_tests::netns::wait_for(Duration::from_secs(1), || syn_recv(&n.be).is_empty()),
+            "half-open after the {name} probe: {}",
+            syn_recv(&n.be)
+        );
+    }
+    let o = run1(&n.lb, probe(Encap::Ipip, 81, TunnelCheck::Tcp));
+    assert!(!o.ok, "{o:?}");
+    assert!(o.detail.starts_with("RST through the ipip tunnel"), "{o:?}");
+
+    // The VIP leaves lo: the decapsulated SYN is for nobody here.
+    n.be.ip(&["addr", "del", &format!("{VIP}/32"), "dev", "lo"])
+        .unwrap();
+    for encap in [Encap::Ipip, GUE] {
+        let o = run1(&n.lb, probe(encap, 80, TunnelCheck::Tcp));
+        assert!(!o.ok && !o.local, "{o:?}");
+        assert!(o.detail.starts_with("no answer through the"), "{o:?}");
+        assert!(o.detail.contains("192.0.2.80 is not on its lo"), "{o:?}");
+    }
+    n.be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
+        .unwrap();
+    assert!(run1(&n.lb, probe(Encap::Ipip, 80, TunnelCheck::Tcp)).ok);
+
+    // The decap goes: the backend's kernel takes neither IP-in-IP nor GUE.
+    decap(&["detach", "-i", "eth0"]);
+    let o = run1(&n.lb, probe(Encap::Ipip, 80, TunnelCheck::Tcp));
+    assert!(!o.ok && !o.local, "{o:?}");
+    assert!(o.detail.contains("ICMP protocol unreachable"), "{o:?}");
+    let o = run1(&n.lb, probe(GUE, 80, TunnelCheck::Tcp));
+    assert!(!o.ok && !o.local, "{o:?}");
+    assert!(
+        o.detail.contains("ICMP port unreachable for UDP port 6080"),
+        "{o:?}"
+    );
+}

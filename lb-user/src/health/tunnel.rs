@@ -26,8 +26,11 @@
 //!
 //! This host's own TCP knows nothing of the probe's connection: it answers
 //! the SYN-ACK with an RST of its own, routed to the VIP like any packet of
-//! this host's. That does no harm (a backend that gets it drops the same
-//! half-open connection our RST does) and needs no firewall rule.
+//! this host's. Where that route leads back to a load balancer, the RST is
+//! forwarded like a client's packet from this host's address (the probed
+//! backend closes the same half-open connection our RST does; another drops
+//! it, knowing no such connection). Stopping it would need a firewall rule,
+//! which the daemon does not make.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read as _};
@@ -118,8 +121,8 @@ impl TunnelProbe {
         }
     }
 
-    /// "through the ipip tunnel to 192.0.2.10:80", the words every detail
-    /// of this probe starts with.
+    /// "through the ipip tunnel to 192.0.2.10:80", which every detail of
+    /// this probe holds.
     fn path(&self) -> String {
         format!("through the {} tunnel to {}", self.encap.name(), self.vip)
     }
@@ -152,8 +155,8 @@ impl TunnelProbe {
                 Some(Answer::SynAck) => {
                     let rst = ipv4_tcp(ours, self.vip, expect.ack, 0, tcp_flags::RST);
                     // The verdict is in: a lost RST only leaves the backend
-                    // a half-open connection, which this host's own RST and
-                    // the backend's SYN-ACK retries close.
+                    // a half-open connection until its SYN-ACK retries give
+                    // up, as a lost client's would.
                     let _ = tunnel.send(&rst);
                     return Ok(format!("SYN-ACK {}", self.path()));
                 }
@@ -388,8 +391,9 @@ struct Tunnel {
     ttl: u8,
 }
 
-/// How often a probe looks for an ICMP error on its tunnel socket. The
-/// kernel sets the error but its poll does not wake a reader for it.
+/// How often a probe looks for an ICMP error on its tunnel socket: a
+/// pending error (`SO_ERROR`) is all that socket can tell, and it is not
+/// registered with the reactor for so little; a look costs one syscall.
 const ERROR_POLL: Duration = Duration::from_millis(20);
 
 impl Tunnel {
