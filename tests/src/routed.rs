@@ -332,25 +332,26 @@ impl Routed {
         Ok(())
     }
 
-    /// `stickylb decap attach` on tunnel backend `i`'s eth0, run as an
-    /// operator would in its namespace (from the root mount namespace, so
-    /// its pins land in the root bpffs), its pins in `decap_pins[i]`;
-    /// `args` say what it accepts (e.g. `--source <LB>`). Its output.
+    /// `stickylb decap attach` on tunnel backend `i`'s eth0 in driver
+    /// mode, run as an operator would in its namespace (from the root mount
+    /// namespace, so its pins land in the root bpffs, in `decap_pins[i]`);
+    /// `args` say what it accepts (`--allow <LB>`). Its output.
     pub fn attach_decap(&self, bin: &Path, i: usize, args: &[&str]) -> Result<String> {
-        sh(self.tunnel[i]
-            .command(bin)
-            .args(["decap", "attach", "eth0", "--pin-dir"])
-            .arg(&self.decap_pins[i])
-            .args(args))
+        self.decap(
+            bin,
+            i,
+            &[&["attach", "--xdp-mode", "driver"], args].concat(),
+        )
     }
 
-    /// `stickylb decap <args>` on tunnel backend `i` with its pin folder.
+    /// `stickylb decap <args> --interface eth0 --pin-dir <its pins>` on
+    /// tunnel backend `i`: its output.
     pub fn decap(&self, bin: &Path, i: usize, args: &[&str]) -> Result<String> {
         sh(self.tunnel[i]
             .command(bin)
             .arg("decap")
             .args(args)
-            .arg("--pin-dir")
+            .args(["--interface", "eth0", "--pin-dir"])
             .arg(&self.decap_pins[i]))
     }
 
