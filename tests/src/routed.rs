@@ -312,6 +312,14 @@ impl Routed {
         self.servers[n] = None;
     }
 
+    /// The router sends `prefix` to the LB too (e.g. the LB's `[tunnel]
+    /// source_prefix`, so that errors about its outer packets reach it).
+    pub fn route_to_lb(&self, prefix: &str) -> Result<()> {
+        self.router
+            .ip(&["route", "add", prefix, "via", &LB_ADDR.to_string()])
+            .map(|_| ())
+    }
+
     /// Sets the MTU of the router's end of the clients' link only: the
     /// client still advertises the MSS of 1500 bytes, so backends send it
     /// full-size segments, which the router cannot forward. For downloads

@@ -28,6 +28,9 @@ use stickylb_tests::{
 const STICKYLB: &str = env!("CARGO_BIN_EXE_stickylb-under-test");
 const BACKEND: &str = env!("CARGO_BIN_EXE_slb-backend");
 
+/// IP-in-IP's outer sources, one per client hash (`[tunnel] source_prefix`):
+/// the backends' decap accepts them, the router routes them to the LB.
+const SOURCE_PREFIX: &str = "10.85.0.0/24";
 /// Clients of the main scenarios; each VIP sees all of them.
 const CLIENTS: usize = 120;
 /// New clients for recovery and for drain.
@@ -208,13 +211,18 @@ fn one_vip_per_mode_through_a_router() {
         .iter()
         .map(|&n| Sink::start(r.backend_ns(n), SINK_PORT).unwrap())
         .collect();
+    r.route_to_lb(SOURCE_PREFIX).unwrap();
     let _sources: Vec<Sink> = [0, r.tunnel_backend(0)]
         .iter()
         .map(|&n| Sink::source(r.backend_ns(n), SOURCE_PORT, DOWNLOAD_BYTES).unwrap())
         .collect();
     for i in 0..r.tunnel.len() {
         let out = r
-            .attach_decap(bin, i, &["--allow", &LB_ADDR.to_string()])
+            .attach_decap(
+                bin,
+                i,
+                &["--allow", &LB_ADDR.to_string(), "--allow", SOURCE_PREFIX],
+            )
             .unwrap();
         let attached = out.lines().next().unwrap_or_default().to_owned();
         let mut check = vec!["check".to_owned()];
@@ -262,7 +270,7 @@ fn one_vip_per_mode_through_a_router() {
     let config = r.config(
         &specs,
         FAST_HEALTH,
-        &format!("\n[tunnel]\nsource = \"{LB_ADDR}\"\n"),
+        &format!("\n[tunnel]\nsource = \"{LB_ADDR}\"\nsource_prefix = \"{SOURCE_PREFIX}\"\n"),
     );
     r.start_daemon(bin, &config, &[]).unwrap();
     assert!(
