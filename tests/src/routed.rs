@@ -550,7 +550,7 @@ fn backend_host(
 /// VIPs on loopback included), until dropped: a sink reads each connection
 /// to its end and answers with the number of bytes read, as decimal text; a
 /// source sends each connection `bytes` bytes and closes it.
-pub struct Sink {
+pub struct TcpServer {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
@@ -561,9 +561,9 @@ enum Serve {
     Source(usize),
 }
 
-impl Sink {
+impl TcpServer {
     /// The sink (uploads).
-    pub fn start(ns: &Netns, port: u16) -> Result<Self> {
+    pub fn sink(ns: &Netns, port: u16) -> Result<Self> {
         Self::serve(ns, port, Serve::Sink)
     }
 
@@ -641,7 +641,7 @@ fn send_bytes(mut s: TcpStream, bytes: usize) {
     }
 }
 
-impl Drop for Sink {
+impl Drop for TcpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
@@ -658,7 +658,7 @@ pub struct Upload {
     pub took: Duration,
 }
 
-/// Sends `bytes` from `src` to `dst` (a `Sink`), in the calling thread's
+/// Sends `bytes` from `src` to `dst` (a `TcpServer::sink`), in the calling thread's
 /// namespace, on one connection bounded by `timeout` as a whole; writes
 /// in 64 KiB pieces so that segments leave at the full MSS.
 pub fn upload(
@@ -705,7 +705,7 @@ pub fn upload(
     })
 }
 
-/// Reads what a `Sink::source` at `dst` sends, from `src` in the calling
+/// Reads what a `TcpServer::source` at `dst` sends, from `src` in the calling
 /// thread's namespace, bounded by `timeout` as a whole; how many bytes
 /// came and how long that took.
 pub fn download(src: Ipv4Addr, dst: SocketAddrV4, timeout: Duration) -> std::io::Result<Upload> {

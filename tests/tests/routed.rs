@@ -7,7 +7,9 @@
 //! uploads to tunnel VIPs whose encapsulated frames no longer fit, first at
 //! the LB's own link (the LB answers "fragmentation needed"), then at a
 //! smaller link behind the router (the router's answer is relayed to the
-//! client). The scenarios run in order on one network and print their
+//! client); and downloads through a small link at the client's router, whose
+//! "fragmentation needed" to the VIP the LB forwards to the client's backend
+//! in every mode. The scenarios run in order on one network and print their
 //! figures. Needs root (CI is root).
 
 use std::{
@@ -21,7 +23,9 @@ use lb_user::api::BackendState;
 use stickylb_tests::{
     cluster::FAST_HEALTH,
     netns::wait_for,
-    routed::{LB_ADDR, Routed, RoutedOptions, Sink, VipSpec, cached_pmtu, download, upload, vip},
+    routed::{
+        LB_ADDR, Routed, RoutedOptions, TcpServer, VipSpec, cached_pmtu, download, upload, vip,
+    },
     traffic::{Load, REQUEST_TIMEOUT, summarize, sweep_in},
 };
 
@@ -43,7 +47,7 @@ const SMALL_MTU: u32 = 1400;
 const ROUNDS: usize = 4;
 /// FAST_HEALTH: fall 2 × 200 ms plus one interval in flight, the ±10%
 /// jitter and a timeout (810 ms), and 500 ms for a machine of 2 CPUs busy
-/// with three loads of 16 client threads each (862 ms seen).
+/// with three loads of 16 client threads each (up to 862 ms seen).
 const DETECTION_BOUND: Duration = Duration::from_millis(3 * 220 + 150 + 500);
 /// The port of the upload sinks (the path-MTU VIPs).
 const SINK_PORT: u16 = 9000;
@@ -53,7 +57,8 @@ const SOURCE_PORT: u16 = 9001;
 const DOWNLOAD_BYTES: usize = 256 * 1024;
 /// The router's end of the clients' link in the download scenario.
 const CLIENT_LINK_MTU: u32 = 1400;
-const UPLOAD_BOUND: Duration = Duration::from_secs(10);
+/// Each upload or download as a whole.
+const TRANSFER_BOUND: Duration = Duration::from_secs(10);
 
 /// One VIP of the main scenarios.
 struct Mode {
@@ -207,14 +212,14 @@ fn one_vip_per_mode_through_a_router() {
     let downs = download_cases(&r);
     let bin: &Path = STICKYLB.as_ref();
     // The sinks of the path-MTU VIPs (and of their health checks).
-    let _sinks: Vec<Sink> = [0, r.tunnel_backend(0), r.tunnel_backend(3)]
+    let _sinks: Vec<TcpServer> = [0, r.tunnel_backend(0), r.tunnel_backend(3)]
         .iter()
-        .map(|&n| Sink::start(r.backend_ns(n), SINK_PORT).unwrap())
+        .map(|&n| TcpServer::sink(r.backend_ns(n), SINK_PORT).unwrap())
         .collect();
     r.route_to_lb(SOURCE_PREFIX).unwrap();
-    let _sources: Vec<Sink> = [0, r.tunnel_backend(0)]
+    let _sources: Vec<TcpServer> = [0, r.tunnel_backend(0)]
         .iter()
-        .map(|&n| Sink::source(r.backend_ns(n), SOURCE_PORT, DOWNLOAD_BYTES).unwrap())
+        .map(|&n| TcpServer::source(r.backend_ns(n), SOURCE_PORT, DOWNLOAD_BYTES).unwrap())
         .collect();
     for i in 0..r.tunnel.len() {
         let out = r
@@ -530,7 +535,7 @@ fn one_vip_per_mode_through_a_router() {
         let (src, dst) = (*src, SocketAddrV4::new(c.address, SINK_PORT));
         let up = r
             .client
-            .enter(move || upload(src, dst, UPLOAD_BYTES, UPLOAD_BOUND));
+            .enter(move || upload(src, dst, UPLOAD_BYTES, TRANSFER_BOUND));
         let after = r.vip_status(c.name).unwrap().counters;
         let pmtu = cached_pmtu(&r.client, c.address).unwrap();
         let counted = (c.counter)(&after) - (c.counter)(&before);
@@ -574,7 +579,7 @@ fn one_vip_per_mode_through_a_router() {
     for ((name, _, address, backend), src) in downs.iter().zip(&uploaders[cases.len()..]) {
         let before = r.vip_status(name).unwrap().counters;
         let (src, dst) = (*src, SocketAddrV4::new(*address, SOURCE_PORT));
-        let down = r.client.enter(move || download(src, dst, UPLOAD_BOUND));
+        let down = r.client.enter(move || download(src, dst, TRANSFER_BOUND));
         let after = r.vip_status(name).unwrap().counters;
         let pmtu = cached_pmtu(r.backend_ns(*backend), src).unwrap();
         let forwarded = after.icmp_forwarded - before.icmp_forwarded;
