@@ -13,6 +13,7 @@
 //!   ingress  lb0 = veth = lb0p   10.98.0.1/24, MAC LB_MAC
 //!            gateway 10.98.0.254, neighbour GW_MAC (permanent)
 //!            192.0.2.0/24 (the rig's backends) via 10.98.0.254
+//!            203.0.0.0/16 (the rig's clients, `crate::client`) via 10.98.0.254
 //!   other    lb1 = veth = lb1p   10.99.0.1/24, MAC OTHER_MAC
 //!            gateway 10.99.0.254, neighbour OTHER_GW_MAC (permanent)
 //! ```
@@ -49,6 +50,10 @@ pub const OTHER_GW: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 254);
 pub const OTHER_GW_MAC: [u8; 6] = [0x02, 0x9a, 0, 0, 1, 0xfe];
 /// The subnet of the rig's backends (`crate::backend_addr`).
 pub const BACKEND_NET: &str = "192.0.2.0/24";
+/// The subnet of the rig's clients (`crate::client`): routed back out of
+/// the ingress interface, as a client's router would be, for what is sent
+/// to a client (ICMP relayed from the tunnel's path).
+pub const CLIENT_NET: &str = "203.0.0.0/16";
 /// The GUE port of `settings` (not the default, so that a test sees it
 /// is the configured one).
 pub const GUE_PORT: u16 = 7777;
@@ -116,6 +121,7 @@ impl FibNet {
                 mac(OTHER_GW_MAC)
             ),
             format!("route add {BACKEND_NET} via {GW} dev {INGRESS}"),
+            format!("route add {CLIENT_NET} via {GW} dev {INGRESS}"),
         ];
         ns.ip_batch(&lines)?;
         // The FIB helper refuses to route for an interface without

@@ -1,5 +1,7 @@
 //! Helpers for stickylb's privileged tests: a loaded XDP program with one VIP
-//! and a few backends (`Rig`), frame builders, and counter snapshots.
+//! and a few backends (`Rig`), frame builders, and counter snapshots; for the
+//! tunnel modes, a namespace whose FIB the program's lookups see
+//! (`fibnet::FibNet`, `Rig::run_in`).
 //!
 //! Frames only ever go through BPF_PROG_TEST_RUN here: nothing is sent on
 //! any interface, so the documentation address ranges are used freely.

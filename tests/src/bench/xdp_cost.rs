@@ -406,6 +406,21 @@ fn repeated(
     Ok(row)
 }
 
+/// `per_call`, every run given the ingress interface `run` passes: the
+/// row is of the from-an-interface method, compared with its own floors.
+fn per_call_from(
+    key: &'static str,
+    path: &str,
+    warm: &[Vec<u8>],
+    runs: &[Vec<Vec<u8>>],
+    expect: u32,
+    run: &mut RunFn<'_>,
+) -> Result<Row, String> {
+    let mut row = per_call(key, path, warm, runs, expect, run)?;
+    row.method = Method::PerCallFrom;
+    Ok(row)
+}
+
 /// Per-call method: each frame of `warm`, then of each run, once.
 fn per_call(
     key: &'static str,
@@ -993,7 +1008,7 @@ fn measure_tunnels(k: &Knobs, macs: &[[u8; 6]], rows: &mut Vec<Row>) -> Result<(
             XDP_TX,
         ),
     ] {
-        let mut r = per_call(
+        let mut r = per_call_from(
             key,
             path,
             &same(k.calls),
@@ -1023,7 +1038,7 @@ fn measure_tunnels(k: &Knobs, macs: &[[u8; 6]], rows: &mut Vec<Row>) -> Result<(
             ForwardingMode::Ipip => "ipip_hit_from",
             ForwardingMode::Gue => "gue_hit_from",
         };
-        let mut r = per_call(
+        let mut r = per_call_from(
             key,
             &format!("stickylb {name}: affinity hit, 1 client in table"),
             &same(k.calls),
@@ -1055,7 +1070,7 @@ fn measure_tunnels(k: &Knobs, macs: &[[u8; 6]], rows: &mut Vec<Row>) -> Result<(
         } else {
             "gue_new_from"
         };
-        let mut r = per_call(
+        let mut r = per_call_from(
             key,
             &format!("stickylb {name}: new client"),
             &warm,
