@@ -729,3 +729,78 @@ fn against_the_real_decap_a_listener_on_the_vip_passes_and_a_missing_vip_or_deca
         "{o:?}"
     );
 }
+
+// ---------------------------------------------------------------- privilege
+
+/// Drops CAP_NET_RAW from the calling thread's effective capabilities
+/// (capabilities are per thread: the rest of the process keeps it).
+fn drop_net_raw_on_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_RAW: u32 = 13;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: a version-3 header and room for its two data structs.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective &= !(1 << CAP_NET_RAW);
+    // SAFETY: as above; only this thread's sets change.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn without_cap_net_raw_the_probe_is_a_local_error_that_says_so() {
+    let n = net();
+    let path = n.lb.path();
+    let outcomes = thread::spawn(move || {
+        enter_path(&path);
+        drop_net_raw_on_this_thread();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let udp = TunnelCheck::Udp {
+                payload: b"ping".to_vec(),
+                expect: None,
+            };
+            let mut out = Vec::new();
+            for p in [
+                probe(Encap::Ipip, 80, TunnelCheck::Tcp),
+                probe(GUE, 80, TunnelCheck::Tcp),
+                probe(Encap::Ipip, 53, udp),
+            ] {
+                out.push(p.probe(TIMEOUT).await);
+            }
+            out
+        })
+    })
+    .join()
+    .unwrap();
+    for o in outcomes {
+        println!("{o:?}");
+        assert!(!o.ok && o.local, "{o:?}");
+        assert!(
+            o.detail
+                .starts_with("cannot open a raw socket to probe through the ")
+                && o.detail.contains("the daemon needs CAP_NET_RAW"),
+            "{o:?}"
+        );
+        assert!(o.latency < TIMEOUT, "{o:?}");
+    }
+}
