@@ -89,9 +89,6 @@ fn tunnel_gateway(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 83, i as u8, 1)
 }
 
-/// The Ethernet MTU every link has unless told otherwise.
-pub const DEFAULT_MTU: u32 = 1500;
-
 pub struct RoutedOptions {
     pub dsr_backends: usize,
     /// One entry per tunnel backend: the MTU of its link with the router
