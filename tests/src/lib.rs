@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod decap;
 pub mod fibnet;
 pub mod netns;
+pub mod routed;
 pub mod traffic;
 
 use std::net::Ipv4Addr;
