@@ -12,6 +12,7 @@ extern crate std;
 #[cfg(feature = "user")]
 extern crate alloc;
 
+pub mod checksum;
 pub mod counters;
 pub mod hash;
 #[cfg(feature = "user")]

@@ -189,12 +189,10 @@ fn carry_ce(ctx: &XdpContext, at: usize) -> bool {
             let old = u16::from_be_bytes([inner.vihl, inner.tos]);
             inner.tos |= ECN_CE;
             let new = u16::from_be_bytes([inner.vihl, inner.tos]);
-            // HC' = ~(~HC + ~m + m'), the sum folded twice.
-            let mut sum =
+            // HC' = ~(~HC + ~m + m') (RFC 1624).
+            let sum =
                 u32::from(!u16::from_be_bytes(inner.check)) + u32::from(!old) + u32::from(new);
-            sum = (sum & 0xffff) + (sum >> 16);
-            sum = (sum & 0xffff) + (sum >> 16);
-            inner.check = (!(sum as u16)).to_be_bytes();
+            inner.check = lb_common::checksum::fold(sum).to_be_bytes();
             true
         }
     }

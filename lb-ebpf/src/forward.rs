@@ -316,9 +316,9 @@ fn write_outer_ipv4(
     ip.src_addr = src;
     ip.dst_addr = dst;
     // The one's-complement sum of the header's 16-bit words (the checksum
-    // word counted as 0), folded twice: the sum of ten words fits 20 bits.
+    // word counted as 0).
     let word = |hi: u8, lo: u8| u32::from(u16::from_be_bytes([hi, lo]));
-    let mut sum = word(0x45, tos)
+    let sum = word(0x45, tos)
         + u32::from(tot_len)
         + word(IP_DF, 0)
         + word(t.ttl, outer_proto)
@@ -326,9 +326,7 @@ fn write_outer_ipv4(
         + word(src[2], src[3])
         + word(dst[0], dst[1])
         + word(dst[2], dst[3]);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    ip.check = (!(sum as u16)).to_be_bytes();
+    ip.check = lb_common::checksum::fold(sum).to_be_bytes();
 }
 
 /// Counts a forwarded frame (its length as sent) for the VIP and backend.

@@ -393,7 +393,7 @@ fn write_frag_needed(
     let mut icmp = [DEST_UNREACH, FRAG_NEEDED, 0, 0, 0, 0, m0, m1];
     let mut quote = [0u8; QUOTE_LEN];
     quote.copy_from_slice(&frame[REPLY_QUOTE_AT..]);
-    let check = fold(sum(&icmp) + sum(&quote));
+    let check = lb_common::checksum::fold(sum(&icmp) + sum(&quote));
     icmp[2..4].copy_from_slice(&check.to_be_bytes());
     frame[REPLY_ICMP_AT..REPLY_QUOTE_AT].copy_from_slice(&icmp);
     Some(())
@@ -412,15 +412,7 @@ fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
     s
 }
 
-/// The Internet checksum of a sum from `sum`.
-#[inline(always)]
-fn fold(mut s: u32) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
-}
-
 #[inline(always)]
 fn checksum<const N: usize>(bytes: &[u8; N]) -> u16 {
-    fold(sum(bytes))
+    lb_common::checksum::fold(sum(bytes))
 }

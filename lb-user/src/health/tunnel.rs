@@ -532,13 +532,6 @@ fn sum16(data: &[u8], mut acc: u32) -> u32 {
     acc
 }
 
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
 /// An IPv4 header without options: DF set, ID 0, checksum computed.
 pub(super) fn ipv4_header(
     src: Ipv4Addr,
@@ -557,7 +550,7 @@ pub(super) fn ipv4_header(
     h[9] = proto;
     h[12..16].copy_from_slice(&src.octets());
     h[16..20].copy_from_slice(&dst.octets());
-    let c = fold(sum16(&h, 0));
+    let c = lb_common::checksum::fold(sum16(&h, 0));
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h
 }
@@ -590,7 +583,7 @@ pub(super) fn ipv4_tcp(
         SYN_WINDOW
     };
     tcp[14..16].copy_from_slice(&window.to_be_bytes());
-    let c = fold(sum16(
+    let c = lb_common::checksum::fold(sum16(
         &tcp,
         pseudo_sum(*src.ip(), *dst.ip(), libc::IPPROTO_TCP as u8, 20),
     ));
@@ -620,7 +613,7 @@ pub(super) fn ipv4_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> 
     udp.extend_from_slice(&udp_len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    let c = match fold(sum16(
+    let c = match lb_common::checksum::fold(sum16(
         &udp,
         pseudo_sum(*src.ip(), *dst.ip(), libc::IPPROTO_UDP as u8, udp_len),
     )) {
