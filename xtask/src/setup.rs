@@ -30,6 +30,17 @@ pub const PACKAGES: &[&str] = &[
     // one instance per LB node and one on the test router, each in its
     // namespace with its own config, socket and pid file.
     "bird2",
+    // Packaging (docs/packaging.md): dpkg-deb builds the .deb,
+    // dpkg-shlibdeps computes its library dependencies.
+    "dpkg-dev",
+    // The systemd tests (tests/tests/systemd.rs): a Debian root made by
+    // debootstrap, booted with systemd-nspawn inside a test namespace;
+    // systemd-analyze verifies the unit.
+    "debootstrap",
+    "systemd-container",
+    "systemd",
+    // promtool, which checks docs/prometheus/ (tests/tests/observability.rs).
+    "prometheus",
 ];
 
 /// What `cargo xtask bench` compares stickylb with, and drives it with.
