@@ -683,6 +683,7 @@ impl Daemon {
             .collect();
         let counted = clients.as_deref().map(Counts::report);
         let mut text = metrics::render(&vips, &global, counted.as_ref());
+        metrics::render_affinity_capacity(&mut text, self.cfg.affinity_capacity);
         metrics::render_local_errors(&mut text, &self.local_errors());
         if let Some(s) = self.sync_status() {
             metrics::render_sync(&mut text, &s);

@@ -134,6 +134,18 @@ pub fn render(
     out
 }
 
+/// The affinity table's capacity (the running maps' `affinity_capacity`), so
+/// that its fill is `affinity_entries / affinity_capacity`. Always there,
+/// unlike `affinity_entries`, which waits for the first walk.
+pub fn render_affinity_capacity(out: &mut String, capacity: u32) {
+    gauge(
+        out,
+        "affinity_capacity",
+        "Entries the affinity table holds at most (affinity_capacity); once full, each new client evicts the least recently used entry.",
+        f64::from(capacity),
+    );
+}
+
 /// A gauge without labels.
 fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
     let _ = writeln!(out, "# HELP stickylb_{name} {help}");
@@ -797,6 +809,33 @@ mod tests {
             ]
         );
         assert!(!render(&[], &[], None).contains("clients_counted"));
+    }
+
+    #[test]
+    fn affinity_capacity_follows_the_entries() {
+        let counted = ClientsCounted {
+            age_ms: 0,
+            walk_ms: 0,
+            entries: 300,
+        };
+        let mut text = render(&[], &[], Some(&counted));
+        render_affinity_capacity(&mut text, 65536);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[lines.len() - 6..],
+            [
+                "# HELP stickylb_affinity_entries Affinity entries that walk saw, live or not.",
+                "# TYPE stickylb_affinity_entries gauge",
+                "stickylb_affinity_entries 300",
+                "# HELP stickylb_affinity_capacity Entries the affinity table holds at most (affinity_capacity); once full, each new client evicts the least recently used entry.",
+                "# TYPE stickylb_affinity_capacity gauge",
+                "stickylb_affinity_capacity 65536",
+            ]
+        );
+        // Before the first walk: the capacity alone.
+        let mut text = String::new();
+        render_affinity_capacity(&mut text, 1024);
+        assert!(text.ends_with("\nstickylb_affinity_capacity 1024\n"), "{text}");
     }
 
     #[test]
