@@ -835,7 +835,10 @@ mod tests {
         // Before the first walk: the capacity alone.
         let mut text = String::new();
         render_affinity_capacity(&mut text, 1024);
-        assert!(text.ends_with("\nstickylb_affinity_capacity 1024\n"), "{text}");
+        assert!(
+            text.ends_with("\nstickylb_affinity_capacity 1024\n"),
+            "{text}"
+        );
     }
 
     #[test]
