@@ -101,6 +101,25 @@ fn promtool_checks_the_rules_and_runs_their_tests() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
+#[test]
+fn every_alert_is_explained_in_the_guide() {
+    let guide = fs::read_to_string(Path::new(DOCS).join("monitoring.md")).unwrap();
+    let rules = fs::read_to_string(rules_path()).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    let missing: Vec<&&str> = alerts
+        .iter()
+        .filter(|a| !guide.contains(&format!("| `{a}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alerts without a row in docs/monitoring.md: {missing:?}"
+    );
+}
+
 /// Every panel, those inside rows included.
 fn panels(dash: &Value) -> Vec<&Value> {
     fn walk<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
@@ -617,6 +636,25 @@ fn every_expression_evaluates_against_a_real_daemon() {
             "the daemon does not export {must}:\n{text}"
         );
     }
+    // Each family the daemon exports is documented.
+    let documented = fs::read_to_string(Path::new(DOCS).join("monitoring.md")).unwrap()
+        + &fs::read_to_string(Path::new(DOCS).join("scale-out.md")).unwrap();
+    let undocumented: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("# TYPE stickylb_")?
+                .split_whitespace()
+                .next()
+        })
+        .filter(|name| {
+            !documented.contains(&format!("`{name}"))
+                && !documented.contains(&format!("`stickylb_{name}"))
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "families in neither docs/monitoring.md nor docs/scale-out.md: {undocumented:?}"
+    );
     let prometheus_names = bed.api("/api/v1/label/__name__/values", &[]).unwrap();
     for own in PROMETHEUS_OWN {
         assert!(
