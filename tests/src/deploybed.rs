@@ -150,16 +150,36 @@ impl Host {
     }
 
     /// `sh -eu -c text` in this host's mount namespace and in the network
-    /// namespace `net` (its own, or another), from `wd`.
-    pub fn shell(&self, net: &Netns, wd: &Path, text: &str) -> Command {
-        shell(Some(&self.mnt()), net, wd, text)
+    /// namespace `net` (its own, or another), from `wd`; killed after
+    /// `limit` if given.
+    pub fn shell(&self, net: &Netns, wd: &Path, text: &str, limit: Option<Duration>) -> Command {
+        shell(Some(&self.mnt()), net, wd, text, limit)
     }
 }
 
 /// `sh -eu -c text` in network namespace `net` (and mount namespace `mnt`,
-/// else the machine's), from `wd`, with nothing of the test's environment.
-pub fn shell(mnt: Option<&Path>, net: &Netns, wd: &Path, text: &str) -> Command {
-    let mut c = Command::new("nsenter");
+/// else the machine's), from `wd`, with nothing of the test's environment;
+/// killed after `limit` if given (a block that hangs must fail the test,
+/// not hold it).
+pub fn shell(
+    mnt: Option<&Path>,
+    net: &Netns,
+    wd: &Path,
+    text: &str,
+    limit: Option<Duration>,
+) -> Command {
+    let mut c = match limit {
+        Some(l) => {
+            let mut c = Command::new("timeout");
+            c.args([
+                "--kill-after=2",
+                &format!("{}s", l.as_secs().max(1)),
+                "nsenter",
+            ]);
+            c
+        }
+        None => Command::new("nsenter"),
+    };
     if let Some(m) = mnt {
         c.arg(format!("--mount={}", m.display()));
     }
