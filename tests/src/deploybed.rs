@@ -39,7 +39,7 @@ use lb_user::dataplane::{Dataplane, LINK_PIN_NAME};
 
 use crate::netns::{
     ChildGuard, Netns, Reaper, Result, add_bridge, attach_peer_xdp, client_addrs, plug_into_bridge,
-    sh, start_backend_server, wait_for,
+    start_backend_server, wait_for,
 };
 
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -389,9 +389,4 @@ impl Drop for Bed {
 /// Runs `cmd` to completion: its output, whatever its exit status.
 pub fn output(cmd: &mut Command) -> Result<Output> {
     cmd.output().map_err(|e| format!("{cmd:?}: {e}"))
-}
-
-/// `sh`, re-exported for the test: a command's stdout or its failure.
-pub fn run_ok(cmd: &mut Command) -> Result<String> {
-    sh(cmd)
 }
