@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cluster;
 pub mod daemon;
 pub mod decap;
+pub mod deploybed;
 pub mod docblocks;
 pub mod fibnet;
 pub mod netns;
