@@ -50,6 +50,15 @@ pub fn build() -> Result<PathBuf> {
         .to_owned();
     control(&work, &root, &version, &arch)?;
 
+    // Only this build's package is left there, so that
+    // `dpkg -i target/debian/stickylb_*.deb` (docs/packaging.md) installs it.
+    for old in fs::read_dir(&out_dir)? {
+        let old = old?.path();
+        let name = old.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(&format!("{NAME}_")) && name.ends_with(".deb") {
+            fs::remove_file(&old)?;
+        }
+    }
     let deb = out_dir.join(format!("{NAME}_{version}_{arch}.deb"));
     step(&format!("package: dpkg-deb --build → {}", deb.display()));
     util::run(

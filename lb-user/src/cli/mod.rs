@@ -51,6 +51,12 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The command line's definition, every subcommand in it: for tests that
+/// compare what is made from it (the packaged man pages) with it.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// A line for the operator on stderr. Not eprintln!, which panics when
 /// stderr is a pipe whose reader has gone (`stickylb check 2>&1 | head -1`).
 pub(super) fn to_stderr(line: &str) {

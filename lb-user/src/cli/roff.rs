@@ -212,6 +212,12 @@ fn escape(text: &str) -> String {
     out
 }
 
+/// A URL that may be broken across lines after a `/` (`\\:`, a break point
+/// that prints nothing), else a long one cannot be filled into the line.
+fn url_text(url: &str) -> String {
+    escape(url).replace('/', "/\\:")
+}
+
 /// A paragraph's Markdown inline syntax as roff font changes.
 fn inline(text: &str, links: &HashMap<String, String>) -> String {
     let chars: Vec<char> = text.chars().collect();
@@ -275,7 +281,7 @@ fn inline(text: &str, links: &HashMap<String, String>) -> String {
                 Some((label, url, next)) => {
                     out.push_str(&inline(&label, links));
                     if let Some(url) = url.filter(|u| u.contains("://")) {
-                        out.push_str(&format!(" <{}>", escape(&url)));
+                        out.push_str(&format!(" <{}>", url_text(&url)));
                     }
                     i = next;
                 }
@@ -287,7 +293,7 @@ fn inline(text: &str, links: &HashMap<String, String>) -> String {
             '<' if chars[i..].starts_with(&['<', 'h', 't', 't', 'p']) => match find(i, &['>']) {
                 Some(end) => {
                     let url: String = chars[i..=end].iter().collect();
-                    out.push_str(&escape(&url));
+                    out.push_str(&url_text(&url));
                     i = end + 1;
                 }
                 None => {
@@ -524,8 +530,8 @@ mod tests {
                   [humantime]: https://docs.rs/humantime\n[h]: https://example.org/h\n";
         assert_eq!(
             to_roff(md),
-            "See the guide, humantime <https://docs.rs/humantime> and docs \
-             <https://example.org/h>; \\fB[x]\\fR and [vip] stay; \\fB[tunnel]\\fR.\n"
+            "See the guide, humantime <https:/\\:/\\:docs.rs/\\:humantime> and docs \
+             <https:/\\:/\\:example.org/\\:h>; \\fB[x]\\fR and [vip] stay; \\fB[tunnel]\\fR.\n"
         );
     }
 
