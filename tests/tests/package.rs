@@ -11,14 +11,20 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use stickylb_tests::{docblocks, netns::Netns, require_root};
+use stickylb_tests::{
+    daemon::PinGuard,
+    docblocks,
+    netns::{ChildGuard, Netns, wait_for},
+    require_root,
+};
 
 const GUIDE: &str = "docs/packaging.md";
 const CONFFILE: &str = "/etc/stickylb/stickylb.toml";
 const DEFAULT_PIN: &str = "/sys/fs/bpf/stickylb";
+const DEFAULT_SOCKET: &str = "/run/stickylb/stickylb.sock";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -123,13 +129,19 @@ fn command_pages(cmd: &clap::Command, prefix: &str, out: &mut BTreeSet<String>) 
     out.insert(format!("usr/share/man/man1/{name}.1.gz"));
 }
 
+/// The processes running the file at `exe` itself (by inode: a process
+/// in a container of another test may run its own /usr/bin/stickylb).
 fn processes_running(exe: &Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let want = std::fs::metadata(exe).unwrap();
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if std::fs::read_link(entry.path().join("exe")).is_ok_and(|p| p == exe) {
+        if std::fs::metadata(entry.path().join("exe"))
+            .is_ok_and(|m| (m.dev(), m.ino()) == (want.dev(), want.ino()))
+        {
             pids.push(pid);
         }
     }
@@ -164,7 +176,12 @@ fn the_package_installs_runs_and_leaves_only_its_config_behind() {
              or run the test on another machine"
         );
     }
-    for leftover in ["/usr/bin/stickylb", "/etc/stickylb", DEFAULT_PIN] {
+    for leftover in [
+        "/usr/bin/stickylb",
+        "/etc/stickylb",
+        DEFAULT_PIN,
+        DEFAULT_SOCKET,
+    ] {
         assert!(
             !Path::new(leftover).exists(),
             "{leftover} exists though no stickylb package is installed: this test's \
@@ -338,7 +355,7 @@ fn the_package_installs_runs_and_leaves_only_its_config_behind() {
         !Path::new(DEFAULT_PIN).exists(),
         "the install loaded the program"
     );
-    assert!(!Path::new("/run/stickylb/stickylb.sock").exists());
+    assert!(!Path::new(DEFAULT_SOCKET).exists());
 
     // The config page renders without a complaint from groff.
     let (_, _, warnings) = run(Command::new("man")
@@ -375,12 +392,77 @@ fn the_package_installs_runs_and_leaves_only_its_config_behind() {
         "{checked}"
     );
 
-    // --- removed: all but the conffile gone --------------------------------
+    // --- a running load balancer: kept by an upgrade, taken down by dpkg -r
+    // The installed example, run as the unit runs it, in the namespace (its
+    // pins in the root bpffs, where `unload` looks: nsenter keeps the mount
+    // namespace). Nothing else may use the default paths: refused above.
+    let pins = PinGuard(PathBuf::from(DEFAULT_PIN));
+    let log_path = std::env::temp_dir().join(format!("pkg-daemon-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut daemon = ChildGuard(
+        ns.command("/usr/bin/stickylb")
+            .args(["run", "-c", CONFFILE])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let link = Path::new(DEFAULT_PIN).join("link");
+    assert!(
+        wait_for(Duration::from_secs(15), || link.exists()
+            && Path::new(DEFAULT_SOCKET).exists()),
+        "the installed daemon did not come up:\n{}",
+        log_text()
+    );
+    let xdp_on = || ns.ip(&["link", "show", "eth0"]).unwrap().contains("xdp");
+    assert!(xdp_on(), "no XDP program on eth0:\n{}", log_text());
+    let pid = daemon.pid();
+
+    // Reinstalling is an upgrade to dpkg (prerm upgrade, postinst configure
+    // with the old version): the daemon, started by hand, is not touched.
+    let upgraded = blocks_ok(&blocks, "upgrade", None);
+    assert!(
+        status().is_some_and(|s| s == "install ok installed"),
+        "{upgraded}"
+    );
+    assert!(
+        daemon.exited().is_none(),
+        "the upgrade stopped the daemon:\n{}",
+        log_text()
+    );
+    assert!(
+        link.exists() && xdp_on(),
+        "the upgrade took the data path down"
+    );
+    ok(Command::new("/usr/bin/stickylb").args(["--socket", DEFAULT_SOCKET, "status"]));
+
+    // --- removed: the data path down, all but the conffile gone ------------
     let removed = blocks_ok(&blocks, "remove", None);
     assert!(
-        removed.contains("nothing pinned at /sys/fs/bpf/stickylb: nothing to unload"),
-        "the prerm did not run `stickylb unload`:\n{removed}"
+        removed.contains(&format!("stopped the daemon (pid {pid})")),
+        "the prerm did not stop the daemon with `stickylb unload`:\n{removed}"
     );
+    assert!(
+        wait_for(Duration::from_secs(5), || daemon.exited().is_some()),
+        "the daemon still runs after dpkg -r"
+    );
+    assert!(
+        !Path::new(DEFAULT_PIN).exists(),
+        "dpkg -r left the pins:\n{removed}"
+    );
+    assert!(
+        !xdp_on(),
+        "dpkg -r left the XDP program attached:\n{removed}"
+    );
+    assert!(
+        !Path::new(DEFAULT_SOCKET).exists(),
+        "dpkg -r left the control socket"
+    );
+    drop(daemon);
+    drop(pins);
+    let _ = std::fs::remove_file(&log_path);
     assert_eq!(status().as_deref(), Some("deinstall ok config-files"));
     let left: Vec<&String> = files
         .iter()
