@@ -609,6 +609,9 @@ fn operator_surface_pipes_json_man_pages_and_logs() {
 
     // `stickylb man --dir`: a page for every command, and every page a page
     // names exists.
+    // `--dir` takes a man tree: section 1 in man1/, stickylb.toml(5) in man5/.
+    assert!(man_dir.join("man5/stickylb.toml.5").is_file());
+    let man_dir = man_dir.join("man1");
     let pages: Vec<String> = std::fs::read_dir(&man_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

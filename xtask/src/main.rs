@@ -2,6 +2,7 @@
 //! fresh machine lacks; `test` and `demo` run it first, so each works from a
 //! clean clone on its own.
 
+mod package;
 mod setup;
 mod util;
 
@@ -22,7 +23,9 @@ enum Task {
     /// Debian packages; mount bpffs. Idempotent.
     Setup,
     /// Set up, then run every test: host unit tests, BPF_PROG_TEST_RUN
-    /// fixtures against the real XDP object (root), and lints.
+    /// fixtures against the real XDP object (root), the Debian package
+    /// (built first, then installed and removed by tests/tests/package.rs),
+    /// and lints.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name.
         #[arg(last = true)]
@@ -30,6 +33,10 @@ enum Task {
     },
     /// Check formatting and run clippy with warnings denied.
     Lint,
+    /// Set up, then build the Debian package target/debian/stickylb_<version>_<arch>.deb
+    /// (release binary, systemd unit, example config, man pages, completions,
+    /// docs) and print its path. See docs/packaging.md.
+    Package,
     /// Set up, then show stickylb at work in network namespaces: clients
     /// pinned to backends, a backend killed, the daemon restarted, sessions
     /// lost or kept. Tears everything down at the end.
@@ -91,12 +98,26 @@ fn main() -> Result<()> {
             // Default members: every crate but lb-ebpf and bench-ebpf,
             // which only build for the BPF target (the build scripts of
             // lb-user and stickylb-tests build them).
+            // The package test installs this very .deb (STICKYLB_DEB).
+            let deb = package::build()?;
             let mut args = vec!["test", "--", "--nocapture"];
             args.extend(cargo_args.iter().map(String::as_str));
-            util::cargo(&args)?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            util::run(
+                std::process::Command::new(cargo)
+                    .args(&args)
+                    .env("PATH", util::path_with_cargo_bin())
+                    .env("STICKYLB_DEB", &deb),
+            )?;
             lint()
         }
         Task::Lint => lint(),
+        Task::Package => {
+            setup::run()?;
+            let deb = package::build()?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Task::Demo {
             keep,
             quick,

@@ -33,6 +33,8 @@ pub const PACKAGES: &[&str] = &[
     // Packaging (docs/packaging.md): dpkg-deb builds the .deb,
     // dpkg-shlibdeps computes its library dependencies.
     "dpkg-dev",
+    // `man -w` finds the installed package's pages (tests/tests/package.rs).
+    "man-db",
     // The systemd tests (tests/tests/systemd.rs): a Debian root made by
     // debootstrap, booted with systemd-nspawn inside a test namespace;
     // systemd-analyze verifies the unit.

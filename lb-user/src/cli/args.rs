@@ -22,7 +22,8 @@ backend (an affinity table backed by a Maglev table) and forwards by L2 direct s
 other commands talk to the running daemon over its control socket.",
     after_long_help = "Environment:\n  STICKYLB_CONFIG, STICKYLB_SOCKET: as -c and --socket.\n  \
 RUST_LOG: what `stickylb run` logs (default: info); see `stickylb run --help`.\n\n\
-Man pages: `stickylb man COMMAND... | man -l -`, or `stickylb man --dir DIR` for all."
+Man pages: `stickylb man COMMAND... | man -l -`, `stickylb man stickylb.toml` for the config \
+file's, or `stickylb man --dir DIR` for all (DIR/man1, DIR/man5)."
 )]
 pub struct Cli {
     /// Control socket of the daemon to talk to. Default: that of the running
@@ -107,17 +108,24 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print a man page (roff), or write one for every command with --dir.
+    /// Print a man page (roff), or write every page with --dir: stickylb(1),
+    /// a page per command (stickylb-run(1), ...) and the config file's,
+    /// stickylb.toml(5).
     #[command(
         after_help = "Examples:\n  stickylb man | man -l -\n  stickylb man backend add | man -l -\n  \
-                      stickylb man --dir /usr/local/share/man/man1"
+                      stickylb man stickylb.toml | man -l -\n  \
+                      stickylb man --dir /usr/local/share/man    # then: man stickylb-run"
     )]
     Man {
-        /// Write stickylb.1 and a page for every subcommand (stickylb-run.1,
-        /// stickylb-backend-add.1, ...) into this folder instead.
+        /// Write every page under this man tree, in the folder of its
+        /// section, as man(1) looks for them: DIR/man1/stickylb.1,
+        /// DIR/man1/stickylb-run.1, ..., DIR/man5/stickylb.toml.5 (the
+        /// folders are created). DIR is what MANPATH or `man -M` takes, e.g.
+        /// /usr/local/share/man.
         #[arg(long, value_name = "DIR", conflicts_with = "command")]
         dir: Option<PathBuf>,
-        /// The command whose page to print, e.g. `backend add`; default: stickylb's.
+        /// The page to print: a command, e.g. `backend add`, or
+        /// `stickylb.toml` for the config file's; default: stickylb's.
         command: Vec<String>,
     },
 }

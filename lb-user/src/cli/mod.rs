@@ -5,7 +5,9 @@
 mod args;
 mod decap;
 mod lifecycle;
+mod man;
 mod print;
+mod roff;
 
 use std::{
     io::Write,
@@ -47,6 +49,12 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line's definition, every subcommand in it: for tests that
+/// compare what is made from it (the packaged man pages) with it.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// A line for the operator on stderr. Not eprintln!, which panics when
@@ -149,75 +157,8 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             clap_complete::generate(*shell, &mut Cli::command(), "stickylb", &mut text);
             Ok(out.write_all(&text)?)
         }
-        Command::Man { dir, command } => man(cli, dir.as_deref(), command, out),
+        Command::Man { dir, command } => man::run(cli, dir.as_deref(), command, out),
     }
-}
-
-/// The command tree the man pages describe: clap's `help` subcommand has
-/// no page of its own (every page has the help it would print).
-fn man_tree() -> clap::Command {
-    let mut cmd = Cli::command().disable_help_subcommand(true);
-    cmd.build();
-    cmd
-}
-
-/// Subcommands have no version of their own: every page's footer names
-/// stickylb's.
-fn man_page(cmd: &clap::Command) -> clap_mangen::Man {
-    clap_mangen::Man::new(cmd.clone()).source(format!("stickylb {}", env!("CARGO_PKG_VERSION")))
-}
-
-fn man(
-    cli: &Cli,
-    dir: Option<&Path>,
-    command: &[String],
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let tree = man_tree();
-    let Some(dir) = dir else {
-        let mut page = &tree;
-        for name in command {
-            page = page.find_subcommand(name).with_context(|| {
-                format!(
-                    "no command `{}`; `stickylb --help` lists them",
-                    command.join(" ")
-                )
-            })?;
-        }
-        return Ok(man_page(page).render(out)?);
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut written = Vec::new();
-    write_pages(&tree, dir, &mut written)?;
-    if cli.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&written)?)?;
-    } else {
-        writeln!(
-            out,
-            "wrote {} man pages to {}:",
-            written.len(),
-            dir.display()
-        )?;
-        for p in &written {
-            writeln!(out, "  {}", p.display())?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes `cmd`'s page and those of its subcommands, each named as the
-/// pages that list it refer to it (stickylb-backend-add.1).
-fn write_pages(cmd: &clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let page = man_page(cmd);
-    let path = dir.join(page.get_filename());
-    let mut text = Vec::new();
-    page.render(&mut text)?;
-    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-    written.push(path);
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        write_pages(sub, dir, written)?;
-    }
-    Ok(())
 }
 
 fn run_daemon(cli: &Cli, fresh: bool, keep: bool) -> anyhow::Result<()> {
@@ -365,38 +306,6 @@ fn hint(field: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn man_dir_has_a_page_for_every_command() {
-        fn names(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
-            let name = if prefix.is_empty() {
-                cmd.get_name().to_owned()
-            } else {
-                format!("{prefix}-{}", cmd.get_name())
-            };
-            for sub in cmd.get_subcommands() {
-                if sub.get_name() != "help" {
-                    names(sub, &name, out);
-                }
-            }
-            out.push(format!("{name}.1"));
-        }
-        let mut want = Vec::new();
-        names(&Cli::command(), "", &mut want);
-        let dir = std::env::temp_dir().join(format!("stickylb-man-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut written = Vec::new();
-        write_pages(&man_tree(), &dir, &mut written).unwrap();
-        let mut got: Vec<String> = written
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        std::fs::remove_dir_all(&dir).unwrap();
-        got.sort();
-        want.sort();
-        assert_eq!(got, want);
-        assert!(want.contains(&"stickylb-backend-add.1".to_owned()));
-    }
 
     #[test]
     fn only_our_own_stdouts_broken_pipe_is_quiet() {

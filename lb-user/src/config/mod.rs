@@ -16,6 +16,8 @@
 //! (bad value, unknown field) stops parsing at the first one, as toml does.
 
 mod announce;
+#[cfg(test)]
+mod doc_keys;
 mod environment;
 mod raw;
 mod restart;
