@@ -139,6 +139,23 @@ pub fn holder(path: &Path) -> Option<u32> {
     holder_in(&locks, meta.dev(), meta.ino())
 }
 
+/// Where the lock that daemon `pid` holds on its pin folder `pin_path` can
+/// be seen from this process: the folder itself, or, when the daemon runs
+/// in another mount namespace whose bpffs this one does not see (a command
+/// run with `ip netns exec` has a fresh /sys of its own), the same folder
+/// through the daemon's root, /proc/PID/root. None when `pid` holds no such
+/// lock (it has exited).
+pub fn lock_seen_at(pid: u32, pin_path: &Path) -> Option<PathBuf> {
+    if holder(pin_path) == Some(pid) {
+        return Some(pin_path.to_owned());
+    }
+    let through_root = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(pin_path.strip_prefix("/").unwrap_or(pin_path));
+    (holder(&through_root) == Some(pid)).then_some(through_root)
+}
+
 /// The pid of the FLOCK in `locks` (the text of /proc/locks) on the file
 /// `dev`/`ino`. A line is `1: FLOCK  ADVISORY  WRITE 1234 00:27:5678 0 EOF`
 /// (device numbers in hex); a waiter's line has `->` after the number.
@@ -207,7 +224,7 @@ impl Record {
     /// Whether the daemon that wrote this still runs: its pid holds the
     /// lock on its pin path.
     pub fn is_live(&self) -> bool {
-        holder(&self.pin_path) == Some(self.pid)
+        lock_seen_at(self.pid, &self.pin_path).is_some()
     }
 
     /// Writes the record into `dir` (removing records of daemons that are

@@ -762,8 +762,8 @@ fn on_host(g: &Guide, text: &str) -> (bool, String) {
 }
 
 /// What the guide says of `ip netns exec`: the daemon refuses to start;
-/// `status` works under it, `stop` and `unload` find nothing and leave the
-/// daemon and the program alone; a bpffs mounted inside it lets the daemon
+/// `status`, `lookup`, `reload` and `stop` work under it, `unload` refuses
+/// and changes nothing; a bpffs mounted inside it lets the daemon
 /// run, but its pins go with it and the program is detached when it exits.
 fn ip_netns_exec(g: &mut Guide, md: &str) {
     let run = "stickylb run -c /etc/stickylb/stickylb.toml";
@@ -796,29 +796,44 @@ fn ip_netns_exec(g: &mut Guide, md: &str) {
     assert!(ok && out.contains("198.51.100.7 on web: 10.0.0.1"), "{out}");
     let (ok, out) = on_host(g, &format!("{exec} stickylb reload"));
     assert!(ok && out.contains("reloaded"), "{out}");
-    let (ok, stop_out) = on_host(g, &format!("{exec} stickylb stop"));
-    assert!(ok, "{stop_out}");
+    // `unload` cannot remove pins it does not see: it refuses, changing
+    // nothing (it used to stop the daemon's lookup short and say "nothing
+    // pinned", exit status 0, leaving the daemon and its program running).
     let (ok, unload_out) = on_host(g, &format!("{exec} stickylb unload"));
-    assert!(ok, "{unload_out}");
-    // What the guide quotes of them.
+    assert!(!ok, "{unload_out}");
     assert!(
-        stop_out.contains(&format!("the daemon (pid {pid}) had already exited")),
-        "{stop_out}"
-    );
-    assert!(
-        unload_out.contains("nothing pinned at /sys/fs/bpf/stickylb: nothing to unload"),
+        unload_out.contains(&format!(
+            "the daemon (pid {pid}) pins its maps at /sys/fs/bpf/stickylb on a bpffs that \
+             this command does not see"
+        )) && unload_out.contains("Nothing was changed"),
         "{unload_out}"
     );
     let still = g.status().map(|s| s.pid);
+    assert_eq!(
+        still,
+        Ok(pid),
+        "unload under ip netns exec changed the daemon"
+    );
+    assert!(g.bed.lb_has_xdp().unwrap());
+    assert!(daemon.exited().is_none());
+    // `stop` finds the daemon's lock through /proc/PID/root and stops it
+    // (it used to say "had already exited" and signal nothing); the
+    // program keeps forwarding, as after any stop.
+    let (ok, stop_out) = on_host(g, &format!("{exec} stickylb stop"));
+    assert!(
+        ok && stop_out.contains(&format!("stopped the daemon (pid {pid})")),
+        "{stop_out}"
+    );
+    let exited = wait_exit(&mut daemon);
     let line = format!(
-        "under ip netns exec, with the daemon (pid {pid}) running: `stop` said {:?}, `unload` \
-         said {:?}; then the daemon {}, XDP {}",
+        "under ip netns exec, with the daemon (pid {pid}) running: `unload` refused ({:?}); \
+         `stop` said {:?}; then the daemon {}, XDP {}",
+        unload_out.lines().last().unwrap_or("").trim(),
         stop_out.trim(),
-        unload_out.trim(),
-        if still == Ok(pid) {
-            "still answered"
+        if exited.is_some() {
+            "had exited"
         } else {
-            "DID NOT answer"
+            "DID NOT exit"
         },
         if g.bed.lb_has_xdp().unwrap() {
             "still attached"
@@ -828,15 +843,13 @@ fn ip_netns_exec(g: &mut Guide, md: &str) {
     );
     println!("{line}");
     g.report.push(line);
-    assert_eq!(still, Ok(pid));
+    assert!(exited.is_some_and(|s| s.success()));
     assert!(g.bed.lb_has_xdp().unwrap());
-    assert!(daemon.exited().is_none());
     let (ok, out) = on_host(
         g,
         &format!("nsenter --net=/run/netns/{LB_NETNS_ALIAS} stickylb unload"),
     );
     assert!(ok && out.contains("detached the XDP program"), "{out}");
-    assert!(wait_exit(&mut daemon).is_some_and(|s| s.success()));
     assert!(!g.bed.lb_has_xdp().unwrap());
 
     // Following the daemon's hint inside `ip netns exec`, with nothing
@@ -856,8 +869,7 @@ fn ip_netns_exec(g: &mut Guide, md: &str) {
         !bed.lb.path("/sys/fs/bpf/stickylb").exists(),
         "its pins are visible outside its own mount namespace"
     );
-    // SIGTERM, as `stickylb stop` from where the daemon was started would
-    // send (from anywhere else it cannot see the pins, as above).
+    // SIGTERM, as `stickylb stop` sends.
     // SAFETY: kill(2) on our own child (`exec` made it the daemon).
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let exited = wait_exit(&mut child);

@@ -164,15 +164,20 @@ enum Ended {
 /// Only the holder of that lock is signalled: a pid from a socket's reply
 /// may be anything (pid 1, from a socket someone else put there).
 fn terminate(d: &Running) -> anyhow::Result<Ended> {
-    match runtime::holder(&d.pin_path) {
-        None => return Ok(Ended::Gone),
+    let lock = match runtime::holder(&d.pin_path) {
         Some(p) if p != d.pid => bail!(
             "pid {} is not the stickylb daemon on {} (pid {p} holds its lock): not signalling it. If the control socket is not that daemon's, give --socket or -c FILE",
             d.pid,
             d.pin_path.display()
         ),
-        Some(_) => {}
-    }
+        Some(_) => d.pin_path.clone(),
+        // Not seen from here: the daemon may pin on a bpffs of another
+        // mount namespace (this command run with `ip netns exec`, say).
+        None => match runtime::lock_seen_at(d.pid, &d.pin_path) {
+            Some(through_its_root) => through_its_root,
+            None => return Ok(Ended::Gone),
+        },
+    };
     // SAFETY: kill(2) has no memory-safety preconditions.
     if unsafe { libc::kill(d.pid as i32, libc::SIGTERM) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -191,7 +196,7 @@ fn terminate(d: &Running) -> anyhow::Result<Ended> {
         );
     }
     let end = Instant::now() + EXIT_WAIT;
-    while runtime::holder(&d.pin_path) == Some(d.pid) {
+    while runtime::holder(&lock) == Some(d.pid) {
         if Instant::now() > end {
             bail!(
                 "the stickylb daemon (pid {}) did not exit within {} s of SIGTERM; \
@@ -255,6 +260,7 @@ pub(super) fn unload(
     };
     let (pin_path, sockets) = match &running {
         Some(d) => {
+            refuse_unseen_pins(d)?;
             let emptied = withdraw_first(d, out)?;
             match terminate(d)? {
                 Ended::Stopped => writeln!(out, "stopped the daemon (pid {})", d.pid)?,
@@ -300,8 +306,15 @@ pub(super) fn unload(
     if !pin_path.exists() {
         writeln!(
             out,
-            "nothing pinned at {}: nothing to unload",
-            pin_path.display()
+            "nothing pinned at {}: nothing to unload{}",
+            pin_path.display(),
+            if on_bpffs(&pin_path) {
+                ""
+            } else {
+                " (but no bpffs is mounted there in this mount namespace, so pins elsewhere \
+                 cannot be seen: under `ip netns exec`, which mounts a /sys of its own, run \
+                 `nsenter --net=/run/netns/NAME stickylb unload` instead)"
+            }
         )?;
         return remove_stale_sockets(&sockets, out);
     }
@@ -344,6 +357,38 @@ pub(super) fn unload(
         )?;
     }
     Ok(())
+}
+
+/// Unloading a daemon whose pins this command cannot see would stop it and
+/// leave its program attached: refused before anything changes.
+fn refuse_unseen_pins(d: &Running) -> anyhow::Result<()> {
+    match runtime::lock_seen_at(d.pid, &d.pin_path) {
+        Some(seen) if seen != d.pin_path => bail!(
+            "the daemon (pid {pid}) pins its maps at {pin} on a bpffs that this command does \
+             not see: it runs in another mount namespace (a command run with `ip netns exec` \
+             gets a /sys of its own). Nothing was changed. Unload from where its pins are seen: \
+             `nsenter --net=/run/netns/NAME stickylb unload` in place of `ip netns exec NAME \
+             stickylb unload`, or `nsenter --target {pid} --mount --net stickylb unload`",
+            pid = d.pid,
+            pin = d.pin_path.display(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `path`, or the nearest folder above it that exists, is on a
+/// bpffs.
+fn on_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+        return false;
+    };
+    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a statfs the call fills in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
 }
 
 /// Before the program goes: the daemon withdraws its VIPs, and the routers
