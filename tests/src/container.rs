@@ -242,10 +242,14 @@ impl Container {
         let nspawn = ChildGuard(child);
         let nspawn_pid = nspawn.pid();
         self.nspawn = Some(nspawn);
-        // The container's init is systemd-nspawn's child.
+        // The container's init is the child of systemd-nspawn that is PID 1
+        // of its own PID namespace (nspawn's first child sets the container
+        // up, starts the init and exits: it must not be taken for it).
         let mut init = None;
         wait_for(Duration::from_secs(10), || {
-            init = children_of(nspawn_pid).first().copied();
+            init = children_of(nspawn_pid)
+                .into_iter()
+                .find(|&p| is_pid_namespace_init(p));
             init.is_some()
         });
         self.init = Some(init.ok_or_else(|| {
@@ -343,6 +347,18 @@ impl Container {
     pub fn path(&self, inside: &str) -> PathBuf {
         self.root.join(inside.trim_start_matches('/'))
     }
+}
+
+/// Whether `pid` is PID 1 of a PID namespace below this one.
+fn is_pid_namespace_init(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|ids| {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                ids.len() == 2 && ids[1] == "1"
+            })
+    })
 }
 
 /// The pids of `pid`'s children.

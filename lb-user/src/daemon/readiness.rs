@@ -24,6 +24,9 @@ pub(super) struct Readiness {
     /// Since when the daemon serves its loop (VIPs warming up counted from
     /// here); `None` once READY=1 has been sent.
     waiting_since: Option<Instant>,
+    /// Why the last reload failed, shown before the VIPs in the status
+    /// until a reload succeeds: the file on disk is not what runs.
+    reload_failed: Option<String>,
 }
 
 impl Readiness {
@@ -31,6 +34,7 @@ impl Readiness {
         Self {
             notifier,
             waiting_since: Some(Instant::now()),
+            reload_failed: None,
         }
     }
 
@@ -93,7 +97,14 @@ impl Daemon {
                 backends: v.backends.len(),
             })
             .collect();
-        summarize(&vips, self.maintenance.is_on())
+        let (decided, line) = summarize(&vips, self.maintenance.is_on());
+        match &self.readiness.reload_failed {
+            Some(why) => (
+                decided,
+                format!("reload failed ({why}), running the config as before; {line}"),
+            ),
+            None => (decided, line),
+        }
     }
 
     /// After anything that may change a VIP's state: READY=1 once every VIP
@@ -134,11 +145,9 @@ impl Daemon {
             self.readiness.notifier.reloading();
         }
         let result = self.reload();
+        self.readiness.reload_failed = result.as_ref().err().map(|e| format!("{e:#}"));
         if ready {
-            let (_, mut status) = self.service_status();
-            if let Err(e) = &result {
-                status = format!("reload failed ({e:#}), running the config as before; {status}");
-            }
+            let (_, status) = self.service_status();
             self.readiness.notifier.ready(&status);
         }
         result
