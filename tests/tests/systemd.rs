@@ -233,6 +233,37 @@ fn start_returns_once_the_vips_serve_with_the_units_capabilities_and_limits() {
         "not raised above systemd's default soft limit"
     );
 
+    // The sandbox as the daemon sees it: the file system read-only but the
+    // pins (and /run/stickylb), the kernel's tunables read-only, a private
+    // /tmp.
+    let opts_of = |path: &str| -> String {
+        bed.c
+            .sh(&format!(
+                "nsenter -t {pid} -m findmnt -no OPTIONS --target {path}"
+            ))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    for (path, want) in [
+        ("/usr", "ro"),
+        ("/etc", "ro"),
+        ("/proc/sys", "ro"),
+        ("/sys", "ro"),
+        ("/sys/fs/bpf", "rw"),
+        ("/run/stickylb", "rw"),
+    ] {
+        let got = opts_of(path);
+        println!("the daemon's {path}: {got}");
+        assert!(got.split(',').any(|o| o == want), "{path}: {got}");
+    }
+    let tmp_dev = |ns: &str| bed.c.sh(&format!("{ns}stat -c %d:%i /tmp")).unwrap();
+    assert_ne!(
+        tmp_dev(&format!("nsenter -t {pid} -m ")),
+        tmp_dev(""),
+        "no private /tmp"
+    );
+
     // Each CLI command the operator runs reaches the daemon as installed.
     let out = bed.c.sh("stickylb status").unwrap();
     assert!(out.contains("VIP web"), "{out}");
