@@ -174,9 +174,10 @@ impl Container {
     /// install what the test needs into `root`, then `boot`.
     pub fn prepare() -> Result<Self> {
         let lower = cached_root()?;
+        remove_stale();
         let name = format!(
             "sd-{}x{}",
-            std::process::id() % 100_000,
+            std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let dir = std::env::temp_dir().join(&name);
@@ -184,6 +185,7 @@ impl Container {
         for d in ["upper", "work", "root", "bpf"] {
             fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
         }
+        fs::write(dir.join(OWNER), std::process::id().to_string()).map_err(|e| e.to_string())?;
         let mut c = Self {
             name,
             root: dir.join("root"),
@@ -346,6 +348,58 @@ impl Container {
     /// A path inside the container, as the host sees it.
     pub fn path(&self, inside: &str) -> PathBuf {
         self.root.join(inside.trim_start_matches('/'))
+    }
+}
+
+/// In a container's scratch folder: the pid of the test process that made
+/// it, and of the container's init.
+const OWNER: &str = "owner.pid";
+const INIT: &str = "init.pid";
+
+/// Removes what containers of test processes that died without dropping
+/// them (SIGKILL, a harness's timeout) left: kills their init, unmounts
+/// their overlay and bpffs, removes their scratch folder. Only folders with
+/// an owner file whose process is gone are touched.
+fn remove_stale() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let named = e.file_name().to_str().is_some_and(|n| n.starts_with("sd-"));
+        let Some(owner) = named
+            .then(|| fs::read_to_string(dir.join(OWNER)).ok())
+            .flatten()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        if let Some(init) = fs::read_to_string(dir.join(INIT))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|&p| is_pid_namespace_init(p))
+        {
+            // SAFETY: kill(2) on the init of a container a dead test booted.
+            unsafe { libc::kill(init as i32, libc::SIGKILL) };
+            wait_for(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{init}")).exists()
+            });
+        }
+        for m in ["bpf", "root"] {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(dir.join(m))
+                .stderr(Stdio::null())
+                .status();
+        }
+        eprintln!(
+            "removed the container {} of a test that died",
+            dir.display()
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 }
 
