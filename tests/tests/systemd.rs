@@ -349,7 +349,8 @@ fn reload_applies_the_edited_file_between_reloading_and_ready() {
     // RELOADING=1 then READY=1 from the daemon alone. A RELOADING=1 without
     // its READY=1 would leave the unit "reloading".
     std::fs::write(bed.c.path(CONFIG), &bed.config).unwrap();
-    bed.systemctl(&format!("kill -s HUP {UNIT}")).unwrap();
+    bed.systemctl(&format!("kill --kill-who=main -s HUP {UNIT}"))
+        .unwrap();
     let mut state = String::new();
     let back = wait_for(Duration::from_secs(5), || {
         state = format!("{} {}", bed.show("ActiveState"), bed.show("StatusText"));
@@ -403,6 +404,30 @@ fn restart_loses_no_client_stop_keeps_forwarding_unload_takes_it_down() {
         "failures: {:?}",
         s.survivor_failures.iter().take(3).collect::<Vec<_>>()
     );
+    // Where the restart's time went, by the journal's clock.
+    let precise = bed
+        .c
+        .sh(&format!("journalctl -u {UNIT} --no-pager -o short-precise"))
+        .unwrap_or_default();
+    let from = precise.find("Stopping stickylb").unwrap_or(0);
+    for l in precise[from..].lines().take(40) {
+        if [
+            "Stopping",
+            "Stopped",
+            "exiting on",
+            "Starting",
+            "OK (",
+            "adopted",
+            "ready after",
+            "Started",
+            "limits",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+        {
+            println!("  {}", l.chars().take(150).collect::<String>());
+        }
+    }
     assert_ne!(
         bed.main_pid(),
         old_pid,
