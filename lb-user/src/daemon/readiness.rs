@@ -83,6 +83,26 @@ fn summarize(vips: &[VipLine], maintenance: bool) -> (bool, String) {
     (decided, line)
 }
 
+/// What `notify_state` sends.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// READY=1: every VIP is decided.
+    Ready,
+    /// READY=1 at the backstop, some VIP still undecided.
+    ReadyUndecided,
+    /// Only the status (not ready yet, or ready already).
+    Status,
+}
+
+fn step(waiting_since: Option<Instant>, decided: bool, now: Instant) -> Step {
+    match waiting_since {
+        None => Step::Status,
+        Some(_) if decided => Step::Ready,
+        Some(since) if now.saturating_duration_since(since) >= READY_WITHIN => Step::ReadyUndecided,
+        Some(_) => Step::Status,
+    }
+}
+
 impl Daemon {
     /// Every VIP's state in one line, and whether each is decided.
     fn service_status(&self) -> (bool, String) {
@@ -112,13 +132,17 @@ impl Daemon {
     /// it changes.
     pub(super) fn notify_state(&mut self) {
         let (decided, status) = self.service_status();
-        match self.readiness.waiting_since {
-            Some(since) if decided => {
-                self.readiness.waiting_since = None;
-                log::info!("ready after {} ms: {status}", since.elapsed().as_millis());
+        let now = Instant::now();
+        match step(self.readiness.waiting_since, decided, now) {
+            Step::Ready => {
+                let since = self.readiness.waiting_since.take().unwrap_or(now);
+                log::info!(
+                    "ready after {} ms: {status}",
+                    now.saturating_duration_since(since).as_millis()
+                );
                 self.readiness.notifier.ready(&status);
             }
-            Some(since) if since.elapsed() >= READY_WITHIN => {
+            Step::ReadyUndecided => {
                 self.readiness.waiting_since = None;
                 warn!(
                     "reporting ready although not every VIP is decided after {} s: {status}",
@@ -126,8 +150,7 @@ impl Daemon {
                 );
                 self.readiness.notifier.ready(&status);
             }
-            Some(_) => self.readiness.notifier.status(&status),
-            None => self.readiness.notifier.status(&status),
+            Step::Status => self.readiness.notifier.status(&status),
         }
     }
 
@@ -187,6 +210,23 @@ mod tests {
         assert_eq!(
             line,
             "serving 1 of 2 VIPs: web 2/3 backends up; api: NO ALIVE BACKEND (0 of 2)"
+        );
+    }
+
+    #[test]
+    fn ready_once_decided_or_at_the_backstop_and_only_once() {
+        let t0 = Instant::now();
+        let soon = t0 + Duration::from_millis(300);
+        assert_eq!(step(Some(t0), false, soon), Step::Status);
+        assert_eq!(step(Some(t0), true, soon), Step::Ready);
+        let late = t0 + READY_WITHIN;
+        assert_eq!(step(Some(t0), false, late), Step::ReadyUndecided);
+        assert_eq!(step(Some(t0), true, late), Step::Ready);
+        assert_eq!(step(None, true, late), Step::Status, "ready twice");
+        assert_eq!(step(None, false, soon), Step::Status);
+        assert!(
+            READY_WITHIN < Duration::from_secs(60),
+            "under the unit's TimeoutStartSec"
         );
     }
 
