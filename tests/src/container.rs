@@ -548,3 +548,31 @@ pub fn install(root: &Path, what: &Install) -> Result<()> {
     fs::write(etc.join("stickylb.toml"), what.config).map_err(|e| e.to_string())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_is_complete_only_with_the_current_marker_and_its_programs() {
+        let root = std::env::temp_dir().join(format!("sd-root-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        for p in [
+            "usr/lib/systemd/systemd",
+            "usr/bin/systemctl",
+            "usr/sbin/ip",
+        ] {
+            let p = root.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, "").unwrap();
+        }
+        assert!(!root_is_complete(&root), "no marker: an interrupted build");
+        fs::write(root.join(MARKER), "debootstrap of another recipe\n").unwrap();
+        assert!(!root_is_complete(&root), "a marker of another recipe");
+        fs::write(root.join(MARKER), marker_text()).unwrap();
+        assert!(root_is_complete(&root));
+        fs::remove_file(root.join("usr/bin/systemctl")).unwrap();
+        assert!(!root_is_complete(&root), "a root missing systemctl");
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
