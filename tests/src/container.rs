@@ -40,12 +40,17 @@ const PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2";
 /// build) is removed and built again.
 const MARKER: &str = ".stickylb-tests-root";
 
-/// Where each container gets a cgroup of its own, in the host's
-/// `name=systemd` hierarchy (cgroup v1 here): nspawn without a systemd on the
-/// host uses the cgroup it runs in as the container's root, and containers
-/// sharing one would share their services' cgroups (one's `systemctl stop`
-/// would signal another's daemon, a start could fail with 219/CGROUP).
-const CGROUP_ROOT: &str = "/sys/fs/cgroup/systemd/stickylb-tests";
+/// Where each container gets a cgroup of its own, in the host's cgroup
+/// hierarchies that systemd tracks processes with (here cgroup v1 with the
+/// unified hierarchy beside it: "hybrid"). nspawn without a systemd on the
+/// host splits the cgroup it runs in into `payload` (the container's root)
+/// and `supervisor` (itself): containers started from one cgroup would share
+/// `payload`, and so their services' cgroups (one's `systemctl stop` would
+/// signal another's daemon, a start could fail with 219/CGROUP).
+const CGROUP_ROOTS: [&str; 2] = [
+    "/sys/fs/cgroup/unified/stickylb-tests",
+    "/sys/fs/cgroup/systemd/stickylb-tests",
+];
 
 /// How long a boot may take to reach `running` (about 10 s here).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(40);
@@ -172,8 +177,8 @@ pub struct Container {
     pub dir: PathBuf,
     nspawn: Option<ChildGuard>,
     init: Option<u32>,
-    /// The container's own cgroup (`CGROUP_ROOT`/name), removed on drop.
-    cgroup: Option<PathBuf>,
+    /// The container's own cgroups (`CGROUP_ROOTS`/name), removed on drop.
+    cgroups: Vec<PathBuf>,
     /// Mount points to unmount on drop, last first.
     mounts: Vec<PathBuf>,
 }
@@ -201,7 +206,7 @@ impl Container {
             dir,
             nspawn: None,
             init: None,
-            cgroup: None,
+            cgroups: Vec::new(),
             mounts: Vec::new(),
         };
         sh(Command::new("mount")
@@ -243,34 +248,44 @@ impl Container {
             self.mounts.push(bpf.clone());
             cmd.arg(format!("--bind={}:/sys/fs/bpf", bpf.display()));
         }
-        let cgroup = Path::new(CGROUP_ROOT).join(&self.name);
-        fs::create_dir_all(&cgroup)
-            .map_err(|e| format!("create the container's cgroup {}: {e}", cgroup.display()))?;
-        self.cgroup = Some(cgroup.clone());
-        let procs = std::ffi::CString::new(
-            cgroup
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
+        let mut procs = Vec::new();
+        for root in CGROUP_ROOTS {
+            let hierarchy = Path::new(root).parent().expect("a folder");
+            if !hierarchy.join("cgroup.procs").exists() {
+                continue;
+            }
+            let cgroup = Path::new(root).join(&self.name);
+            fs::create_dir_all(&cgroup)
+                .map_err(|e| format!("create the container's cgroup {}: {e}", cgroup.display()))?;
+            self.cgroups.push(cgroup.clone());
+            procs.push(
+                std::ffi::CString::new(
+                    cgroup
+                        .join("cgroup.procs")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+                .map_err(|e| e.to_string())?,
+            );
+        }
         // SAFETY: only open(2), write(2) and close(2) between fork and exec,
-        // on a path prepared before the fork.
+        // on paths prepared before the fork.
         unsafe {
             use std::os::unix::process::CommandExt as _;
             cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
+                for path in &procs {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0": the writing process itself.
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
-                // "0": the writing process itself.
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if n == 1 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
+                Ok(())
             });
         }
         let console = fs::File::create(self.dir.join("console.log")).map_err(|e| e.to_string())?;
@@ -500,7 +515,7 @@ impl Drop for Container {
                 let _ = umount(true);
             }
         }
-        if let Some(cg) = self.cgroup.take() {
+        for cg in self.cgroups.drain(..) {
             remove_cgroup(&cg);
         }
         let _ = fs::remove_dir_all(&self.dir);
