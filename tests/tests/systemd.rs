@@ -635,6 +635,20 @@ fn the_unit_verifies_and_a_start_without_bpffs_fails_saying_so() {
         },
     )
     .unwrap();
+    // Offline on the host too, against the container's root (as CI would
+    // on the host itself once the package is installed there).
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", c.root.display()))
+        .arg(UNIT)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    println!(
+        "host: systemd-analyze verify --man=no --root=ROOT {UNIT}: {} {text}",
+        out.status
+    );
+    assert!(out.status.success() && text.is_empty(), "{text}");
     let exposure = sh(Command::new("systemd-analyze")
         .args(["security", "--no-pager", "--offline=true"])
         .arg(unit_file()))
