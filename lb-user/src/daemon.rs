@@ -37,6 +37,7 @@ use crate::{
     util::Every,
 };
 
+mod readiness;
 mod sync_node;
 
 #[derive(Clone, Debug)]
@@ -151,6 +152,8 @@ struct Daemon {
     maintenance: Maintenance,
     /// `stickylb unload` has withdrawn the VIPs: none is announced again.
     unloading: bool,
+    /// What systemd hears (`Type=notify`): readiness, status, reloads.
+    readiness: readiness::Readiness,
 }
 
 /// Health checks that could not run for a reason of this host's: counted,
@@ -535,7 +538,7 @@ impl Daemon {
                 let reply: BackendChanged = self.lb.set_drain(&vip, backend, drained)?;
                 Reply::ok(reply)
             }
-            Request::Reload => Reply::ok(self.reload()?),
+            Request::Reload => Reply::ok(self.reload_notified()?),
             Request::Maintenance { on } => Reply::ok(self.set_maintenance(on)?),
             Request::Withdraw => Reply::ok(self.withdraw_for_unload()),
         })
@@ -938,6 +941,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Exited> {
         announcer: Announcer::new(cfg_announce),
         maintenance,
         unloading: false,
+        readiness: readiness::Readiness::new(crate::notify::Notifier::from_env()),
     };
     d.attach(&pinned_link).map_err(&unmanaged)?;
     // After the attach: a route is only ever there for a program that
@@ -1233,9 +1237,17 @@ async fn serve(
         hup: mut sighup,
     } = signals;
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut watchdog = d
+        .readiness
+        .notifier
+        .watchdog_every()
+        .map(tokio::time::interval);
     info!("control socket {}", d.cfg.control_socket.display());
     loop {
         d.allow_sync_pull_when_warm();
+        // At the first pass (an adopted data path may be decided at once)
+        // and after every event.
+        d.notify_state();
         tokio::select! {
             Some(ev) = health_rx.recv() => d.on_health(ev),
             Some((req, reply)) = ctl_rx.recv() => {
@@ -1260,8 +1272,10 @@ async fn serve(
                 }
                 d.warm_up_tick();
             }
+            () = sleep_until(d.ready_deadline()) => {}
+            () = tick(&mut watchdog) => d.readiness.notifier.watchdog(),
             _ = sighup.recv() => {
-                if let Err(e) = d.reload() {
+                if let Err(e) = d.reload_notified() {
                     error!("reload failed: {e:#}");
                 }
                 d.refresh_sync_ids(true);
@@ -1273,6 +1287,16 @@ async fn serve(
         // cluster all come through this loop: the routes follow them here.
         d.catch_up_after_rewarm();
         d.sync_announce();
+    }
+}
+
+/// The next tick of `interval`; never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -1289,7 +1313,8 @@ async fn sleep_until(at: Option<Instant>) {
 /// daemon to adopt (a restart is SIGTERM then start). Taking it down is
 /// `stickylb unload`'s job, never a signal's. The VIPs' routes stay too:
 /// what they announce (this node forwards) stays true.
-fn shut_down(d: Daemon, signal: &str) {
+fn shut_down(mut d: Daemon, signal: &str) {
+    d.notify_stopping(signal);
     info!(
         "exiting on {signal}; the XDP program keeps forwarding on {} with its state pinned at {}: \
          a new `stickylb run` adopts it (no client moves), `stickylb unload` takes it down",

@@ -21,6 +21,7 @@ mod metrics;
 mod neigh;
 mod netdev;
 mod netlink;
+mod notify;
 pub mod runtime;
 pub mod sync;
 pub mod util;

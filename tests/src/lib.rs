@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod container;
 pub mod daemon;
 pub mod decap;
 pub mod deploybed;
