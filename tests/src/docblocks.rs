@@ -4,12 +4,12 @@
 //! A guide marks each ```sh block with an HTML comment on the line just
 //! before its fence, which a reader of the rendered page does not see:
 //!
-//! ```text
+//! ~~~text
 //! <!-- run: backend -->
 //! ```sh
 //! ip addr add 192.0.2.10/32 dev lo
 //! ```
-//! ```
+//! ~~~
 //!
 //! The word after `run:` names where the block runs (a role: `lb`,
 //! `backend`, `client`, `systemd`, ...); which namespace or container a role

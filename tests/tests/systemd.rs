@@ -742,3 +742,141 @@ fn docs_systemd_md_runs_as_written() {
         );
     }
 }
+
+/// The .deb `cargo xtask test` built (`cargo xtask package`), as the
+/// package test takes it.
+fn package_path() -> PathBuf {
+    let deb = std::env::var_os("STICKYLB_DEB").unwrap_or_else(|| {
+        panic!(
+            "STICKYLB_DEB is not set: run `cargo xtask test` (it builds the package first), \
+             or `cargo xtask package` and set STICKYLB_DEB to the .deb it printed"
+        )
+    });
+    let deb = PathBuf::from(deb);
+    assert!(
+        deb.is_file(),
+        "STICKYLB_DEB={} is not a file",
+        deb.display()
+    );
+    deb
+}
+
+/// The package's maintainer scripts under a real systemd, which the
+/// package test on the host (no systemd as init) cannot run: `dpkg -i`
+/// starts and enables nothing; the operator's `systemctl enable --now`
+/// serves; a reinstall (dpkg's upgrade path) restarts the running service
+/// on the new files under load, failing no request and moving no client;
+/// `dpkg -r` stops it and takes the data path down, leaving only the
+/// config; `dpkg --purge` leaves nothing, the operator's enablement
+/// included.
+#[test]
+fn the_package_installs_upgrades_and_removes_under_systemd() {
+    stickylb_tests::require_root();
+    const CLIENTS: usize = 60;
+    let deb = package_path();
+    let topo = Topology::up(
+        &TopologyOptions {
+            backends: 3,
+            clients: CLIENTS,
+            redis: None,
+        },
+        BACKEND.as_ref(),
+    )
+    .unwrap();
+    let mut c = Container::prepare().unwrap();
+    std::fs::copy(&deb, c.root.join("root/stickylb.deb")).unwrap();
+    c.boot(&ContainerOptions::for_stickylb(topo.lb.path()))
+        .unwrap();
+    let bed = Bed {
+        c,
+        topo,
+        config: config_for(3),
+    };
+    let state = |what: &str| {
+        let out = bed.c.run(&format!("systemctl {what} {UNIT} || true"));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+
+    let out = bed.c.sh("dpkg -i /root/stickylb.deb 2>&1").unwrap();
+    println!("dpkg -i:\n{out}");
+    assert_eq!(state("is-enabled"), "disabled", "installing enabled it");
+    assert_eq!(state("is-active"), "inactive", "installing started it");
+    assert!(!bed.xdp_on_lb(), "installing attached a program");
+
+    // The operator's part: the config, then enable and start.
+    bed.c
+        .sh(&format!(
+            "cat > {CONFIG} <<'STICKYLB_TOML'\n{}STICKYLB_TOML\n",
+            bed.config
+        ))
+        .unwrap();
+    bed.systemctl(&format!("enable --now {UNIT}")).unwrap();
+    let clients = bed.topo.clients.clone();
+    let before = sweep(&bed.topo, &clients);
+    assert_eq!(
+        before.iter().filter(|b| b.is_some()).count(),
+        CLIENTS,
+        "{}",
+        bed.diagnose()
+    );
+    let old_pid = bed.main_pid();
+
+    // An upgrade, as dpkg runs it: prerm upgrade, new files, postinst
+    // configure with the old version (try-restart).
+    let load = Load::start(&bed.topo, &clients, Duration::from_secs(45));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let out = bed.c.sh("dpkg -i /root/stickylb.deb 2>&1").unwrap();
+    let upgrade_ms = t.elapsed().as_millis();
+    std::thread::sleep(Duration::from_millis(700));
+    let samples = load.finish();
+    let s = summarize(&samples, &before, &[]);
+    println!(
+        "dpkg -i over the installed package (upgrade) under load ({CLIENTS} clients): {} \
+         requests, {} failed, {} of {CLIENTS} clients moved; dpkg took {upgrade_ms} ms\n{out}",
+        s.requests,
+        s.failed,
+        s.moved.len()
+    );
+    assert_eq!(state("is-active"), "active", "{}", bed.diagnose());
+    assert_ne!(bed.main_pid(), old_pid, "the upgrade did not restart it");
+    assert_eq!(
+        (s.failed, s.moved.len()),
+        (0, 0),
+        "failures: {:?}",
+        s.survivor_failures.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        bed.journal().contains("adopted the running data path"),
+        "{}",
+        bed.diagnose()
+    );
+
+    // Removal takes the data path down and leaves only the config.
+    let out = bed.c.sh("dpkg -r stickylb 2>&1").unwrap();
+    println!("dpkg -r:\n{out}");
+    assert!(out.contains("detached the XDP program"), "{out}");
+    assert_eq!(state("is-active"), "inactive");
+    assert!(!bed.xdp_on_lb(), "dpkg -r left the program attached");
+    assert_eq!(bed.answered(), 0, "the VIP still answers after dpkg -r");
+    let left = bed
+        .c
+        .sh("ls -d /sys/fs/bpf/stickylb /usr/bin/stickylb /lib/systemd/system/stickylb.service /etc/stickylb/stickylb.toml 2>/dev/null || true")
+        .unwrap();
+    assert_eq!(left.trim(), CONFIG, "after dpkg -r");
+
+    bed.c.sh("dpkg --purge stickylb").unwrap();
+    let left = bed
+        .c
+        .sh("ls -d /etc/stickylb /run/stickylb /etc/systemd/system/multi-user.target.wants/stickylb.service 2>/dev/null || true")
+        .unwrap();
+    assert_eq!(left.trim(), "", "after dpkg --purge");
+    assert!(
+        bed.c
+            .sh("dpkg-query -W -f '${Status}' stickylb 2>/dev/null || true")
+            .unwrap()
+            .trim()
+            .is_empty(),
+        "dpkg still knows the package after purge"
+    );
+}
