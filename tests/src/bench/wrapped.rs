@@ -32,7 +32,9 @@ use aya::{
     util::nr_cpus,
 };
 use bench_ebpf::{WRAP_FRAME_LEN, WrapConfig, map_names, program_names, wrap_mode};
-use lb_common::{AffinityKey, AffinityValue, DEFAULT_AFFINITY_TIMEOUT_NS, VipKey, proto};
+use lb_common::{
+    AffinityKey, AffinityValue, DEFAULT_AFFINITY_TIMEOUT_NS, ForwardingMode, VipKey, proto,
+};
 use serde_json::{Value, json};
 
 use super::{
@@ -41,7 +43,7 @@ use super::{
     plot, progress,
     xdp_cost::{Lb, VIP_PORT, VipSpec, XDP_PASS, XDP_TX, client_addr, err, pin_to_last_cpu, udp64},
 };
-use crate::{LB_MAC, ROUTER_MAC, VIP, backend_mac};
+use crate::{LB_MAC, ROUTER_MAC, VIP, backend_mac, fibnet::FibNet};
 
 const XDP_ABORTED: u32 = 0;
 const BACKENDS: u32 = 4;
@@ -56,10 +58,13 @@ struct Wrapper {
     seq: PerCpuArray<MapData, u64>,
     jump: ProgramArray<MapData>,
     template: Vec<u8>,
+    /// Every run as if received on this interface (of the calling thread's
+    /// namespace): the tunnel modes' FIB lookup starts from it.
+    ifindex: u32,
 }
 
 impl Wrapper {
-    fn load(template: Vec<u8>) -> Result<Self, String> {
+    fn load(template: Vec<u8>, ifindex: u32) -> Result<Self, String> {
         if template.len() != WRAP_FRAME_LEN {
             return Err(format!(
                 "wrapper: template of {} bytes, not {WRAP_FRAME_LEN}",
@@ -89,6 +94,7 @@ impl Wrapper {
             seq,
             jump,
             template,
+            ifindex,
         })
     }
 
@@ -143,8 +149,13 @@ impl Wrapper {
             .program_mut(program_names::WRAP)
             .and_then(|p| p.try_into().ok())
             .expect("checked at load");
+        // struct xdp_md: data, data_end (the frame's length), data_meta,
+        // ingress_ifindex, rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, WRAP_FRAME_LEN as u32, 0, self.ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(&self.template);
+        opts.ctx_in = Some(&ctx);
         opts.repeat = repeat;
         let res = prog
             .test_run(opts)
@@ -200,6 +211,8 @@ struct Row {
     action: &'static str,
     runs: Vec<f64>,
     floor: Vec<f64>,
+    /// The encapsulating floor's, just before it too.
+    floor_encap: Vec<f64>,
     /// What the counters confirmed, per round (the last kept).
     checked: String,
     /// Per round facts (entries before/after ...), for the JSON.
@@ -211,16 +224,23 @@ impl Row {
         median(&mut self.runs.clone())
     }
 
+    /// Median of the round-by-round ratios to the floor forwarder.
     fn ratio(&self) -> f64 {
-        let mut r: Vec<f64> = self
-            .runs
-            .iter()
-            .zip(&self.floor)
-            .map(|(s, f)| s / f)
-            .collect();
-        median(&mut r)
+        ratio_to(&self.runs, &self.floor)
+    }
+
+    /// The same to the encapsulating floor.
+    fn ratio_encap(&self) -> f64 {
+        ratio_to(&self.runs, &self.floor_encap)
     }
 }
+
+fn ratio_to(runs: &[f64], floor: &[f64]) -> f64 {
+    let mut r: Vec<f64> = runs.iter().zip(floor).map(|(s, f)| s / f).collect();
+    median(&mut r)
+}
+
+impl Row {}
 
 /// The rows, in report order, keyed.
 #[derive(Default)]
@@ -284,9 +304,25 @@ fn check(what: &str, ret: u32, expect: u32) -> Result<(), String> {
     }
 }
 
-/// Times the floor forwarder behind the wrapper (same client), then the
-/// row's target with the wrapper in the row's mode: (floor ns, row ns).
-#[allow(clippy::too_many_arguments)]
+/// The two floors behind the wrapper (same client), as run just before
+/// every row: (floor-fwd ns, floor-encap ns).
+fn floors(k: &Knobs, w: &mut Wrapper, s: &Subjects) -> Result<(f64, f64), String> {
+    w.mode(wrap_mode::SAME, [0; 4], 1)?;
+    w.target(s.fwd.fd().map_err(err("floor-fwd"))?)?;
+    let (ret, fwd) = w.run(k.repeat)?;
+    check("floor-fwd behind the wrapper", ret, XDP_TX)?;
+    w.target(s.encap.fd().map_err(err("floor-encap"))?)?;
+    let (ret, encap) = w.run(k.repeat)?;
+    check("floor-encap behind the wrapper", ret, XDP_TX)?;
+    Ok((fwd, encap))
+}
+
+/// Times the floors behind the wrapper, then the row's target with the
+/// wrapper in the row's mode: (floor-fwd ns, floor-encap ns, row ns).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the rig (knobs, wrapper, floors) and the row's own settings"
+)]
 fn paired(
     k: &Knobs,
     w: &mut Wrapper,
@@ -296,11 +332,8 @@ fn paired(
     mode: (u32, [u8; 4], u32),
     expect: u32,
     warm: bool,
-) -> Result<(f64, f64), String> {
-    w.target(s.fwd.fd().map_err(err("floor-fwd"))?)?;
-    w.mode(wrap_mode::SAME, [0; 4], 1)?;
-    let (ret, floor) = w.run(k.repeat)?;
-    check("floor-fwd behind the wrapper", ret, XDP_TX)?;
+) -> Result<(f64, f64, f64), String> {
+    let (fwd, encap) = floors(k, w, s)?;
     w.target(target)?;
     w.mode(mode.0, mode.1, mode.2)?;
     if warm {
@@ -308,7 +341,7 @@ fn paired(
     }
     let (ret, ns) = w.run(k.repeat)?;
     check(what, ret, expect)?;
-    Ok((floor, ns))
+    Ok((fwd, encap, ns))
 }
 
 fn entries(lb: &Lb) -> Result<u64, String> {
@@ -332,6 +365,17 @@ fn memlock(lb: &Lb) -> Result<u64, String> {
         .find_map(|l| l.strip_prefix("memlock:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| format!("no memlock in the affinity map's fdinfo: {text}"))
+}
+
+/// stickylb with the VIP in forwarding `mode` (the tunnel settings of
+/// `fibnet`, whose namespace the measuring thread is in).
+fn mode_lb(capacity: u32, macs: &[[u8; 6]], mode: ForwardingMode) -> Result<Lb, String> {
+    let mut lb = Lb::load(capacity, macs, &[spec()])?;
+    lb.set_forwarding(&spec(), mode)?;
+    lb.dp
+        .set_tunnel(crate::fibnet::settings())
+        .map_err(err("write the tunnel settings"))?;
+    Ok(lb)
 }
 
 fn spec() -> VipSpec {
@@ -394,7 +438,12 @@ struct Measured {
 
 fn measure(k: &Knobs) -> Result<Measured, String> {
     let template = udp64(ROUTER_MAC, LB_MAC, client_addr(0), VIP, VIP_PORT);
-    let mut w = Wrapper::load(template.clone())?;
+    // Every run from an interface of a namespace with routes to the
+    // backends (the tunnel modes' FIB lookup needs one; the others ignore
+    // it): the measuring thread moves there for good.
+    let net = FibNet::new()?;
+    crate::netns::enter_path(&net.path());
+    let mut w = Wrapper::load(template.clone(), net.ingress)?;
     let mut s = Subjects {
         pass: RefProgram::load(Reference::FloorPass).map_err(err("floor-pass"))?,
         fwd: RefProgram::load(Reference::FloorFwd).map_err(err("floor-fwd"))?,
@@ -421,17 +470,18 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
         }),
     );
 
+    // The tunnel modes: the same VIP in each mode, 1k clients.
+    let ipip = mode_lb(1 << 16, &macs, ForwardingMode::Ipip)?;
+    fill(&mut w, &ipip, client_addr(0), 1_000)?;
+    let gue = mode_lb(1 << 16, &macs, ForwardingMode::Gue)?;
+    fill(&mut w, &gue, client_addr(0), 1_000)?;
+
     let mut rows = Rows::default();
     for round in 0..k.rounds {
         progress(format!("wrap: round {} of {}", round + 1, k.rounds));
         // Without the wrapper: what the wrapper adds.
         {
-            let (ret, floor) = {
-                w.target(s.fwd.fd().map_err(err("floor-fwd"))?)?;
-                w.mode(wrap_mode::SAME, [0; 4], 1)?;
-                w.run(k.repeat)?
-            };
-            check("floor-fwd behind the wrapper", ret, XDP_TX)?;
+            let (floor, encap) = floors(k, &mut w, &s)?;
             let (ret, d) = s
                 .pass
                 .test_run_repeat(&template, k.repeat)
@@ -444,6 +494,7 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
                 XDP_PASS,
             );
             r.floor.push(floor);
+            r.floor_encap.push(encap);
             r.runs.push(d.as_nanos() as f64);
             r.checked = "return code".into();
         }
@@ -473,7 +524,7 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
                 _ => &s.encap,
             };
             let fd = prog.fd().map_err(err(name))?;
-            let (floor, ns) = paired(
+            let (floor, encap, ns) = paired(
                 k,
                 &mut w,
                 &s,
@@ -485,13 +536,15 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
             )?;
             let r = rows.row(key, path, name, expect);
             r.floor.push(floor);
+            r.floor_encap.push(encap);
             r.runs.push(ns);
             r.checked = "return code".into();
         }
 
-        for (key, path, lb, mode, clients) in [
+        for (key, program, path, lb, mode, clients) in [
             (
                 "hit_same",
+                "stickylb",
                 "affinity hit, the same client every packet".to_string(),
                 &small,
                 wrap_mode::SAME,
@@ -499,6 +552,7 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
             ),
             (
                 "hit_1k",
+                "stickylb",
                 "affinity hit, a random one of 1k clients".to_string(),
                 &small,
                 wrap_mode::RANDOM,
@@ -506,16 +560,49 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
             ),
             (
                 "hit_big",
+                "stickylb",
                 format!("affinity hit, a random one of {} clients", big_label(k.big)),
                 &big,
                 wrap_mode::RANDOM,
                 k.big,
             ),
+            (
+                "ipip_hit_same",
+                "stickylb ipip",
+                "ipip: affinity hit, the same client every packet".to_string(),
+                &ipip,
+                wrap_mode::SAME,
+                1,
+            ),
+            (
+                "ipip_hit_1k",
+                "stickylb ipip",
+                "ipip: affinity hit, a random one of 1k clients".to_string(),
+                &ipip,
+                wrap_mode::RANDOM,
+                1_000,
+            ),
+            (
+                "gue_hit_same",
+                "stickylb gue",
+                "gue: affinity hit, the same client every packet".to_string(),
+                &gue,
+                wrap_mode::SAME,
+                1,
+            ),
+            (
+                "gue_hit_1k",
+                "stickylb gue",
+                "gue: affinity hit, a random one of 1k clients".to_string(),
+                &gue,
+                wrap_mode::RANDOM,
+                1_000,
+            ),
         ] {
             let fd = lb.dp.program_fd().map_err(err("stickylb's fd"))?;
             let s0 = lb.stats(0)?;
             let before = entries(lb)?;
-            let (floor, ns) = paired(
+            let (floor, encap, ns) = paired(
                 k,
                 &mut w,
                 &s,
@@ -535,13 +622,32 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
                     d.packets, d.affinity_hits, d.new_clients
                 ));
             }
-            let r = rows.row(key, &path, "stickylb", XDP_TX);
+            let r = rows.row(key, &path, program, XDP_TX);
             r.floor.push(floor);
+            r.floor_encap.push(encap);
             r.runs.push(ns);
             r.checked = format!("{} affinity hits, 0 new clients", count(packets));
         }
 
         new_client_round(k, &mut w, &s, &macs, &mut rows)?;
+        for (mode, key, program, path) in [
+            (
+                ForwardingMode::Ipip,
+                "ipip_new_fresh",
+                "stickylb ipip",
+                "ipip: new client every packet, fresh table",
+            ),
+            (
+                ForwardingMode::Gue,
+                "gue_new_fresh",
+                "stickylb gue",
+                "gue: new client every packet, fresh table",
+            ),
+        ] {
+            let lb = mode_lb(k.new_capacity, &macs, mode)?;
+            w.reset_seq()?;
+            new_client_row(k, &mut w, &s, &lb, &mut rows, key, program, path, true)?;
+        }
     }
     Ok(Measured { rows, info })
 }
@@ -565,6 +671,7 @@ fn new_client_round(
         &lb,
         rows,
         "new_fresh",
+        "stickylb",
         "new client every packet, fresh table (just created)",
         true,
     )?;
@@ -578,6 +685,7 @@ fn new_client_round(
         &lb,
         rows,
         "new_full_fresh",
+        "stickylb",
         "new client every packet, table full (evicting), filled once",
         false,
     )?;
@@ -589,6 +697,7 @@ fn new_client_round(
         &lb,
         rows,
         "new_full_churned",
+        "stickylb",
         "new client every packet, table full (evicting), churned (a whole capacity more evicted first)",
         false,
     )?;
@@ -605,6 +714,7 @@ fn new_client_round(
         &lb,
         rows,
         "new_churned",
+        "stickylb",
         "new client every packet, churned table emptied (scattered free list)",
         true,
     )
@@ -612,7 +722,10 @@ fn new_client_round(
 
 /// A new-client row's run in this round; `grows`: the table has room, so
 /// it must grow by one entry per packet (else it is full and must stay so).
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the rig (knobs, wrapper, floors) and the row's own settings"
+)]
 fn new_client_row(
     k: &Knobs,
     w: &mut Wrapper,
@@ -620,6 +733,7 @@ fn new_client_row(
     lb: &Lb,
     rows: &mut Rows,
     key: &'static str,
+    program: &'static str,
     path: &str,
     grows: bool,
 ) -> Result<(), String> {
@@ -629,7 +743,7 @@ fn new_client_row(
     let s0 = lb.stats(0)?;
     let before = entries(lb)?;
     let seq0 = w.seq_sum()?;
-    let (floor, ns) = paired(
+    let (floor, encap, ns) = paired(
         k,
         w,
         s,
@@ -657,8 +771,9 @@ fn new_client_row(
             d.packets, d.new_clients, d.affinity_hits
         ));
     }
-    let r = rows.row(key, path, "stickylb", XDP_TX);
+    let r = rows.row(key, path, program, XDP_TX);
     r.floor.push(floor);
+    r.floor_encap.push(encap);
     r.runs.push(ns);
     r.checked = if grows {
         format!(
@@ -723,6 +838,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             "program",
             "ns/packet",
             "× floor forwarder",
+            "× floor-encap",
             "minus wrapper → XDP_PASS",
             "action; confirmed by counters",
         ]
@@ -744,6 +860,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             r.program.into(),
             plot::fmt_num(ns),
             format!("{ratio:.2}×"),
+            format!("{:.2}×", r.ratio_encap()),
             above,
             format!("{}; {}", r.action, r.checked),
         ]);
@@ -755,6 +872,8 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             "runs_ns": r.runs,
             "floor_forwarder_runs_ns": r.floor,
             "ratio_to_floor_forwarder": ratio,
+            "floor_encap_runs_ns": r.floor_encap,
+            "ratio_to_floor_encap": r.ratio_encap(),
             "minus_wrapper_pass_ns": ns - wrap_pass,
             "action": r.action,
             "confirmed": r.checked,
@@ -806,6 +925,17 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             plot::fmt_num(direct_pass),
         ),
         format!(
+            "XDP cost of the tunnel modes behind the timing wrapper (×floor-encap round by round): \
+             ipip affinity hit same client {:.2}×, random of 1k {:.2}×, new client fresh table {:.2}×; \
+             gue {:.2}×, {:.2}×, {:.2}×",
+            rows.get("ipip_hit_same")?.ratio_encap(),
+            rows.get("ipip_hit_1k")?.ratio_encap(),
+            rows.get("ipip_new_fresh")?.ratio_encap(),
+            rows.get("gue_hit_same")?.ratio_encap(),
+            rows.get("gue_hit_1k")?.ratio_encap(),
+            rows.get("gue_new_fresh")?.ratio_encap(),
+        ),
+        format!(
             "Kernel memory per remembered client: {per_client:.1} bytes (the affinity map's memlock ÷ its capacity of {})",
             count(mem["affinity_capacity"].as_u64().unwrap_or(0))
         ),
@@ -843,11 +973,16 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          the column *minus wrapper → XDP_PASS* is each row's cost above that. stickylb: the real \
          object through `Dataplane` (no pins), one UDP VIP with {BACKENDS} backends, DSR; the \
          tables are filled through the wrapper itself (the program pins every client as it \
-         would any), 1k clients in a table of 65,536, {bl} in a table of {bigcap}. 64-byte UDP \
-         frames; JIT on; the measuring thread pinned to CPU {cpu}.\n\n\
+         would any), 1k clients in a table of 65,536, {bl} in a table of {bigcap}; the tunnel \
+         modes (`ipip`, `gue`) each on a stickylb of their own, the same VIP switched to that \
+         mode. Every run is given an ingress interface (`struct xdp_md`), a veth in a namespace \
+         of the bench's own with forwarding on, a route to the backends' subnet and a permanent \
+         neighbour for its gateway (`tests/src/fibnet.rs`), because the tunnel modes look the \
+         next hop up with `bpf_fib_lookup`; the other programs ignore it. 64-byte UDP frames; \
+         JIT on; the measuring thread pinned to CPU {cpu}.\n\n\
          {rounds} rounds; in each, every row runs once ({warm} iterations of warm-up, then the \
-         timed run), just after the floor forwarder behind the wrapper, and its ratio is the \
-         median of the round-by-round ratios, so that a burst of other load on this shared \
+         timed run), just after the floor forwarder and the encapsulating floor behind the \
+         wrapper, and each of its ratios is the median of the round-by-round ratios, so that a burst of other load on this shared \
          machine slows both sides of a ratio alike. Every timed run's return code is checked \
          (the wrapper returns XDP_ABORTED if it cannot restore the frame or tail-call), and \
          stickylb's VIP counters must count every packet of a row on its path (hits or new \
@@ -859,7 +994,9 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          elements handed out in order); filled to capacity (untimed); *table full, filled once* \
          (every insert evicts); a whole capacity more of new clients (untimed); *table full, \
          churned*; every entry deleted (untimed; as the daemon's purge of idle clients would); \
-         *churned table emptied* (room again, but the free list scattered over memory). The \
+         *churned table emptied* (room again, but the free list scattered over memory); the \
+         tunnel modes' new-client row is the fresh table's, on a stickylb loaded for it each \
+         round. The \
          random hits in the {bl} table refresh each entry's last-seen time (at most once a \
          second per client: nearly every packet here), as with that many clients each sending \
          less than once a second.\n\n\
@@ -905,6 +1042,12 @@ fn short_label(key: &str, big: &str) -> String {
         "new_full_fresh" => "new client, full (filled once)".into(),
         "new_full_churned" => "new client, full (churned)".into(),
         "new_churned" => "new client, churned, emptied".into(),
+        "ipip_hit_same" => "ipip: hit, same client".into(),
+        "ipip_hit_1k" => "ipip: hit, random of 1k".into(),
+        "ipip_new_fresh" => "ipip: new client, fresh".into(),
+        "gue_hit_same" => "gue: hit, same client".into(),
+        "gue_hit_1k" => "gue: hit, random of 1k".into(),
+        "gue_new_fresh" => "gue: new client, fresh".into(),
         other => other.into(),
     }
 }
