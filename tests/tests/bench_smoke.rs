@@ -1,5 +1,5 @@
-//! Keeps the benchmark code from rotting: runs the XDP-cost and live-rate
-//! sections in quick mode and checks only that they produce figures (no
+//! Keeps the benchmark code from rotting: runs the XDP-cost, timing-wrapper
+//! and live-rate sections in quick mode and checks only that they produce figures (no
 //! timed assertion: how fast anything is, is the report's business).
 //! Needs root; CI runs it as root.
 
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use stickylb_tests::{
-    bench::{Ctx, Section, live_rate, xdp_cost},
+    bench::{Ctx, Section, live_rate, wrapped, xdp_cost},
     require_root,
 };
 
@@ -57,7 +57,7 @@ fn figures(json: &Value, list: &str, field: &str) -> Vec<f64> {
 
 // One test, so that the two sections never run at the same time.
 #[test]
-fn xdp_cost_and_live_rate_produce_figures() {
+fn xdp_cost_wrapped_and_live_rate_produce_figures() {
     require_root();
     let ctx = ctx();
 
@@ -66,6 +66,39 @@ fn xdp_cost_and_live_rate_produce_figures() {
     let ns = figures(&s.json, "rows", "ns_per_packet");
     assert!(ns.len() >= 8, "{ns:?}");
     assert!(ns.iter().all(|&v| v > 0.0), "ns/packet {ns:?}");
+
+    // Every path behind the timing wrapper (each run checks its path by
+    // stickylb's counters and, for new clients, the table's growth).
+    let s = wrapped::run(&ctx).unwrap_or_else(|e| panic!("wrapped: {e}"));
+    check_shape(&s);
+    let ns = figures(&s.json, "rows", "ns_per_packet");
+    assert!(ns.len() >= 11, "{ns:?}");
+    assert!(ns.iter().all(|&v| v > 0.0), "ns/packet {ns:?}");
+    let keys: Vec<&str> = s.json["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    for k in [
+        "wrap_pass",
+        "wrap_fwd",
+        "wrap_encap",
+        "hit_same",
+        "hit_1k",
+        "hit_big",
+        "new_fresh",
+        "new_full_fresh",
+        "new_full_churned",
+        "new_churned",
+    ] {
+        assert!(keys.contains(&k), "no row {k}: {keys:?}");
+    }
+    let per_client = s.json["info"]["memory"]["bytes_per_client"]
+        .as_f64()
+        .expect("memory per client");
+    // At least the key and value the map holds for each client.
+    assert!(per_client >= 32.0, "bytes per client {per_client}");
 
     let s = live_rate::run(&ctx).unwrap_or_else(|e| panic!("live_rate: {e}"));
     check_shape(&s);

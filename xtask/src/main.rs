@@ -61,7 +61,7 @@ enum Task {
         /// Small counts and short runs (a smoke test of the bench code).
         #[arg(long)]
         quick: bool,
-        /// Only these sections (comma-separated: xdp,live,tcp,control).
+        /// Only these sections (comma-separated: xdp,wrap,live,tcp,control,sync).
         #[arg(long)]
         only: Option<String>,
     },

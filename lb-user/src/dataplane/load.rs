@@ -77,6 +77,26 @@ impl Dataplane {
             .expect("program checked at load")
     }
 
+    /// The loaded program's file descriptor: what a program array takes (a
+    /// benchmark's wrapper tail-calls the program through one).
+    pub fn program_fd(&self) -> Result<&aya::programs::ProgramFd> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(DataplaneError::MissingProgram)?
+            .try_into()
+            .map_err(|e| DataplaneError::Program(Box::new(e)))?;
+        prog.fd().map_err(|e| DataplaneError::Program(Box::new(e)))
+    }
+
+    /// The affinity map's file descriptor, e.g. to read the kernel memory
+    /// it holds (`memlock` in /proc/self/fdinfo).
+    pub fn affinity_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        self.affinity.map().fd().as_fd()
+    }
+
     /// Runs the program once on `frame` (BPF_PROG_TEST_RUN): the action and
     /// the frame as the program left it.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {

@@ -1,5 +1,5 @@
 //! The benchmark's reference XDP programs are this package's binaries
-//! (`floor-pass`, `floor-fwd`, `floor-encap`, `sink`, `gen`, and the VLAN test's TC helper
+//! (`floor-pass`, `floor-fwd`, `floor-encap`, `sink`, `gen`, the timing harness `wrap`, and the VLAN test's TC helper
 //! `vlan-tag`; stickylb-tests' build script
 //! builds them for the BPF target). This library holds the names and types
 //! they share with the benchmark code that loads them, so it builds for both
@@ -27,6 +27,9 @@ pub mod program_names {
     /// Traffic generator for live-frames mode: rewrites MACs and the source
     /// address, `XDP_TX`.
     pub const GEN: &str = "traffic_gen";
+    /// Benchmark harness: restores the frame, writes the client the mode
+    /// asks for, tail-calls the program under test (`WrapConfig`).
+    pub const WRAP: &str = "xdp_wrap";
     /// Test helper (TC egress, not XDP): tags IPv4 frames with
     /// `TEST_VLAN_ID` in the socket buffer's metadata.
     pub const VLAN_TAG: &str = "vlan_tag";
@@ -43,6 +46,12 @@ pub mod map_names {
     pub const GEN_CONFIG: &str = "SLB_GEN_CONFIG";
     /// Per-CPU `u64` array of one entry: frames generated on that CPU.
     pub const GEN_SEQ: &str = "SLB_GEN_SEQ";
+    /// Array of one `WrapConfig`.
+    pub const WRAP_CFG: &str = "SLB_WRAP_CFG";
+    /// Per-CPU `u64` array of one entry: the wrapper's next new client.
+    pub const WRAP_SEQ: &str = "SLB_WRAP_SEQ";
+    /// Program array of one slot: the program the wrapper tail-calls.
+    pub const WRAP_JUMP: &str = "SLB_WRAP_JUMP";
 }
 
 /// Indices into `SLB_SINK_COUNT`.
@@ -75,3 +84,40 @@ const _: () = assert!(size_of::<GenConfig>() == 20);
 // SAFETY: repr(C), no implicit padding (checked by bytemuck's derive), valid
 // for any bit pattern.
 unsafe impl aya::Pod for GenConfig {}
+
+/// The frame the wrapper restores every iteration: its length, in bytes.
+pub const WRAP_FRAME_LEN: usize = 64;
+
+/// Which client the wrapper writes into the frame.
+pub mod wrap_mode {
+    /// The template's own source address, every iteration.
+    pub const SAME: u32 = 0;
+    /// `client_base + prandom % clients`.
+    pub const RANDOM: u32 = 1;
+    /// `client_base + n`, n the CPU's next sequence number
+    /// (`map_names::WRAP_SEQ`): a client never seen before.
+    pub const NEW: u32 = 2;
+}
+
+/// What the wrapper restores and writes every iteration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct WrapConfig {
+    /// The template frame (`WRAP_FRAME_LEN` bytes: Ethernet, IPv4 without
+    /// options, UDP), as 8-byte words so that the copy is 8 stores.
+    pub frame: [u64; WRAP_FRAME_LEN / 8],
+    /// `wrap_mode::*`.
+    pub mode: u32,
+    /// Number of clients of `RANDOM` (at least 1).
+    pub clients: u32,
+    /// First client address, network byte order.
+    pub client_base: [u8; 4],
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<WrapConfig>() == 80);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no implicit padding (checked by bytemuck's derive), valid
+// for any bit pattern.
+unsafe impl aya::Pod for WrapConfig {}

@@ -10,6 +10,7 @@ pub mod plot;
 pub mod report;
 pub mod sync;
 pub mod tcp_http;
+pub mod wrapped;
 pub mod xdp_cost;
 
 use std::path::PathBuf;

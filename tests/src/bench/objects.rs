@@ -24,6 +24,9 @@ pub static FLOOR_ENCAP: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor-encap"));
 /// Counts frames per CPU and drops them (receiving end of the live test).
 pub static SINK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sink"));
+/// Timing harness: restores the frame, writes a client, tail-calls the
+/// program under test (see `super::wrapped`).
+pub static WRAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wrap"));
 /// Live-frames traffic generator (rewrites MACs and the client address).
 pub static GEN: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gen"));
 
@@ -127,6 +130,19 @@ impl RefProgram {
             .program_mut(name)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .expect("program checked at load")
+    }
+
+    /// The loaded program's file descriptor (for a program array: the
+    /// timing wrapper tail-calls it).
+    pub fn fd(&self) -> Result<&aya::programs::ProgramFd> {
+        let name = self.which.program_name();
+        let prog: &Xdp = self
+            .ebpf
+            .program(name)
+            .ok_or(BenchObjectError::MissingProgram(name))?
+            .try_into()
+            .map_err(Self::prog_err(name, "fd"))?;
+        prog.fd().map_err(Self::prog_err(name, "fd"))
     }
 
     /// Attaches to `iface` of the calling thread's network namespace.

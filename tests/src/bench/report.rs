@@ -79,27 +79,106 @@ pub fn write(
     }
     let mut json = serde_json::Map::new();
     for s in sections {
-        let _ = writeln!(md, "\n## {}\n\n{}\n", s.title, s.method.trim());
-        for t in &s.tables {
-            if !t.title.is_empty() {
-                let _ = writeln!(md, "**{}**\n", t.title);
-            }
-            let _ = writeln!(md, "| {} |", t.headers.join(" | "));
-            let _ = writeln!(md, "|{}", "---|".repeat(t.headers.len()));
-            for r in &t.rows {
-                let _ = writeln!(md, "| {} |", r.join(" | "));
-            }
-            md.push('\n');
-        }
-        for p in &s.plots {
-            fs::write(dir.join(&p.file), &p.svg)?;
-            let _ = writeln!(md, "![{}]({})\n", p.caption, p.file);
-        }
+        md += &section_md(dir, s)?;
         json.insert(s.title.clone(), s.json.clone());
     }
     fs::write(dir.join("benchmarks.md"), md)?;
     if let Some(parent) = json_path.parent() {
         fs::create_dir_all(parent)?;
+    }
+    fs::write(
+        json_path,
+        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
+    )?;
+    Ok(())
+}
+
+/// One section's Markdown (its plots written next to it).
+fn section_md(dir: &Path, s: &Section) -> std::io::Result<String> {
+    let mut md = String::new();
+    let _ = writeln!(md, "\n## {}\n\n{}\n", s.title, s.method.trim());
+    for t in &s.tables {
+        if !t.title.is_empty() {
+            let _ = writeln!(md, "**{}**\n", t.title);
+        }
+        let _ = writeln!(md, "| {} |", t.headers.join(" | "));
+        let _ = writeln!(md, "|{}", "---|".repeat(t.headers.len()));
+        for r in &t.rows {
+            let _ = writeln!(md, "| {} |", r.join(" | "));
+        }
+        md.push('\n');
+    }
+    for p in &s.plots {
+        fs::write(dir.join(&p.file), &p.svg)?;
+        let _ = writeln!(md, "![{}]({})\n", p.caption, p.file);
+    }
+    Ok(md)
+}
+
+/// For `--only`: puts the sections run into the existing report instead of
+/// replacing it, each where it was (or, if new, before the first section
+/// that follows it in `order`, the titles in full-run order), marked as
+/// from a run of its own with that run's headlines; and their raw results
+/// into the existing JSON. Without an existing report, `write`.
+pub fn splice(
+    dir: &Path,
+    json_path: &Path,
+    sections: &[Section],
+    quick: bool,
+    keys: &str,
+    order: &[&str],
+) -> std::io::Result<()> {
+    let Ok(mut md) = fs::read_to_string(dir.join("benchmarks.md")) else {
+        return write(dir, json_path, sections, quick);
+    };
+    let facts: std::collections::HashMap<String, String> = machine().into_iter().collect();
+    for s in sections {
+        let mut block = section_md(dir, s)?;
+        let mut note = format!(
+            "*This section is from one `cargo xtask bench{} --only {keys}` run ({}, stickylb {}), \
+             not from the full run of the rest of this page.",
+            if quick { " --quick" } else { "" },
+            facts.get("date").map_or("", String::as_str),
+            facts.get("stickylb").map_or("", String::as_str),
+        );
+        if s.headlines.is_empty() {
+            note.push('*');
+        } else {
+            note += " Its headlines:*\n";
+            for h in &s.headlines {
+                let _ = write!(note, "\n- {h}");
+            }
+        }
+        let head = format!("\n## {}\n\n", s.title);
+        block = block.replacen(&head, &format!("{head}{note}\n\n"), 1);
+        let heading = format!("\n## {}\n", s.title);
+        if let Some(at) = md.find(&heading) {
+            let end = md[at + heading.len()..]
+                .find("\n## ")
+                .map_or(md.len(), |e| at + heading.len() + e);
+            md.replace_range(at..end, block.trim_end_matches('\n'));
+        } else {
+            let later = order
+                .iter()
+                .skip_while(|t| **t != s.title)
+                .skip(1)
+                .find_map(|t| md.find(&format!("\n## {t}\n")));
+            match later {
+                Some(at) => md.insert_str(at, block.trim_end_matches('\n')),
+                None => md += &block,
+            }
+        }
+    }
+    if !md.ends_with('\n') {
+        md.push('\n');
+    }
+    fs::write(dir.join("benchmarks.md"), md)?;
+    let mut json: serde_json::Map<String, serde_json::Value> = fs::read_to_string(json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    for s in sections {
+        json.insert(s.title.clone(), s.json.clone());
     }
     fs::write(
         json_path,

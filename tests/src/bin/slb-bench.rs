@@ -1,4 +1,4 @@
-//! `slb-bench [--quick] [--only xdp,live,tcp,control,sync] [--out DIR] [--json FILE]`:
+//! `slb-bench [--quick] [--only xdp,wrap,live,tcp,control,sync] [--out DIR] [--json FILE]`:
 //! runs stickylb's benchmarks and writes the report (`DIR/benchmarks.md`,
 //! default docs/) and raw results (default `DIR/benchmarks.json`). Run through
 //! `cargo xtask bench`, which installs the tools it needs first.
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             "--json" => json = args.next().map(PathBuf::from).or(json),
             other => {
                 eprintln!(
-                    "slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,live,tcp,control,sync] [--out DIR] [--json FILE]"
+                    "slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,wrap,live,tcp,control,sync] [--out DIR] [--json FILE]"
                 );
                 return ExitCode::from(2);
             }
@@ -43,11 +43,16 @@ fn main() -> ExitCode {
         backend_bin: exe_dir.join("slb-backend"),
     };
     type Run = fn(&Ctx) -> Result<Section, String>;
-    let all: [(&str, &str, Run); 5] = [
+    let all: [(&str, &str, Run); 6] = [
         (
             "xdp",
             "Per-packet cost of the XDP program",
             bench::xdp_cost::run,
+        ),
+        (
+            "wrap",
+            "Per-packet cost of every path, behind a timing wrapper",
+            bench::wrapped::run,
         ),
         (
             "live",
@@ -71,7 +76,9 @@ fn main() -> ExitCode {
         .flatten()
         .find(|k| !all.iter().any(|(key, ..)| key == k))
     {
-        eprintln!("slb-bench: --only {unknown:?}: not a section (xdp, live, tcp, control, sync)");
+        eprintln!(
+            "slb-bench: --only {unknown:?}: not a section (xdp, wrap, live, tcp, control, sync)"
+        );
         return ExitCode::from(2);
     }
     let mut sections = Vec::new();
@@ -94,7 +101,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    if let Err(e) = bench::report::write(&out, &json, &sections, quick) {
+    let order: Vec<&str> = all.iter().map(|(_, title, _)| *title).collect();
+    // With --only, the sections run go into the existing report, which
+    // keeps the others.
+    let written = match &only {
+        Some(keys) => bench::report::splice(&out, &json, &sections, quick, &keys.join(","), &order),
+        None => bench::report::write(&out, &json, &sections, quick),
+    };
+    if let Err(e) = written {
         eprintln!("slb-bench: cannot write the report: {e}");
         return ExitCode::FAILURE;
     }
