@@ -46,7 +46,14 @@ pub struct Notifier {
     /// The last `STATUS=` sent, so a status that did not change is not sent
     /// again at every tick.
     last_status: Option<String>,
+    /// Sends that failed in a row: the first is logged, then every 100th.
+    failures: u32,
 }
+
+/// The longest `STATUS=` sent. systemd drops a whole notification of 4096
+/// bytes or more (its receive buffer is PIPE_BUF), so a status listing
+/// hundreds of VIPs is cut, and READY=1 always travels on its own.
+const STATUS_MAX: usize = 1024;
 
 impl Notifier {
     /// Reads `$NOTIFY_SOCKET` and `$WATCHDOG_USEC`/`$WATCHDOG_PID`. They are
@@ -89,6 +96,7 @@ impl Notifier {
             target,
             watchdog,
             last_status: None,
+            failures: 0,
         }
     }
 
@@ -99,6 +107,7 @@ impl Notifier {
             target: Some(Target::Path(path.to_owned())),
             watchdog: None,
             last_status: None,
+            failures: 0,
         }
     }
 
@@ -114,23 +123,40 @@ impl Notifier {
         self.watchdog.map(|w| w / 2)
     }
 
-    /// Sends `lines` (`KEY=value`, one per line) as one datagram. A failure
-    /// is logged, never fatal: the load balancer serves whether or not
-    /// systemd hears of it.
-    fn send(&self, lines: &[String]) {
+    /// Sends `lines` (`KEY=value`, one per line) as one datagram, without
+    /// blocking (a manager too busy to read loses a status, never holds up
+    /// the daemon). A failure is logged, never fatal: the load balancer
+    /// serves whether or not systemd hears of it. Whether it was sent (true
+    /// when no manager listens: there is nothing to send).
+    fn send(&mut self, lines: &[String]) -> bool {
         let Some(target) = &self.target else {
-            return;
+            return true;
         };
         let msg = lines.join("\n");
-        if let Err(e) = send_to(target, msg.as_bytes()) {
-            warn!("cannot notify systemd ({msg:?} to {target:?}): {e}");
+        match send_to(target, msg.as_bytes()) {
+            Ok(_) => {
+                self.failures = 0;
+                true
+            }
+            Err(e) => {
+                if self.failures % 100 == 0 {
+                    warn!("cannot notify systemd ({msg:?} to {target:?}): {e}");
+                }
+                self.failures = self.failures.wrapping_add(1);
+                false
+            }
         }
     }
 
     /// `READY=1`: the VIPs serve (or are known not to), with why in `status`.
-    pub fn ready(&mut self, status: &str) {
-        self.last_status = Some(status.to_owned());
-        self.send(&["READY=1".into(), format!("STATUS={}", one_line(status))]);
+    /// Whether systemd was told (when not, the caller tries again).
+    pub fn ready(&mut self, status: &str) -> bool {
+        if !self.send(&["READY=1".into()]) {
+            return false;
+        }
+        self.last_status = None;
+        self.status(status);
+        true
     }
 
     /// `RELOADING=1`: a reload starts; `ready` when it has ended.
@@ -147,7 +173,10 @@ impl Notifier {
 
     /// `STOPPING=1`, with what happens to the data path.
     pub fn stopping(&mut self, status: &str) {
-        self.send(&["STOPPING=1".into(), format!("STATUS={}", one_line(status))]);
+        if self.send(&["STOPPING=1".into()]) {
+            self.last_status = None;
+            self.status(status);
+        }
     }
 
     /// `STATUS=`, only when it changed since the last one sent.
@@ -155,25 +184,36 @@ impl Notifier {
         if self.last_status.as_deref() == Some(status) {
             return;
         }
-        self.last_status = Some(status.to_owned());
-        self.send(&[format!("STATUS={}", one_line(status))]);
+        if self.send(&[format!("STATUS={}", status_field(status))]) {
+            self.last_status = Some(status.to_owned());
+        }
     }
 
     /// `WATCHDOG=1`: the main loop is alive.
-    pub fn watchdog(&self) {
+    pub fn watchdog(&mut self) {
         if self.watchdog.is_some() {
             self.send(&["WATCHDOG=1".into()]);
         }
     }
 }
 
-/// A status must not span lines: each line of the datagram is a field.
-fn one_line(s: &str) -> String {
-    s.replace('\n', "; ")
+/// A status on one line (each line of the datagram is a field), at most
+/// `STATUS_MAX` bytes, cut at a character boundary.
+fn status_field(s: &str) -> String {
+    let line = s.replace('\n', "; ");
+    if line.len() <= STATUS_MAX {
+        return line;
+    }
+    let mut end = STATUS_MAX - "…".len();
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
 }
 
 fn send_to(target: &Target, msg: &[u8]) -> io::Result<usize> {
     let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
     match target {
         Target::Path(p) => sock.send_to(msg, p),
         Target::Abstract(name) => {
@@ -210,10 +250,11 @@ mod tests {
         let (sock, path) = listener();
         let mut n = Notifier::new(Some(path.as_os_str()), None, None, 1);
         assert!(n.enabled());
-        n.ready("serving 1 VIP: web (3 of 3 backends up)");
+        assert!(n.ready("serving 1 VIP: web (3 of 3 backends up)"));
+        assert_eq!(recv(&sock), "READY=1");
         assert_eq!(
             recv(&sock),
-            "READY=1\nSTATUS=serving 1 VIP: web (3 of 3 backends up)"
+            "STATUS=serving 1 VIP: web (3 of 3 backends up)"
         );
         n.reloading();
         let got = recv(&sock);
@@ -227,9 +268,10 @@ mod tests {
         assert!(usec > 0);
         assert_eq!(lines[2], "STATUS=reloading the config");
         n.stopping("stopping on SIGTERM\nthe program keeps forwarding");
+        assert_eq!(recv(&sock), "STOPPING=1");
         assert_eq!(
             recv(&sock),
-            "STOPPING=1\nSTATUS=stopping on SIGTERM; the program keeps forwarding"
+            "STATUS=stopping on SIGTERM; the program keeps forwarding"
         );
         std::fs::remove_file(&path).unwrap();
     }
@@ -239,7 +281,8 @@ mod tests {
         let (sock, path) = listener();
         let mut n = Notifier::to_path(&path);
         n.ready("a");
-        assert_eq!(recv(&sock), "READY=1\nSTATUS=a");
+        assert_eq!(recv(&sock), "READY=1");
+        assert_eq!(recv(&sock), "STATUS=a");
         n.status("a");
         n.status("b");
         n.status("b");
@@ -268,14 +311,15 @@ mod tests {
         let env = format!("@{name}");
         let mut n = Notifier::new(Some(OsStr::new(&env)), None, None, 1);
         n.ready("ok");
-        assert_eq!(recv(&sock), "READY=1\nSTATUS=ok");
+        assert_eq!(recv(&sock), "READY=1");
+        assert_eq!(recv(&sock), "STATUS=ok");
     }
 
     #[test]
     fn without_a_socket_nothing_is_sent_and_nothing_fails() {
         let mut n = Notifier::new(None, Some("1000000"), None, 1);
         assert!(!n.enabled());
-        n.ready("x");
+        assert!(n.ready("x"), "nothing to tell is not a failure");
         n.watchdog();
         let n = Notifier::new(Some(OsStr::new("relative/path")), None, None, 1);
         assert!(!n.enabled(), "not a path nor an abstract name");
@@ -293,6 +337,42 @@ mod tests {
         assert_eq!(n.watchdog_every(), None);
         let n = Notifier::new(None, None, None, 42);
         assert_eq!(n.watchdog_every(), None);
+    }
+
+    #[test]
+    fn a_long_status_is_cut_so_that_systemd_does_not_drop_the_notification() {
+        let (sock, path) = listener();
+        let mut n = Notifier::to_path(&path);
+        let vips: Vec<String> = (0..300)
+            .map(|i| format!("vip-{i}-é: NO ALIVE BACKEND (0 of 12)"))
+            .collect();
+        assert!(n.ready(&vips.join("; ")));
+        assert_eq!(recv(&sock), "READY=1", "READY=1 travels on its own");
+        let status = recv(&sock);
+        assert!(
+            status.len() <= "STATUS=".len() + STATUS_MAX,
+            "{}",
+            status.len()
+        );
+        assert!(status.starts_with("STATUS=vip-0-é") && status.ends_with('…'));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_ready_that_cannot_be_sent_says_so_and_is_sent_later() {
+        let path = std::env::temp_dir().join(format!(
+            "stickylb-notify-gone-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let mut n = Notifier::to_path(&path);
+        assert!(!n.ready("a"), "sent to a socket that does not exist");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(n.ready("a"));
+        assert_eq!(recv(&sock), "READY=1");
+        assert_eq!(recv(&sock), "STATUS=a");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -227,6 +227,17 @@ impl Record {
         lock_seen_at(self.pid, &self.pin_path).is_some()
     }
 
+    /// Whether its process exists but this one may not look at its root
+    /// (a daemon under a unit whose sandbox hides other processes, looking
+    /// at one started by hand in another mount namespace): it may be live,
+    /// so its record is kept.
+    fn out_of_sight(&self) -> bool {
+        let proc = Path::new("/proc").join(self.pid.to_string());
+        proc.exists()
+            && std::fs::metadata(proc.join("root/"))
+                .is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied)
+    }
+
     /// Writes the record into `dir` (removing records of daemons that are
     /// gone); it is removed again when the guard drops.
     pub fn publish(&self, dir: &Path) -> io::Result<RecordGuard> {
@@ -239,7 +250,7 @@ impl Record {
             .create(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         for (path, r) in Self::all_in(dir) {
-            if !r.is_live() {
+            if !r.is_live() && !r.out_of_sight() {
                 let _ = std::fs::remove_file(path);
             }
         }

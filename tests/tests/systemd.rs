@@ -880,3 +880,45 @@ fn the_package_installs_upgrades_and_removes_under_systemd() {
         "dpkg still knows the package after purge"
     );
 }
+
+/// An exec health check's command runs inside the unit's sandbox (the
+/// capability set, the seccomp filter, MemoryDenyWriteExecute,
+/// RestrictNamespaces, a read-only file system): a plain shell check
+/// there still decides, both ways — up while the backend answers, down
+/// once its server is killed.
+#[test]
+fn an_exec_health_check_decides_inside_the_sandbox() {
+    let mut bed = Bed::up(10);
+    let exec = "kind = \"exec\"\n\
+                command = [\"/bin/bash\", \"-c\", \"exec 3<>/dev/tcp/$STICKYLB_BACKEND_ADDRESS/$STICKYLB_BACKEND_PORT\"]\n\
+                interval = \"300ms\"\ntimeout = \"250ms\"\nrise = 2\nfall = 2";
+    let config = daemon_config(
+        Path::new("/sys/fs/bpf/stickylb"),
+        Path::new("/run/stickylb/stickylb.sock"),
+        VIP,
+        3,
+        exec,
+        "affinity_timeout = \"120s\"\ntable_size = 1021",
+    );
+    std::fs::write(bed.c.path(CONFIG), &config).unwrap();
+    bed.systemctl(&format!("start {UNIT}")).unwrap();
+    let status = bed.show("StatusText");
+    println!("exec checks under the unit: StatusText: {status}");
+    assert_eq!(
+        status,
+        "serving 1 of 1 VIP: web 3/3 backends up",
+        "{}",
+        bed.diagnose()
+    );
+    assert_eq!(bed.answered(), 10, "{}", bed.diagnose());
+    bed.topo.kill_server(0);
+    let mut status = String::new();
+    let down = wait_for(Duration::from_secs(5), || {
+        status = bed.show("StatusText");
+        status == "serving 1 of 1 VIP: web 2/3 backends up"
+    });
+    let out = bed.c.sh("stickylb status").unwrap_or_default();
+    println!("backend 0's server killed: StatusText: {status}\n{out}");
+    assert!(down, "{status}\n{}", bed.diagnose());
+    assert!(out.contains("exit status"), "{out}");
+}

@@ -49,6 +49,10 @@ pub fn build() -> Result<PathBuf> {
         .trim()
         .to_owned();
     control(&work, &root, &version, &arch)?;
+    // Folders were made with the builder's umask (027 on some CI hosts):
+    // dpkg-deb refuses a DEBIAN/ that is not 0755, and the installed
+    // folders must be readable by all.
+    folders_0755(&root)?;
 
     // Only this build's package is left there, so that
     // `dpkg -i target/debian/stickylb_*.deb` (docs/packaging.md) installs it.
@@ -236,6 +240,17 @@ License: MIT or Apache-2.0
  OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE
  USE OR OTHER DEALINGS IN THE SOFTWARE.
 ";
+
+fn folders_0755(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            folders_0755(&entry.path())?;
+        }
+    }
+    Ok(())
+}
 
 fn mkdirs(path: &Path) -> Result<()> {
     let parent = path.parent().context("a path in the tree")?;

@@ -164,17 +164,24 @@ enum Ended {
 /// Only the holder of that lock is signalled: a pid from a socket's reply
 /// may be anything (pid 1, from a socket someone else put there).
 fn terminate(d: &Running) -> anyhow::Result<Ended> {
-    let lock = match runtime::holder(&d.pin_path) {
-        Some(p) if p != d.pid => bail!(
-            "pid {} is not the stickylb daemon on {} (pid {p} holds its lock): not signalling it. If the control socket is not that daemon's, give --socket or -c FILE",
-            d.pid,
-            d.pin_path.display()
-        ),
-        Some(_) => d.pin_path.clone(),
-        // Not seen from here: the daemon may pin on a bpffs of another
-        // mount namespace (this command run with `ip netns exec`, say).
-        None => match runtime::lock_seen_at(d.pid, &d.pin_path) {
-            Some(through_its_root) => through_its_root,
+    // The folder as seen from here, or (a daemon pinning on a bpffs of
+    // another mount namespace: this command run with `ip netns exec`, say)
+    // through the daemon's own root.
+    let lock = match runtime::lock_seen_at(d.pid, &d.pin_path) {
+        Some(lock) => lock,
+        None => match runtime::holder(&d.pin_path) {
+            Some(p) => bail!(
+                "pid {} is not the stickylb daemon on {} (pid {p} holds its lock): not signalling it. If the control socket is not that daemon's, give --socket or -c FILE",
+                d.pid,
+                d.pin_path.display()
+            ),
+            None if still_answers(d) => bail!(
+                "the daemon answering on its control socket (pid {}) holds no lock on {} that \
+                 this command can see: it runs in another PID or mount namespace. Nothing was \
+                 signalled; run this command where the daemon runs",
+                d.pid,
+                d.pin_path.display()
+            ),
             None => return Ok(Ended::Gone),
         },
     };
@@ -363,6 +370,13 @@ pub(super) fn unload(
 /// leave its program attached: refused before anything changes.
 fn refuse_unseen_pins(d: &Running) -> anyhow::Result<()> {
     match runtime::lock_seen_at(d.pid, &d.pin_path) {
+        None if still_answers(d) => bail!(
+            "the daemon answering on its control socket (pid {}) holds no lock on {} that this \
+             command can see: it runs in another PID or mount namespace. Nothing was changed; \
+             run `stickylb unload` where the daemon runs",
+            d.pid,
+            d.pin_path.display()
+        ),
         Some(seen) if seen != d.pin_path => bail!(
             "the daemon (pid {pid}) pins its maps at {pin} on a bpffs that this command does \
              not see: it runs in another mount namespace (a command run with `ip netns exec` \
@@ -374,6 +388,14 @@ fn refuse_unseen_pins(d: &Running) -> anyhow::Result<()> {
         ),
         _ => Ok(()),
     }
+}
+
+/// Whether the daemon's control socket still answers, as a live daemon's
+/// does: one whose lock cannot be seen is then not gone, only out of sight.
+fn still_answers(d: &Running) -> bool {
+    d.socket
+        .as_deref()
+        .is_some_and(|s| control::call(s, &Request::Status).is_ok())
 }
 
 /// Whether `path`, or the nearest folder above it that exists, is on a

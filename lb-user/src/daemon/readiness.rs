@@ -17,6 +17,9 @@ use crate::notify::Notifier;
 /// start never hangs on a checker that cannot run.
 pub(super) const READY_WITHIN: Duration = Duration::from_secs(20);
 
+/// How soon a READY=1 that could not be sent is sent again.
+const RETRY_READY: Duration = Duration::from_secs(1);
+
 /// Where the daemon is in telling systemd it is ready.
 #[derive(Debug)]
 pub(super) struct Readiness {
@@ -27,6 +30,9 @@ pub(super) struct Readiness {
     /// Why the last reload failed, shown before the VIPs in the status
     /// until a reload succeeds: the file on disk is not what runs.
     reload_failed: Option<String>,
+    /// When to try a READY=1 that could not be sent again, so that a past
+    /// backstop does not wake the loop without pause.
+    retry_at: Option<Instant>,
 }
 
 impl Readiness {
@@ -35,6 +41,7 @@ impl Readiness {
             notifier,
             waiting_since: Some(Instant::now()),
             reload_failed: None,
+            retry_at: None,
         }
     }
 
@@ -134,21 +141,29 @@ impl Daemon {
         let (decided, status) = self.service_status();
         let now = Instant::now();
         match step(self.readiness.waiting_since, decided, now) {
+            // Not ready until systemd has heard it: a READY=1 that could
+            // not be sent is sent again at the next look.
             Step::Ready => {
-                let since = self.readiness.waiting_since.take().unwrap_or(now);
-                log::info!(
-                    "ready after {} ms: {status}",
-                    now.saturating_duration_since(since).as_millis()
-                );
-                self.readiness.notifier.ready(&status);
+                if self.readiness.notifier.ready(&status) {
+                    let since = self.readiness.waiting_since.take().unwrap_or(now);
+                    log::info!(
+                        "ready after {} ms: {status}",
+                        now.saturating_duration_since(since).as_millis()
+                    );
+                } else {
+                    self.readiness.retry_at = Some(now + RETRY_READY);
+                }
             }
             Step::ReadyUndecided => {
-                self.readiness.waiting_since = None;
-                warn!(
-                    "reporting ready although not every VIP is decided after {} s: {status}",
-                    READY_WITHIN.as_secs()
-                );
-                self.readiness.notifier.ready(&status);
+                if self.readiness.notifier.ready(&status) {
+                    self.readiness.waiting_since = None;
+                    warn!(
+                        "reporting ready although not every VIP is decided after {} s: {status}",
+                        READY_WITHIN.as_secs()
+                    );
+                } else {
+                    self.readiness.retry_at = Some(now + RETRY_READY);
+                }
             }
             Step::Status => self.readiness.notifier.status(&status),
         }
@@ -157,7 +172,11 @@ impl Daemon {
     /// When `notify_state` must look again even if nothing happens: at the
     /// ready backstop while waiting.
     pub(super) fn ready_deadline(&self) -> Option<Instant> {
-        self.readiness.waiting_since.map(|t| t + READY_WITHIN)
+        let r = &self.readiness;
+        r.waiting_since.map(|t| match r.retry_at {
+            Some(retry) => retry,
+            None => t + READY_WITHIN,
+        })
     }
 
     /// `reload`, between RELOADING=1 and READY=1 (only once the daemon has
@@ -171,7 +190,12 @@ impl Daemon {
         self.readiness.reload_failed = result.as_ref().err().map(|e| format!("{e:#}"));
         if ready {
             let (_, status) = self.service_status();
-            self.readiness.notifier.ready(&status);
+            if !self.readiness.notifier.ready(&status) {
+                // systemd holds the unit in "reloading" until it hears
+                // READY=1: try again as at a start.
+                self.readiness.waiting_since = Some(Instant::now());
+                self.readiness.retry_at = Some(Instant::now() + RETRY_READY);
+            }
         }
         result
     }
