@@ -139,7 +139,7 @@ impl Notifier {
                 true
             }
             Err(e) => {
-                if self.failures % 100 == 0 {
+                if self.failures.is_multiple_of(100) {
                     warn!("cannot notify systemd ({msg:?} to {target:?}): {e}");
                 }
                 self.failures = self.failures.wrapping_add(1);

@@ -64,7 +64,18 @@ fn block(b: &docblocks::Block, netns: Option<&Netns>) -> (bool, String, String) 
     };
     cmd.arg("-ec").arg(&b.text).current_dir(workspace());
     let t = Instant::now();
-    let r = run(&mut cmd);
+    let mut r = run(&mut cmd);
+    // Another installer (apt on a fresh machine) holding dpkg's lock: dpkg
+    // then changes nothing and says so, so the block is run again once the
+    // lock is free, as `apt-get -o DPkg::Lock::Timeout` would wait.
+    while !r.0 && r.2.contains("dpkg frontend lock") && t.elapsed() < Duration::from_secs(300) {
+        eprintln!(
+            "{GUIDE}:{}: dpkg is locked by another process; waiting",
+            b.line
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        r = run(&mut cmd);
+    }
     eprintln!(
         "{GUIDE}:{} ({}, {:.1?}): {}{}",
         b.line,
