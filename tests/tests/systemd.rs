@@ -165,6 +165,18 @@ impl Bed {
             .contains("xdp")
     }
 
+    /// Each client's backend, after checking every client is served.
+    fn all_served(&self) -> Vec<Option<usize>> {
+        let before = sweep(&self.topo, &self.topo.clients);
+        assert_eq!(
+            before.iter().filter(|b| b.is_some()).count(),
+            self.topo.clients.len(),
+            "{}",
+            self.diagnose()
+        );
+        before
+    }
+
     fn answered(&self) -> usize {
         sweep(&self.topo, &self.topo.clients.clone())
             .iter()
@@ -372,13 +384,7 @@ fn restart_loses_no_client_stop_keeps_forwarding_unload_takes_it_down() {
     let bed = Bed::up(CLIENTS);
     let clients = bed.topo.clients.clone();
     bed.systemctl(&format!("start {UNIT}")).unwrap();
-    let before = sweep(&bed.topo, &clients);
-    assert_eq!(
-        before.iter().filter(|b| b.is_some()).count(),
-        CLIENTS,
-        "{}",
-        bed.diagnose()
-    );
+    let before = bed.all_served();
     let old_pid = bed.main_pid();
     // Maintenance is kept across the restart.
     bed.c.sh("stickylb maintenance on").unwrap();
@@ -812,13 +818,7 @@ fn the_package_installs_upgrades_and_removes_under_systemd() {
         .unwrap();
     bed.systemctl(&format!("enable --now {UNIT}")).unwrap();
     let clients = bed.topo.clients.clone();
-    let before = sweep(&bed.topo, &clients);
-    assert_eq!(
-        before.iter().filter(|b| b.is_some()).count(),
-        CLIENTS,
-        "{}",
-        bed.diagnose()
-    );
+    let before = bed.all_served();
     let old_pid = bed.main_pid();
 
     // An upgrade, as dpkg runs it: prerm upgrade, new files, postinst

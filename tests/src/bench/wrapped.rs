@@ -41,7 +41,9 @@ use super::{
     Ctx, Plot, Section, Table, median,
     objects::{RefProgram, Reference, WRAP},
     plot, progress,
-    xdp_cost::{Lb, VIP_PORT, VipSpec, XDP_PASS, XDP_TX, client_addr, err, pin_to_last_cpu, udp64},
+    xdp_cost::{
+        Lb, VIP_PORT, VipSpec, XDP_PASS, XDP_TX, big_label, client_addr, err, on_last_cpu, udp64,
+    },
 };
 use crate::{LB_MAC, ROUTER_MAC, VIP, backend_mac, fibnet::FibNet};
 
@@ -808,22 +810,9 @@ fn count(n: u64) -> String {
     out
 }
 
-fn big_label(n: u32) -> String {
-    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
-        format!("{}M", n / 1_000_000)
-    } else {
-        format!("{}k", n / 1_000)
-    }
-}
-
 pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let k = Knobs::new(ctx.quick);
-    let (cpu, result) = std::thread::spawn(move || {
-        let cpu = pin_to_last_cpu();
-        (cpu, measure(&k))
-    })
-    .join()
-    .map_err(|_| "the measuring thread panicked".to_string())?;
+    let (cpu, result) = on_last_cpu(move || measure(&k))?;
     let Measured { rows, info } = result?;
     let wrap_pass = rows.get("wrap_pass")?.ns();
     let direct_pass = rows.get("pass_direct")?.ns();

@@ -96,6 +96,16 @@ pub(super) fn udp64(
 }
 
 /// Pins the calling thread to one CPU, so that successive runs share caches.
+/// `measure` on a thread of its own pinned to the last CPU: the CPU, and
+/// what it measured.
+pub(super) fn on_last_cpu<T: Send + 'static>(
+    measure: impl FnOnce() -> T + Send + 'static,
+) -> Result<(usize, T), String> {
+    std::thread::spawn(move || (pin_to_last_cpu(), measure()))
+        .join()
+        .map_err(|_| "the measuring thread panicked".to_string())
+}
+
 pub(super) fn pin_to_last_cpu() -> usize {
     let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within
@@ -1146,7 +1156,8 @@ fn short_label(key: &str, big: &str) -> String {
     }
 }
 
-fn big_label(n: u32) -> String {
+/// A table size as the rows name it: 1M, 65k.
+pub(super) fn big_label(n: u32) -> String {
     if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
     } else {
@@ -1156,12 +1167,7 @@ fn big_label(n: u32) -> String {
 
 pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let k = Knobs::new(ctx.quick);
-    let (cpu, result) = std::thread::spawn(move || {
-        let cpu = pin_to_last_cpu();
-        (cpu, measure(&k))
-    })
-    .join()
-    .map_err(|_| "the measuring thread panicked".to_string())?;
+    let (cpu, result) = on_last_cpu(move || measure(&k))?;
     let (rows, info) = result?;
     let find = |key: &str| {
         rows.iter()
