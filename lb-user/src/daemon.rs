@@ -692,6 +692,8 @@ impl Daemon {
             metrics::render_sync(&mut text, &s);
         }
         metrics::render_maintenance(&mut text, self.maintenance.is_on());
+        let (ok, failed, last_failed) = self.readiness.reloads();
+        metrics::render_reloads(&mut text, ok, failed, last_failed);
         text
     }
 

@@ -146,6 +146,27 @@ pub fn render_affinity_capacity(out: &mut String, capacity: u32) {
     );
 }
 
+/// Reloads since the daemon started, by result, and whether the last one
+/// failed: the config file on disk is then not the one that runs.
+pub fn render_reloads(out: &mut String, ok: u64, failed: u64, last_failed: bool) {
+    family(
+        out,
+        "reloads_total",
+        "counter",
+        "Config reloads (SIGHUP, `stickylb reload`, `systemctl reload`) since the daemon started, by result; a failed one changes nothing.",
+        [
+            ("result=\"ok\"".to_owned(), ok as f64),
+            ("result=\"failed\"".to_owned(), failed as f64),
+        ],
+    );
+    gauge(
+        out,
+        "reload_failed",
+        "1 while the last reload failed: the config file on disk is not the one that runs (`stickylb reload` says why).",
+        f64::from(u8::from(last_failed)),
+    );
+}
+
 /// A gauge without labels.
 fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
     let _ = writeln!(out, "# HELP stickylb_{name} {help}");
@@ -507,6 +528,28 @@ mod tests {
 
     /// Every counter's table name is its key in the status JSON (the
     /// counters are flattened into each VIP's and backend's object).
+    #[test]
+    fn reloads_are_counted_by_result_and_the_last_failure_shown() {
+        let mut out = String::new();
+        render_reloads(&mut out, 3, 1, true);
+        assert!(
+            out.contains("# TYPE stickylb_reloads_total counter\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("stickylb_reloads_total{result=\"ok\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("stickylb_reloads_total{result=\"failed\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("stickylb_reload_failed 1\n"), "{out}");
+        let mut out = String::new();
+        render_reloads(&mut out, 0, 0, false);
+        assert!(out.contains("stickylb_reload_failed 0\n"), "{out}");
+    }
+
     #[test]
     fn counter_names_are_the_json_keys() {
         fn keys<S: CounterTable + serde::Serialize + Default>() -> Vec<String> {

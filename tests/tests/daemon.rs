@@ -228,14 +228,40 @@ fn daemon_failover_restart_reload_and_cli() {
     );
 
     // Prometheus metrics on the LB namespace's loopback.
-    let text = topo.lb.enter(|| {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9321").unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    });
+    let scrape = || {
+        topo.lb.enter(|| {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9321").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+    };
+    // A reload of a broken file fails and shows in the metrics until one
+    // succeeds (the restart above started the counts afresh).
+    std::fs::write(&d.config, reweighted.replace("[[vip]]", "[[vip]")).unwrap();
+    let (code, _, err) = d.cli(&["reload"]);
+    assert_ne!(code, 0, "a reload of a broken file succeeded: {err}");
+    let text = scrape();
+    for want in [
+        "stickylb_reloads_total{result=\"ok\"} 0\n",
+        "stickylb_reloads_total{result=\"failed\"} 1\n",
+        "stickylb_reload_failed 1\n",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    std::fs::write(&d.config, &reweighted).unwrap();
+    let (code, _, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    let text = scrape();
+    for want in [
+        "stickylb_reloads_total{result=\"ok\"} 1\n",
+        "stickylb_reloads_total{result=\"failed\"} 1\n",
+        "stickylb_reload_failed 0\n",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(
         text.contains("stickylb_backend_up{vip=\"web\",backend=\"10.77.0.10:80\"} 1"),

@@ -33,6 +33,9 @@ pub(super) struct Readiness {
     /// When to try a READY=1 that could not be sent again, so that a past
     /// backstop does not wake the loop without pause.
     retry_at: Option<Instant>,
+    /// Reloads since the start that succeeded, and that failed (metrics).
+    reloads_ok: u64,
+    reloads_failed: u64,
 }
 
 impl Readiness {
@@ -42,11 +45,22 @@ impl Readiness {
             waiting_since: Some(Instant::now()),
             reload_failed: None,
             retry_at: None,
+            reloads_ok: 0,
+            reloads_failed: 0,
         }
     }
 
     pub(super) fn is_ready(&self) -> bool {
         self.waiting_since.is_none()
+    }
+
+    /// Reloads that succeeded, that failed, and whether the last one failed.
+    pub(super) fn reloads(&self) -> (u64, u64, bool) {
+        (
+            self.reloads_ok,
+            self.reloads_failed,
+            self.reload_failed.is_some(),
+        )
     }
 }
 
@@ -188,6 +202,10 @@ impl Daemon {
         }
         let result = self.reload();
         self.readiness.reload_failed = result.as_ref().err().map(|e| format!("{e:#}"));
+        match &result {
+            Ok(_) => self.readiness.reloads_ok += 1,
+            Err(_) => self.readiness.reloads_failed += 1,
+        }
         if ready {
             let (_, status) = self.service_status();
             if !self.readiness.notifier.ready(&status) {
