@@ -19,6 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use bench_ebpf::GenConfig;
+use lb_common::checksum;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -63,22 +64,9 @@ pub fn traffic_gen(ctx: XdpContext) -> u32 {
     eth.dst_addr = cfg.dst_mac;
     eth.src_addr = cfg.src_mac;
     eth.ether_type = ETH_P_IPV4.to_be();
-    ip.check = csum_replace4(ip.check, ip.src_addr, client);
+    ip.check = checksum::replace4(ip.check, ip.src_addr, client);
     ip.src_addr = client;
     xdp_action::XDP_TX
-}
-
-/// Incremental Internet checksum update (RFC 1624) for a 4-byte field
-/// changing from `from` to `to`.
-#[inline(always)]
-fn csum_replace4(check: [u8; 2], from: [u8; 4], to: [u8; 4]) -> [u8; 2] {
-    let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
-    let mut sum = u32::from(!u16::from_be_bytes(check));
-    sum += (!word(from, 0) & 0xffff) + (!word(from, 2) & 0xffff);
-    sum += word(to, 0) + word(to, 2);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
 }
 
 lb_ebpf::program_boilerplate!();

@@ -22,6 +22,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use bench_ebpf::{WRAP_FRAME_LEN, WrapConfig, wrap_mode};
+use lb_common::checksum;
 
 /// Offsets in the template (Ethernet, then IPv4 with no options, then UDP).
 const IP_CHECK: usize = 14 + 10;
@@ -100,13 +101,13 @@ pub fn xdp_wrap(ctx: XdpContext) -> u32 {
             bytes[IP_SRC + 3],
         ];
         bytes[IP_SRC..IP_SRC + 4].copy_from_slice(&to);
-        let ip = csum_replace4([bytes[IP_CHECK], bytes[IP_CHECK + 1]], from, to);
+        let ip = checksum::replace4([bytes[IP_CHECK], bytes[IP_CHECK + 1]], from, to);
         bytes[IP_CHECK..IP_CHECK + 2].copy_from_slice(&ip);
         // The UDP checksum covers the source address too (pseudo-header);
         // 0 means "none" and stays so, a computed 0 is sent as 0xffff.
         let udp = [bytes[UDP_CHECK], bytes[UDP_CHECK + 1]];
         if udp != [0, 0] {
-            let mut c = csum_replace4(udp, from, to);
+            let mut c = checksum::replace4(udp, from, to);
             if c == [0, 0] {
                 c = [0xff, 0xff];
             }
@@ -117,19 +118,6 @@ pub fn xdp_wrap(ctx: XdpContext) -> u32 {
     // kernel's tail-call limit is reached.
     unsafe { WRAP_JUMP.tail_call(&ctx, 0) };
     xdp_action::XDP_ABORTED
-}
-
-/// Incremental Internet checksum update (RFC 1624) for a 4-byte field
-/// changing from `from` to `to`.
-#[inline(always)]
-fn csum_replace4(check: [u8; 2], from: [u8; 4], to: [u8; 4]) -> [u8; 2] {
-    let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
-    let mut sum = u32::from(!u16::from_be_bytes(check));
-    sum += (!word(from, 0) & 0xffff) + (!word(from, 2) & 0xffff);
-    sum += word(to, 0) + word(to, 2);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
 }
 
 lb_ebpf::program_boilerplate!();
