@@ -424,18 +424,7 @@ impl Cluster {
         }
         // Router: the clients' link, forwarding, L4 multipath hashing (per
         // namespace: set here, not in the root namespace).
-        self.router.ip(&[
-            "link",
-            "add",
-            "eth-cl",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &self.client.name,
-        ])?;
+        self.router.add_veth("eth-cl", &self.client, "eth0")?;
         self.router.ip(&["link", "set", "eth-cl", "up"])?;
         self.client.ip(&["link", "set", "eth0", "up"])?;
         self.router.ip(&[

@@ -289,46 +289,13 @@ impl Bed {
         add_bridge(&self.bridge)?;
         add_bridge(&self.bridge2)?;
         // The router's eth0 on the segment, eth1 in the tunnel subnet.
-        self.bridge.ip(&[
-            "link",
-            "add",
-            "p-rt",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &self.router.name,
-        ])?;
-        self.bridge2.ip(&[
-            "link",
-            "add",
-            "p-rt",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth1",
-            "netns",
-            &self.router.name,
-        ])?;
+        self.bridge.add_veth("p-rt", &self.router, "eth0")?;
+        self.bridge2.add_veth("p-rt", &self.router, "eth1")?;
         for br in [&self.bridge, &self.bridge2] {
             br.ip(&["link", "set", "p-rt", "master", "br0"])?;
             br.ip(&["link", "set", "p-rt", "up"])?;
         }
-        self.router.ip(&[
-            "link",
-            "add",
-            "eth2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &self.client.name,
-        ])?;
+        self.router.add_veth("eth2", &self.client, "eth0")?;
         self.router.ip_batch(&[
             "link set eth0 up".into(),
             "link set eth1 up".into(),

@@ -73,6 +73,15 @@ impl Netns {
         sh(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
+    /// A veth pair: `local` in this namespace, `peer_name` in `peer`, both
+    /// down.
+    pub fn add_veth(&self, local: &str, peer: &Netns, peer_name: &str) -> Result<()> {
+        self.ip(&[
+            "link", "add", local, "type", "veth", "peer", "name", peer_name, "netns", &peer.name,
+        ])
+        .map(drop)
+    }
+
     /// Feeds `ip -batch` so hundreds of commands cost one process.
     pub fn ip_batch(&self, lines: &[String]) -> Result<()> {
         let mut child = Command::new("ip")
@@ -332,9 +341,7 @@ pub fn add_bridge(br: &Netns) -> Result<()> {
 /// Plugs `host` into `br0` of namespace `br`: a veth whose bridge end is
 /// `port` and whose other end is `host`'s `eth0`, both up.
 pub fn plug_into_bridge(br: &Netns, host: &Netns, port: &str) -> Result<()> {
-    br.ip(&[
-        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
-    ])?;
+    br.add_veth(port, host, "eth0")?;
     br.ip(&["link", "set", port, "master", "br0"])?;
     br.ip(&["link", "set", port, "up"])?;
     host.ip(&["link", "set", "eth0", "up"])?;

@@ -190,18 +190,7 @@ impl Routed {
         }
         // Router: the clients' link, the segment, one link per tunnel
         // backend; the VIPs routed to the LB's own address.
-        self.router.ip(&[
-            "link",
-            "add",
-            "eth-cl",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &self.client.name,
-        ])?;
+        self.router.add_veth("eth-cl", &self.client, "eth0")?;
         let mut rt = vec![
             "link set eth-cl up".to_owned(),
             format!("addr add {} dev eth-cl", cidr(ROUTER_CLIENT_ADDR, 16)),

@@ -70,20 +70,7 @@ impl Bed {
             pin_dir,
             _reaper: reaper,
         };
-        bed.lb
-            .ip(&[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &bed.be.name,
-            ])
-            .unwrap();
+        bed.lb.add_veth("eth0", &bed.be, "eth0").unwrap();
         for a in [LB, STRANGER] {
             bed.lb
                 .ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"])

@@ -61,10 +61,7 @@ fn net() -> Net {
         ("e-lb", &lb, "10.81.1.1/24", "10.81.1.254/24"),
         ("e-be", &be, "10.81.2.10/24", "10.81.2.254/24"),
     ] {
-        rt.ip(&[
-            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
-        ])
-        .unwrap();
+        rt.add_veth(port, host, "eth0").unwrap();
         rt.ip(&["addr", "add", rt_addr, "dev", port]).unwrap();
         rt.ip(&["link", "set", port, "up"]).unwrap();
         host.ip(&["addr", "add", host_addr, "dev", "eth0"]).unwrap();
