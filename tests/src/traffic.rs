@@ -163,6 +163,20 @@ pub struct LoadSummary {
     pub survivor_failures: Vec<Sample>,
 }
 
+impl LoadSummary {
+    /// Fails unless no request failed and no client moved: what a restart
+    /// or an upgrade under load must show. `what` names it in the message.
+    #[track_caller]
+    pub fn assert_none_failed_or_moved(&self, what: &str) {
+        assert_eq!(
+            (self.failed, self.moved.len()),
+            (0, 0),
+            "{what}: failures {:?}",
+            self.survivor_failures.iter().take(3).collect::<Vec<_>>()
+        );
+    }
+}
+
 pub fn summarize(samples: &[Sample], before: &[Option<usize>], victims: &[usize]) -> LoadSummary {
     let mut s = LoadSummary {
         requests: samples.len(),

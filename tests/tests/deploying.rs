@@ -374,12 +374,7 @@ impl Guide {
                 "too little load: {}",
                 s.requests
             );
-            assert_eq!(
-                (s.failed, s.moved.len()),
-                (0, 0),
-                "{name}: failures {:?}",
-                s.survivor_failures.iter().take(3).collect::<Vec<_>>()
-            );
+            s.assert_none_failed_or_moved(name);
             // Both backends of each VIP had clients, so "none moved" says
             // something.
             assert_eq!(spread.len(), 2, "{name}: clients per backend {spread:?}");
