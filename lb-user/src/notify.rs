@@ -112,8 +112,7 @@ impl Notifier {
     }
 
     /// Whether a service manager listens.
-    #[cfg(test)]
-    fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         self.target.is_some()
     }
 

@@ -152,6 +152,11 @@ impl Daemon {
     /// is decided (or `READY_WITHIN` has passed), then the status whenever
     /// it changes.
     pub(super) fn notify_state(&mut self) {
+        // Called after every event: once ready, with no service manager to
+        // hear the status, building it would be work for nothing.
+        if self.readiness.is_ready() && !self.readiness.notifier.enabled() {
+            return;
+        }
         let (decided, status) = self.service_status();
         let now = Instant::now();
         match step(self.readiness.waiting_since, decided, now) {
