@@ -20,6 +20,7 @@ pub mod maglev;
 pub mod select;
 pub mod tunnel;
 pub mod types;
+pub mod vip_index;
 
 pub use hash::client_hash;
 pub use types::*;
@@ -59,9 +60,13 @@ pub mod map_names {
     pub const SYNC: &str = "SLB_SYNC";
     /// One `TunnelSettings` (index 0): the outer header of the tunnel modes.
     pub const TUNNEL: &str = "SLB_TUNNEL";
+    /// `VipSlot`s: `SLB_VIPS` again, as an array the program reads without
+    /// hashing (`vip_index`). Only a shortcut: a VIP it lacks is found in
+    /// `SLB_VIPS`.
+    pub const VIP_INDEX: &str = "SLB_VIP_INDEX";
 
     /// Every map the XDP program defines.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         VIPS,
         BACKENDS,
         RING,
@@ -74,6 +79,7 @@ pub mod map_names {
         SYNC_EVENTS,
         SYNC,
         TUNNEL,
+        VIP_INDEX,
     ];
 }
 
@@ -104,7 +110,7 @@ pub mod map_shapes {
     use crate::{
         AffinityKey, AffinityValue, BackendInfo, BackendStats, MAX_BACKENDS, MAX_VIPS, OwnMac,
         PinBudget, RING_POOL_SIZE, SYNC_RING_BYTES, SyncSettings, TunnelSettings, VipInfo, VipKey,
-        VipStats, global_counter, map_names,
+        VipSlot, VipStats, global_counter, map_names, vip_index,
     };
 
     /// `BPF_MAP_TYPE_*` numbers (uapi/linux/bpf.h).
@@ -149,7 +155,7 @@ pub mod map_shapes {
     }
 
     /// Every map, in `map_names::ALL` order.
-    pub const ALL: [MapShape; 12] = [
+    pub const ALL: [MapShape; 13] = [
         shape(
             map_names::VIPS,
             kind::HASH,
@@ -246,6 +252,14 @@ pub mod map_shapes {
             4,
             size_of::<TunnelSettings>(),
             Some(1),
+            0,
+        ),
+        shape(
+            map_names::VIP_INDEX,
+            kind::ARRAY,
+            4,
+            size_of::<VipSlot>(),
+            Some(vip_index::SLOTS),
             0,
         ),
     ];
@@ -455,7 +469,7 @@ mod tests {
 
     #[test]
     fn every_map_has_its_shape_in_order() {
-        let names: [&str; 12] = core::array::from_fn(|i| map_shapes::ALL[i].name);
+        let names: [&str; 13] = core::array::from_fn(|i| map_shapes::ALL[i].name);
         assert_eq!(names, map_names::ALL);
     }
 

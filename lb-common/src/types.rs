@@ -45,6 +45,22 @@ impl VipKey {
     pub const fn port(&self) -> u16 {
         u16::from_be_bytes(self.port)
     }
+
+    /// The key's eight bytes as one word, as the XDP program compares keys
+    /// in `SLB_VIP_INDEX`. Never 0 for a real VIP (its protocol is TCP or
+    /// UDP), which is how an empty slot is told apart.
+    pub const fn word(&self) -> u64 {
+        u64::from_ne_bytes([
+            self.addr[0],
+            self.addr[1],
+            self.addr[2],
+            self.addr[3],
+            self.port[0],
+            self.port[1],
+            self.proto,
+            self._pad,
+        ])
+    }
 }
 
 /// Value of `SLB_VIPS`.
@@ -74,6 +90,27 @@ pub struct VipInfo {
     pub _pad: [u8; 3],
     /// An affinity entry idle for longer than this is ignored and replaced.
     pub affinity_timeout_ns: u64,
+}
+
+/// Value of `SLB_VIP_INDEX`: a copy of one `SLB_VIPS` entry in an array
+/// slot found by hashing its key (see `vip_index`), which the XDP program
+/// reads with two plain loads where the hash map costs a hash and a bucket
+/// walk. `seq` is a sequence lock: odd while the daemon rewrites the slot,
+/// so a reader that sees it odd, or changed across its read, uses
+/// `SLB_VIPS` instead. A zeroed slot is empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipSlot {
+    pub seq: u32,
+    pub _pad: u32,
+    pub key: VipKey,
+    pub info: VipInfo,
+}
+
+impl VipSlot {
+    pub const fn is_empty(&self) -> bool {
+        self.key.word() == 0
+    }
 }
 
 /// How the XDP program sends a VIP's frames to the backend it picked
@@ -567,6 +604,9 @@ counter_struct! {
 const _: () = {
     assert!(size_of::<VipKey>() == 8);
     assert!(size_of::<VipInfo>() == 32);
+    assert!(size_of::<VipSlot>() == 48);
+    assert!(core::mem::offset_of!(VipSlot, key) == 8);
+    assert!(core::mem::offset_of!(VipSlot, info) == 16);
     assert!(core::mem::offset_of!(VipInfo, forwarding) == 20);
     assert!(core::mem::offset_of!(VipInfo, affinity_timeout_ns) == 24);
     assert!(size_of::<BackendInfo>() == 16);
@@ -592,6 +632,7 @@ mod pod {
     // derive checks that at compile time) and is valid for any bit pattern.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipSlot {}
     unsafe impl aya::Pod for BackendInfo {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}

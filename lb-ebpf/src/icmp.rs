@@ -23,7 +23,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     forward::{self, Route},
-    maps::{AFFINITY, OWN_MAC, TUNNEL, VIP_STATS, VIPS, count_global},
+    maps::{AFFINITY, OWN_MAC, TUNNEL, VIP_STATS, count_global, find_vip},
     parse::{ETH_P_IPV4, IP_DF, IP_OFFSET_MASK, ptr_at},
 };
 
@@ -119,8 +119,7 @@ fn about_flow(ctx: &XdpContext, ip: &Ipv4Hdr, quoted: &Ipv4Hdr, l4: usize) -> Op
         _pad: 0,
     };
     let client = quoted.dst_addr;
-    // SAFETY: a map value pointer stays valid for the whole program run.
-    let vip = unsafe { VIPS.get(key) }?;
+    let vip = find_vip(&key)?;
     let stats = VIP_STATS.get_ptr_mut(vip.vip_id)?;
     // SAFETY: per-CPU value; nothing else writes it while we run on this CPU.
     let stats = unsafe { &mut *stats };
@@ -138,7 +137,7 @@ fn about_flow(ctx: &XdpContext, ip: &Ipv4Hdr, quoted: &Ipv4Hdr, l4: usize) -> Op
         stats.drop_no_backend += 1;
         return Some(xdp_action::XDP_DROP);
     };
-    let Some((backend_id, backend)) = client_backend(vip, client, stats) else {
+    let Some((backend_id, backend)) = client_backend(&vip, client, stats) else {
         stats.drop_no_backend += 1;
         return Some(xdp_action::XDP_DROP);
     };
@@ -225,8 +224,7 @@ fn relay(
         _pad: 0,
     };
     let (vip_addr, client) = (inner.dst_addr, inner.src_addr);
-    // SAFETY: a map value pointer stays valid for the whole program run.
-    let vip = unsafe { VIPS.get(key) }?;
+    let vip = find_vip(&key)?;
     if ForwardingMode::from_u8(vip.forwarding) != Some(want) {
         return None;
     }

@@ -38,7 +38,8 @@ use lb_common::{
     proto, select, sync_kind,
 };
 use maps::{
-    AFFINITY, BACKENDS, OWN_MAC, PIN_BUDGET, RING, SYNC, SYNC_EVENTS, VIP_STATS, VIPS, count_global,
+    AFFINITY, BACKENDS, OWN_MAC, PIN_BUDGET, RING, SYNC, SYNC_EVENTS, VIP_STATS, count_global,
+    find_vip,
 };
 use parse::{Flow, NotFlow, parse};
 
@@ -52,8 +53,7 @@ pub fn stickylb(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
-    // SAFETY: a map value pointer stays valid for the whole program run.
-    let Some(vip) = (unsafe { VIPS.get(flow.vip) }) else {
+    let Some(vip) = find_vip(&flow.vip) else {
         count_global(global_counter::PASS_NOT_VIP);
         return xdp_action::XDP_PASS;
     };
@@ -63,7 +63,7 @@ pub fn stickylb(ctx: XdpContext) -> u32 {
     };
     // SAFETY: per-CPU value; nothing else writes it while we run on this CPU.
     let stats = unsafe { &mut *stats };
-    handle_vip(&ctx, &flow, vip, stats)
+    handle_vip(&ctx, &flow, &vip, stats)
 }
 
 #[inline(always)]

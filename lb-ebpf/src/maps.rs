@@ -10,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, BackendInfo, BackendStats, DEFAULT_AFFINITY_CAPACITY, MAX_BACKENDS,
     MAX_VIPS, OwnMac, PinBudget, RING_POOL_SIZE, SYNC_RING_BYTES, SyncSettings, TunnelSettings,
-    VipInfo, VipKey, VipStats, global_counter,
+    VipInfo, VipKey, VipSlot, VipStats, global_counter, vip_index,
 };
 
 /// Which (address, port, protocol) are VIPs, and how each is balanced.
@@ -69,6 +69,47 @@ pub static SYNC: Array<SyncSettings> = Array::with_max_entries(1, 0);
 /// How the tunnel modes build the outer header (the daemon writes it).
 #[map(name = "SLB_TUNNEL")]
 pub static TUNNEL: Array<TunnelSettings> = Array::with_max_entries(1, 0);
+
+/// `SLB_VIPS` again as an array found by hashing the key (`vip_index`): an
+/// array lookup the verifier inlines, where the hash map's costs a jhash,
+/// a bucket walk and a memcmp on every packet.
+#[map(name = "SLB_VIP_INDEX")]
+pub static VIP_INDEX: Array<VipSlot> = Array::with_max_entries(vip_index::SLOTS, 0);
+
+/// The VIP `key` names: from its slot in `SLB_VIP_INDEX` if it has one
+/// there and the slot was not being rewritten while read, else from
+/// `SLB_VIPS`, which holds every VIP. A copy, since an index slot may be
+/// rewritten under us.
+#[inline(always)]
+pub fn find_vip(key: &VipKey) -> Option<VipInfo> {
+    let word = key.word();
+    let home = vip_index::home(word);
+    for probe in 0..vip_index::PROBES {
+        let Some(slot) = VIP_INDEX.get_ptr(vip_index::slot(home, probe)) else {
+            break;
+        };
+        // SAFETY: a map value pointer stays valid for the whole program run;
+        // the volatile reads keep the sequence lock's order (seq, key and
+        // info, seq again), which x86's ordering of loads preserves.
+        unsafe {
+            let seq = core::ptr::read_volatile(&raw const (*slot).seq);
+            if seq & 1 != 0 {
+                break;
+            }
+            let have = core::ptr::read_volatile((&raw const (*slot).key).cast::<u64>());
+            if have != word {
+                continue;
+            }
+            let info = core::ptr::read_volatile(&raw const (*slot).info);
+            if core::ptr::read_volatile(&raw const (*slot).seq) != seq {
+                break;
+            }
+            return Some(info);
+        }
+    }
+    // SAFETY: a map value pointer stays valid for the whole program run.
+    unsafe { VIPS.get(key) }.copied()
+}
 
 #[inline(always)]
 pub fn count_global(index: u32) {

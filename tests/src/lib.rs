@@ -100,6 +100,9 @@ struct RigBackend {
     alive: bool,
 }
 
+/// The affinity capacity `Rig` loads the program with.
+pub const RIG_AFFINITY_CAPACITY: u32 = 1 << 16;
+
 /// The program loaded with one TCP VIP and its backends, and user space's
 /// copy of the Maglev table it wrote.
 pub struct Rig {
@@ -114,10 +117,20 @@ pub struct Rig {
 impl Rig {
     /// Loads the program with `n` alive backends of weight 1.
     pub fn new(n: u32) -> Self {
+        Self::load(n, None)
+    }
+
+    /// As `new`, its maps pinned in `pin_dir`, so that a test can reach
+    /// them as another process would, or load the program again over them.
+    pub fn pinned(n: u32, pin_dir: &std::path::Path) -> Self {
+        Self::load(n, Some(pin_dir.to_owned()))
+    }
+
+    fn load(n: u32, pin_dir: Option<std::path::PathBuf>) -> Self {
         require_root();
         let dp = Dataplane::load(&LoadOptions {
-            affinity_capacity: 1 << 16,
-            pin_dir: None,
+            affinity_capacity: RIG_AFFINITY_CAPACITY,
+            pin_dir,
         })
         .expect("load the XDP object");
         let vip = VipInfo {

@@ -8,7 +8,9 @@ use aya::{
 };
 use lb_common::{PROGRAM_NAME, map_names};
 
-use super::{Dataplane, DataplaneError, LoadOptions, Result, ring::RingMem, shape};
+use super::{
+    Dataplane, DataplaneError, LoadOptions, Result, ring::RingMem, shape, vip_index::VipIndex,
+};
 use crate::XDP_OBJECT;
 
 macro_rules! take_map {
@@ -52,8 +54,15 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Program(Box::new(e)))?;
         let ring: Array<MapData, u32> = take_map!(ebpf, map_names::RING);
         let ring_mem = RingMem::map(&ring);
+        let vips = take_map!(ebpf, map_names::VIPS);
+        // Before the program can be attached: an index pinned by an earlier
+        // run may lag what it left in SLB_VIPS (a rewrite cut short, or a
+        // version without the index changing the VIPs).
+        let mut vip_index = VipIndex::open(take_map!(ebpf, map_names::VIP_INDEX))?;
+        vip_index.reconcile(&super::all_vips(&vips)?)?;
         Ok(Self {
-            vips: take_map!(ebpf, map_names::VIPS),
+            vips,
+            vip_index,
             backends: take_map!(ebpf, map_names::BACKENDS),
             ring,
             ring_mem,

@@ -15,6 +15,7 @@ mod ring;
 mod shape;
 mod sys;
 mod veth;
+mod vip_index;
 
 use std::path::PathBuf;
 
@@ -166,6 +167,7 @@ impl AttachMode {
 pub struct Dataplane {
     ebpf: aya::Ebpf,
     vips: HashMap<MapData, VipKey, VipInfo>,
+    vip_index: vip_index::VipIndex,
     backends: Array<MapData, BackendInfo>,
     ring: Array<MapData, u32>,
     /// The ring pool mapped into our memory (None if the kernel refused:
@@ -214,6 +216,17 @@ fn ring_out_of_bounds(op: &'static str, index: u32) -> DataplaneError {
     }
 }
 
+/// Whether a map operation failed only because the key is not there. A
+/// lookup says so as `KeyNotFound`; aya hands a failed delete back as the
+/// syscall's ENOENT.
+fn gone(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn all_vips(vips: &HashMap<MapData, VipKey, VipInfo>) -> Result<Vec<(VipKey, VipInfo)>> {
     vips.iter()
         .collect::<std::result::Result<_, _>>()
@@ -224,6 +237,11 @@ impl Dataplane {
     /// Every VIP in the map.
     pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
         all_vips(&self.vips)
+    }
+
+    /// The `SLB_VIP_INDEX` slot that holds `key`, if it has one.
+    pub fn vip_index_slot(&self, key: &VipKey) -> Option<u32> {
+        self.vip_index.slot_of(key)
     }
 
     /// Every backend id marked in use, with its entry.
@@ -287,24 +305,31 @@ impl Dataplane {
             .collect();
         for k in &keys {
             match self.affinity.remove(k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
                 Err(e) => return Err(map_err(map_names::AFFINITY, "remove")(e)),
             }
         }
         Ok(keys.len())
     }
 
+    /// Adds or changes a VIP: in `SLB_VIPS` first, then in its index, so
+    /// that the index never holds info the hash does not.
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
         self.vips
             .insert(key, info, 0)
-            .map_err(map_err(map_names::VIPS, "insert"))
+            .map_err(map_err(map_names::VIPS, "insert"))?;
+        self.vip_index.place(key, info)
     }
 
     /// Removes a VIP's entry; one that is gone already is no error, so a
-    /// removal cut short can be retried.
+    /// removal cut short can be retried. It leaves the index first, so that
+    /// no index slot outlives the VIP.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vip_index.remove(key)?;
         match self.vips.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if gone(&e) => Ok(()),
             Err(e) => Err(map_err(map_names::VIPS, "remove")(e)),
         }
     }

@@ -1,0 +1,180 @@
+//! `SLB_VIP_INDEX`, the array copy of `SLB_VIPS` the program reads first:
+//! that the program really reads it, trusts a slot only when its sequence
+//! lock says so, loses a removed VIP from it before the hash, and that a
+//! load over pins another run left puts it right before anything is
+//! attached. BPF_PROG_TEST_RUN on the real object, maps pinned so the test
+//! can write a slot as a torn or stale one would be. Needs root; CI runs it
+//! as root.
+
+use std::path::PathBuf;
+
+use aya::maps::{Array, Map, MapData};
+use lb_common::{VipInfo, VipKey, VipSlot, map_names, proto, vip_index};
+use lb_user::dataplane::{Dataplane, LoadOptions};
+use stickylb_tests::{
+    RIG_AFFINITY_CAPACITY, Rig, VIP, VIP_PORT, client, daemon::PinGuard, frame, require_root,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+fn pin_dir(test: &str) -> PinGuard {
+    PinGuard(PathBuf::from(format!(
+        "/sys/fs/bpf/slb-vipidx-{test}-{}",
+        std::process::id()
+    )))
+}
+
+/// The pinned index, opened as another process would.
+fn index(pin: &PinGuard) -> Array<MapData, VipSlot> {
+    let data = MapData::from_pin(pin.0.join(map_names::VIP_INDEX)).expect("SLB_VIP_INDEX pinned");
+    Array::try_from(Map::Array(data)).expect("an array of VipSlot")
+}
+
+fn slot_at(pin: &PinGuard, i: u32) -> VipSlot {
+    index(pin).get(&i, 0).unwrap()
+}
+
+fn write_slot(pin: &PinGuard, i: u32, slot: VipSlot) {
+    index(pin).set(i, slot, 0).unwrap();
+}
+
+/// What the program does with a new client's SYN to `port` of the VIP
+/// address (forwarded unpinned if it is a VIP with a table).
+fn new_client_to(rig: &mut Rig, n: u32, port: u16) -> u32 {
+    rig.run(&frame::tcp_syn(client(n), 40000, VIP, port)).0
+}
+
+#[test]
+fn the_program_reads_the_vips_slot_and_uses_the_hash_when_the_slot_is_in_doubt() {
+    require_root();
+    let pin = pin_dir("read");
+    let mut rig = Rig::pinned(3, &pin.0);
+    let i = rig
+        .dp
+        .vip_index_slot(&rig.vip_key)
+        .expect("set_vip gave the VIP a slot");
+    let placed = slot_at(&pin, i);
+    assert_eq!((placed.key, placed.info), (rig.vip_key, rig.vip));
+    assert_eq!(placed.seq & 1, 0, "left odd: {placed:?}");
+    assert!(vip_index::in_window(rig.vip_key.word(), i));
+    assert_eq!(new_client_to(&mut rig, 1, VIP_PORT), XDP_TX);
+
+    // The same VIP in the slot without a table (SLB_VIPS keeps its table):
+    // a new client has no backend, so the program read the slot.
+    let no_table = VipInfo {
+        ring_size: 0,
+        ..rig.vip
+    };
+    write_slot(
+        &pin,
+        i,
+        VipSlot {
+            info: no_table,
+            ..placed
+        },
+    );
+    assert_eq!(new_client_to(&mut rig, 2, VIP_PORT), XDP_DROP);
+
+    // The slot in the middle of a rewrite (odd): SLB_VIPS decides.
+    write_slot(
+        &pin,
+        i,
+        VipSlot {
+            seq: placed.seq | 1,
+            info: no_table,
+            ..placed
+        },
+    );
+    assert_eq!(new_client_to(&mut rig, 3, VIP_PORT), XDP_TX);
+
+    // Another key in the VIP's slot: not the VIP's entry, SLB_VIPS decides.
+    let other = VipKey::new(VIP, VIP_PORT + 1, proto::TCP);
+    write_slot(
+        &pin,
+        i,
+        VipSlot {
+            key: other,
+            info: no_table,
+            ..placed
+        },
+    );
+    assert_eq!(new_client_to(&mut rig, 4, VIP_PORT), XDP_TX);
+}
+
+#[test]
+fn a_removed_vip_leaves_the_index_and_its_frames_are_passed() {
+    require_root();
+    let pin = pin_dir("remove");
+    let mut rig = Rig::pinned(3, &pin.0);
+    let i = rig.dp.vip_index_slot(&rig.vip_key).expect("placed");
+    let key = rig.vip_key;
+    rig.dp.remove_vip(&key).unwrap();
+    assert_eq!(rig.dp.vip_index_slot(&key), None);
+    let cleared = slot_at(&pin, i);
+    assert!(cleared.is_empty() && cleared.seq & 1 == 0, "{cleared:?}");
+    assert_eq!(new_client_to(&mut rig, 1, VIP_PORT), XDP_PASS);
+    // Removing it again is no error, and putting it back gives it a slot.
+    rig.dp.remove_vip(&key).unwrap();
+    rig.dp.set_vip(key, rig.vip).unwrap();
+    assert!(rig.dp.vip_index_slot(&key).is_some());
+    assert_eq!(new_client_to(&mut rig, 2, VIP_PORT), XDP_TX);
+}
+
+#[test]
+fn a_load_over_pins_clears_stale_slots_before_the_program_runs() {
+    require_root();
+    let pin = pin_dir("stale");
+    let mut rig = Rig::pinned(3, &pin.0);
+    let own = rig.dp.vip_index_slot(&rig.vip_key).expect("placed");
+    let placed = slot_at(&pin, own);
+
+    // What another run could leave: a slot for a VIP SLB_VIPS no longer
+    // holds (here port 81), and the VIP's own slot with older info.
+    let gone = VipKey::new(VIP, VIP_PORT + 1, proto::TCP);
+    let gone_home = vip_index::home(gone.word());
+    let gone_slot = (0..vip_index::PROBES)
+        .map(|p| vip_index::slot(gone_home, p))
+        .find(|&s| s != own)
+        .unwrap();
+    write_slot(
+        &pin,
+        gone_slot,
+        VipSlot {
+            seq: 2,
+            _pad: 0,
+            key: gone,
+            info: rig.vip,
+        },
+    );
+    write_slot(
+        &pin,
+        own,
+        VipSlot {
+            info: VipInfo {
+                ring_size: 0,
+                ..rig.vip
+            },
+            ..placed
+        },
+    );
+    // Both are live for the program loaded now: the stale slots matter.
+    assert_eq!(new_client_to(&mut rig, 1, VIP_PORT + 1), XDP_TX);
+    assert_eq!(new_client_to(&mut rig, 2, VIP_PORT), XDP_DROP);
+
+    // A second load over the same pins (as a restarted daemon does).
+    let mut again = Dataplane::load(&LoadOptions {
+        affinity_capacity: RIG_AFFINITY_CAPACITY,
+        pin_dir: Some(pin.0.clone()),
+    })
+    .expect("load over the pins");
+    let g = slot_at(&pin, gone_slot);
+    assert!(g.is_empty() && g.seq & 1 == 0, "stale slot kept: {g:?}");
+    let i = again.vip_index_slot(&rig.vip_key).expect("the VIP placed");
+    let s = slot_at(&pin, i);
+    assert_eq!((s.key, s.info, s.seq & 1), (rig.vip_key, rig.vip, 0));
+    let syn = |n: u32, port: u16| frame::tcp_syn(client(n), 40000, VIP, port);
+    assert_eq!(again.test_run(&syn(3, VIP_PORT + 1)).unwrap().0, XDP_PASS);
+    assert_eq!(again.test_run(&syn(4, VIP_PORT)).unwrap().0, XDP_TX);
+}
