@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use stickylb_tests::{
-    bench::{Ctx, Section, live_rate, wrapped, xdp_cost},
+    bench::{Ctx, Section, live_rate, profile, wrapped, xdp_cost},
     require_root,
 };
 
@@ -99,6 +99,18 @@ fn xdp_cost_wrapped_and_live_rate_produce_figures() {
         .expect("memory per client");
     // At least the key and value the map holds for each client.
     assert!(per_client >= 32.0, "bytes per client {per_client}");
+
+    // The profile: perf saw stickylb's JIT code and the affinity table's
+    // lookup, and every sample is accounted for.
+    let s = profile::run(&ctx).unwrap_or_else(|e| panic!("profile: {e}"));
+    check_shape(&s);
+    let hit = &s.json["stickylb_hit"];
+    let groups = hit["groups"].as_object().expect("groups");
+    let share = |g: &str| groups.get(g).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    assert!(share("the program's own JIT code") > 1.0, "{hit}");
+    assert!(share("hash map lookups (helper calls)") > 1.0, "{hit}");
+    let total: f64 = groups.values().filter_map(|v| v.as_f64()).sum();
+    assert!((total - 100.0).abs() < 2.0, "shares sum to {total}: {hit}");
 
     let s = live_rate::run(&ctx).unwrap_or_else(|e| panic!("live_rate: {e}"));
     check_shape(&s);

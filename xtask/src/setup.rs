@@ -43,6 +43,9 @@ pub const PACKAGES: &[&str] = &[
     "systemd",
     // promtool, which checks docs/prometheus/ (tests/tests/observability.rs).
     "prometheus",
+    // perf, which the bench's profile section (tests/src/bench/profile.rs)
+    // records with; its smoke run is part of the tests.
+    "linux-perf",
 ];
 
 /// What `cargo xtask bench` compares stickylb with, and drives it with.

@@ -7,6 +7,7 @@ pub mod control_plane;
 pub mod live_rate;
 pub mod objects;
 pub mod plot;
+pub mod profile;
 pub mod report;
 pub mod sync;
 pub mod tcp_http;

@@ -1,4 +1,4 @@
-//! `slb-bench [--quick] [--only xdp,wrap,live,tcp,control,sync] [--out DIR] [--json FILE]`:
+//! `slb-bench [--quick] [--only xdp,wrap,profile,live,tcp,control,sync] [--out DIR] [--json FILE]`:
 //! runs stickylb's benchmarks and writes the report (`DIR/benchmarks.md`,
 //! default docs/) and raw results (default `DIR/benchmarks.json`). Run through
 //! `cargo xtask bench`, which installs the tools it needs first.
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             "--json" => json = args.next().map(PathBuf::from).or(json),
             other => {
                 eprintln!(
-                    "slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,wrap,live,tcp,control,sync] [--out DIR] [--json FILE]"
+                    "slb-bench: unknown argument {other:?}; usage: slb-bench [--quick] [--only xdp,wrap,profile,live,tcp,control,sync] [--out DIR] [--json FILE]"
                 );
                 return ExitCode::from(2);
             }
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         backend_bin: exe_dir.join("slb-backend"),
     };
     type Run = fn(&Ctx) -> Result<Section, String>;
-    let all: [(&str, &str, Run); 6] = [
+    let all: [(&str, &str, Run); 7] = [
         (
             "xdp",
             "Per-packet cost of the XDP program",
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             "Per-packet cost of every path, behind a timing wrapper",
             bench::wrapped::run,
         ),
+        ("profile", bench::profile::TITLE, bench::profile::run),
         (
             "live",
             "Live forwarding rate on veth",
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
         .find(|k| !all.iter().any(|(key, ..)| key == k))
     {
         eprintln!(
-            "slb-bench: --only {unknown:?}: not a section (xdp, wrap, live, tcp, control, sync)"
+            "slb-bench: --only {unknown:?}: not a section (xdp, wrap, profile, live, tcp, control, sync)"
         );
         return ExitCode::from(2);
     }
