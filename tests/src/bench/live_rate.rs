@@ -24,12 +24,20 @@
 
 use std::{
     net::Ipv4Addr,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Barrier,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
-use bench_ebpf::{GenConfig, sink_counter};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use bench_ebpf::{GenConfig, map_names, program_names, sink_counter};
 use lb_common::{
     DEFAULT_AFFINITY_TIMEOUT_NS, DEFAULT_GUE_PORT, DEFAULT_TUNNEL_TTL, ForwardingMode,
     IPIP_OVERHEAD, TunnelSettings, VipKey, VipStats, global_counter, proto,
@@ -39,7 +47,7 @@ use serde_json::json;
 
 use super::{
     Ctx, Plot, Section, Table,
-    objects::{RefProgram, Reference},
+    objects::{self, RefProgram, Reference},
     plot, progress,
     xdp_cost::{
         FRAME_LEN, Lb, VIP_PORT, VipSpec, XDP_TX, client_addr, err, pin_to_last_cpu, udp64,
@@ -96,10 +104,46 @@ impl Knobs {
     }
 }
 
+/// The sink, loaded here rather than as a `RefProgram` (which only sums its
+/// counters): the scaling case needs them CPU by CPU.
+struct Sink(Ebpf);
+
+impl Sink {
+    /// Loads the sink and attaches it in driver mode to `iface` of the
+    /// calling thread's namespace, for as long as it lives.
+    fn attach(iface: &str) -> Result<Self, String> {
+        let mut ebpf = Ebpf::load(objects::SINK).map_err(err("load the sink"))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(program_names::SINK)
+            .ok_or("the sink's object has no sink program")?
+            .try_into()
+            .map_err(err("the sink's program"))?;
+        prog.load().map_err(err("load the sink"))?;
+        prog.attach(iface, XdpMode::Driver)
+            .map_err(err(format!("attach the sink to {iface} (driver mode)")))?;
+        Ok(Self(ebpf))
+    }
+
+    /// Counter `index` (`sink_counter::*`) of every possible CPU, by CPU
+    /// number.
+    fn per_cpu(&self, index: u32) -> Result<Vec<u64>, String> {
+        let map = self
+            .0
+            .map(map_names::SINK_COUNT)
+            .ok_or("the sink has no counter map")?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(err("open the sink's counters"))?;
+        let values = arr
+            .get(&index, 0)
+            .map_err(err("read the sink's counters"))?;
+        Ok(values.to_vec())
+    }
+}
+
 /// The two namespaces and the sink. Field order is drop order: the sink is
 /// detached, then the namespaces (and with them the veth pair) deleted.
 struct Wire {
-    sink: RefProgram,
+    sink: Sink,
     gen_ifindex: u32,
     /// l0's index in the LB's namespace.
     lb_ifindex: u32,
@@ -110,7 +154,8 @@ struct Wire {
 }
 
 impl Wire {
-    fn up() -> Result<Self, String> {
+    /// `queues`: the tx and rx queues of each end of the veth pair.
+    fn up(queues: u32) -> Result<Self, String> {
         let id = format!(
             "slbr{}x{}",
             std::process::id() % 100_000,
@@ -124,12 +169,17 @@ impl Wire {
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
             ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         }
+        let q = queues.to_string();
         gen_ns.ip(&[
             "link",
             "add",
             "g0",
             "address",
             &mac_str(GEN_MAC),
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
             "type",
             "veth",
             "peer",
@@ -137,6 +187,10 @@ impl Wire {
             "l0",
             "address",
             &mac_str(LB_MAC),
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
             "netns",
             &lb.name,
         ])?;
@@ -156,11 +210,8 @@ impl Wire {
         ])?;
         lb.sysctl("net.ipv4.conf.l0.forwarding", "1")?;
         let lb_ifindex = lb.enter(|| ifindex(c"l0"))?;
-        let (sink, gen_ifindex) = gen_ns.enter(|| -> Result<(RefProgram, u32), String> {
-            let mut sink = RefProgram::load(Reference::Sink).map_err(err("load the sink"))?;
-            sink.attach("g0", AttachMode::Driver)
-                .map_err(err("attach the sink to g0 (driver mode)"))?;
-            Ok((sink, ifindex(c"g0")?))
+        let (sink, gen_ifindex) = gen_ns.enter(|| -> Result<(Sink, u32), String> {
+            Ok((Sink::attach("g0")?, ifindex(c"g0")?))
         })?;
         Ok(Self {
             sink,
@@ -174,15 +225,8 @@ impl Wire {
 
     /// Frames and bytes the sink received.
     fn sink_counts(&self) -> Result<(u64, u64), String> {
-        self.sink
-            .sink_counts()
-            .map(|c| {
-                (
-                    c[sink_counter::FRAMES as usize],
-                    c[sink_counter::BYTES as usize],
-                )
-            })
-            .map_err(err("read the sink's counters"))
+        let sum = |i| self.sink.per_cpu(i).map(|v| v.iter().sum());
+        Ok((sum(sink_counter::FRAMES)?, sum(sink_counter::BYTES)?))
     }
 
     /// Runs the generator in live-frames mode on g0 (from a thread in the
@@ -205,6 +249,95 @@ impl Wire {
                 .map_err(err("BPF_PROG_TEST_RUN live frames on g0"))?;
             Ok((g, t.elapsed(), per_frame))
         })
+    }
+
+    /// One live-frames call of `frames` frames on g0 by each of the first
+    /// `cpus.len()` generators, `gens[i]` from a thread of its own pinned to
+    /// `cpus[i]`, all started together. All the generators back, the
+    /// kernel's mean time per frame of each call (in the order of `cpus`),
+    /// and the time from the first call's start to the last one's end.
+    fn generate_on(
+        &self,
+        mut gens: Vec<RefProgram>,
+        cpus: &[usize],
+        frame: &[u8],
+        frames: u32,
+    ) -> Result<(Vec<RefProgram>, Vec<Duration>, Duration), String> {
+        if gens.len() < cpus.len() {
+            return Err(format!("{} generators for {} CPUs", gens.len(), cpus.len()));
+        }
+        let ifindex = self.gen_ifindex;
+        let frame = frame.to_vec();
+        let idle = gens.split_off(cpus.len());
+        let cpus = cpus.to_vec();
+        // Threads spawned in the namespace stay in it.
+        self.gen_ns.enter(move || {
+            let start = Barrier::new(cpus.len());
+            let done = thread::scope(|s| {
+                let threads: Vec<_> = gens
+                    .into_iter()
+                    .zip(cpus)
+                    .map(|(mut g, cpu)| {
+                        let (start, frame) = (&start, &frame);
+                        s.spawn(move || {
+                            let pinned = pin_to(cpu);
+                            // Every thread reaches the barrier, pinned or not,
+                            // or the others would wait for ever.
+                            start.wait();
+                            pinned?;
+                            let t = Instant::now();
+                            let per_frame =
+                                g.run_live(frame, ifindex, frames, BATCH)
+                                    .map_err(err(format!(
+                                        "BPF_PROG_TEST_RUN live frames on g0 from CPU {cpu}"
+                                    )))?;
+                            Ok::<_, String>((g, per_frame, t, Instant::now()))
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .map_err(|_| "a generator thread panicked".to_string())?
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })?;
+            let first = done.iter().map(|d| d.2).min().ok_or("no generator")?;
+            let last = done.iter().map(|d| d.3).max().ok_or("no generator")?;
+            let per_frame = done.iter().map(|d| d.1).collect();
+            let mut gens: Vec<RefProgram> = done.into_iter().map(|d| d.0).collect();
+            gens.extend(idle);
+            Ok((gens, per_frame, last - first))
+        })
+    }
+
+    /// Frames the sink received on each CPU, by CPU number.
+    fn sink_frames_per_cpu(&self) -> Result<Vec<u64>, String> {
+        self.sink.per_cpu(sink_counter::FRAMES)
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> Result<(), String> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within
+    // it for any cpu < CPU_SETSIZE (checked); sched_setaffinity(0) affects
+    // this thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(format!("no CPU {cpu}"));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "pin a generator thread to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        ))
     }
 }
 
@@ -462,6 +595,47 @@ fn settle(wire: &Wire) -> Result<(u64, u64), String> {
     Ok(last)
 }
 
+/// That the frames of a timed run took the path measured: every frame at
+/// the sink (`sink`: frames and bytes received) has the length of the
+/// forwarder's output (encapsulated or not), stickylb (`lb`: its VIP
+/// counters and its frames passed to the stack during the run) forwarded
+/// frames and dropped and passed none, and most generated frames arrived.
+fn check_path(
+    subject: Subject,
+    generated: u64,
+    (frames_in, bytes_in): (u64, u64),
+    lb: Option<(VipStats, u64)>,
+) -> Result<(), String> {
+    if frames_in == 0 || bytes_in != frames_in * subject.frame_len_out() {
+        return Err(format!(
+            "{}: the sink received {frames_in} frames of {bytes_in} bytes, not {} bytes each",
+            subject.name(),
+            subject.frame_len_out()
+        ));
+    }
+    if let Some((d, passed_by_lb)) = &lb
+        && (d.packets == 0 || drops(d) != 0 || *passed_by_lb != 0)
+    {
+        return Err(format!(
+            "{}: stickylb forwarded {} frames, dropped {} ({d:?}) and passed {passed_by_lb} \
+             to the stack",
+            subject.name(),
+            d.packets,
+            drops(d)
+        ));
+    }
+    // The wire loses no frame when it works (all of it runs in one softirq,
+    // see the method): most of them lost means the frames did not take the
+    // path measured (and the figures would mean nothing).
+    if frames_in * 2 < generated {
+        return Err(format!(
+            "{}: only {frames_in} of {generated} generated frames reached the sink",
+            subject.name()
+        ));
+    }
+    Ok(())
+}
+
 fn one_case(
     wire: &Wire,
     gen_prog: RefProgram,
@@ -516,39 +690,14 @@ fn one_case(
             "the generator ran {generated} times for {frames} frames asked"
         ));
     }
-    let passed_by_lb = v0.zip(v1).map(|(a, b)| b.1 - a.1);
     let d = v0.zip(v1).map(|(a, b)| b.0.since(&a.0));
     let (frames_in, bytes_in) = (s1.0 - s0.0, s1.1 - s0.1);
-    // That the frames took the path measured: every frame at the sink has
-    // the length of the forwarder's output (encapsulated or not), and
-    // stickylb forwarded frames and dropped none.
-    if frames_in == 0 || bytes_in != frames_in * subject.frame_len_out() {
-        return Err(format!(
-            "{}: the sink received {frames_in} frames of {bytes_in} bytes, not {} bytes each",
-            subject.name(),
-            subject.frame_len_out()
-        ));
-    }
-    if let Some(d) = &d
-        && (d.packets == 0 || drops(d) != 0 || passed_by_lb != Some(0))
-    {
-        return Err(format!(
-            "{}: stickylb forwarded {} frames, dropped {} ({d:?}) and passed {passed_by_lb:?} \
-             to the stack",
-            subject.name(),
-            d.packets,
-            drops(d)
-        ));
-    }
-    // The wire loses no frame when it works (all of it runs in one softirq,
-    // see the method): most of them lost means the frames did not take the
-    // path measured (and the figures would mean nothing).
-    if frames_in * 2 < generated {
-        return Err(format!(
-            "{}: only {frames_in} of {generated} generated frames reached the sink",
-            subject.name()
-        ));
-    }
+    check_path(
+        subject,
+        generated,
+        (frames_in, bytes_in),
+        v0.zip(v1).map(|(a, b)| (b.0.since(&a.0), b.1 - a.1)),
+    )?;
     Ok((
         g,
         Run {
@@ -569,7 +718,7 @@ fn one_case(
 
 fn measure(k: &Knobs) -> Result<Vec<Run>, String> {
     progress("live: building the veth pair and loading the sink");
-    let wire = Wire::up()?;
+    let wire = Wire::up(1)?;
     let mut g = RefProgram::load(Reference::Gen).map_err(err("load the generator"))?;
     let mut runs = Vec::new();
     for &n in k.clients {
@@ -582,6 +731,262 @@ fn measure(k: &Knobs) -> Result<Vec<Run>, String> {
     Ok(runs)
 }
 
+/// The two CPUs of the scaling case. veth's XDP transmit queues a frame on
+/// the peer's rx queue numbered by the sending CPU modulo the queue count,
+/// and schedules that queue's NAPI on the sending CPU: with two queues, a
+/// frame generated on CPU 0 or 1 is forwarded and sunk on that CPU, on a
+/// queue of its own.
+const SCALING_CPUS: [usize; 2] = [0, 1];
+/// The length of every timed run of the scaling case (three per
+/// forwarder), in quick and full mode alike: it stays a few seconds.
+const SCALING_SECS: f64 = 1.0;
+/// As many clients as the smallest count of the main table.
+const SCALING_CLIENTS: u32 = 1_000;
+const SCALING_SUBJECTS: [Subject; 2] = [Subject::Floor, Subject::Stickylb(ForwardingMode::Dsr)];
+/// The least share of the frames each CPU must have handled in the
+/// two-core run for it to count as one (an even split is 50 %).
+const MIN_CPU_SHARE: f64 = 0.25;
+
+/// One timed run of the scaling case.
+struct ScaleRun {
+    /// The generator threads' CPUs.
+    cpus: Vec<usize>,
+    generated: u64,
+    received: u64,
+    /// Frames the sink received on each of `SCALING_CPUS`.
+    on_cpu: [u64; 2],
+    seconds: f64,
+    /// The kernel's mean time per frame of each thread's call. It counts
+    /// only the time the call was on its CPU (it stops its clock when it
+    /// yields the CPU), and the forwarding and the sink too (they run in
+    /// the softirq the call raises, within its clock).
+    kernel_ns_per_frame: Vec<f64>,
+}
+
+impl ScaleRun {
+    fn mpps(&self) -> f64 {
+        self.received as f64 / self.seconds / 1e6
+    }
+
+    /// The rate had each thread had its CPU to itself: the sum of the
+    /// threads' rates by the kernel's clock, times the fraction received.
+    fn on_cpu_mpps(&self) -> f64 {
+        let generated: f64 = self
+            .kernel_ns_per_frame
+            .iter()
+            .map(|ns| 1e3 / ns.max(1.0))
+            .sum();
+        generated * self.received as f64 / self.generated.max(1) as f64
+    }
+
+    fn share(&self, i: usize) -> f64 {
+        self.on_cpu[i] as f64 / self.received.max(1) as f64
+    }
+
+    fn loss_pct(&self) -> f64 {
+        self.generated.saturating_sub(self.received) as f64 * 100.0 / self.generated.max(1) as f64
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "generator_cpus": self.cpus,
+            "generated": self.generated,
+            "received_at_sink": self.received,
+            "received_per_cpu": self.on_cpu,
+            "cpu_shares": [self.share(0), self.share(1)],
+            "seconds": self.seconds,
+            "mpps_at_sink": self.mpps(),
+            "on_cpu_mpps": self.on_cpu_mpps(),
+            "kernel_ns_per_generated_frame": self.kernel_ns_per_frame,
+            "loss_pct": self.loss_pct(),
+        })
+    }
+}
+
+/// One forwarder on one core (each of the two in turn) and on both.
+struct Scaling {
+    subject: Subject,
+    /// On `SCALING_CPUS[0]`, then on `SCALING_CPUS[1]`.
+    one: [ScaleRun; 2],
+    two: ScaleRun,
+    /// The 1-minute load average after the runs: how much else wanted the
+    /// CPUs meanwhile.
+    load_1min: Option<f64>,
+}
+
+impl Scaling {
+    /// The one-core rate: the mean of the two CPUs', so that a CPU busier
+    /// with other work than the other weighs on both sides of the ratio.
+    fn mpps_1c(&self) -> f64 {
+        (self.one[0].mpps() + self.one[1].mpps()) / 2.0
+    }
+
+    fn ratio(&self) -> f64 {
+        self.two.mpps() / self.mpps_1c()
+    }
+
+    fn on_cpu_1c(&self) -> f64 {
+        (self.one[0].on_cpu_mpps() + self.one[1].on_cpu_mpps()) / 2.0
+    }
+
+    fn on_cpu_ratio(&self) -> f64 {
+        self.two.on_cpu_mpps() / self.on_cpu_1c()
+    }
+}
+
+/// The scaling case, on a wire of its own with two queues per end: each
+/// forwarder on one core (one generator thread, all the clients), then on
+/// two (two threads started together, each with half of the clients, as
+/// RSS keeps a client on one CPU). `None` on a machine with one CPU.
+fn measure_scaling() -> Result<Option<Vec<Scaling>>, String> {
+    if thread::available_parallelism().map_or(1, |n| n.get()) < SCALING_CPUS.len() {
+        return Ok(None);
+    }
+    progress("live: building a veth pair with 2 queues for the scaling case");
+    let wire = Wire::up(SCALING_CPUS.len() as u32)?;
+    let mut gens = (0..SCALING_CPUS.len())
+        .map(|_| RefProgram::load(Reference::Gen).map_err(err("load a generator")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for subject in SCALING_SUBJECTS {
+        let (g2, sc) = scaling_case(&wire, gens, subject)?;
+        gens = g2;
+        out.push(sc);
+    }
+    Ok(Some(out))
+}
+
+/// The 1-minute load average (`/proc/loadavg`), if readable.
+fn load_1min() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn scaling_case(
+    wire: &Wire,
+    mut gens: Vec<RefProgram>,
+    subject: Subject,
+) -> Result<(Vec<RefProgram>, Scaling), String> {
+    progress(format!(
+        "live: {} on 1 core, then 2 ({SCALING_CLIENTS} clients, 3 × {SCALING_SECS} s)",
+        subject.name()
+    ));
+    // Affinity capacity as in the quick runs: 1k clients need little.
+    let fwd = attach(wire, subject, &Knobs::new(true))?;
+    let config = |base: u32, clients: u32| GenConfig {
+        dst_mac: LB_MAC,
+        src_mac: GEN_MAC,
+        client_base: client_addr(base),
+        clients,
+    };
+    let frame = udp64(GEN_MAC, LB_MAC, client_addr(0), VIP, VIP_PORT);
+    // One timed run: `clients[i]` (base, count) for the generator on
+    // `cpus[i]`; checks the path and, on two cores, that each did its part.
+    let timed = |gens: Vec<RefProgram>,
+                 cpus: &[usize],
+                 clients: &[(u32, u32)],
+                 frames: u32|
+     -> Result<(Vec<RefProgram>, ScaleRun), String> {
+        let mut gens = gens;
+        for (g, &(base, n)) in gens.iter_mut().zip(clients) {
+            g.set_gen_config(config(base, n))
+                .map_err(err("configure a generator"))?;
+        }
+        let gen_count = |gens: &[RefProgram]| -> Result<u64, String> {
+            gens.iter()
+                .map(|g| g.gen_count().map_err(err("read a generator's count")))
+                .sum()
+        };
+        let lb_counts = || match &fwd {
+            Forwarder::Stickylb(lb) => Ok(Some((lb.stats(0)?, passed(lb)?))),
+            Forwarder::Reference { .. } => Ok::<_, String>(None),
+        };
+        let s0 = settle(wire)?;
+        let (c0, g0, v0) = (wire.sink_frames_per_cpu()?, gen_count(&gens)?, lb_counts()?);
+        let n = cpus.len();
+        let (gens, per_frame, span) = wire.generate_on(gens, cpus, &frame, frames)?;
+        let s1 = settle(wire)?;
+        let (c1, g1, v1) = (wire.sink_frames_per_cpu()?, gen_count(&gens)?, lb_counts()?);
+        let generated = g1 - g0;
+        let asked = u64::from(frames) * n as u64;
+        if generated != asked {
+            return Err(format!(
+                "{}: the generators ran {generated} times for {asked} frames asked",
+                subject.name()
+            ));
+        }
+        let sink = (s1.0 - s0.0, s1.1 - s0.1);
+        check_path(
+            subject,
+            generated,
+            sink,
+            v0.zip(v1).map(|(a, b)| (b.0.since(&a.0), b.1 - a.1)),
+        )?;
+        let on = |i: usize| {
+            let cpu = SCALING_CPUS[i];
+            c1.get(cpu).zip(c0.get(cpu)).map_or(0, |(b, a)| b - a)
+        };
+        let run = ScaleRun {
+            cpus: cpus.to_vec(),
+            generated,
+            received: sink.0,
+            on_cpu: [on(0), on(1)],
+            seconds: span.as_secs_f64(),
+            kernel_ns_per_frame: per_frame.iter().map(|d| d.as_nanos() as f64).collect(),
+        };
+        if n > 1 && (0..2).any(|i| run.share(i) < MIN_CPU_SHARE) {
+            return Err(format!(
+                "{} on {n} cores: the sink received {:.1} % of the frames on CPU {} and {:.1} % \
+                 on CPU {} (each must have at least {:.0} %): the frames did not spread over \
+                 both CPUs",
+                subject.name(),
+                run.share(0) * 100.0,
+                SCALING_CPUS[0],
+                run.share(1) * 100.0,
+                SCALING_CPUS[1],
+                MIN_CPU_SHARE * 100.0
+            ));
+        }
+        Ok((gens, run))
+    };
+
+    // Warm-up, every client at least once, then a short run to size the
+    // timed ones: one core, all the clients, as in the main table.
+    gens[0]
+        .set_gen_config(config(0, SCALING_CLIENTS))
+        .map_err(err("configure a generator"))?;
+    let one = &SCALING_CPUS[..1];
+    let (gens, _, _) = wire.generate_on(gens, one, &frame, 100_000)?;
+    let (gens, per_frame, _) = wire.generate_on(gens, one, &frame, 300_000)?;
+    let ns = (per_frame[0].as_nanos() as f64).max(1.0);
+    let frames = (SCALING_SECS * 1e9 / ns).clamp(100_000.0, f64::from(u32::MAX / 4)) as u32;
+
+    let all = [(0, SCALING_CLIENTS)];
+    let (gens, one_a) = timed(gens, &SCALING_CPUS[..1], &all, frames)?;
+    let (gens, one_b) = timed(gens, &SCALING_CPUS[1..], &all, frames)?;
+    let half = SCALING_CLIENTS / 2;
+    let (gens, two) = timed(
+        gens,
+        &SCALING_CPUS,
+        &[(0, half), (half, SCALING_CLIENTS - half)],
+        frames,
+    )?;
+    drop(fwd);
+    Ok((
+        gens,
+        Scaling {
+            subject,
+            one: [one_a, one_b],
+            two,
+            load_1min: load_1min(),
+        },
+    ))
+}
+
 fn clients_label(n: u32) -> String {
     if n >= 1_000_000 {
         format!("{}M", n / 1_000_000)
@@ -590,9 +995,126 @@ fn clients_label(n: u32) -> String {
     }
 }
 
+/// The scaling case's table, JSON and headline.
+fn scaling_report(sc: &[Scaling]) -> Result<(Table, serde_json::Value, String), String> {
+    let get = |s: Subject| {
+        sc.iter()
+            .find(|r| r.subject == s)
+            .ok_or_else(|| format!("no scaling run of {}", s.name()))
+    };
+    let (lb, floor) = (
+        get(Subject::Stickylb(ForwardingMode::Dsr))?,
+        get(Subject::Floor)?,
+    );
+    let [c0, c1] = SCALING_CPUS;
+    let mut table = Table {
+        title: format!(
+            "Scaling with cores: Mpps received at the sink, {} clients, veth with 2 queues \
+             (each CPU runs generator + program under test + sink)",
+            clients_label(SCALING_CLIENTS)
+        ),
+        headers: vec![
+            "forwarder".into(),
+            format!("1 core: CPU {c0} / CPU {c1}"),
+            "1 core (mean)".into(),
+            format!("2 cores (CPUs {c0} + {c1})"),
+            "2 cores ÷ 1 core".into(),
+            "on-CPU: 1 core (mean)".into(),
+            "on-CPU: 2 cores".into(),
+            "on-CPU: 2 cores ÷ 1 core".into(),
+            format!("2 cores: share of CPU {c0} / CPU {c1}"),
+            "2 cores ÷ floor forwarder on 2 cores".into(),
+            "loss on 2 cores".into(),
+            "load average (1 min)".into(),
+        ],
+        rows: Vec::new(),
+    };
+    for r in [floor, lb] {
+        table.rows.push(vec![
+            r.subject.name().into(),
+            format!("{:.2} / {:.2}", r.one[0].mpps(), r.one[1].mpps()),
+            format!("{:.2}", r.mpps_1c()),
+            format!("{:.2}", r.two.mpps()),
+            format!("{:.2}×", r.ratio()),
+            format!("{:.2}", r.on_cpu_1c()),
+            format!("{:.2}", r.two.on_cpu_mpps()),
+            format!("{:.2}×", r.on_cpu_ratio()),
+            format!(
+                "{:.0} % / {:.0} %",
+                r.two.share(0) * 100.0,
+                r.two.share(1) * 100.0
+            ),
+            if r.subject == Subject::Floor {
+                "–".into()
+            } else {
+                format!("{:.2}×", r.two.mpps() / floor.two.mpps())
+            },
+            format!("{:.2} %", r.two.loss_pct()),
+            r.load_1min
+                .map_or_else(|| "–".into(), |l| format!("{l:.1}")),
+        ]);
+    }
+    let runs = |r: &Scaling| {
+        json!({
+            "one_core": [r.one[0].json(), r.one[1].json()],
+            "two_cores": r.two.json(),
+            "load_1min_after": r.load_1min,
+        })
+    };
+    let json = json!({
+        "clients": SCALING_CLIENTS,
+        "queues": SCALING_CPUS.len(),
+        "cpus": SCALING_CPUS,
+        "seconds_per_run": SCALING_SECS,
+        "min_cpu_share": MIN_CPU_SHARE,
+        "stickylb_1c_mpps": lb.mpps_1c(),
+        "stickylb_2c_mpps": lb.two.mpps(),
+        "stickylb_ratio_2c_1c": lb.ratio(),
+        "stickylb_2c_cpu_shares": [lb.two.share(0), lb.two.share(1)],
+        "floor_1c_mpps": floor.mpps_1c(),
+        "floor_2c_mpps": floor.two.mpps(),
+        "floor_ratio_2c_1c": floor.ratio(),
+        "floor_2c_cpu_shares": [floor.two.share(0), floor.two.share(1)],
+        "stickylb_2c_over_floor_2c": lb.two.mpps() / floor.two.mpps(),
+        "stickylb_on_cpu_1c_mpps": lb.on_cpu_1c(),
+        "stickylb_on_cpu_2c_mpps": lb.two.on_cpu_mpps(),
+        "stickylb_on_cpu_ratio_2c_1c": lb.on_cpu_ratio(),
+        "floor_on_cpu_1c_mpps": floor.on_cpu_1c(),
+        "floor_on_cpu_2c_mpps": floor.two.on_cpu_mpps(),
+        "floor_on_cpu_ratio_2c_1c": floor.on_cpu_ratio(),
+        "stickylb_runs": runs(lb),
+        "floor_runs": runs(floor),
+    });
+    let load = sc
+        .iter()
+        .filter_map(|r| r.load_1min)
+        .max_by(f64::total_cmp)
+        .map_or_else(String::new, |l| format!(", load average up to {l:.1}"));
+    let headline = format!(
+        "Live veth, 2 cores ÷ 1 core (veth with 2 queues, {} clients; goal ≥ 1.8×): stickylb DSR \
+         {:.2}× ({:.2} → {:.2} Mpps), floor forwarder {:.2}× ({:.2} → {:.2} Mpps); on-CPU \
+         (kernel-timed) {:.2}× and {:.2}×; stickylb on 2 cores = {:.2}× the floor forwarder on 2 \
+         cores (each CPU also runs the generator and the sink; {} CPUs shared with other \
+         work{load})",
+        clients_label(SCALING_CLIENTS),
+        lb.ratio(),
+        lb.mpps_1c(),
+        lb.two.mpps(),
+        floor.ratio(),
+        floor.mpps_1c(),
+        floor.two.mpps(),
+        lb.on_cpu_ratio(),
+        floor.on_cpu_ratio(),
+        lb.two.mpps() / floor.two.mpps(),
+        thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    Ok((table, json, headline))
+}
+
 pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let k = Knobs::new(ctx.quick);
     let runs = measure(&k)?;
+    let scaling = measure_scaling()?;
     let get = |s: Subject, n: u32| {
         runs.iter()
             .find(|r| r.subject == s && r.clients == n)
@@ -753,6 +1275,17 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         ));
     }
 
+    let mut tables = vec![summary, detail];
+    let scaling_json = match &scaling {
+        None => json!({ "skipped": "fewer than 2 CPUs" }),
+        Some(sc) => {
+            let (table, json, headline) = scaling_report(sc)?;
+            tables.push(table);
+            headlines.push(headline);
+            json
+        }
+    };
+
     let method = format!(
         "Two network namespaces joined by one veth pair, g0 (generator side) and l0 (load \
          balancer side), IPv6 off so that nothing else crosses the wire. The program under test \
@@ -802,7 +1335,32 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          affinity table; both write the same outer header, though floor-encap's frames are \
          always 20 bytes longer and GUE's 28). The wall time includes the kernel installing and removing \
          the XDP dispatcher around the call (two RCU grace periods, a few tens of ms, the same \
-         for every forwarder), so the rates are slightly conservative.",
+         for every forwarder), so the rates are slightly conservative.\n\n\
+         **Scaling with cores** (its own table; skipped on a machine with one CPU). A second pair \
+         of namespaces and veth pair, built the same way but with 2 tx and 2 rx queues on each \
+         end. veth's XDP transmit puts a frame on the peer's rx queue numbered by the sending CPU \
+         modulo the queue count and schedules that queue's NAPI on the sending CPU, so a frame \
+         generated on CPU {c0} or {c1} is forwarded by the program on l0 and counted by the sink \
+         on that same CPU, on a queue of its own. The floor forwarder, then stickylb DSR, with \
+         {sc_clients} clients (after the same warm-up and a sizing run on one core): one \
+         live-frames call from one thread pinned to CPU {c0}, then the same from CPU {c1} (1 core \
+         = the mean of the two rates, so that a CPU busier with other work weighs on both sides), \
+         then two threads pinned to CPUs {c0} and {c1}, released together by a barrier, each with \
+         one call of as many frames (sized to last about {sc_secs} s on one core) and half of the \
+         clients (disjoint halves, as RSS keeps a client on one CPU). 2 cores = all frames \
+         received / the time from the first call's start to the last one's end. The run is \
+         checked as above and also by the sink's per-CPU counters: each of the two CPUs must have \
+         received at least {share:.0} % of the frames, or the run is an error, not a figure. \
+         Each CPU runs the generator, the program under test and the sink, so the ratio is that \
+         of the whole path on each core, not of the load balancer alone. The wall-clock rate also \
+         counts how much of each CPU the scheduler gave the threads: on a machine whose cores \
+         other work shares (see the load average), a lone thread on one CPU may have it nearly to \
+         itself while two threads each share theirs, which pulls the ratio toward 1×. The on-CPU \
+         rate leaves that out: it is each thread's frames over the kernel's own clock of its call \
+         (BPF_PROG_TEST_RUN's duration, which stops while the call yields its CPU and includes \
+         the forwarding and the sink, run in the softirq the call raises), summed over the \
+         threads; its ratio shows whether the path itself scales (no shared state slowing the \
+         two CPUs down).",
         lb_addr = LB_ADDR,
         gw = GEN_ADDR,
         net = BACKEND_NET,
@@ -815,12 +1373,17 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             ""
         },
         secs = k.secs,
+        c0 = SCALING_CPUS[0],
+        c1 = SCALING_CPUS[1],
+        sc_clients = SCALING_CLIENTS,
+        sc_secs = SCALING_SECS,
+        share = MIN_CPU_SHARE * 100.0,
     );
 
     Ok(Section {
         title: "Live forwarding rate on veth".into(),
         method,
-        tables: vec![summary, detail],
+        tables,
         plots,
         json: json!({
             "seconds_per_run": k.secs,
@@ -834,6 +1397,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
                 "route": format!("{BACKEND_NET} via {GEN_ADDR} dev l0"),
             },
             "runs": json_runs,
+            "scaling": scaling_json,
         }),
         headlines,
     })
