@@ -9,6 +9,7 @@ pub mod objects;
 pub mod plot;
 pub mod report;
 pub mod sync;
+pub mod targets;
 pub mod tcp_http;
 pub mod wrapped;
 pub mod xdp_cost;

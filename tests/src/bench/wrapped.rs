@@ -901,7 +901,8 @@ fn new_client_row(
     Ok(())
 }
 
-fn count(n: u64) -> String {
+/// `n` with thousands separators.
+pub(super) fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
