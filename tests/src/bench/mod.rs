@@ -10,6 +10,7 @@ pub mod plot;
 pub mod profile;
 pub mod report;
 pub mod sync;
+pub mod targets;
 pub mod tcp_http;
 pub mod wrapped;
 pub mod xdp_cost;

@@ -151,12 +151,15 @@ pub fn splice(
         }
         let head = format!("\n## {}\n\n", s.title);
         block = block.replacen(&head, &format!("{head}{note}\n\n"), 1);
+        // Ends in exactly one newline: with the "\n## " of the section that
+        // follows it makes the blank line that closes its last table.
+        let block = format!("{}\n", block.trim_end_matches('\n'));
         let heading = format!("\n## {}\n", s.title);
         if let Some(at) = md.find(&heading) {
             let end = md[at + heading.len()..]
                 .find("\n## ")
                 .map_or(md.len(), |e| at + heading.len() + e);
-            md.replace_range(at..end, block.trim_end_matches('\n'));
+            md.replace_range(at..end, &block);
         } else {
             let later = order
                 .iter()
@@ -164,7 +167,7 @@ pub fn splice(
                 .skip(1)
                 .find_map(|t| md.find(&format!("\n## {t}\n")));
             match later {
-                Some(at) => md.insert_str(at, block.trim_end_matches('\n')),
+                Some(at) => md.insert_str(at, &block),
                 None => md += &block,
             }
         }
@@ -185,4 +188,52 @@ pub fn splice(
         serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Table;
+
+    fn section(title: &str, cell: &str) -> Section {
+        Section {
+            title: title.into(),
+            method: "method".into(),
+            tables: vec![Table {
+                title: String::new(),
+                headers: vec!["h".into()],
+                rows: vec![vec![cell.into()]],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn splice_keeps_a_blank_line_between_sections() {
+        let dir = std::env::temp_dir().join(format!("slb-report-{}", std::process::id()));
+        let json = dir.join("b.json");
+        let order = ["T", "A", "B"];
+        write(&dir, &json, &[section("A", "a1"), section("B", "b1")], true).unwrap();
+        // A replaced in place, T (new, first in order) put before A.
+        splice(
+            &dir,
+            &json,
+            &[section("T", "t2"), section("A", "a2")],
+            true,
+            "a",
+            &order,
+        )
+        .unwrap();
+        let md = fs::read_to_string(dir.join("benchmarks.md")).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let (t, a, b) = (
+            md.find("\n## T\n").expect("T"),
+            md.find("\n## A\n").expect("A"),
+            md.find("\n## B\n").expect("B"),
+        );
+        assert!(t < a && a < b, "{md}");
+        assert!(md.contains("| t2 |\n\n## A\n"), "{md}");
+        assert!(md.contains("| a2 |\n\n## B\n"), "{md}");
+        assert!(!md.contains("a1"), "{md}");
+    }
 }

@@ -4,16 +4,19 @@
 //! writes the client a mode asks for (the same one, a random one of N
 //! already in the table, a never-seen one) and tail-calls the program under
 //! test through a program array. Every program — stickylb, the floors, an
-//! XDP_PASS program — runs behind the same wrapper, so the wrapper's own
-//! cost (wrapper → XDP_PASS) is common to all and the ratios compare the
-//! programs. This replaces, for paths that change state (new clients) or
+//! XDP_PASS program — runs behind the same wrapper. The wrapper's own cost
+//! (wrapper → XDP_PASS) depends on its mode (a random or a new client costs
+//! it more than the same one), so each row's ratios are to the floors
+//! behind the wrapper in the row's own mode: the wrapper's work is on both
+//! sides and the ratios compare the programs. This replaces, for paths that change state (new clients) or
 //! should miss the caches (a random client of a big table), the many
 //! repeat-1 calls of `xdp_cost`, whose ~80 ns of syscall and timing
 //! overhead per call hid the program's own cost.
 //!
 //! Rounds: every row is timed once per round, each time just after the
-//! floor forwarder behind the same wrapper, and its ratio is the median of
-//! the round-by-round ratios. stickylb's counters confirm every path, and
+//! floors behind the wrapper in its mode (and the floor forwarder behind a
+//! same-client wrapper: the reference this section used before, kept for
+//! comparison), and its ratio is the median of the round-by-round ratios. stickylb's counters confirm every path, and
 //! for new clients in a table with room the affinity table's entry count
 //! must grow by exactly one per iteration.
 //!
@@ -133,6 +136,19 @@ impl Wrapper {
             .map_err(err("reset the wrapper's sequence"))
     }
 
+    /// Every CPU's next new client, to put back with `set_seq`.
+    fn seq_values(&self) -> Result<PerCpuValues<u64>, String> {
+        self.seq
+            .get(&0, 0)
+            .map_err(err("read the wrapper's sequence"))
+    }
+
+    fn set_seq(&mut self, values: PerCpuValues<u64>) -> Result<(), String> {
+        self.seq
+            .set(0, values, 0)
+            .map_err(err("restore the wrapper's sequence"))
+    }
+
     /// New clients the wrapper has handed out since the last reset.
     fn seq_sum(&self) -> Result<u64, String> {
         Ok(self
@@ -204,17 +220,24 @@ impl Knobs {
     }
 }
 
-/// One row: its runs and the floor forwarder's run just before each.
+/// One row: its runs and the floors' runs just before each.
 #[derive(Default)]
 struct Row {
     key: &'static str,
     path: String,
     program: &'static str,
     action: &'static str,
+    /// The wrapper's mode (`mode_name`), or "none" for a program run
+    /// directly.
+    mode: &'static str,
     runs: Vec<f64>,
+    /// The floor forwarder's, behind the wrapper in the row's own mode.
     floor: Vec<f64>,
-    /// The encapsulating floor's, just before it too.
+    /// The encapsulating floor's, in the row's own mode too.
     floor_encap: Vec<f64>,
+    /// The floor forwarder's behind a same-client wrapper: the reference
+    /// that charges the wrapper's extra work in the row's mode to the row.
+    floor_same: Vec<f64>,
     /// What the counters confirmed, per round (the last kept).
     checked: String,
     /// Per round facts (entries before/after ...), for the JSON.
@@ -226,9 +249,22 @@ impl Row {
         median(&mut self.runs.clone())
     }
 
-    /// Median of the round-by-round ratios to the floor forwarder.
+    /// Median of the round-by-round ratios to the floor forwarder (in the
+    /// row's mode).
     fn ratio(&self) -> f64 {
         ratio_to(&self.runs, &self.floor)
+    }
+
+    /// The same to the floor forwarder behind a same-client wrapper.
+    fn ratio_same(&self) -> f64 {
+        ratio_to(&self.runs, &self.floor_same)
+    }
+
+    fn push(&mut self, p: Paired) {
+        self.floor.push(p.fwd);
+        self.floor_encap.push(p.encap);
+        self.floor_same.push(p.fwd_same);
+        self.runs.push(p.ns);
     }
 
     /// The same to the encapsulating floor.
@@ -242,7 +278,29 @@ fn ratio_to(runs: &[f64], floor: &[f64]) -> f64 {
     median(&mut r)
 }
 
-impl Row {}
+/// What the wrapper does in a row: `wrap_mode`, first client, clients.
+type Mode = (u32, [u8; 4], u32);
+
+const SAME: Mode = (wrap_mode::SAME, [0; 4], 1);
+
+fn mode_name(mode: u32) -> &'static str {
+    match mode {
+        wrap_mode::SAME => "same",
+        wrap_mode::RANDOM => "random",
+        wrap_mode::NEW => "new",
+        _ => "?",
+    }
+}
+
+/// The wrapper → XDP_PASS row of a wrapper mode.
+fn pass_key(mode: &str) -> Option<&'static str> {
+    match mode {
+        "same" => Some("wrap_pass"),
+        "random" => Some("wrap_pass_random"),
+        "new" => Some("wrap_pass_new"),
+        _ => None,
+    }
+}
 
 /// The rows, in report order, keyed.
 #[derive(Default)]
@@ -255,6 +313,7 @@ impl Rows {
         path: &str,
         program: &'static str,
         expect: u32,
+        mode: &'static str,
     ) -> &mut Row {
         if !self.0.contains_key(key) {
             self.1.push(key);
@@ -264,6 +323,7 @@ impl Rows {
             path: path.into(),
             program,
             action: action_name(expect),
+            mode,
             ..Default::default()
         })
     }
@@ -306,21 +366,45 @@ fn check(what: &str, ret: u32, expect: u32) -> Result<(), String> {
     }
 }
 
-/// The two floors behind the wrapper (same client), as run just before
-/// every row: (floor-fwd ns, floor-encap ns).
-fn floors(k: &Knobs, w: &mut Wrapper, s: &Subjects) -> Result<(f64, f64), String> {
-    w.mode(wrap_mode::SAME, [0; 4], 1)?;
+/// The two floors behind the wrapper in `mode`: (floor-fwd ns,
+/// floor-encap ns). In the new-client mode the wrapper's sequence is put
+/// back afterwards, so that the row timed next gets the clients it would
+/// have without the floors' runs (and its count of clients handed out
+/// stays its own).
+fn floors(k: &Knobs, w: &mut Wrapper, s: &Subjects, mode: Mode) -> Result<(f64, f64), String> {
+    let seq = if mode.0 == wrap_mode::NEW {
+        Some(w.seq_values()?)
+    } else {
+        None
+    };
+    w.mode(mode.0, mode.1, mode.2)?;
     w.target(s.fwd.fd().map_err(err("floor-fwd"))?)?;
     let (ret, fwd) = w.run(k.repeat)?;
     check("floor-fwd behind the wrapper", ret, XDP_TX)?;
     w.target(s.encap.fd().map_err(err("floor-encap"))?)?;
     let (ret, encap) = w.run(k.repeat)?;
     check("floor-encap behind the wrapper", ret, XDP_TX)?;
+    if let Some(seq) = seq {
+        w.set_seq(seq)?;
+    }
     Ok((fwd, encap))
 }
 
-/// Times the floors behind the wrapper, then the row's target with the
-/// wrapper in the row's mode: (floor-fwd ns, floor-encap ns, row ns).
+/// One round's timings of a row and of its floors.
+#[derive(Clone, Copy)]
+struct Paired {
+    /// The floors behind the wrapper in the row's mode.
+    fwd: f64,
+    encap: f64,
+    /// The floor forwarder behind a same-client wrapper.
+    fwd_same: f64,
+    ns: f64,
+}
+
+/// Times the floor forwarder behind a same-client wrapper, then (unless
+/// the row is same-client itself) both floors behind the wrapper in the
+/// row's mode, then the row's target in that mode: the floors of a ratio
+/// run just before the row, in the same wrapper mode.
 #[expect(
     clippy::too_many_arguments,
     reason = "the rig (knobs, wrapper, floors) and the row's own settings"
@@ -331,11 +415,16 @@ fn paired(
     s: &Subjects,
     what: &str,
     target: &ProgramFd,
-    mode: (u32, [u8; 4], u32),
+    mode: Mode,
     expect: u32,
     warm: bool,
-) -> Result<(f64, f64, f64), String> {
-    let (fwd, encap) = floors(k, w, s)?;
+) -> Result<Paired, String> {
+    let (same_fwd, same_encap) = floors(k, w, s, SAME)?;
+    let (fwd, encap) = if mode.0 == wrap_mode::SAME {
+        (same_fwd, same_encap)
+    } else {
+        floors(k, w, s, mode)?
+    };
     w.target(target)?;
     w.mode(mode.0, mode.1, mode.2)?;
     if warm {
@@ -343,7 +432,12 @@ fn paired(
     }
     let (ret, ns) = w.run(k.repeat)?;
     check(what, ret, expect)?;
-    Ok((fwd, encap, ns))
+    Ok(Paired {
+        fwd,
+        encap,
+        fwd_same: same_fwd,
+        ns,
+    })
 }
 
 fn entries(lb: &Lb) -> Result<u64, String> {
@@ -483,7 +577,7 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
         progress(format!("wrap: round {} of {}", round + 1, k.rounds));
         // Without the wrapper: what the wrapper adds.
         {
-            let (floor, encap) = floors(k, &mut w, &s)?;
+            let (floor, encap) = floors(k, &mut w, &s, SAME)?;
             let (ret, d) = s
                 .pass
                 .test_run_repeat(&template, k.repeat)
@@ -494,30 +588,54 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
                 "XDP_PASS program, run directly (no wrapper)",
                 "floor-pass",
                 XDP_PASS,
+                "none",
             );
-            r.floor.push(floor);
-            r.floor_encap.push(encap);
-            r.runs.push(d.as_nanos() as f64);
+            r.push(Paired {
+                fwd: floor,
+                encap,
+                fwd_same: floor,
+                ns: d.as_nanos() as f64,
+            });
             r.checked = "return code".into();
         }
-        for (key, path, name, expect) in [
+        // The wrapper's own cost in each of its modes (the random one's
+        // does not depend on the number of clients: one prandom and one
+        // modulo), and the floors themselves.
+        for (key, path, name, expect, mode) in [
             (
                 "wrap_pass",
-                "wrapper → XDP_PASS program (the wrapper's own cost)",
+                "wrapper → XDP_PASS program (the wrapper's own cost), same client",
                 "floor-pass",
                 XDP_PASS,
+                SAME,
+            ),
+            (
+                "wrap_pass_random",
+                "wrapper → XDP_PASS program (the wrapper's own cost), a random one of 1k clients",
+                "floor-pass",
+                XDP_PASS,
+                (wrap_mode::RANDOM, client_addr(0), 1_000),
+            ),
+            (
+                "wrap_pass_new",
+                "wrapper → XDP_PASS program (the wrapper's own cost), a new client every packet",
+                "floor-pass",
+                XDP_PASS,
+                (wrap_mode::NEW, NEW_BASE, 1),
             ),
             (
                 "wrap_fwd",
                 "floor forwarder (Eth+IPv4, swap MACs)",
                 "floor-fwd",
                 XDP_TX,
+                SAME,
             ),
             (
                 "wrap_encap",
                 "floor encapsulating forwarder (adjust_head, outer IPv4 + checksum, swap MACs)",
                 "floor-encap",
                 XDP_TX,
+                SAME,
             ),
         ] {
             let prog = match name {
@@ -526,20 +644,9 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
                 _ => &s.encap,
             };
             let fd = prog.fd().map_err(err(name))?;
-            let (floor, encap, ns) = paired(
-                k,
-                &mut w,
-                &s,
-                path,
-                fd,
-                (wrap_mode::SAME, [0; 4], 1),
-                expect,
-                false,
-            )?;
-            let r = rows.row(key, path, name, expect);
-            r.floor.push(floor);
-            r.floor_encap.push(encap);
-            r.runs.push(ns);
+            let p = paired(k, &mut w, &s, path, fd, mode, expect, false)?;
+            let r = rows.row(key, path, name, expect, mode_name(mode.0));
+            r.push(p);
             r.checked = "return code".into();
         }
 
@@ -604,7 +711,7 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
             let fd = lb.dp.program_fd().map_err(err("stickylb's fd"))?;
             let s0 = lb.stats(0)?;
             let before = entries(lb)?;
-            let (floor, encap, ns) = paired(
+            let p = paired(
                 k,
                 &mut w,
                 &s,
@@ -624,10 +731,8 @@ fn measure(k: &Knobs) -> Result<Measured, String> {
                     d.packets, d.affinity_hits, d.new_clients
                 ));
             }
-            let r = rows.row(key, &path, program, XDP_TX);
-            r.floor.push(floor);
-            r.floor_encap.push(encap);
-            r.runs.push(ns);
+            let r = rows.row(key, &path, program, XDP_TX, mode_name(mode));
+            r.push(p);
             r.checked = format!("{} affinity hits, 0 new clients", count(packets));
         }
 
@@ -745,7 +850,7 @@ fn new_client_row(
     let s0 = lb.stats(0)?;
     let before = entries(lb)?;
     let seq0 = w.seq_sum()?;
-    let (floor, encap, ns) = paired(
+    let p = paired(
         k,
         w,
         s,
@@ -773,10 +878,8 @@ fn new_client_row(
             d.packets, d.new_clients, d.affinity_hits
         ));
     }
-    let r = rows.row(key, path, program, XDP_TX);
-    r.floor.push(floor);
-    r.floor_encap.push(encap);
-    r.runs.push(ns);
+    let r = rows.row(key, path, program, XDP_TX, mode_name(wrap_mode::NEW));
+    r.push(p);
     r.checked = if grows {
         format!(
             "{} new clients; table {} → {} entries (+1 per packet)",
@@ -798,7 +901,8 @@ fn new_client_row(
     Ok(())
 }
 
-fn count(n: u64) -> String {
+/// `n` with thousands separators.
+pub(super) fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -815,20 +919,25 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let (cpu, result) = on_last_cpu(move || measure(&k))?;
     let Measured { rows, info } = result?;
     let wrap_pass = rows.get("wrap_pass")?.ns();
+    let wrap_pass_random = rows.get("wrap_pass_random")?.ns();
+    let wrap_pass_new = rows.get("wrap_pass_new")?.ns();
     let direct_pass = rows.get("pass_direct")?.ns();
 
     let mut table = Table {
         title: format!(
-            "ns per packet behind the wrapper (median of {} rounds); × floor forwarder: median of the round-by-round ratios",
+            "ns per packet behind the wrapper (median of {} rounds); × a floor: median of the round-by-round ratios \
+             to that floor behind the wrapper in the row's own mode",
             k.rounds
         ),
         headers: [
             "path",
             "program",
+            "wrapper mode",
             "ns/packet",
             "× floor forwarder",
             "× floor-encap",
-            "minus wrapper → XDP_PASS",
+            "minus wrapper → XDP_PASS (same mode)",
+            "× floor forwarder behind a same-client wrapper",
             "action; confirmed by counters",
         ]
         .map(String::from)
@@ -839,31 +948,34 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     for r in rows.ordered() {
         let ns = r.ns();
         let ratio = r.ratio();
-        let above = if r.key == "pass_direct" {
-            "–".to_string()
-        } else {
-            format!("{:+.1}", ns - wrap_pass)
-        };
+        let above = pass_key(r.mode)
+            .map(|key| rows.get(key).map(|p| ns - p.ns()))
+            .transpose()?;
         table.rows.push(vec![
             r.path.clone(),
             r.program.into(),
+            r.mode.into(),
             plot::fmt_num(ns),
             format!("{ratio:.2}×"),
             format!("{:.2}×", r.ratio_encap()),
-            above,
+            above.map_or_else(|| "–".into(), |a| format!("{a:+.1}")),
+            format!("{:.2}×", r.ratio_same()),
             format!("{}; {}", r.action, r.checked),
         ]);
         json_rows.push(json!({
             "key": r.key,
             "path": r.path,
             "program": r.program,
+            "wrapper_mode": r.mode,
             "ns_per_packet": ns,
             "runs_ns": r.runs,
             "floor_forwarder_runs_ns": r.floor,
             "ratio_to_floor_forwarder": ratio,
             "floor_encap_runs_ns": r.floor_encap,
             "ratio_to_floor_encap": r.ratio_encap(),
-            "minus_wrapper_pass_ns": ns - wrap_pass,
+            "floor_forwarder_same_client_runs_ns": r.floor_same,
+            "ratio_to_floor_forwarder_same_client": r.ratio_same(),
+            "minus_wrapper_pass_ns": above,
             "action": r.action,
             "confirmed": r.checked,
             "rounds": r.facts,
@@ -897,10 +1009,12 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let bl = big_label(k.big);
     let headlines = vec![
         format!(
-            "XDP cost behind the timing wrapper (repeat {}, every path, ×floor forwarder round by round): \
+            "XDP cost behind the timing wrapper (repeat {}, every path, ×floor forwarder behind the wrapper in the \
+             row's own mode, round by round): \
              affinity hit same client {:.2}×, random of 1k {:.2}×, random of {bl} {:.2}×; \
              new client fresh table {:.2}× (churned {:.2}×), table full evicting {:.2}× (churned {:.2}×); \
-             the wrapper's own cost {} ns (wrapper → XDP_PASS {} ns, XDP_PASS alone {} ns)",
+             the wrapper's own cost {} ns same client, {} ns random client, {} ns new client \
+             (wrapper → XDP_PASS {} / {} / {} ns, XDP_PASS alone {} ns)",
             count(u64::from(k.repeat)),
             ratio("hit_same")?,
             ratio("hit_1k")?,
@@ -910,11 +1024,15 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             ratio("new_full_fresh")?,
             ratio("new_full_churned")?,
             plot::fmt_num(wrap_pass - direct_pass),
+            plot::fmt_num(wrap_pass_random - direct_pass),
+            plot::fmt_num(wrap_pass_new - direct_pass),
             plot::fmt_num(wrap_pass),
+            plot::fmt_num(wrap_pass_random),
+            plot::fmt_num(wrap_pass_new),
             plot::fmt_num(direct_pass),
         ),
         format!(
-            "XDP cost of the tunnel modes behind the timing wrapper (×floor-encap round by round): \
+            "XDP cost of the tunnel modes behind the timing wrapper (×floor-encap in the row's own mode, round by round): \
              ipip affinity hit same client {:.2}×, random of 1k {:.2}×, new client fresh table {:.2}×; \
              gue {:.2}×, {:.2}×, {:.2}×",
             rows.get("ipip_hit_same")?.ratio_encap(),
@@ -957,9 +1075,16 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          writes the client the row asks for into the IPv4 source, fixing the IPv4 and UDP \
          checksums: the template's own (*same client*), `base + prandom % N` for N clients already \
          in the table (*random one of N*), or `base + n`, n a per-CPU sequence (*new client*, \
-         never seen). Each program is timed behind the same wrapper, so the wrapper's own cost, \
-         the *wrapper → XDP_PASS* row minus the XDP_PASS program run directly, is common to all; \
-         the column *minus wrapper → XDP_PASS* is each row's cost above that. stickylb: the real \
+         never seen). The wrapper's own work differs by mode (a random client adds a \
+         `bpf_get_prandom_u32` and a modulo, a new client a per-CPU map lookup and increment; \
+         the *wrapper → XDP_PASS* rows of each mode, minus the XDP_PASS program run directly, \
+         are its cost), so every ratio is to a floor timed behind the wrapper **in the row's own \
+         mode**: the wrapper's work is then the same on both sides and is not charged to the \
+         program under test. The column *minus wrapper → XDP_PASS (same mode)* is each row's \
+         cost above the wrapper → XDP_PASS row of its mode. The column *× floor forwarder behind \
+         a same-client wrapper* keeps the ratio this section gave before the floors were timed \
+         in each mode: for a random or new client it charges the wrapper's extra work in that \
+         mode to the row (for a same-client row the two columns are the same). stickylb: the real \
          object through `Dataplane` (no pins), one UDP VIP with {BACKENDS} backends, DSR; the \
          tables are filled through the wrapper itself (the program pins every client as it \
          would any), 1k clients in a table of 65,536, {bl} in a table of {bigcap}; the tunnel \
@@ -970,9 +1095,13 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
          next hop up with `bpf_fib_lookup`; the other programs ignore it. 64-byte UDP frames; \
          JIT on; the measuring thread pinned to CPU {cpu}.\n\n\
          {rounds} rounds; in each, every row runs once ({warm} iterations of warm-up, then the \
-         timed run), just after the floor forwarder and the encapsulating floor behind the \
-         wrapper, and each of its ratios is the median of the round-by-round ratios, so that a burst of other load on this shared \
-         machine slows both sides of a ratio alike. Every timed run's return code is checked \
+         timed run), just after the floor forwarder behind a same-client wrapper and then the \
+         floor forwarder and the encapsulating floor behind the wrapper in the row's mode (a \
+         same-client row: the one pair of floors), and each of its ratios is the median of the \
+         round-by-round ratios, so that a burst of other load on this shared \
+         machine slows both sides of a ratio alike. The floors' runs in the new-client mode put \
+         the wrapper's per-CPU sequence back as they found it, so that the row timed next gets \
+         the same never-seen clients as without them. Every timed run's return code is checked \
          (the wrapper returns XDP_ABORTED if it cannot restore the frame or tail-call), and \
          stickylb's VIP counters must count every packet of a row on its path (hits or new \
          clients, nothing else); a hit must leave the table's entry count as it was, and a new \
@@ -1022,6 +1151,8 @@ fn short_label(key: &str, big: &str) -> String {
     match key {
         "pass_direct" => "XDP_PASS, no wrapper".into(),
         "wrap_pass" => "wrapper → XDP_PASS".into(),
+        "wrap_pass_random" => "wrapper (random) → XDP_PASS".into(),
+        "wrap_pass_new" => "wrapper (new) → XDP_PASS".into(),
         "wrap_fwd" => "floor forwarder".into(),
         "wrap_encap" => "floor-encap".into(),
         "hit_same" => "hit, same client".into(),

@@ -102,7 +102,23 @@ fn main() -> ExitCode {
             }
         }
     }
-    let order: Vec<&str> = all.iter().map(|(_, title, _)| *title).collect();
+    // The targets are read off this run's wrap and live figures, so they
+    // are rebuilt whenever either ran (an --only run of other sections
+    // leaves the report's table as it was); first, as the page's summary.
+    let ran = |key: &str| {
+        all.iter()
+            .find(|(k, ..)| *k == key)
+            .and_then(|(_, title, _)| sections.iter().find(|s| s.title == *title))
+            .map(|s| &s.json)
+    };
+    let (wrap, live) = (ran("wrap"), ran("live"));
+    if wrap.is_some() || live.is_some() {
+        let t = bench::targets::build(wrap, live);
+        sections.insert(0, t);
+    }
+    let order: Vec<&str> = std::iter::once(bench::targets::TITLE)
+        .chain(all.iter().map(|(_, title, _)| *title))
+        .collect();
     // With --only, the sections run go into the existing report, which
     // keeps the others.
     let written = match &only {
