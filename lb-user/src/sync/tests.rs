@@ -851,6 +851,14 @@ async fn corrections_are_counted_and_not_timed() {
         a.cluster.status().joined_from.is_some() && b.cluster.status().joined_from.is_some()
     })
     .await;
+    // The two pulls race: when A has applied B's table before it walks its
+    // own for B, B gets `early` back in it (a refresh). So what follows is
+    // counted from here.
+    let (a0, b0) = (
+        a.cluster.status().peers[0].clone(),
+        b.cluster.status().peers[0].clone(),
+    );
+    assert_eq!((a0.rejected, b0.rejected), (0, 0), "{a0:?} {b0:?}");
     // A re-picked client 1 later: B answers with its earlier pin.
     let late = entry(1, 83, 9_000);
     a.table
@@ -858,18 +866,33 @@ async fn corrections_are_counted_and_not_timed() {
         .unwrap()
         .insert((late.vip, late.client), late);
     a.cluster.publish(&[late]);
+    // The pin lands in A's table before A's main loop counts it: wait for
+    // the count.
     until("A corrected", Duration::from_secs(5), || {
-        get(&a.table, &late) == Some(early)
+        a.cluster.status().peers[0].applied > a0.applied
     })
     .await;
+    assert_eq!(get(&a.table, &late), Some(early));
     let (sa, sb) = (a.cluster.status(), b.cluster.status());
     let (pa, pb) = (&sa.peers[0], &sb.peers[0]);
-    assert_eq!(pb.corrections_sent, 1, "{pb:?}");
+    // Received, applied, rejected, corrections sent since the join.
+    let since = |now: &PeerStatus, then: &PeerStatus| {
+        (
+            now.received - then.received,
+            now.applied - then.applied,
+            now.rejected - then.rejected,
+            now.corrections_sent - then.corrections_sent,
+        )
+    };
+    // B kept its pin and sent it back...
+    assert_eq!(since(pb, &b0), (1, 0, 1, 1), "{pb:?}");
+    // ...which A took, with nothing sent back again.
+    assert_eq!(since(pa, &a0), (1, 1, 0, 0), "{pa:?}");
     // Every entry received is either applied or not.
     assert_eq!(pb.received, pb.applied + pb.rejected, "{pb:?}");
     assert_eq!(pa.received, pa.applied + pa.rejected, "{pa:?}");
-    assert_eq!((pb.applied, pb.rejected), (0, 1), "{pb:?}");
     // A's lag is of B's batches only: B sent a snapshot and a correction.
     assert_eq!(pa.lag_count, 0, "{pa:?}");
+    // B's is of A's batch, not of A's snapshot.
     assert_eq!(pb.lag_count, 1, "{pb:?}");
 }
