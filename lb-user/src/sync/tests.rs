@@ -86,12 +86,32 @@ struct Node {
     _main: tokio::task::JoinHandle<()>,
 }
 
+/// A port free now, for a node that binds it later. Not one the kernel
+/// hands out (port 0, or the source port of a connection): between the
+/// check and the bind, any test's connect could take an ephemeral port
+/// (32768–60999 by default), and the node would find it in use. Each test
+/// process walks its own part of 10000–31999, from its pid, so that
+/// parallel tests and test runs do not try the same ports first.
 fn free_port() -> SocketAddrV4 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    match l.local_addr().unwrap() {
-        std::net::SocketAddr::V4(a) => a,
-        std::net::SocketAddr::V6(_) => unreachable!(),
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(997) % COUNT,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % COUNT;
+        let port = u16::try_from(FIRST + n).unwrap();
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
     }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 fn settings(listen: SocketAddrV4, peers: &[SocketAddrV4], secret: [u8; 32]) -> Settings {
