@@ -86,12 +86,32 @@ struct Node {
     _main: tokio::task::JoinHandle<()>,
 }
 
+/// A port free now, for a node that binds it later. Not one the kernel
+/// hands out (port 0, or the source port of a connection): between the
+/// check and the bind, any test's connect could take an ephemeral port
+/// (32768–60999 by default), and the node would find it in use. Each test
+/// process walks its own part of 10000–31999, from its pid, so that
+/// parallel tests and test runs do not try the same ports first.
 fn free_port() -> SocketAddrV4 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    match l.local_addr().unwrap() {
-        std::net::SocketAddr::V4(a) => a,
-        std::net::SocketAddr::V6(_) => unreachable!(),
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(997) % COUNT,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % COUNT;
+        let port = u16::try_from(FIRST + n).unwrap();
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
     }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 fn settings(listen: SocketAddrV4, peers: &[SocketAddrV4], secret: [u8; 32]) -> Settings {
@@ -851,6 +871,14 @@ async fn corrections_are_counted_and_not_timed() {
         a.cluster.status().joined_from.is_some() && b.cluster.status().joined_from.is_some()
     })
     .await;
+    // The two pulls race: when A has applied B's table before it walks its
+    // own for B, B gets `early` back in it (a refresh). So what follows is
+    // counted from here.
+    let (a0, b0) = (
+        a.cluster.status().peers[0].clone(),
+        b.cluster.status().peers[0].clone(),
+    );
+    assert_eq!((a0.rejected, b0.rejected), (0, 0), "{a0:?} {b0:?}");
     // A re-picked client 1 later: B answers with its earlier pin.
     let late = entry(1, 83, 9_000);
     a.table
@@ -858,18 +886,33 @@ async fn corrections_are_counted_and_not_timed() {
         .unwrap()
         .insert((late.vip, late.client), late);
     a.cluster.publish(&[late]);
+    // The pin lands in A's table before A's main loop counts it: wait for
+    // the count.
     until("A corrected", Duration::from_secs(5), || {
-        get(&a.table, &late) == Some(early)
+        a.cluster.status().peers[0].applied > a0.applied
     })
     .await;
+    assert_eq!(get(&a.table, &late), Some(early));
     let (sa, sb) = (a.cluster.status(), b.cluster.status());
     let (pa, pb) = (&sa.peers[0], &sb.peers[0]);
-    assert_eq!(pb.corrections_sent, 1, "{pb:?}");
+    // Received, applied, rejected, corrections sent since the join.
+    let since = |now: &PeerStatus, then: &PeerStatus| {
+        (
+            now.received - then.received,
+            now.applied - then.applied,
+            now.rejected - then.rejected,
+            now.corrections_sent - then.corrections_sent,
+        )
+    };
+    // B kept its pin and sent it back...
+    assert_eq!(since(pb, &b0), (1, 0, 1, 1), "{pb:?}");
+    // ...which A took, with nothing sent back again.
+    assert_eq!(since(pa, &a0), (1, 1, 0, 0), "{pa:?}");
     // Every entry received is either applied or not.
     assert_eq!(pb.received, pb.applied + pb.rejected, "{pb:?}");
     assert_eq!(pa.received, pa.applied + pa.rejected, "{pa:?}");
-    assert_eq!((pb.applied, pb.rejected), (0, 1), "{pb:?}");
     // A's lag is of B's batches only: B sent a snapshot and a correction.
     assert_eq!(pa.lag_count, 0, "{pa:?}");
+    // B's is of A's batch, not of A's snapshot.
     assert_eq!(pb.lag_count, 1, "{pb:?}");
 }
