@@ -1041,13 +1041,22 @@ fn load_data_path(cfg: &Config, fresh: bool) -> anyhow::Result<(Dataplane, Pinne
     let path = cfg.pin_path.join(LINK_PIN_NAME);
     check_pinned_link(&path, &cfg.interface)?;
     let existed = path.exists();
-    let dp = Dataplane::load(&LoadOptions {
+    let mut dp = Dataplane::load(&LoadOptions {
         affinity_capacity: cfg.affinity_capacity,
         pin_dir: Some(cfg.pin_path.clone()),
     })
     .with_context(|| {
         format!(
             "cannot load the data path with the maps pinned at {} (if they come from an incompatible version or capacity, start with --fresh)",
+            cfg.pin_path.display()
+        )
+    })?;
+    // Before the program is attached or its link adopted: an index pinned
+    // by an earlier run may lag the VIPs that run left (a rewrite cut
+    // short, or an older version changing VIPs without it).
+    dp.reconcile_vip_index().with_context(|| {
+        format!(
+            "cannot bring the VIP index pinned at {} in line with its VIPs",
             cfg.pin_path.display()
         )
     })?;

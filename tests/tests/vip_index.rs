@@ -54,6 +54,7 @@ fn the_program_reads_the_vips_slot_and_uses_the_hash_when_the_slot_is_in_doubt()
     let i = rig
         .dp
         .vip_index_slot(&rig.vip_key)
+        .unwrap()
         .expect("set_vip gave the VIP a slot");
     let placed = slot_at(&pin, i);
     assert_eq!((placed.key, placed.info), (rig.vip_key, rig.vip));
@@ -108,17 +109,21 @@ fn a_removed_vip_leaves_the_index_and_its_frames_are_passed() {
     require_root();
     let pin = pin_dir("remove");
     let mut rig = Rig::pinned(3, &pin.0);
-    let i = rig.dp.vip_index_slot(&rig.vip_key).expect("placed");
+    let i = rig
+        .dp
+        .vip_index_slot(&rig.vip_key)
+        .unwrap()
+        .expect("placed");
     let key = rig.vip_key;
     rig.dp.remove_vip(&key).unwrap();
-    assert_eq!(rig.dp.vip_index_slot(&key), None);
+    assert_eq!(rig.dp.vip_index_slot(&key).unwrap(), None);
     let cleared = slot_at(&pin, i);
     assert!(cleared.is_empty() && cleared.seq & 1 == 0, "{cleared:?}");
     assert_eq!(new_client_to(&mut rig, 1, VIP_PORT), XDP_PASS);
     // Removing it again is no error, and putting it back gives it a slot.
     rig.dp.remove_vip(&key).unwrap();
     rig.dp.set_vip(key, rig.vip).unwrap();
-    assert!(rig.dp.vip_index_slot(&key).is_some());
+    assert!(rig.dp.vip_index_slot(&key).unwrap().is_some());
     assert_eq!(new_client_to(&mut rig, 2, VIP_PORT), XDP_TX);
 }
 
@@ -127,7 +132,11 @@ fn a_load_over_pins_clears_stale_slots_before_the_program_runs() {
     require_root();
     let pin = pin_dir("stale");
     let mut rig = Rig::pinned(3, &pin.0);
-    let own = rig.dp.vip_index_slot(&rig.vip_key).expect("placed");
+    let own = rig
+        .dp
+        .vip_index_slot(&rig.vip_key)
+        .unwrap()
+        .expect("placed");
     let placed = slot_at(&pin, own);
 
     // What another run could leave: a slot for a VIP SLB_VIPS no longer
@@ -163,18 +172,125 @@ fn a_load_over_pins_clears_stale_slots_before_the_program_runs() {
     assert_eq!(new_client_to(&mut rig, 1, VIP_PORT + 1), XDP_TX);
     assert_eq!(new_client_to(&mut rig, 2, VIP_PORT), XDP_DROP);
 
-    // A second load over the same pins (as a restarted daemon does).
+    // A second load over the same pins, as a restarted daemon does: a load
+    // alone writes nothing (a tool may load over a running daemon's pins),
+    // the daemon's reconcile puts the index right.
     let mut again = Dataplane::load(&LoadOptions {
         affinity_capacity: RIG_AFFINITY_CAPACITY,
         pin_dir: Some(pin.0.clone()),
     })
     .expect("load over the pins");
+    assert_eq!(slot_at(&pin, gone_slot).key, gone, "a load wrote the index");
+    again.reconcile_vip_index().unwrap();
     let g = slot_at(&pin, gone_slot);
     assert!(g.is_empty() && g.seq & 1 == 0, "stale slot kept: {g:?}");
-    let i = again.vip_index_slot(&rig.vip_key).expect("the VIP placed");
+    let i = again
+        .vip_index_slot(&rig.vip_key)
+        .unwrap()
+        .expect("the VIP placed");
     let s = slot_at(&pin, i);
     assert_eq!((s.key, s.info, s.seq & 1), (rig.vip_key, rig.vip, 0));
     let syn = |n: u32, port: u16| frame::tcp_syn(client(n), 40000, VIP, port);
     assert_eq!(again.test_run(&syn(3, VIP_PORT + 1)).unwrap().0, XDP_PASS);
     assert_eq!(again.test_run(&syn(4, VIP_PORT)).unwrap().0, XDP_TX);
+}
+
+/// Keys of the VIP's address whose home slot is `home`, other than `not`.
+fn keys_homed_at(home: u32, not: VipKey, n: usize) -> Vec<VipKey> {
+    (1..u16::MAX)
+        .map(|port| VipKey::new(VIP, port, proto::TCP))
+        .filter(|k| *k != not && vip_index::home(k.word()) == home)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn reconcile_clears_odd_misplaced_and_duplicate_slots_and_keeps_one_good_copy() {
+    require_root();
+    let pin = pin_dir("reconcile");
+    let mut rig = Rig::pinned(3, &pin.0);
+    let own = rig
+        .dp
+        .vip_index_slot(&rig.vip_key)
+        .unwrap()
+        .expect("placed");
+    let good = slot_at(&pin, own);
+    let home = vip_index::home(rig.vip_key.word());
+    let others: Vec<u32> = (0..vip_index::PROBES)
+        .map(|p| vip_index::slot(home, p))
+        .filter(|&s| s != own)
+        .collect();
+    // A second, even copy of the VIP in its window (with the current info),
+    // the VIP's own slot odd (a rewrite cut short), and a copy outside its
+    // window.
+    write_slot(&pin, others[0], VipSlot { seq: 4, ..good });
+    write_slot(
+        &pin,
+        own,
+        VipSlot {
+            seq: good.seq | 1,
+            ..good
+        },
+    );
+    let outside = vip_index::slot(home, vip_index::PROBES + 3);
+    write_slot(&pin, outside, VipSlot { seq: 2, ..good });
+
+    rig.dp.reconcile_vip_index().unwrap();
+    let holding: Vec<u32> = (0..vip_index::SLOTS)
+        .filter(|&i| slot_at(&pin, i).key == rig.vip_key)
+        .collect();
+    assert_eq!(holding.len(), 1, "copies left in {holding:?}");
+    let kept = slot_at(&pin, holding[0]);
+    assert!(vip_index::in_window(rig.vip_key.word(), holding[0]));
+    assert_eq!((kept.info, kept.seq & 1), (rig.vip, 0), "{kept:?}");
+    assert!(slot_at(&pin, outside).is_empty());
+    assert_eq!(new_client_to(&mut rig, 1, VIP_PORT), XDP_TX);
+}
+
+#[test]
+fn a_vip_whose_window_is_full_is_served_from_the_hash() {
+    require_root();
+    let pin = pin_dir("full");
+    let mut rig = Rig::pinned(3, &pin.0);
+    let own = rig
+        .dp
+        .vip_index_slot(&rig.vip_key)
+        .unwrap()
+        .expect("placed");
+    let home = vip_index::home(rig.vip_key.word());
+    // Enough other VIPs homed at the same slot to fill the window (the
+    // rig's VIP holds one of its slots already), and one more.
+    let keys = keys_homed_at(home, rig.vip_key, vip_index::PROBES as usize);
+    assert_eq!(keys.len(), vip_index::PROBES as usize);
+    for k in &keys {
+        rig.dp.set_vip(*k, rig.vip).unwrap();
+    }
+    let last = *keys.last().unwrap();
+    let placed: Vec<Option<u32>> = keys
+        .iter()
+        .map(|k| rig.dp.vip_index_slot(k).unwrap())
+        .collect();
+    assert_eq!(placed.last(), Some(&None), "{placed:?}");
+    assert!(placed[..placed.len() - 1].iter().all(Option::is_some));
+    assert_eq!(rig.dp.vip_index_slot(&rig.vip_key).unwrap(), Some(own));
+    // The one left out is still a VIP: its frames are forwarded.
+    assert_eq!(new_client_to(&mut rig, 1, last.port()), XDP_TX);
+    // Once a slot frees up, the next write of it finds room.
+    rig.dp.remove_vip(&keys[0]).unwrap();
+    rig.dp.set_vip(last, rig.vip).unwrap();
+    assert!(rig.dp.vip_index_slot(&last).unwrap().is_some());
+    assert_eq!(new_client_to(&mut rig, 2, last.port()), XDP_TX);
+}
+
+#[test]
+fn a_disabled_index_is_empty_and_every_vip_still_forwards() {
+    require_root();
+    let pin = pin_dir("disabled");
+    let mut rig = Rig::pinned(3, &pin.0);
+    rig.dp.disable_vip_index().unwrap();
+    assert!((0..vip_index::SLOTS).all(|i| slot_at(&pin, i).is_empty()));
+    let key = rig.vip_key;
+    rig.dp.set_vip(key, rig.vip).unwrap();
+    assert_eq!(rig.dp.vip_index_slot(&key).unwrap(), None);
+    assert_eq!(new_client_to(&mut rig, 1, VIP_PORT), XDP_TX);
 }

@@ -54,15 +54,9 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Program(Box::new(e)))?;
         let ring: Array<MapData, u32> = take_map!(ebpf, map_names::RING);
         let ring_mem = RingMem::map(&ring);
-        let vips = take_map!(ebpf, map_names::VIPS);
-        // Before the program can be attached: an index pinned by an earlier
-        // run may lag what it left in SLB_VIPS (a rewrite cut short, or a
-        // version without the index changing the VIPs).
-        let mut vip_index = VipIndex::open(take_map!(ebpf, map_names::VIP_INDEX))?;
-        vip_index.reconcile(&super::all_vips(&vips)?)?;
         Ok(Self {
-            vips,
-            vip_index,
+            vips: take_map!(ebpf, map_names::VIPS),
+            vip_index: VipIndex::new(take_map!(ebpf, map_names::VIP_INDEX)),
             backends: take_map!(ebpf, map_names::BACKENDS),
             ring,
             ring_mem,

@@ -240,8 +240,25 @@ impl Dataplane {
     }
 
     /// The `SLB_VIP_INDEX` slot that holds `key`, if it has one.
-    pub fn vip_index_slot(&self, key: &VipKey) -> Option<u32> {
+    pub fn vip_index_slot(&self, key: &VipKey) -> Result<Option<u32>> {
         self.vip_index.slot_of(key)
+    }
+
+    /// Makes `SLB_VIP_INDEX` agree with `SLB_VIPS`, clearing what another
+    /// run left there (a removed VIP, older info, a rewrite cut short).
+    /// The daemon calls it, holding the pin folder's lock, on maps it
+    /// adopts and before the program can see a frame; a tool that only
+    /// reads pinned maps does not.
+    pub fn reconcile_vip_index(&mut self) -> Result<()> {
+        let vips = all_vips(&self.vips)?;
+        self.vip_index.reconcile(&vips)
+    }
+
+    /// Empties `SLB_VIP_INDEX` and keeps it empty: every VIP is then found
+    /// in `SLB_VIPS`, as before the index existed. For measuring what the
+    /// index saves (the bench's rows without it); the daemon never calls it.
+    pub fn disable_vip_index(&mut self) -> Result<()> {
+        self.vip_index.disable()
     }
 
     /// Every backend id marked in use, with its entry.
@@ -313,9 +330,11 @@ impl Dataplane {
         Ok(keys.len())
     }
 
-    /// Adds or changes a VIP: in `SLB_VIPS` first, then in its index, so
-    /// that the index never holds info the hash does not.
+    /// Adds or changes a VIP: its index slots made odd (in doubt), then
+    /// `SLB_VIPS`, then the index, so that no even slot ever holds info the
+    /// hash does not, whichever step fails.
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
+        self.vip_index.doubt_key(&key)?;
         self.vips
             .insert(key, info, 0)
             .map_err(map_err(map_names::VIPS, "insert"))?;

@@ -8,9 +8,14 @@
 //! or a changed sequence and falls back to `SLB_VIPS`. The index is only
 //! ever a shortcut: a VIP missing from it is served from the hash, so a
 //! full window or a failed write costs speed, never a frame. What must
-//! hold is the other direction: a slot never names a VIP's stale info for
-//! longer than the update that changed it, which is why the hash is
-//! written before the index and a VIP leaves the index before the hash.
+//! hold is the other direction: no even slot names info `SLB_VIPS` no
+//! longer has. So a VIP's slots are made odd before its hash entry changes
+//! and rewritten after, and a VIP leaves the index before the hash.
+//!
+//! Every operation reads the slots it decides on from the map rather than
+//! from a copy of our own, so that what another process wrote over the same
+//! pins (a test's or a tool's load, an interrupted run) is seen; a key found
+//! in two slots of its window is cleared from all but one.
 
 use aya::maps::{Array, MapData, MapError};
 use bytemuck::Zeroable as _;
@@ -18,37 +23,70 @@ use lb_common::{VipInfo, VipKey, VipSlot, map_names, vip_index};
 
 use super::{Result, map_err};
 
+/// Whether VIPs are put in the index at all. The program's read of a slot
+/// relies on x86-64 keeping loads in order (the sequence, then the slot,
+/// then the sequence again); a weakly ordered CPU would need load-acquire
+/// there, so elsewhere the index stays empty and every VIP is found in
+/// `SLB_VIPS`.
+const ENABLED: bool = cfg!(target_arch = "x86_64");
+
 pub(super) struct VipIndex {
     map: Array<MapData, VipSlot>,
-    /// What each slot holds: we are its only writer, so this is read from
-    /// the map once, when it is opened.
-    slots: Vec<VipSlot>,
+    /// `ENABLED`, unless `disable` was called.
+    enabled: bool,
+}
+
+fn window(key: &VipKey) -> impl Iterator<Item = u32> + Clone {
+    let home = vip_index::home(key.word());
+    (0..vip_index::PROBES).map(move |p| vip_index::slot(home, p))
 }
 
 impl VipIndex {
-    pub(super) fn open(map: Array<MapData, VipSlot>) -> Result<Self> {
-        let slots = (0..vip_index::SLOTS)
-            .map(|i| map.get(&i, 0))
-            .collect::<std::result::Result<_, MapError>>()
-            .map_err(map_err(map_names::VIP_INDEX, "get"))?;
-        Ok(Self { map, slots })
+    pub(super) fn new(map: Array<MapData, VipSlot>) -> Self {
+        Self {
+            map,
+            enabled: ENABLED,
+        }
+    }
+
+    /// Empties the index and keeps it empty.
+    pub(super) fn disable(&mut self) -> Result<()> {
+        self.enabled = false;
+        self.reconcile(&[])
+    }
+
+    fn get(&self, index: u32) -> Result<VipSlot> {
+        self.map
+            .get(&index, 0)
+            .map_err(map_err(map_names::VIP_INDEX, "get"))
     }
 
     fn set(&mut self, index: u32, slot: VipSlot) -> Result<()> {
         self.map
             .set(index, slot, 0)
-            .map_err(map_err(map_names::VIP_INDEX, "set"))?;
-        self.slots[index as usize] = slot;
-        Ok(())
+            .map_err(map_err(map_names::VIP_INDEX, "set"))
+    }
+
+    /// Makes slot `index` odd (in doubt: the program asks `SLB_VIPS`); its
+    /// sequence as it is now.
+    fn doubt(&mut self, index: u32) -> Result<u32> {
+        let old = self.get(index)?;
+        if old.seq & 1 == 0 {
+            self.set(
+                index,
+                VipSlot {
+                    seq: old.seq | 1,
+                    ..old
+                },
+            )?;
+        }
+        Ok(old.seq | 1)
     }
 
     /// Rewrites slot `index` to hold `key` and `info` (an empty slot if
     /// `key` is zeroed), under the sequence lock.
     fn write(&mut self, index: u32, key: VipKey, info: VipInfo) -> Result<()> {
-        let old = self.slots[index as usize];
-        // An odd sequence left by an interrupted rewrite is odd already.
-        let odd = old.seq | 1;
-        self.set(index, VipSlot { seq: odd, ..old })?;
+        let odd = self.doubt(index)?;
         let new = VipSlot {
             seq: odd,
             _pad: 0,
@@ -69,25 +107,57 @@ impl VipIndex {
         self.write(index, VipKey::zeroed(), VipInfo::zeroed())
     }
 
-    /// The slot of `key`'s window that holds it.
-    pub(super) fn slot_of(&self, key: &VipKey) -> Option<u32> {
-        let home = vip_index::home(key.word());
-        (0..vip_index::PROBES)
-            .map(|p| vip_index::slot(home, p))
-            .find(|&i| self.slots[i as usize].key == *key)
+    /// The slots of `key`'s window that hold it, in window order.
+    fn holding(&self, key: &VipKey) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for i in window(key) {
+            if self.get(i)?.key == *key {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first slot of `key`'s window that holds it.
+    pub(super) fn slot_of(&self, key: &VipKey) -> Result<Option<u32>> {
+        Ok(self.holding(key)?.first().copied())
+    }
+
+    /// Before `key`'s entry in `SLB_VIPS` changes: every slot holding it
+    /// made odd, so that from now until `place` the program asks the hash.
+    pub(super) fn doubt_key(&mut self, key: &VipKey) -> Result<()> {
+        for i in self.holding(key)? {
+            self.doubt(i)?;
+        }
+        Ok(())
     }
 
     /// Puts `key` → `info` (already in `SLB_VIPS`) into its window: over
-    /// its own slot, else into the first empty one. A full window leaves it
-    /// out, which is no error (the program finds it in `SLB_VIPS`). On a
-    /// failed write the slot is cleared if it can be, so that it cannot
-    /// keep older info with an even sequence.
+    /// the first slot holding it (any other one cleared), else into the
+    /// first empty one. A full window leaves it out, which is no error
+    /// (the program finds it in `SLB_VIPS`). On a failed write the slot is
+    /// left odd or cleared, never with other info and an even sequence.
     pub(super) fn place(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
-        let home = vip_index::home(key.word());
-        let window = (0..vip_index::PROBES).map(|p| vip_index::slot(home, p));
-        let target = self
-            .slot_of(&key)
-            .or_else(|| window.clone().find(|&i| self.slots[i as usize].is_empty()));
+        if !self.enabled {
+            return Ok(());
+        }
+        let held = self.holding(&key)?;
+        for &extra in held.iter().skip(1) {
+            self.clear(extra)?;
+        }
+        let target = match held.first() {
+            Some(&i) => Some(i),
+            None => {
+                let mut empty = None;
+                for i in window(&key) {
+                    if self.get(i)?.is_empty() {
+                        empty = Some(i);
+                        break;
+                    }
+                }
+                empty
+            }
+        };
         let Some(index) = target else {
             log::debug!(
                 "{}: no free slot for {}:{} in its window; served from {}",
@@ -98,7 +168,7 @@ impl VipIndex {
             );
             return Ok(());
         };
-        let have = self.slots[index as usize];
+        let have = self.get(index)?;
         if have.seq & 1 == 0 && have.key == key && have.info == info {
             return Ok(());
         }
@@ -107,13 +177,14 @@ impl VipIndex {
         })
     }
 
-    /// Takes `key` out of the index. An error leaves its slot either as it
-    /// was or odd (unused), never naming other info.
+    /// Takes `key` out of the index: every slot of its window holding it.
+    /// An error leaves a slot either as it was or odd (unused), never
+    /// naming other info.
     pub(super) fn remove(&mut self, key: &VipKey) -> Result<()> {
-        match self.slot_of(key) {
-            Some(index) => self.clear(index),
-            None => Ok(()),
+        for i in self.holding(key)? {
+            self.clear(i)?;
         }
+        Ok(())
     }
 
     /// Makes the index agree with `vips`, every entry of `SLB_VIPS`: slots
@@ -121,14 +192,18 @@ impl VipIndex {
     /// rewrite cut short, a key outside its window or in two slots) are
     /// cleared, then every VIP is placed.
     pub(super) fn reconcile(&mut self, vips: &[(VipKey, VipInfo)]) -> Result<()> {
+        let slots = (0..vip_index::SLOTS)
+            .map(|i| self.map.get(&i, 0))
+            .collect::<std::result::Result<Vec<_>, MapError>>()
+            .map_err(map_err(map_names::VIP_INDEX, "get"))?;
         let mut seen = Vec::new();
-        for index in 0..vip_index::SLOTS {
-            let slot = self.slots[index as usize];
+        for (index, slot) in (0..).zip(slots) {
             if slot.is_empty() && slot.seq & 1 == 0 {
                 continue;
             }
             let current = vips.iter().find(|(k, _)| *k == slot.key).map(|(_, i)| i);
-            let keep = slot.seq & 1 == 0
+            let keep = self.enabled
+                && slot.seq & 1 == 0
                 && current == Some(&slot.info)
                 && vip_index::in_window(slot.key.word(), index)
                 && !seen.contains(&slot.key);
