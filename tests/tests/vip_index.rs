@@ -26,6 +26,19 @@ fn pin_dir(test: &str) -> PinGuard {
     )))
 }
 
+/// A rig with its maps pinned for `test`, and the index slot its VIP got.
+fn pinned_rig(test: &str) -> (PinGuard, Rig, u32) {
+    require_root();
+    let pin = pin_dir(test);
+    let rig = Rig::pinned(3, &pin.0);
+    let slot = rig
+        .dp
+        .vip_index_slot(&rig.vip_key)
+        .unwrap()
+        .expect("set_vip gave the VIP a slot");
+    (pin, rig, slot)
+}
+
 /// The pinned index, opened as another process would.
 fn index(pin: &PinGuard) -> Array<MapData, VipSlot> {
     let data = MapData::from_pin(pin.0.join(map_names::VIP_INDEX)).expect("SLB_VIP_INDEX pinned");
@@ -48,14 +61,7 @@ fn new_client_to(rig: &mut Rig, n: u32, port: u16) -> u32 {
 
 #[test]
 fn the_program_reads_the_vips_slot_and_uses_the_hash_when_the_slot_is_in_doubt() {
-    require_root();
-    let pin = pin_dir("read");
-    let mut rig = Rig::pinned(3, &pin.0);
-    let i = rig
-        .dp
-        .vip_index_slot(&rig.vip_key)
-        .unwrap()
-        .expect("set_vip gave the VIP a slot");
+    let (pin, mut rig, i) = pinned_rig("read");
     let placed = slot_at(&pin, i);
     assert_eq!((placed.key, placed.info), (rig.vip_key, rig.vip));
     assert_eq!(placed.seq & 1, 0, "left odd: {placed:?}");
@@ -106,14 +112,7 @@ fn the_program_reads_the_vips_slot_and_uses_the_hash_when_the_slot_is_in_doubt()
 
 #[test]
 fn a_removed_vip_leaves_the_index_and_its_frames_are_passed() {
-    require_root();
-    let pin = pin_dir("remove");
-    let mut rig = Rig::pinned(3, &pin.0);
-    let i = rig
-        .dp
-        .vip_index_slot(&rig.vip_key)
-        .unwrap()
-        .expect("placed");
+    let (pin, mut rig, i) = pinned_rig("remove");
     let key = rig.vip_key;
     rig.dp.remove_vip(&key).unwrap();
     assert_eq!(rig.dp.vip_index_slot(&key).unwrap(), None);
@@ -129,14 +128,7 @@ fn a_removed_vip_leaves_the_index_and_its_frames_are_passed() {
 
 #[test]
 fn a_load_over_pins_clears_stale_slots_before_the_program_runs() {
-    require_root();
-    let pin = pin_dir("stale");
-    let mut rig = Rig::pinned(3, &pin.0);
-    let own = rig
-        .dp
-        .vip_index_slot(&rig.vip_key)
-        .unwrap()
-        .expect("placed");
+    let (pin, mut rig, own) = pinned_rig("stale");
     let placed = slot_at(&pin, own);
 
     // What another run could leave: a slot for a VIP SLB_VIPS no longer
@@ -206,14 +198,7 @@ fn keys_homed_at(home: u32, not: VipKey, n: usize) -> Vec<VipKey> {
 
 #[test]
 fn reconcile_clears_odd_misplaced_and_duplicate_slots_and_keeps_one_good_copy() {
-    require_root();
-    let pin = pin_dir("reconcile");
-    let mut rig = Rig::pinned(3, &pin.0);
-    let own = rig
-        .dp
-        .vip_index_slot(&rig.vip_key)
-        .unwrap()
-        .expect("placed");
+    let (pin, mut rig, own) = pinned_rig("reconcile");
     let good = slot_at(&pin, own);
     let home = vip_index::home(rig.vip_key.word());
     let others: Vec<u32> = (0..vip_index::PROBES)
@@ -249,14 +234,7 @@ fn reconcile_clears_odd_misplaced_and_duplicate_slots_and_keeps_one_good_copy() 
 
 #[test]
 fn a_vip_whose_window_is_full_is_served_from_the_hash() {
-    require_root();
-    let pin = pin_dir("full");
-    let mut rig = Rig::pinned(3, &pin.0);
-    let own = rig
-        .dp
-        .vip_index_slot(&rig.vip_key)
-        .unwrap()
-        .expect("placed");
+    let (_pin, mut rig, own) = pinned_rig("full");
     let home = vip_index::home(rig.vip_key.word());
     // Enough other VIPs homed at the same slot to fill the window (the
     // rig's VIP holds one of its slots already), and one more.
