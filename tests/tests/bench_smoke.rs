@@ -107,8 +107,8 @@ fn xdp_cost_wrapped_and_live_rate_produce_figures() {
     let hit = &s.json["stickylb_hit"];
     let groups = hit["groups"].as_object().expect("groups");
     let share = |g: &str| groups.get(g).and_then(|v| v.as_f64()).unwrap_or(0.0);
-    assert!(share("the program's own JIT code") > 1.0, "{hit}");
-    assert!(share("hash map lookups (helper calls)") > 1.0, "{hit}");
+    assert!(share(profile::OWN_CODE) > 1.0, "{hit}");
+    assert!(share(profile::HASH_LOOKUPS) > 1.0, "{hit}");
     let total: f64 = groups.values().filter_map(|v| v.as_f64()).sum();
     assert!((total - 100.0).abs() < 2.0, "shares sum to {total}: {hit}");
 

@@ -107,15 +107,19 @@ impl VipIndex {
         self.write(index, VipKey::zeroed(), VipInfo::zeroed())
     }
 
+    /// `key`'s window as the map holds it now: (index, slot), in order.
+    fn read_window(&self, key: &VipKey) -> Result<Vec<(u32, VipSlot)>> {
+        window(key).map(|i| Ok((i, self.get(i)?))).collect()
+    }
+
     /// The slots of `key`'s window that hold it, in window order.
     fn holding(&self, key: &VipKey) -> Result<Vec<u32>> {
-        let mut out = Vec::new();
-        for i in window(key) {
-            if self.get(i)?.key == *key {
-                out.push(i);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .read_window(key)?
+            .into_iter()
+            .filter(|(_, s)| s.key == *key)
+            .map(|(i, _)| i)
+            .collect())
     }
 
     /// The first slot of `key`'s window that holds it.
@@ -141,24 +145,14 @@ impl VipIndex {
         if !self.enabled {
             return Ok(());
         }
-        let held = self.holding(&key)?;
-        for &extra in held.iter().skip(1) {
+        let slots = self.read_window(&key)?;
+        let mut held = slots.iter().filter(|(_, s)| s.key == key);
+        let own = held.next().copied();
+        for &(extra, _) in held {
             self.clear(extra)?;
         }
-        let target = match held.first() {
-            Some(&i) => Some(i),
-            None => {
-                let mut empty = None;
-                for i in window(&key) {
-                    if self.get(i)?.is_empty() {
-                        empty = Some(i);
-                        break;
-                    }
-                }
-                empty
-            }
-        };
-        let Some(index) = target else {
+        let target = own.or_else(|| slots.iter().find(|(_, s)| s.is_empty()).copied());
+        let Some((index, have)) = target else {
             log::debug!(
                 "{}: no free slot for {}:{} in its window; served from {}",
                 map_names::VIP_INDEX,
@@ -168,7 +162,6 @@ impl VipIndex {
             );
             return Ok(());
         };
-        let have = self.get(index)?;
         if have.seq & 1 == 0 && have.key == key && have.info == info {
             return Ok(());
         }

@@ -34,23 +34,30 @@ pub const TITLE: &str = "Where an affinity hit's time goes (profile)";
 const REPEAT: u32 = 1_000_000;
 const SAMPLE_HZ: u32 = 10_000;
 
+/// The groups the samples are summed into (`group`).
+pub const OWN_CODE: &str = "the program's own JIT code";
+pub const DISPATCHER: &str = "other BPF programs (the XDP dispatcher)";
+pub const HASH_LOOKUPS: &str = "hash map lookups (helper calls)";
+pub const CLOCK: &str = "clock (bpf_ktime_get_coarse_ns)";
+pub const HARNESS: &str = "BPF_PROG_TEST_RUN loop and other kernel code";
+
 /// What a kernel symbol is spent on, for the summary.
 fn group(sym: &str, program: &str) -> &'static str {
     if sym.starts_with("bpf_prog_") && sym.ends_with(program) {
-        "the program's own JIT code"
+        OWN_CODE
     } else if sym.starts_with("bpf_prog_") {
-        "other BPF programs (the XDP dispatcher)"
+        DISPATCHER
     } else if sym.contains("htab")
         || sym.contains("lookup_nulls_elem")
         || sym.contains("jhash")
         || sym == "memcmp"
         || sym.contains("lru")
     {
-        "hash map lookups (helper calls)"
+        HASH_LOOKUPS
     } else if sym.contains("ktime_get") || sym.contains("jiffies") {
-        "clock (bpf_ktime_get_coarse_ns)"
+        CLOCK
     } else {
-        "BPF_PROG_TEST_RUN loop and other kernel code"
+        HARNESS
     }
 }
 
@@ -172,6 +179,11 @@ fn parse_count(s: &str) -> u64 {
     num.parse::<f64>().map_or(0, |v| (v * mul) as u64)
 }
 
+/// The share (%) of `name` in `groups`; 0 for a group with no samples.
+fn share(groups: &BTreeMap<&str, f64>, name: &str) -> f64 {
+    groups.get(name).copied().unwrap_or(0.0)
+}
+
 fn groups(p: &Profile, program: &str) -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
     for (pct, sym) in &p.symbols {
@@ -254,15 +266,13 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         v.sort_unstable();
         v.dedup();
         v.sort_by(|a, b| {
-            let x = hit_groups.get(a).copied().unwrap_or(0.0);
-            let y = hit_groups.get(b).copied().unwrap_or(0.0);
+            let x = share(&hit_groups, a);
+            let y = share(&hit_groups, b);
             y.total_cmp(&x)
         });
         v
     };
-    let ns_of = |g: &BTreeMap<&str, f64>, name: &str, ns: f64| {
-        g.get(name).copied().unwrap_or(0.0) * ns / 100.0
-    };
+    let ns_of = |g: &BTreeMap<&str, f64>, name: &str, ns: f64| share(g, name) * ns / 100.0;
     let summary = Table {
         title: "Where the time goes (share of the thread's samples, and that share of the ns per packet)".into(),
         headers: vec![
@@ -277,9 +287,9 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             .map(|n| {
                 vec![
                     (*n).to_string(),
-                    format!("{:.1} %", hit_groups.get(n).copied().unwrap_or(0.0)),
+                    format!("{:.1} %", share(&hit_groups, n)),
                     format!("{:.1}", ns_of(&hit_groups, n, hit.ns_per_packet)),
-                    format!("{:.1} %", floor_groups.get(n).copied().unwrap_or(0.0)),
+                    format!("{:.1} %", share(&floor_groups, n)),
                     format!("{:.1}", ns_of(&floor_groups, n, floor.ns_per_packet)),
                 ]
             })
@@ -303,33 +313,14 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             .map(|(pct, sym)| vec![format!("{pct:.2} %"), format!("`{sym}`")])
             .collect(),
     };
-    let hash = hit_groups
-        .get("hash map lookups (helper calls)")
-        .copied()
-        .unwrap_or(0.0);
-    let own = hit_groups
-        .get("the program's own JIT code")
-        .copied()
-        .unwrap_or(0.0);
-    let clock = hit_groups
-        .get("clock (bpf_ktime_get_coarse_ns)")
-        .copied()
-        .unwrap_or(0.0);
-    let harness = hit_groups
-        .get("BPF_PROG_TEST_RUN loop and other kernel code")
-        .copied()
-        .unwrap_or(0.0)
-        + hit_groups
-            .get("other BPF programs (the XDP dispatcher)")
-            .copied()
-            .unwrap_or(0.0);
+    let hash = share(&hit_groups, HASH_LOOKUPS);
+    let own = share(&hit_groups, OWN_CODE);
+    let clock = share(&hit_groups, CLOCK);
+    let harness = share(&hit_groups, HARNESS) + share(&hit_groups, DISPATCHER);
     let headline = format!(
         "Profile of an affinity hit (perf cpu-clock of the thread running it, {:.0} ns/packet): own JIT code {own:.1} %, hash map lookups (the affinity table) {hash:.1} %, clock {clock:.1} %, test-run loop and the rest {harness:.1} %; the floor forwarder's own code {:.1} % of its {:.0} ns",
         hit.ns_per_packet,
-        floor_groups
-            .get("the program's own JIT code")
-            .copied()
-            .unwrap_or(0.0),
+        share(&floor_groups, OWN_CODE),
         floor.ns_per_packet,
     );
     let plot_data: Vec<(String, f64)> = names
